@@ -1,0 +1,275 @@
+"""``sqlite:///path``: the embedded default datastore.
+
+One connection, used only from one dedicated thread (a ThreadPool of size 1), so the
+reactor never blocks on disk and transactions never interleave. WAL mode lets readers
+in other processes (backups, the sqlite3 shell) work while the daemon writes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, Callable, TypeVar
+
+import attrs
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from ironfunctions.datastore import codec
+from ironfunctions.datastore.interface import AppChange, IDatastore, RouteChange
+from ironfunctions.datastore.migrations import pending
+from ironfunctions.errors import (
+    AppAlreadyExists,
+    AppHasRoutes,
+    AppNotFound,
+    DatastoreUnavailable,
+    RouteAlreadyExists,
+    RouteNotFound,
+)
+from ironfunctions.models import App, Route
+
+T = TypeVar("T")
+
+
+def open_sqlite(path: str) -> sqlite3.Connection:
+    """Open (creating its folder) a SQLite database tuned for a long-running daemon."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, dialect: str) -> int:
+    """Apply pending migrations of ``dialect`` in one transaction; return the version."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT)"
+        )
+        row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+        version = int(row[0])
+        for migration in pending(dialect, version):
+            for statement in _statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                (migration.version, migration.name),
+            )
+            version = migration.version
+        conn.execute("COMMIT")
+        return version
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration file into statements (our files keep ';' out of literals)."""
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+@implementer(IDatastore)
+class SqliteDatastore:
+    """Apps and routes in a SQLite file, on a thread of its own."""
+
+    def __init__(self, path: str, reactor: IReactorFromThreads) -> None:
+        self._path = path
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="sqlite-datastore")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._conn is None:
+            raise DatastoreUnavailable()
+        try:
+            return await deferToThreadPool(self._reactor, self._pool, fn, self._conn, *args)
+        except sqlite3.OperationalError as e:
+            raise DatastoreUnavailable(f"datastore unavailable: {e}") from e
+
+    async def start(self) -> None:
+        if self._conn is not None:
+            return
+        self._pool.start()
+
+        def connect() -> sqlite3.Connection:
+            conn = open_sqlite(self._path)
+            migrate(conn, "sqlite")
+            return conn
+
+        try:
+            self._conn = await deferToThreadPool(self._reactor, self._pool, connect)
+        except (sqlite3.Error, OSError) as e:
+            self._pool.stop()
+            raise DatastoreUnavailable(f"datastore unavailable: {e}") from e
+
+    async def close(self) -> None:
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        await deferToThreadPool(self._reactor, self._pool, conn.close)
+        self._pool.stop()
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def insert_app(self, app: App) -> App:
+        def insert(c: sqlite3.Connection) -> None:
+            try:
+                c.execute(
+                    "INSERT INTO apps (name, config) VALUES (?, ?)",
+                    (app.name, codec.dump_json(dict(app.config))),
+                )
+            except sqlite3.IntegrityError:
+                raise AppAlreadyExists() from None
+
+        await self._run(insert)
+        return app
+
+    async def get_app(self, name: str) -> App:
+        return await self._run(_get_app, name)
+
+    async def get_apps(self) -> list[App]:
+        def select(c: sqlite3.Connection) -> list[App]:
+            rows = c.execute("SELECT name, config FROM apps ORDER BY name").fetchall()
+            return [codec.app_from_row(r) for r in rows]
+
+        return await self._run(select)
+
+    async def update_app(self, name: str, change: AppChange) -> App:
+        def update(c: sqlite3.Connection) -> App:
+            with _transaction(c):
+                new = attrs.evolve(change(_get_app(c, name)), name=name)
+                c.execute(
+                    "UPDATE apps SET config = ? WHERE name = ?",
+                    (codec.dump_json(dict(new.config)), name),
+                )
+                return new
+
+        return await self._run(update)
+
+    async def remove_app(self, name: str) -> None:
+        def remove(c: sqlite3.Connection) -> None:
+            with _transaction(c):
+                _get_app(c, name)
+                if c.execute("SELECT 1 FROM routes WHERE app_name = ? LIMIT 1", (name,)).fetchone():
+                    raise AppHasRoutes()
+                c.execute("DELETE FROM apps WHERE name = ?", (name,))
+
+        await self._run(remove)
+
+    async def insert_route(self, route: Route) -> Route:
+        def insert(c: sqlite3.Connection) -> None:
+            with _transaction(c):
+                _get_app(c, route.app_name)
+                try:
+                    c.execute(_INSERT_ROUTE, codec.route_params(route))
+                except sqlite3.IntegrityError:
+                    raise RouteAlreadyExists() from None
+
+        await self._run(insert)
+        return route
+
+    async def put_route(self, route: Route) -> tuple[Route, bool]:
+        def put(c: sqlite3.Connection) -> bool:
+            with _transaction(c):
+                _get_app(c, route.app_name)
+                existed = c.execute(
+                    "SELECT 1 FROM routes WHERE app_name = ? AND path = ?", route.key
+                ).fetchone()
+                c.execute(_INSERT_ROUTE.replace("INSERT", "INSERT OR REPLACE"), codec.route_params(route))
+                return existed is None
+
+        return route, await self._run(put)
+
+    async def get_route(self, app_name: str, path: str) -> Route:
+        return await self._run(_get_route, app_name, path)
+
+    async def get_routes(self, app_name: str | None = None, image: str | None = None) -> list[Route]:
+        def select(c: sqlite3.Connection) -> list[Route]:
+            where, params = [], []
+            if app_name is not None:
+                where.append("app_name = ?")
+                params.append(app_name)
+            if image is not None:
+                where.append("image = ?")
+                params.append(image)
+            sql = f"SELECT {codec.ROUTE_COLUMNS} FROM routes"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY app_name, path"
+            return [codec.route_from_row(r) for r in c.execute(sql, params).fetchall()]
+
+        return await self._run(select)
+
+    async def update_route(self, app_name: str, path: str, change: RouteChange) -> Route:
+        def update(c: sqlite3.Connection) -> Route:
+            with _transaction(c):
+                new = attrs.evolve(change(_get_route(c, app_name, path)), app_name=app_name, path=path)
+                c.execute("DELETE FROM routes WHERE app_name = ? AND path = ?", (app_name, path))
+                c.execute(_INSERT_ROUTE, codec.route_params(new))
+                return new
+
+        return await self._run(update)
+
+    async def remove_route(self, app_name: str, path: str) -> None:
+        def remove(c: sqlite3.Connection) -> None:
+            cur = c.execute("DELETE FROM routes WHERE app_name = ? AND path = ?", (app_name, path))
+            if cur.rowcount == 0:
+                raise RouteNotFound()
+
+        await self._run(remove)
+
+    async def put_extra(self, key: str, value: bytes) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO extras (key, value) VALUES (?, ?)", (key, bytes(value))
+            )
+        )
+
+    async def get_extra(self, key: str) -> bytes | None:
+        def select(c: sqlite3.Connection) -> bytes | None:
+            row = c.execute("SELECT value FROM extras WHERE key = ?", (key,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(select)
+
+
+_INSERT_ROUTE = f"INSERT INTO routes ({codec.ROUTE_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+
+
+class _transaction:
+    """``with _transaction(conn):`` BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _get_app(c: sqlite3.Connection, name: str) -> App:
+    row = c.execute("SELECT name, config FROM apps WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise AppNotFound()
+    return codec.app_from_row(row)
+
+
+def _get_route(c: sqlite3.Connection, app_name: str, path: str) -> Route:
+    row = c.execute(
+        f"SELECT {codec.ROUTE_COLUMNS} FROM routes WHERE app_name = ? AND path = ?",
+        (app_name, path),
+    ).fetchone()
+    if row is None:
+        raise RouteNotFound()
+    return codec.route_from_row(row)
