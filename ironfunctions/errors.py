@@ -74,3 +74,46 @@ class ConfigError(IronFunctionsError):
     """Invalid configuration; the message names the variable."""
 
     message = "invalid configuration"
+
+
+# -- running functions (drivers/ and runner/)
+
+
+class DockerUnavailable(IronFunctionsError):
+    """The container engine cannot be reached or failed in a way we cannot attribute
+    to the function (an API error on create/start/wait)."""
+
+    message = "container engine unavailable"
+
+
+class ImageNotFound(IronFunctionsError):
+    """The route's image is neither present locally nor pullable within the bound."""
+
+    message = "Image not found"
+
+    def __init__(self, image: str) -> None:
+        super().__init__(f"Image not found: {image}")
+        self.image = image
+
+
+class ContainerNotFound(IronFunctionsError):
+    """The container is gone (already removed)."""
+
+    message = "container not found"
+
+
+class Overloaded(IronFunctionsError):
+    """This node cannot start another container within its admission bound;
+    the client should retry after ``retry_after`` seconds (503 + Retry-After)."""
+
+    message = "Too many calls in progress on this node; retry later"
+
+    def __init__(self, message: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ResponseTooLarge(IronFunctionsError):
+    """The function wrote more than MAX_RESPONSE_SIZE bytes to stdout."""
+
+    message = "Function response too large"
