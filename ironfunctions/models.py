@@ -63,3 +63,62 @@ class Route:
     def key(self) -> tuple[str, str]:
         """The identity of a route: its app and path."""
         return (self.app_name, self.path)
+
+
+# Container labels: every function container carries them, so a node can find (and
+# remove) its own containers after a crash without touching another node's.
+LABEL_NODE = "io.ironfunctions.node"
+LABEL_APP = "io.ironfunctions.app"
+LABEL_PATH = "io.ironfunctions.path"
+LABEL_CALL = "io.ironfunctions.call_id"
+LABEL_KIND = "io.ironfunctions.kind"  # "cold" or "hot"
+
+DEFAULT_PIDS_LIMIT = 512
+DEFAULT_STDERR_LIMIT = 1024 * 1024
+DEFAULT_STDOUT_LIMIT = 6 * 1024 * 1024
+
+
+@attrs.frozen
+class ContainerSpec:
+    """Everything the container driver needs to run one function container.
+
+    Built by ``runner.plan.container_spec`` (pure). ``memory_mb`` becomes both the
+    memory limit and the memory+swap limit (no swap beyond it). ``timeout_s`` counts
+    from the moment the container is running; ``stdin`` is written then closed.
+    Output beyond ``stdout_limit``/``stderr_limit`` bytes is dropped and flagged.
+    Cold runs use all fields; a long-lived (hot) container ignores ``stdin`` and
+    ``timeout_s``.
+    """
+
+    image: str
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_str_map)
+    memory_mb: int = DEFAULT_MEMORY_MB
+    labels: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_str_map)
+    stdin: bytes = b""
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    network_mode: str = "bridge"
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    stdout_limit: int = DEFAULT_STDOUT_LIMIT
+    stderr_limit: int = DEFAULT_STDERR_LIMIT
+
+
+@attrs.frozen
+class ContainerResult:
+    """How a cold container ended.
+
+    ``timed_out``: the container overran ``timeout_s`` and was killed and removed
+    before this value was returned. ``oom_killed``: the kernel killed it for
+    exceeding its memory limit. ``start_ms`` is create+attach+start, ``run_ms`` is
+    from running to exit (or to the kill). ``exit_code`` is -1 when timed out.
+    """
+
+    container_id: str
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    oom_killed: bool = False
+    timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    start_ms: int = 0
+    run_ms: int = 0

@@ -1,0 +1,474 @@
+"""``DockerDriver``: function containers on a Docker engine, through docker-py.
+
+docker-py is blocking, so every engine call runs on the driver's own ``ThreadPool``
+(sized to the node's container limit, plus a small control pool for kills, listings
+and pings), never on the reactor thread and never on the reactor's default pool, which
+Twisted's resolver needs (STYLE rule 11). docker-py exceptions are translated into
+domain exceptions here and go no further.
+
+The cold path is docker-py's create/attach/start/wait/remove and nothing more:
+no image inspection up front (a missing image shows up as a failed create, then one
+bounded pull is tried), an inspect only when the exit code says SIGKILL (to tell an OOM
+kill), and the remove happens after the result has been handed back.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+import docker
+import docker.errors
+import requests.exceptions
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorFromThreads, IReactorSocket
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from ironfunctions.drivers.interface import IAttachedContainer, IContainerDriver, IContainerStream
+from ironfunctions.drivers.stream import STDOUT, Demuxer
+from ironfunctions.errors import ContainerNotFound, DockerUnavailable, ImageNotFound
+from ironfunctions.models import ContainerResult, ContainerSpec
+
+# Engine API 1.41 (Docker 20.10) is served by every engine since; pinning it avoids a
+# version request (blocking I/O) when the client is built.
+DEFAULT_API_VERSION = "1.41"
+_ATTACH = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+_READ_SIZE = 65536
+
+
+@implementer(IContainerDriver)
+class DockerDriver(Service):
+    """``IContainerDriver`` on a Docker engine; a ``Service`` owning its thread pools.
+
+    :param reactor: the reactor (threads and socket adoption).
+    :param max_concurrency: containers this node runs at once; sizes the run pool.
+    :param base_url: engine address (``DOCKER_HOST``); ``""`` = docker-py's default.
+    :param api_timeout: bound in seconds on each engine request other than wait/attach.
+    :param pull_timeout: bound in seconds on the one pull attempted for a missing image.
+    """
+
+    log = Logger()
+    name = "driver"
+
+    def __init__(
+        self,
+        reactor: Any,
+        max_concurrency: int,
+        base_url: str = "",
+        api_version: str = DEFAULT_API_VERSION,
+        api_timeout: float = 60.0,
+        pull_timeout: float = 10.0,
+    ) -> None:
+        self._reactor = reactor
+        kwargs: dict[str, Any] = docker.utils.kwargs_from_env()
+        if base_url:
+            kwargs["base_url"] = base_url
+        size = max_concurrency + 4  # + room for removals finishing after their result
+        self._api = docker.APIClient(
+            version=api_version, timeout=api_timeout, max_pool_size=size, **kwargs
+        )
+        self._pull_api = docker.APIClient(version=api_version, timeout=pull_timeout, **kwargs)
+        self._run_pool = ThreadPool(minthreads=0, maxthreads=size, name="docker-run")
+        self._control_pool = ThreadPool(minthreads=0, maxthreads=4, name="docker-control")
+
+    # -- Service
+
+    def startService(self) -> None:
+        super().startService()
+        self._run_pool.start()
+        self._control_pool.start()
+
+    def stopService(self) -> Deferred[None]:
+        """Fires when every engine call in flight (including removals) has finished."""
+        super().stopService()
+        done: Deferred[None] = Deferred()
+
+        def stop_pools() -> None:
+            self._run_pool.stop()
+            self._control_pool.stop()
+            self._reactor.callFromThread(done.callback, None)
+
+        threading.Thread(target=stop_pools, name="docker-driver-stop", daemon=True).start()
+        return done
+
+    # -- plumbing
+
+    def _in_pool(self, pool: ThreadPool, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run ``fn(deliver, *args)`` in ``pool``; the Deferred fires with what ``fn``
+        passes to ``deliver`` (or with its exception). ``fn`` may keep working after
+        delivering (cleanup off the caller's path)."""
+        d: Deferred[Any] = Deferred()
+        delivered = []
+        reactor: IReactorFromThreads = self._reactor
+
+        def deliver(result: Any) -> None:
+            delivered.append(True)
+            reactor.callFromThread(d.callback, result)
+
+        def work() -> None:
+            try:
+                fn(deliver, *args)
+            except BaseException:
+                failure = Failure()
+                if delivered:
+                    reactor.callFromThread(
+                        self.log.failure, "Docker cleanup failed", failure
+                    )
+                else:
+                    reactor.callFromThread(d.errback, _translate(failure))
+
+        pool.callInThread(work)
+        return d
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """A plain engine call on the control pool."""
+        return self._in_pool(self._control_pool, lambda deliver, *a: deliver(fn(*a)), *args)
+
+    # -- IContainerDriver
+
+    async def ping(self) -> None:
+        await self._call(self._api.ping)
+
+    async def ensure_image(self, image: str) -> None:
+        await self._call(self._ensure_image_blocking, image)
+
+    async def run(self, spec: ContainerSpec) -> ContainerResult:
+        result: ContainerResult = await self._in_pool(self._run_pool, self._run_blocking, spec)
+        return result
+
+    async def start_attached(self, spec: ContainerSpec, stream: IContainerStream) -> IAttachedContainer:
+        container_id, sock = await self._in_pool(
+            self._run_pool, lambda deliver: deliver(self._start_attached_blocking(spec))
+        )
+        try:
+            return self._adopt(container_id, sock, stream)
+        except BaseException:
+            await self.remove(container_id)
+            raise
+
+    async def remove(self, container_id: str) -> None:
+        await self._call(self._remove_blocking, container_id)
+
+    async def list_containers(self, labels: Mapping[str, str]) -> list[str]:
+        ids: list[str] = await self._call(self._list_blocking, labels)
+        return ids
+
+    async def remove_containers(self, labels: Mapping[str, str]) -> int:
+        def remove_all(labels: Mapping[str, str]) -> int:
+            ids = self._list_blocking(labels)
+            for container_id in ids:
+                self._remove_blocking(container_id)
+            return len(ids)
+
+        removed: int = await self._call(remove_all, labels)
+        return removed
+
+    # -- blocking helpers (run in the pools only)
+
+    def _list_blocking(self, labels: Mapping[str, str]) -> list[str]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        return [c["Id"] for c in self._api.containers(all=True, quiet=True, filters=filters)]
+
+    def _remove_blocking(self, container_id: str) -> None:
+        try:
+            self._api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            # "removal already in progress" means someone else is on it.
+            if e.status_code != 409:
+                raise
+
+    def _ensure_image_blocking(self, image: str) -> None:
+        try:
+            self._api.inspect_image(image)
+        except docker.errors.NotFound:
+            self._pull_once(image)
+
+    def _pull_once(self, image: str) -> None:
+        repository, tag = docker.utils.parse_repository_tag(image)
+        try:
+            self._pull_api.pull(repository, tag=tag or "latest")
+            self._api.inspect_image(image)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            raise ImageNotFound(image) from None
+
+    def _create(self, spec: ContainerSpec, stdin_once: bool) -> str:
+        memory = f"{spec.memory_mb}m"
+        host_config = self._api.create_host_config(
+            mem_limit=memory,
+            memswap_limit=memory,
+            pids_limit=spec.pids_limit,
+            network_mode=spec.network_mode,
+            # The output comes back over the attach stream; the engine need not log it.
+            log_config=docker.types.LogConfig(type="none"),
+        )
+
+        def create() -> str:
+            container = self._api.create_container(
+                spec.image,
+                environment=dict(spec.env),
+                labels=dict(spec.labels),
+                host_config=host_config,
+                stdin_open=True,
+                stdin_once=stdin_once,
+                attach_stdin=True,
+            )
+            return str(container["Id"])
+
+        try:
+            return create()
+        except docker.errors.ImageNotFound:
+            self._pull_once(spec.image)
+        try:
+            return create()
+        except docker.errors.ImageNotFound:
+            raise ImageNotFound(spec.image) from None
+
+    def _attach(self, container_id: str) -> socket.socket:
+        wrapper = self._api.attach_socket(container_id, params=_ATTACH)
+        sock: socket.socket = getattr(wrapper, "_sock", wrapper)
+        return sock
+
+    def _run_blocking(self, deliver: Callable[[ContainerResult], None], spec: ContainerSpec) -> None:
+        began = time.monotonic()
+        container_id = self._create(spec, stdin_once=True)
+        result: ContainerResult | None = None
+        try:
+            sock = self._attach(container_id)
+            try:
+                self._api.start(container_id)
+                started = time.monotonic()
+                deadline = started + spec.timeout_s
+                output = _pump(sock, spec.stdin, deadline, spec.stdout_limit, spec.stderr_limit,
+                               lambda: self._api.kill(container_id))
+            finally:
+                sock.close()
+            start_ms = _ms(started - began)
+            if output.timed_out:
+                self._remove_blocking(container_id)
+                result = ContainerResult(
+                    container_id, -1, output.stdout, output.stderr, timed_out=True,
+                    stdout_truncated=output.stdout_truncated,
+                    stderr_truncated=output.stderr_truncated,
+                    start_ms=start_ms, run_ms=_ms(time.monotonic() - started),
+                )
+                deliver(result)
+                return
+            remaining = max(1.0, deadline - time.monotonic() + 5.0)
+            status = self._api.wait(container_id, timeout=remaining)
+            ended = time.monotonic()
+            exit_code = int(status.get("StatusCode", -1))
+            oom_killed = False
+            if exit_code == 137:  # SIGKILL: the OOM killer, or our own kill
+                state = self._api.inspect_container(container_id)["State"]
+                oom_killed = bool(state.get("OOMKilled"))
+            result = ContainerResult(
+                container_id, exit_code, output.stdout, output.stderr,
+                oom_killed=oom_killed,
+                stdout_truncated=output.stdout_truncated,
+                stderr_truncated=output.stderr_truncated,
+                start_ms=start_ms, run_ms=_ms(ended - started),
+            )
+            deliver(result)
+        finally:
+            if result is None or not result.timed_out:
+                self._remove_blocking(container_id)
+
+    def _start_attached_blocking(self, spec: ContainerSpec) -> tuple[str, socket.socket]:
+        container_id = self._create(spec, stdin_once=False)
+        try:
+            sock = self._attach(container_id)
+            self._api.start(container_id)
+        except BaseException:
+            self._remove_blocking(container_id)
+            raise
+        return container_id, sock
+
+    # -- the reactor side of a long-lived container
+
+    def _adopt(self, container_id: str, sock: socket.socket, stream: IContainerStream) -> IAttachedContainer:
+        family = sock.family
+        fd = sock.detach()  # the requests response still references the socket object
+        try:
+            protocol = _AttachProtocol(stream)
+            reactor: IReactorSocket = self._reactor
+            reactor.adoptStreamConnection(fd, family, _OneProtocolFactory(protocol))
+        finally:
+            os.close(fd)  # the reactor holds its own duplicate
+        return _AttachedContainer(container_id, protocol)
+
+
+class _PumpResult:
+    __slots__ = ("stdout", "stderr", "stdout_truncated", "stderr_truncated", "timed_out")
+
+    def __init__(self) -> None:
+        self.stdout = b""
+        self.stderr = b""
+        self.stdout_truncated = False
+        self.stderr_truncated = False
+        self.timed_out = False
+
+
+def _pump(
+    sock: socket.socket,
+    stdin: bytes,
+    deadline: float,
+    stdout_limit: int,
+    stderr_limit: int,
+    kill: Callable[[], None],
+) -> _PumpResult:
+    """Write ``stdin`` and read the demultiplexed output until the engine closes the
+    stream, in one thread (writing while reading, so neither side can block the other),
+    or until ``deadline``. Output over a limit is dropped; stdout over its limit also
+    kills the container (its answer is lost anyway)."""
+    result = _PumpResult()
+    stdout, stderr = bytearray(), bytearray()
+    demuxer = Demuxer()
+    sock.setblocking(False)
+    pending = memoryview(stdin)
+    selector = selectors.DefaultSelector()
+    if pending:
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    else:
+        sock.shutdown(socket.SHUT_WR)
+        selector.register(sock, selectors.EVENT_READ)
+    writing = bool(pending)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                result.timed_out = True
+                break
+            events = selector.select(remaining)
+            if not events:
+                continue
+            mask = events[0][1]
+            if writing and mask & selectors.EVENT_WRITE:
+                try:
+                    sent = sock.send(pending[:_READ_SIZE])
+                    pending = pending[sent:]
+                except BlockingIOError:
+                    pass
+                except OSError:  # the container exited without reading it all
+                    pending = pending[:0]
+                if not pending:
+                    writing = False
+                    try:
+                        sock.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    selector.modify(sock, selectors.EVENT_READ)
+            if mask & selectors.EVENT_READ:
+                try:
+                    data = sock.recv(_READ_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                for stream, payload in demuxer.feed(data):
+                    if stream == STDOUT:
+                        if len(stdout) + len(payload) > stdout_limit:
+                            if not result.stdout_truncated:
+                                result.stdout_truncated = True
+                                kill()
+                            stdout += payload[: max(0, stdout_limit - len(stdout))]
+                        else:
+                            stdout += payload
+                    else:
+                        if len(stderr) + len(payload) > stderr_limit:
+                            result.stderr_truncated = True
+                            stderr += payload[: max(0, stderr_limit - len(stderr))]
+                        else:
+                            stderr += payload
+    finally:
+        selector.close()
+    result.stdout = bytes(stdout)
+    result.stderr = bytes(stderr)
+    return result
+
+
+def _ms(seconds: float) -> int:
+    return int(round(seconds * 1000))
+
+
+def _translate(failure: Failure) -> Failure:
+    """docker-py / requests exceptions → domain exceptions; others pass through."""
+    error = failure.value
+    if isinstance(error, docker.errors.ImageNotFound):
+        return Failure(ImageNotFound(str(getattr(error, "explanation", "") or error)))
+    if isinstance(error, docker.errors.NotFound):
+        return Failure(ContainerNotFound(str(getattr(error, "explanation", "") or error)))
+    if isinstance(error, (docker.errors.DockerException, requests.exceptions.RequestException, OSError)):
+        return Failure(DockerUnavailable(f"container engine error: {error}"))
+    return failure
+
+
+@implementer(IHalfCloseableProtocol)
+class _AttachProtocol(Protocol):
+    """Demultiplexes an adopted attach stream into an ``IContainerStream``."""
+
+    def __init__(self, stream: IContainerStream) -> None:
+        self._stream = stream
+        self._demuxer = Demuxer()
+        self._closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        for kind, payload in self._demuxer.feed(data):
+            if kind == STDOUT:
+                self._stream.stdout_received(payload)
+            else:
+                self._stream.stderr_received(payload)
+
+    def readConnectionLost(self) -> None:
+        self._close()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._stream.stream_closed()
+
+
+class _OneProtocolFactory(Factory):
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
+@implementer(IAttachedContainer)
+class _AttachedContainer:
+    def __init__(self, container_id: str, protocol: _AttachProtocol) -> None:
+        self.container_id = container_id
+        self._protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        assert self._protocol.transport is not None
+        self._protocol.transport.write(data)
+
+    def close_stdin(self) -> None:
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.loseWriteConnection()  # type: ignore[attr-defined]
+
+

@@ -1,0 +1,193 @@
+"""``FakeDriver``: an in-memory container engine with scripted behaviour.
+
+It is the unit tests' driver and passes the same contract suite as ``DockerDriver``.
+Each image name maps to a *behaviour*: a function of the ``ContainerSpec`` returning a
+``FakeRun`` (exit code, output, how long it "runs"). Time passes on the given clock, so
+tests drive timeouts with ``twisted.internet.task.Clock``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Mapping
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from zope.interface import implementer
+
+from ironfunctions.drivers.interface import IAttachedContainer, IContainerDriver, IContainerStream
+from ironfunctions.errors import DockerUnavailable, ImageNotFound
+from ironfunctions.models import ContainerResult, ContainerSpec
+
+
+@attrs.frozen
+class FakeRun:
+    """What a fake container does: wait ``start_delay`` s to start, run ``duration`` s,
+    then exit with ``exit_code`` having written ``stdout``/``stderr``."""
+
+    exit_code: int = 0
+    stdout: bytes = b""
+    stderr: bytes = b""
+    duration: float = 0.0
+    start_delay: float = 0.0
+    oom_killed: bool = False
+
+
+Behaviour = Callable[[ContainerSpec], FakeRun]
+
+
+def cat(spec: ContainerSpec) -> FakeRun:
+    """The default behaviour: echo stdin to stdout, exit 0."""
+    return FakeRun(stdout=spec.stdin)
+
+
+@attrs.define
+class FakeContainer:
+    """A container the fake engine knows about."""
+
+    id: str
+    spec: ContainerSpec
+    state: str = "created"  # created | running | exited
+
+
+@implementer(IContainerDriver)
+class FakeDriver(Service):
+    """``IContainerDriver`` in memory.
+
+    :param clock: where simulated time passes.
+    :param images: image name → behaviour; unknown images fail with ``ImageNotFound``
+        (the fake has no registry to pull from).
+    """
+
+    name = "driver"
+
+    def __init__(self, clock: IReactorTime, images: Mapping[str, Behaviour] | None = None) -> None:
+        self._clock = clock
+        self.images: dict[str, Behaviour] = dict(images or {})
+        self.containers: dict[str, FakeContainer] = {}
+        self.removed: list[str] = []
+        self.started_specs: list[ContainerSpec] = []
+        self.down = False
+        self._ids = itertools.count(1)
+
+    def add_image(self, image: str, behaviour: Behaviour = cat) -> None:
+        self.images[image] = behaviour
+
+    def add_container(self, labels: Mapping[str, str], image: str = "leftover") -> str:
+        """Pretend a container exists (e.g. left behind by a crashed run)."""
+        container = self._new(ContainerSpec(image=image, labels=labels))
+        container.state = "exited"
+        return container.id
+
+    def _new(self, spec: ContainerSpec) -> FakeContainer:
+        container = FakeContainer(f"fake{next(self._ids):08d}", spec)
+        self.containers[container.id] = container
+        return container
+
+    def _check_up(self) -> None:
+        if self.down:
+            raise DockerUnavailable("container engine error: fake engine is down")
+
+    async def ping(self) -> None:
+        self._check_up()
+
+    async def ensure_image(self, image: str) -> None:
+        self._check_up()
+        if image not in self.images:
+            raise ImageNotFound(image)
+
+    async def run(self, spec: ContainerSpec) -> ContainerResult:
+        await self.ensure_image(spec.image)
+        run = self.images[spec.image](spec)
+        container = self._new(spec)
+        if run.start_delay:
+            await deferLater(self._clock, run.start_delay)
+        container.state = "running"
+        self.started_specs.append(spec)
+        start_ms = int(round(run.start_delay * 1000))
+        if run.duration > spec.timeout_s:
+            await deferLater(self._clock, spec.timeout_s)
+            self._remove_now(container.id)
+            return ContainerResult(
+                container.id, -1, timed_out=True, start_ms=start_ms,
+                run_ms=int(round(spec.timeout_s * 1000)),
+            )
+        if run.duration:
+            await deferLater(self._clock, run.duration)
+        container.state = "exited"
+        stdout, stderr = run.stdout, run.stderr
+        result = ContainerResult(
+            container.id,
+            run.exit_code,
+            stdout[: spec.stdout_limit],
+            stderr[: spec.stderr_limit],
+            oom_killed=run.oom_killed,
+            stdout_truncated=len(stdout) > spec.stdout_limit,
+            stderr_truncated=len(stderr) > spec.stderr_limit,
+            start_ms=start_ms,
+            run_ms=int(round(run.duration * 1000)),
+        )
+        # Removed "shortly after" the result, as the real driver does.
+        self._clock.callLater(0, self._remove_now, container.id)
+        return result
+
+    async def start_attached(self, spec: ContainerSpec, stream: IContainerStream) -> IAttachedContainer:
+        await self.ensure_image(spec.image)
+        container = self._new(spec)
+        container.state = "running"
+        self.started_specs.append(spec)
+        return FakeAttachedContainer(container, stream, self._clock)
+
+    def _remove_now(self, container_id: str) -> None:
+        container = self.containers.pop(container_id, None)
+        if container is not None:
+            container.state = "exited"
+            self.removed.append(container_id)
+
+    async def remove(self, container_id: str) -> None:
+        self._check_up()
+        self._remove_now(container_id)
+
+    async def list_containers(self, labels: Mapping[str, str]) -> list[str]:
+        self._check_up()
+        return [
+            c.id
+            for c in self.containers.values()
+            if all(c.spec.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    async def remove_containers(self, labels: Mapping[str, str]) -> int:
+        ids = await self.list_containers(labels)
+        for container_id in ids:
+            self._remove_now(container_id)
+        return len(ids)
+
+
+@implementer(IAttachedContainer)
+class FakeAttachedContainer:
+    """A long-lived fake container that echoes its stdin to its stdout."""
+
+    def __init__(self, container: FakeContainer, stream: IContainerStream, clock: IReactorTime) -> None:
+        self.container_id = container.id
+        self._container = container
+        self._stream = stream
+        self._clock = clock
+
+    def write(self, data: bytes) -> None:
+        self._clock.callLater(0, self._echo, data)
+
+    def _echo(self, data: bytes) -> None:
+        if self._container.state == "running":
+            self._stream.stdout_received(data)
+
+    def close_stdin(self) -> None:
+        self._clock.callLater(0, self._close)
+
+    def _close(self) -> None:
+        if self._container.state == "running":
+            self._container.state = "exited"
+            self._stream.stream_closed()
+
+

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Echoes stdin to stdout.
+exec cat

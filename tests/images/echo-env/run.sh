@@ -1,0 +1,3 @@
+#!/bin/sh
+# Prints its environment, one VAR=value a line (sorted), then its stdin if any.
+env | sort
