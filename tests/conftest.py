@@ -11,8 +11,9 @@ import pytest_twisted
 from twisted.internet import defer
 
 from ironfunctions.datastore import datastore_from_url
+from tests.servers import postgres_cluster, postgres_db, postgres_url  # noqa: F401 (fixtures)
 
-DATASTORE_KINDS = ["memory", "sqlite"]
+DATASTORE_KINDS = ["memory", "sqlite", "postgres"]
 
 
 def _block(coro):
@@ -29,6 +30,9 @@ def datastore(request, tmp_path):
         url = "memory://"
     elif kind == "sqlite":
         url = f"sqlite:///{tmp_path}/ds.db"
+    elif kind == "postgres":
+        # A fresh database per test (dropped with the fixture): no state leaks between tests.
+        url = request.getfixturevalue("postgres_db")
     else:  # pragma: no cover
         raise AssertionError(kind)
     ds = datastore_from_url(url, reactor)

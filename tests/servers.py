@@ -1,0 +1,166 @@
+"""Throwaway real servers for the test run: a Postgres cluster on a free loopback port.
+
+The cluster is created with ``initdb`` into a temporary folder, started with
+``pg_ctl``, and deleted at the end of the session. When the tests run as root, the
+server runs as the ``postgres`` user (Postgres refuses to run as root). A cluster that
+cannot start raises: the tests that need it fail, they are never skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from typing import Iterator
+
+import attrs
+import psycopg2
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now, on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bin(name: str) -> str:
+    """The newest installed Postgres' ``name`` binary (initdb, pg_ctl, ...)."""
+    found = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
+    if found:
+        return found[-1]
+    on_path = shutil.which(name)
+    if on_path:
+        return on_path
+    raise RuntimeError(f"Postgres binary {name!r} not found (apt-get install postgresql)")
+
+
+@attrs.define
+class PostgresCluster:
+    """A running throwaway cluster. ``url(db)`` names a database on it; ``stop()`` and
+    ``start()`` take it down and bring it back (same port, same data) for outage tests."""
+
+    folder: str
+    port: int
+    user: str
+
+    @property
+    def data(self) -> str:
+        return os.path.join(self.folder, "data")
+
+    def url(self, db: str = "postgres") -> str:
+        return f"postgres://{self.user}@127.0.0.1:{self.port}/{db}"
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", self.user, "--", *argv]
+        return argv
+
+    def _pg_ctl(self, *args: str, timeout: float = 60) -> None:
+        argv = self._as_owner([_pg_bin("pg_ctl"), "-D", self.data, "-w", "-t", "30", *args])
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            log = os.path.join(self.folder, "postgres.log")
+            tail = open(log).read()[-2000:] if os.path.exists(log) else ""
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {result.stderr}{result.stdout}\n{tail}")
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = f"-k {self.folder} -h 127.0.0.1 -p {self.port} -c fsync=off -c full_page_writes=off"
+        self._pg_ctl("-l", os.path.join(self.folder, "postgres.log"), "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: ``fast`` disconnects clients, ``immediate`` is a crash."""
+        self._pg_ctl("-m", mode, "stop")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def execute(self, sql: str, db: str = "postgres") -> None:
+        """Run one statement outside a transaction (CREATE/DROP DATABASE need that)."""
+        conn = psycopg2.connect(self.url(db), connect_timeout=10)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    def create_database(self, template: str = "template0") -> str:
+        """A new empty database; return its URL."""
+        name = "t_" + uuid.uuid4().hex[:16]
+        self.execute(f'CREATE DATABASE "{name}" TEMPLATE {template}')
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        name = url.rsplit("/", 1)[1]
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_postgres_cluster() -> PostgresCluster:
+    """initdb + pg_ctl start into a fresh temporary folder. Raise if it cannot start."""
+    root = os.geteuid() == 0
+    user = "postgres" if root else pwd.getpwuid(os.geteuid()).pw_name
+    folder = tempfile.mkdtemp(prefix="ironfunctions-pg-")
+    if root:
+        entry = pwd.getpwnam(user)
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+    os.chmod(folder, 0o700)
+    cluster = PostgresCluster(folder=folder, port=free_port(), user=user)
+    argv = cluster._as_owner(
+        [_pg_bin("initdb"), "-D", cluster.data, "-U", user, "-A", "trust", "-E", "UTF8", "--no-sync"]
+    )
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {result.stderr}{result.stdout}")
+    try:
+        cluster.start()
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return cluster
+
+
+def stop_postgres_cluster(cluster: PostgresCluster) -> None:
+    """Stop the server (if it runs) and delete its files."""
+    try:
+        cluster.stop("immediate")
+    except Exception:
+        pass  # already stopped by an outage test that failed half-way
+    shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway Postgres for the whole session; failing to start fails the tests."""
+    cluster = start_postgres_cluster()
+    try:
+        yield cluster
+    finally:
+        stop_postgres_cluster(cluster)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """URL of a database on the session's throwaway Postgres."""
+    return postgres_cluster.create_database()
+
+
+@pytest.fixture
+def postgres_db(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """URL of a fresh, empty database for one test, dropped afterwards."""
+    url = postgres_cluster.create_database()
+    yield url
+    postgres_cluster.drop_database(url)
+
