@@ -1,0 +1,161 @@
+"""The HTTP API. ``build_api`` is the one place that assembles the resources.
+
+``/r/...`` (invocations) goes to a plain twisted.web resource with no routing framework
+in its way: it is the hot path. Everything else is Klein: ``/``, ``/version``,
+``/stats``, ``/health``, ``/metrics`` and ``/v1/*`` (behind the API JWT when configured).
+Until ``ready()`` is true (the datastore is started), ``/v1`` and ``/r`` answer 503.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Mapping
+
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+
+from ironfunctions.api import admin
+from ironfunctions.api.apps import AppsAPI
+from ironfunctions.api.auth import bearer_token, verify_jwt
+from ironfunctions.api.errors import write_error
+from ironfunctions.api.http import json_response, klein_app
+from ironfunctions.api.routes import AllRoutesAPI
+from ironfunctions.datastore.interface import IDatastore
+from ironfunctions.errors import NotReady, Unauthorized
+from ironfunctions.routecache import RouteCache
+
+
+class V1API:
+    """``/v1/*``: the management API."""
+
+    app = klein_app()
+
+    def __init__(
+        self,
+        datastore: IDatastore,
+        routes: RouteCache,
+        host_memory_mb: int,
+    ) -> None:
+        self._datastore = datastore
+        self._routes = routes
+        self._host_memory_mb = host_memory_mb
+
+    @app.route("/apps", branch=True)
+    def apps(self, request: IRequest) -> IResource:
+        return AppsAPI(self._datastore, self._routes, self._host_memory_mb).app.resource()
+
+    @app.route("/routes", branch=True)
+    def routes(self, request: IRequest) -> IResource:
+        return AllRoutesAPI(self._datastore).app.resource()
+
+    @app.route("/version", methods=["GET"])
+    def version(self, request: IRequest) -> bytes:
+        return admin.version(request)
+
+
+class MainAPI:
+    """Everything but ``/r``."""
+
+    app = klein_app()
+
+    def __init__(
+        self,
+        v1: V1API,
+        jwt_auth_key: str,
+        ready: Callable[[], bool],
+        health_checks: Mapping[str, admin.HealthCheck],
+        stats: Callable[[], Mapping[str, int]],
+        render_metrics: Callable[[], str],
+    ) -> None:
+        self._v1 = v1
+        self._jwt_auth_key = jwt_auth_key
+        self._ready = ready
+        self._health_checks = health_checks
+        self._stats = stats
+        self._render_metrics = render_metrics
+
+    @app.route("/", methods=["GET"])
+    def hello(self, request: IRequest) -> bytes:
+        return admin.hello(request)
+
+    @app.route("/version", methods=["GET"])
+    def version(self, request: IRequest) -> bytes:
+        return admin.version(request)
+
+    @app.route("/stats", methods=["GET"])
+    def stats(self, request: IRequest) -> bytes:
+        return admin.stats(request, self._stats)
+
+    @app.route("/health", methods=["GET"])
+    async def health(self, request: IRequest) -> bytes:
+        return await admin.health(request, self._health_checks)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        return admin.metrics(request, self._render_metrics)
+
+    @app.route("/v1", branch=True)
+    def v1(self, request: IRequest) -> IResource:
+        if self._jwt_auth_key:
+            verify_jwt(bearer_token(request), self._jwt_auth_key, Unauthorized.message)
+        if not self._ready():
+            raise NotReady()
+        return self._v1.app.resource()
+
+
+class _ErrorResource(Resource):
+    isLeaf = True
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__()
+        self._status = status
+        self._message = message
+
+    def render(self, request: IRequest) -> bytes:  # type: ignore[override]
+        return write_error(request, self._status, self._message)
+
+
+class RootResource(Resource):
+    """Sends ``/r/...`` to the invoke resource and the rest to Klein."""
+
+    def __init__(self, main: IResource, invoke: IResource | None, ready: Callable[[], bool]) -> None:
+        super().__init__()
+        self._main = main
+        self._invoke = invoke
+        self._ready = ready
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+        if path == b"r" and self._invoke is not None:
+            if not self._ready():
+                return _ErrorResource(503, NotReady.message)
+            return self._invoke
+        # Klein routes on the whole path: give back the segment Twisted consumed.
+        request.postpath.insert(0, request.prepath.pop())
+        return self._main
+
+    def render(self, request: IRequest) -> bytes:  # type: ignore[override]
+        return json_response(request, {"error": {"message": "Not Found"}}, status=404)
+
+
+def build_api(
+    datastore: IDatastore,
+    routes: RouteCache,
+    *,
+    host_memory_mb: int,
+    jwt_auth_key: str = "",
+    ready: Callable[[], bool] = lambda: True,
+    health_checks: Mapping[str, Callable[[], Awaitable[None]]] | None = None,
+    stats: Callable[[], Mapping[str, int]] = lambda: {},
+    render_metrics: Callable[[], str] = lambda: "",
+    invoke: IResource | None = None,
+) -> IResource:
+    """The whole HTTP API as one resource for a ``Site``."""
+    v1 = V1API(datastore, routes, host_memory_mb)
+    main = MainAPI(
+        v1,
+        jwt_auth_key,
+        ready,
+        health_checks or {"datastore": datastore.ping},
+        stats,
+        render_metrics,
+    )
+    return RootResource(main.app.resource(), invoke, ready)

@@ -1,0 +1,82 @@
+"""``/v1/apps``: create, list, load, update and delete applications."""
+
+from __future__ import annotations
+
+from twisted.web.iweb import IRequest
+
+from ironfunctions.api import schema
+from ironfunctions.api.http import body_of, json_response, klein_app
+from ironfunctions.api.routes import RoutesAPI
+from ironfunctions.datastore.interface import IDatastore
+from ironfunctions.routecache import RouteCache
+
+
+class AppsAPI:
+    """Apps, and the branch to each app's routes."""
+
+    app = klein_app()
+
+    def __init__(self, datastore: IDatastore, routes: RouteCache, host_memory_mb: int) -> None:
+        self._datastore = datastore
+        self._routes = routes
+        self._host_memory_mb = host_memory_mb
+
+    @app.route("/", methods=["GET"])
+    async def list_apps(self, request: IRequest) -> bytes:
+        apps = await self._datastore.get_apps()
+        return json_response(
+            request,
+            {"message": "Successfully listed applications", "apps": [schema.app_json(a) for a in apps]},
+        )
+
+    @app.route("/", methods=["POST"])
+    async def create_app(self, request: IRequest) -> bytes:
+        new = schema.parse_new_app(body_of(request))
+        app = await self._datastore.insert_app(new)
+        self._routes.invalidate(app.name)
+        return json_response(request, {"message": "App successfully created", "app": schema.app_json(app)})
+
+    @app.route("/<string:name>", methods=["GET"])
+    async def get_app(self, request: IRequest, name: str) -> bytes:
+        app = await self._datastore.get_app(name)
+        return json_response(request, {"message": "Successfully loaded app", "app": schema.app_json(app)})
+
+    @app.route("/<string:name>", methods=["PATCH"])
+    async def update_app(self, request: IRequest, name: str) -> bytes:
+        change = schema.parse_app_patch(body_of(request))
+        app = await self._datastore.update_app(name, change)
+        self._routes.invalidate(name)
+        return json_response(request, {"message": "App successfully updated", "app": schema.app_json(app)})
+
+    @app.route("/<string:name>", methods=["DELETE"])
+    async def delete_app(self, request: IRequest, name: str) -> bytes:
+        await self._datastore.remove_app(name)
+        self._routes.invalidate(name)
+        return json_response(request, {"message": "App deleted"})
+
+    def _routes_of(self, name: str) -> RoutesAPI:
+        return RoutesAPI(self._datastore, self._routes, self._host_memory_mb, name)
+
+    @app.route("/<string:name>/routes", methods=["GET"])
+    async def list_routes(self, request: IRequest, name: str) -> bytes:
+        return await self._routes_of(name).list_routes(request)
+
+    @app.route("/<string:name>/routes", methods=["POST"])
+    async def create_route(self, request: IRequest, name: str) -> bytes:
+        return await self._routes_of(name).create_route(request)
+
+    @app.route("/<string:name>/routes/<anypath:rest>", methods=["GET"])
+    async def get_route(self, request: IRequest, name: str, rest: str) -> bytes:
+        return await self._routes_of(name).get_route(request)
+
+    @app.route("/<string:name>/routes/<anypath:rest>", methods=["PATCH"])
+    async def update_route(self, request: IRequest, name: str, rest: str) -> bytes:
+        return await self._routes_of(name).update_route(request)
+
+    @app.route("/<string:name>/routes/<anypath:rest>", methods=["PUT"])
+    async def put_route(self, request: IRequest, name: str, rest: str) -> bytes:
+        return await self._routes_of(name).put_route(request)
+
+    @app.route("/<string:name>/routes/<anypath:rest>", methods=["DELETE"])
+    async def delete_route(self, request: IRequest, name: str, rest: str) -> bytes:
+        return await self._routes_of(name).delete_route(request)

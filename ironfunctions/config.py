@@ -1,0 +1,226 @@
+"""The daemon's configuration: one frozen value, built from twistd options and the
+environment (option wins over env var, env var over default) and validated purely.
+
+Every setting of SPEC §2 is here. ``Config.from_sources`` raises ``ConfigError`` whose
+message names the variable, so the daemon can stop at start with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable, Mapping, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+
+from ironfunctions.errors import ConfigError
+
+MIB = 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Config:
+    """Validated settings of one daemon (see SPEC §2 and README for each)."""
+
+    port: int
+    listen: str
+    data_dir: str
+    db_url: str
+    mq_url: str
+    api_url: str
+    log_level: str
+    jwt_auth_key: str
+    docker_host: str
+    num_async: int
+    max_concurrency: int
+    max_request_size: int
+    max_response_size: int
+    statsd_url: str
+    docker_network: str
+    node_id: str
+    async_max_attempts: int
+    async_retry_delay: float
+    host_memory_mb: int
+
+    @classmethod
+    def from_sources(
+        cls,
+        options: Mapping[str, str | None],
+        environ: Mapping[str, str],
+        cwd: str,
+        cpu_count: int,
+        host_memory_mb: int,
+    ) -> "Config":
+        """Resolve every setting from options (keys as the twistd option names,
+        e.g. ``db-url``), then ``environ`` (``DB_URL``), then defaults. Pure."""
+
+        def raw(name: str) -> str | None:
+            value = options.get(name.lower().replace("_", "-"))
+            if value is None:
+                value = environ.get(name)
+            if value is not None and value.strip() == "":
+                return None
+            return value
+
+        def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
+            value = raw(name)
+            return default if value is None else parse(name, value)
+
+        port = get("PORT", _port, 8080)
+        data_dir = os.path.join(cwd, "data")
+        data_dir = get("DATA_DIR", _text, data_dir)
+        return cls(
+            port=port,
+            listen=get("LISTEN", _text, f"tcp:{port}:interface=0.0.0.0"),
+            data_dir=data_dir,
+            db_url=get("DB_URL", _db_url, f"sqlite:///{data_dir}/ironfunctions.db"),
+            mq_url=get("MQ_URL", _mq_url, f"sqlite:///{data_dir}/mq.db"),
+            api_url=get("API_URL", _http_url, f"http://127.0.0.1:{port}"),
+            log_level=get("LOG_LEVEL", _log_level, "info"),
+            jwt_auth_key=get("JWT_AUTH_KEY", _text, ""),
+            docker_host=get("DOCKER_HOST", _text, ""),
+            num_async=get("NUM_ASYNC", _positive_int, 2 * cpu_count),
+            max_concurrency=get(
+                "MAX_CONCURRENCY", _positive_int, default_max_concurrency(cpu_count, host_memory_mb)
+            ),
+            max_request_size=get("MAX_REQUEST_SIZE", _size, 6 * MIB),
+            max_response_size=get("MAX_RESPONSE_SIZE", _size, 6 * MIB),
+            statsd_url=get("STATSD_URL", _statsd_url, ""),
+            docker_network=get("DOCKER_NETWORK", _docker_network, "bridge"),
+            node_id=get("NODE_ID", _node_id, ""),
+            async_max_attempts=get("ASYNC_MAX_ATTEMPTS", _positive_int, 3),
+            async_retry_delay=get("ASYNC_RETRY_DELAY", _duration, 1.0),
+            host_memory_mb=host_memory_mb,
+        )
+
+
+def default_max_concurrency(cpu_count: int, host_memory_mb: int) -> int:
+    """Containers at once: enough to keep the cores busy with slow functions, never
+    more than the host's memory can hold at the default 128 MiB each (half of it)."""
+    return max(2, min(32 * cpu_count, host_memory_mb // 256))
+
+
+def host_memory_mb(meminfo_path: str = "/proc/meminfo") -> int:
+    """Total memory of the host in MiB (from /proc/meminfo)."""
+    with open(meminfo_path) as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    raise ConfigError("cannot read MemTotal from /proc/meminfo")
+
+
+# -- parsers: (variable name, raw text) -> value, or ConfigError naming the variable
+
+
+def _text(name: str, value: str) -> str:
+    return value.strip()
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+
+
+def _port(name: str, value: str) -> int:
+    port = _int(name, value)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name}: port must be 1..65535, got {port}")
+    return port
+
+
+def _positive_int(name: str, value: str) -> int:
+    number = _int(name, value)
+    if number < 1:
+        raise ConfigError(f"{name}: must be at least 1, got {number}")
+    return number
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": MIB, "mb": MIB, "mib": MIB}
+_SIZE_UNITS.update({"g": 1024 * MIB, "gb": 1024 * MIB, "gib": 1024 * MIB})
+
+
+def _size(name: str, value: str) -> int:
+    """Bytes, with an optional binary unit: ``6291456``, ``6MiB``, ``512k``."""
+    match = _SIZE.match(value)
+    if not match or int(match.group(1)) < 1:
+        raise ConfigError(f"{name}: expected a size in bytes such as 6291456 or 6MiB, got {value!r}")
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
+
+
+def _duration(name: str, value: str) -> float:
+    """Seconds: ``1``, ``0.5``, ``1s``, ``250ms``."""
+    match = _DURATION.match(value)
+    if not match:
+        raise ConfigError(f"{name}: expected a duration such as 1, 1s or 250ms, got {value!r}")
+    seconds = float(match.group(1))
+    return seconds / 1000 if match.group(2) == "ms" else seconds
+
+
+def _log_level(name: str, value: str) -> str:
+    level = value.strip().lower()
+    if level == "warning":
+        level = "warn"
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{name}: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+def _db_url(name: str, value: str) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in ("memory", "sqlite", "postgres", "postgresql"):
+        raise ConfigError(f"{name}: expected memory://, sqlite:///path or postgres://..., got {value!r}")
+    return _checked_sqlite(name, value)
+
+
+def _mq_url(name: str, value: str) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in ("memory", "sqlite", "redis"):
+        raise ConfigError(f"{name}: expected memory://, sqlite:///path or redis://..., got {value!r}")
+    return _checked_sqlite(name, value)
+
+
+def _checked_sqlite(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme == "sqlite" and (parts.netloc or parts.path in ("", "/")):
+        raise ConfigError(f"{name}: expected sqlite:///path/to/file.db, got {value!r}")
+    return value
+
+
+def _http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name}: expected an http(s):// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _statsd_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "udp" or not parts.hostname or not port:
+        raise ConfigError(f"{name}: expected udp://host:port, got {value!r}")
+    return value
+
+
+def _docker_network(name: str, value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", value.strip()):
+        raise ConfigError(f"{name}: invalid network name {value!r}")
+    return value.strip()
+
+
+def _node_id(name: str, value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", value.strip()):
+        raise ConfigError(f"{name}: use 1-63 letters, digits, '_', '.', '-', got {value!r}")
+    return value.strip()

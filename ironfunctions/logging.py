@@ -1,0 +1,114 @@
+"""One logfmt line per log event, for journald and log shippers.
+
+``time=2026-11-28T08:52:01.123Z level=info msg="Ran myapp/hello" app=myapp call_id=...``
+
+Metric events (emitted by ``metrics.LogMetrics``) print as
+``time=... level=info metric=run.requests value=1 type=count app=myapp``, the keys
+logspout-statsd parses. Select with ``twistd --logger=ironfunctions.logging.observer``;
+the plugin installs it by default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import IO, Any, Callable
+
+from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate
+from twisted.logger import formatEvent
+from zope.interface import implementer
+
+LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+}
+_LEVEL_NAMES = {
+    LogLevel.debug: "debug",
+    LogLevel.info: "info",
+    LogLevel.warn: "warn",
+    LogLevel.error: "error",
+    LogLevel.critical: "critical",
+}
+
+# Keys of Twisted's own (new and legacy) events that are bookkeeping, not data.
+_INTERNAL = frozenset(
+    {"message", "format", "isError", "system", "time", "why", "failure", "printed", "factory",
+     "protocol", "metric_event", "self", "request"}
+)
+_METRIC_KEYS = ("metric", "value", "type")
+
+
+def logfmt_value(value: Any) -> str:
+    """A logfmt value: bare when safe, else double-quoted with escapes."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    text = str(value)
+    if text and not any(c in text for c in ' ="\\') and text.isprintable():
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = escaped.replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def format_logfmt(event: dict[str, Any]) -> str:
+    """Render one event as one logfmt line (without the newline)."""
+    stamp = event.get("log_time") or time.time()
+    parts = [
+        "time=" + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp))
+        + f".{int(stamp * 1000) % 1000:03d}Z",
+        "level=" + _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "info"),
+    ]
+    if event.get("metric_event"):
+        parts.extend(f"{k}={logfmt_value(event[k])}" for k in _METRIC_KEYS)
+        skip = set(_METRIC_KEYS)
+    else:
+        msg = formatEvent(event)
+        parts.append("msg=" + logfmt_value(msg))
+        skip = set()
+        failure = event.get("log_failure")
+        if failure is not None:
+            parts.append("error=" + logfmt_value(failure.getErrorMessage()))
+            parts.append("traceback=" + logfmt_value(failure.getTraceback()))
+    for key, value in event.items():
+        if key.startswith("log_") or key in _INTERNAL or key in skip:
+            continue
+        if isinstance(value, (str, int, float, bool)):
+            parts.append(f"{key}={logfmt_value(value)}")
+    return " ".join(parts)
+
+
+@implementer(ILogObserver)
+class LogfmtObserver:
+    """Write each event as one logfmt line to a text stream."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        try:
+            line = format_logfmt(event)
+        except Exception as e:  # a bad event must never break logging
+            line = f"level=error msg={logfmt_value('unformattable log event: ' + repr(e))}"
+        self._out.write(line + "\n")
+        self._out.flush()
+
+
+def make_observer(level: str = "info", out: IO[str] | None = None) -> ILogObserver:
+    """A logfmt observer that drops events below ``level``."""
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    return FilteringLogObserver(LogfmtObserver(out or sys.stdout), [predicate])
+
+
+def observer() -> ILogObserver:
+    """Factory for ``twistd --logger=ironfunctions.logging.observer`` (level from LOG_LEVEL)."""
+    level = os.environ.get("LOG_LEVEL", "info").strip().lower()
+    level = "warn" if level == "warning" else level
+    return make_observer(level if level in LEVELS else "info")
+
+
+ObserverFactory = Callable[[], ILogObserver]

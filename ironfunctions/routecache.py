@@ -1,0 +1,92 @@
+"""Route lookups for the invocation path, cached per node.
+
+``/r/`` must not hit the datastore on every call, yet several nodes share one datastore:
+a route deleted or changed through another node must stop being served soon. Each entry
+(found or not found) lives at most ``ttl`` seconds (default 1 s), which is the bound on
+staleness across nodes; changes made through this node's API invalidate at once.
+Concurrent misses for one key share a single datastore query.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from ironfunctions.datastore.interface import IDatastore
+from ironfunctions.errors import AppNotFound, RouteNotFound
+from ironfunctions.models import Route
+
+DEFAULT_TTL_S = 1.0
+
+
+class RouteCache:
+    """``await cache.lookup(app, path)`` -> Route, or AppNotFound / RouteNotFound."""
+
+    def __init__(self, datastore: IDatastore, clock: IReactorTime, ttl: float = DEFAULT_TTL_S) -> None:
+        self._datastore = datastore
+        self._clock = clock
+        self._ttl = ttl
+        # key -> (expires_at, Route or the exception to raise)
+        self._entries: dict[tuple[str, str], tuple[float, Route | Exception]] = {}
+        self._pending: dict[tuple[str, str], list[Deferred[Any]]] = {}
+        self._listeners: list[Callable[[str, str | None], None]] = []
+
+    async def lookup(self, app_name: str, path: str) -> Route:
+        key = (app_name, path)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock.seconds():
+            return _unwrap(entry[1])
+        waiters = self._pending.get(key)
+        if waiters is not None:
+            d: Deferred[Any] = Deferred()
+            waiters.append(d)
+            return _unwrap(await d)
+        self._pending[key] = []
+        try:
+            result: Route | Exception = await self._load(app_name, path)
+        except Exception as e:  # e.g. DatastoreUnavailable: not cached, shared with waiters
+            result = e
+            self._release(key, result)
+            raise
+        if len(self._entries) > 100_000:  # bound memory under path scans
+            self._entries.clear()
+        self._entries[key] = (self._clock.seconds() + self._ttl, result)
+        self._release(key, result)
+        return _unwrap(result)
+
+    def _release(self, key: tuple[str, str], result: Route | Exception) -> None:
+        for d in self._pending.pop(key, []):
+            d.callback(result)
+
+    async def _load(self, app_name: str, path: str) -> Route | Exception:
+        try:
+            return await self._datastore.get_route(app_name, path)
+        except RouteNotFound as not_found:
+            try:
+                await self._datastore.get_app(app_name)
+            except AppNotFound as app_missing:
+                return app_missing
+            return not_found
+
+    def invalidate(self, app_name: str, path: str | None = None) -> None:
+        """Forget what is cached for one route (or, with no path, a whole app) and tell
+        listeners (e.g. hot-container pools, which retire the route's containers)."""
+        if path is None:
+            for key in [k for k in self._entries if k[0] == app_name]:
+                del self._entries[key]
+        else:
+            self._entries.pop((app_name, path), None)
+        for listener in self._listeners:
+            listener(app_name, path)
+
+    def on_invalidate(self, listener: Callable[[str, str | None], None]) -> None:
+        """Call ``listener(app_name, path_or_None)`` whenever this node changes routes."""
+        self._listeners.append(listener)
+
+
+def _unwrap(result: Route | Exception) -> Route:
+    if isinstance(result, Exception):
+        raise type(result)(*result.args)  # a fresh one: no traceback piles up on the cached one
+    return result

@@ -1,0 +1,96 @@
+"""Long-lived parts of the daemon as Twisted services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+from twisted.python.failure import Failure
+
+from ironfunctions.datastore.interface import IDatastore
+
+
+class IronFunctionsService(MultiService):
+    """The root service. Attached to twistd's Application, it installs the logfmt
+    observer as the application's log observer (unless ``--logger`` was given), which
+    is how twistd lets an application choose its logging."""
+
+    def __init__(self, observer: ILogObserver | None = None) -> None:
+        super().__init__()
+        self._observer = observer
+
+    def setServiceParent(self, parent: Any) -> None:  # noqa: N802 (Twisted API)
+        super().setServiceParent(parent)
+        if self._observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self._observer)
+
+
+class DatastoreService(Service):
+    """Starts the datastore in the background, retrying until it answers, so the daemon
+    comes up (answering 503) while its database is still down; closes it at stop."""
+
+    log = Logger()
+
+    def __init__(self, datastore: IDatastore, clock: IReactorTime, retry_delay: float = 1.0) -> None:
+        self.name = "datastore"
+        self._datastore = datastore
+        self._clock = clock
+        self._retry_delay = retry_delay
+        self._ready = False
+        self._starting: Deferred[None] | None = None
+        self._waiters: list[Deferred[None]] = []
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires once the datastore has started."""
+        d: Deferred[None] = Deferred()
+        if self._ready:
+            d.callback(None)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._start_failed)
+
+    def _start_failed(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):  # cancelled by stopService: expected
+            self.log.failure("Datastore start loop failed", failure)
+
+    async def _start(self) -> None:
+        from twisted.internet.task import deferLater
+
+        attempt = 0
+        while self.running:
+            attempt += 1
+            try:
+                await self._datastore.start()
+            except Exception as e:
+                self.log.warn(
+                    "Datastore not available yet ({error}); retrying in {delay}s",
+                    error=str(e), delay=self._retry_delay, attempt=attempt,
+                )
+                await deferLater(self._clock, self._retry_delay, lambda: None)
+                continue
+            self._ready = True
+            self.log.info("Datastore ready")
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+            return
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        super().stopService()
+        if self._starting is not None:
+            self._starting.cancel()
+        self._ready = False
+        return Deferred.fromCoroutine(self._datastore.close())

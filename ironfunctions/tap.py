@@ -1,0 +1,143 @@
+"""``twistd ironfunctions``: options, and the wiring of the daemon's services.
+
+``makeService`` only builds and connects objects; connecting to databases, Docker and
+queues happens when the services start. Every option mirrors an environment variable
+of SPEC §2; the option wins over the variable, the variable over the default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from ironfunctions import __version__
+from ironfunctions.api import build_api
+from ironfunctions.config import Config, host_memory_mb
+from ironfunctions.datastore import datastore_from_url
+from ironfunctions.errors import ConfigError
+from ironfunctions.logging import make_observer
+from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
+from ironfunctions.routecache import RouteCache
+from ironfunctions.services import DatastoreService, IronFunctionsService
+from ironfunctions.web import make_site
+
+# (option name, env var, help). Defaults are resolved in Config.from_sources.
+SETTINGS = [
+    ("port", "PORT", "API port [default: 8080]"),
+    ("listen", "LISTEN", "Twisted endpoint to listen on [default: tcp:$PORT:interface=0.0.0.0]"),
+    ("data-dir", "DATA_DIR", "Folder for the embedded store, queue and node id [default: ./data]"),
+    ("db-url", "DB_URL", "Datastore: sqlite:///path, postgres://user:pass@host:port/db or memory:// "
+     "[default: sqlite:///<data dir>/ironfunctions.db]"),
+    ("mq-url", "MQ_URL", "Async queue: sqlite:///path, redis://[:pass@]host:port[/db] or memory:// "
+     "[default: sqlite:///<data dir>/mq.db]"),
+    ("api-url", "API_URL", "Where external async runners reach /tasks [default: http://127.0.0.1:$PORT]"),
+    ("log-level", "LOG_LEVEL", "debug, info, warn or error [default: info]"),
+    ("jwt-auth-key", "JWT_AUTH_KEY", "When set, /v1/* needs a Bearer HS256 JWT signed with it"),
+    ("docker-host", "DOCKER_HOST", "Docker engine URL [default: docker-py's default]"),
+    ("num-async", "NUM_ASYNC", "Async calls this node runs at once [default: 2 x cores]"),
+    ("max-concurrency", "MAX_CONCURRENCY", "Containers this node runs at once [default: from cores and memory]"),
+    ("max-request-size", "MAX_REQUEST_SIZE", "Largest request body, e.g. 6MiB [default: 6MiB]"),
+    ("max-response-size", "MAX_RESPONSE_SIZE", "Largest function response, e.g. 6MiB [default: 6MiB]"),
+    ("statsd-url", "STATSD_URL", "Also send metrics to statsd at udp://host:port"),
+    ("docker-network", "DOCKER_NETWORK", "Network of function containers; 'none' cuts them off [default: bridge]"),
+    ("node-id", "NODE_ID", "Name of this daemon [default: generated once, kept in the data dir]"),
+    ("async-max-attempts", "ASYNC_MAX_ATTEMPTS", "Attempts per async call [default: 3]"),
+    ("async-retry-delay", "ASYNC_RETRY_DELAY", "First async retry delay, doubled each time [default: 1s]"),
+]
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd ironfunctions`` (each also an env variable)."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "IronFunctions serverless API server. Every option can also be set by the "
+        "environment variable in brackets; the option wins."
+    )
+    optParameters = [[name, None, None, f"{help_} (env {env})"] for name, env, help_ in SETTINGS]
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"ironfunctions {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:  # noqa: N802 (Twisted API)
+        try:
+            config = Config.from_sources(
+                self, os.environ, os.getcwd(), os.cpu_count() or 1, host_memory_mb()
+            )
+            if not config.node_id:
+                config = _with_node_id(config)
+        except ConfigError as e:
+            # One clear line and a non-zero exit, not twistd's full usage text.
+            sys.stderr.write(f"ironfunctions: configuration error: {e}\n")
+            sys.exit(2)
+        self["config"] = config
+
+
+def _with_node_id(config: Config) -> Config:
+    """The node id kept in ``<data dir>/node_id``, generated on the first start."""
+    import attrs
+
+    path = os.path.join(config.data_dir, "node_id")
+    try:
+        with open(path) as f:
+            node_id = f.read().strip()
+    except FileNotFoundError:
+        node_id = ""
+    if not node_id:
+        node_id = "node-" + uuid.uuid4().hex[:12]
+        try:
+            os.makedirs(config.data_dir, exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                f.write(node_id + "\n")
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            raise ConfigError(f"DATA_DIR: cannot write {path}: {e}") from None
+    return attrs.evolve(config, node_id=node_id)
+
+
+def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
+    """Wire the daemon: backends from URLs, services, the API, the listener (last, so
+    it stops first)."""
+    from twisted.internet import reactor
+
+    config: Config = options["config"]
+    root = IronFunctionsService(make_observer(config.log_level))
+
+    sinks: list[Any] = [LogMetrics()]
+    prometheus = PrometheusMetrics()
+    sinks.append(prometheus)
+    if config.statsd_url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(config.statsd_url)
+        sinks.append(StatsdMetrics(parts.hostname or "127.0.0.1", parts.port or 8125))
+    metrics = FanoutMetrics(sinks)
+
+    datastore = datastore_from_url(config.db_url, reactor)
+    datastore_service = DatastoreService(datastore, reactor)
+    datastore_service.setServiceParent(root)
+    route_cache = RouteCache(datastore, reactor)
+
+    api = build_api(
+        datastore,
+        route_cache,
+        host_memory_mb=config.host_memory_mb,
+        jwt_auth_key=config.jwt_auth_key,
+        ready=lambda: datastore_service.ready,
+        health_checks={"datastore": datastore.ping},
+        render_metrics=prometheus.render,
+    )
+    site = make_site(api, config.max_request_size, log_access=config.log_level == "debug")
+    listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
+    listener.setName("http")
+    listener.setServiceParent(root)
+    return root

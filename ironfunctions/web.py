@@ -1,0 +1,97 @@
+"""The HTTP server side: a ``Site`` whose requests refuse oversized bodies.
+
+A body larger than ``MAX_REQUEST_SIZE`` (by Content-Length, or counted while a chunked
+body arrives) is not buffered: its bytes are read and dropped, then the client gets a
+413 JSON error. Reading it to the end, rather than closing at once, lets the client see
+the answer instead of a connection reset; a body over 16x the limit closes the connection.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from ironfunctions.api.errors import error_body
+
+_ABORT_FACTOR = 16
+
+
+class LimitedRequest(Request):
+    """A request with a bounded body; see the module docstring."""
+
+    max_request_size = 6 * 1024 * 1024
+
+    def gotLength(self, length: int | None) -> None:
+        self._body_size = 0
+        self._too_large = length is not None and length > self.max_request_size
+        if self._too_large:
+            self.content = io.BytesIO()
+            if length is not None and length > self.max_request_size * _ABORT_FACTOR:
+                self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if not self._too_large and self._body_size > self.max_request_size:
+            self._too_large = True
+            self.content.close()
+            self.content = io.BytesIO()
+        if self._too_large:
+            if self._body_size > self.max_request_size * _ABORT_FACTOR:
+                self.channel.transport.loseConnection()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        """Answer 413 now and close: the client announced far too much to read it all."""
+        body = error_body(f"Request body too large (limit {self.max_request_size} bytes)")
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.channel.transport.loseConnection()
+
+    def process(self) -> None:
+        if getattr(self, "_too_large", False):
+            self.setResponseCode(413)
+            self.setHeader(b"content-type", b"application/json")
+            self.setHeader(b"connection", b"close")
+            self.write(error_body(f"Request body too large (limit {self.max_request_size} bytes)"))
+            self.finish()
+            return
+        super().process()
+
+
+class ApiSite(Site):
+    """A Site whose access log is a debug-level event (off at the default level: one
+    log line per call would cost more than a hot call itself)."""
+
+    log_access = False
+    _log = Logger(namespace="ironfunctions.access")
+
+    def log(self, request: Any) -> None:
+        if self.log_access:
+            self._log.debug(
+                "{method} {uri} {code}",
+                method=request.method.decode("latin-1"),
+                uri=request.uri.decode("latin-1"),
+                code=request.code,
+            )
+
+
+def make_site(resource: IResource, max_request_size: int, log_access: bool = False) -> Site:
+    """A Site for ``resource`` whose requests are bounded by ``max_request_size``."""
+
+    class _Request(LimitedRequest):
+        pass
+
+    _Request.max_request_size = max_request_size
+    site = ApiSite(resource, requestFactory=_Request)
+    site.log_access = log_access
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
