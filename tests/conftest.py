@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from ironfunctions.datastore import datastore_from_url
+from tests.daemon import daemon, daemon_factory  # noqa: F401 (fixtures)
 from tests.servers import postgres_cluster, postgres_db, postgres_url  # noqa: F401 (fixtures)
 
 DATASTORE_KINDS = ["memory", "sqlite", "postgres"]

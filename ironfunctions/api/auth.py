@@ -9,9 +9,10 @@ from ironfunctions.errors import Unauthorized
 
 
 def bearer_token(request: IRequest) -> str | None:
-    header = request.getHeader(b"authorization")
-    if not header:
+    raw = request.getHeader(b"authorization")
+    if not raw:
         return None
+    header = raw.decode("latin-1")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

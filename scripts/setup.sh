@@ -1,0 +1,39 @@
+#!/bin/sh
+# Install what IronFunctions needs on a Debian 12 machine (as root) and build the
+# project's virtualenv in ./.venv. Idempotent: packages already present are not
+# fetched again, so a second run takes seconds.
+#
+#   scripts/setup.sh          the daemon's needs (Docker, Python)
+#   scripts/setup.sh --test   also what the test suite needs (Postgres, Redis, gcc)
+set -eu
+
+cd "$(dirname "$0")/.."
+
+PACKAGES="docker.io busybox-static python3 python3-venv python3-pip ca-certificates"
+if [ "${1:-}" = "--test" ]; then
+    PACKAGES="$PACKAGES postgresql redis-server gcc libc6-dev wrk procps"
+fi
+
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+# Postgres' Debian package starts a cluster of its own on 5432; the tests start
+# throwaway ones on free ports and need nothing else running.
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+if [ "${1:-}" = "--test" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check ".[test]"
+else
+    .venv/bin/pip install -q --disable-pip-version-check .
+fi

@@ -1,0 +1,180 @@
+"""A real daemon process for functional tests: ``twistd -n ironfunctions`` on a free
+port, talked to over real HTTP.
+
+``daemon`` fixture (function scope) gives a started ``Daemon`` on the embedded default
+(SQLite under a temporary data dir); ``daemon_factory`` starts more, with any settings.
+"""
+
+from __future__ import annotations
+
+import http.client as httpclient
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import attrs
+import pytest
+
+from tests.servers import free_port
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+@attrs.frozen
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+def http(method: str, url: str, body: bytes | str | dict | None = None,
+         headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+    """One blocking HTTP request (a fresh connection each time); dict bodies become JSON."""
+    if isinstance(body, dict):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    parts = urlsplit(url)
+    conn = httpclient.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        path = parts.path + ("?" + parts.query if parts.query else "")
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+class Daemon:
+    """One ``twistd -n ironfunctions`` process with its own port and data dir."""
+
+    def __init__(self, workdir: str, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.env = dict(env or {})
+        self.args = list(args or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = os.path.join(workdir, "daemon.log")
+        os.makedirs(workdir, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, timeout: float = 30) -> "Daemon":
+        env = {k: v for k, v in os.environ.items() if k not in _SETTINGS}
+        env.update({"PORT": str(self.port), "LISTEN": f"tcp:{self.port}:interface=127.0.0.1",
+                    "PYTHONPATH": REPO, "DOCKER_NETWORK": "none"})
+        env.update(self.env)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [TWISTD, "--nodaemon", "--pidfile=", "ironfunctions", *self.args],
+            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Wait until the API answers (``/v1/apps`` 200, or 401 behind JWT: the datastore is ready)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.get("/v1/apps", timeout=2).status in (200, 401):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon did not become ready in {timeout}s:\n{self.log()}")
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                timeout: float = 30) -> Reply:
+        return http(method, self.url + path, body, headers, timeout)
+
+    def get(self, path: str, **kw: Any) -> Reply:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Reply:
+        return self.request("POST", path, body, **kw)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait; return the exit status."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"daemon did not stop within {timeout}s after SIGTERM:\n{self.log()}")
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """kill -9, as a crash."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self) -> "Daemon":
+        self.stop()
+        return self.start()
+
+
+_SETTINGS = {
+    "PORT", "LISTEN", "DATA_DIR", "DB_URL", "MQ_URL", "API_URL", "LOG_LEVEL", "JWT_AUTH_KEY",
+    "NUM_ASYNC", "MAX_CONCURRENCY", "MAX_REQUEST_SIZE", "MAX_RESPONSE_SIZE", "STATSD_URL",
+    "DOCKER_NETWORK", "NODE_ID", "ASYNC_MAX_ATTEMPTS", "ASYNC_RETRY_DELAY",
+}
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Any) -> Iterator[Any]:
+    """``daemon_factory(env=..., args=..., start=True)`` -> a Daemon; all stopped at the end."""
+    started: list[Daemon] = []
+
+    def make(env: dict[str, str] | None = None, args: list[str] | None = None,
+             start: bool = True, workdir: str | None = None) -> Daemon:
+        d = Daemon(workdir or str(tmp_path / f"daemon{len(started)}"), env, args)
+        started.append(d)
+        return d.start() if start else d
+
+    yield make
+    for d in started:
+        try:
+            d.stop()
+        except RuntimeError:
+            pass
+
+
+@pytest.fixture
+def daemon(daemon_factory: Any) -> Daemon:
+    """A started daemon on the embedded default (SQLite in its own data dir)."""
+    return daemon_factory()

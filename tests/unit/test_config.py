@@ -1,0 +1,58 @@
+"""Config resolution (option > env > default) and validation naming the variable."""
+
+import pytest
+
+from ironfunctions.config import Config, default_max_concurrency
+from ironfunctions.errors import ConfigError
+
+
+def make(options=None, env=None):
+    return Config.from_sources(options or {}, env or {}, "/srv", cpu_count=2, host_memory_mb=24000)
+
+
+def test_defaults_are_the_embedded_setup():
+    c = make()
+    assert c.port == 8080
+    assert c.listen == "tcp:8080:interface=0.0.0.0"
+    assert c.db_url == "sqlite:////srv/data/ironfunctions.db"
+    assert c.mq_url == "sqlite:////srv/data/mq.db"
+    assert c.api_url == "http://127.0.0.1:8080"
+    assert (c.log_level, c.jwt_auth_key, c.docker_network) == ("info", "", "bridge")
+    assert c.num_async == 4
+    assert c.max_request_size == c.max_response_size == 6 * 1024 * 1024
+    assert (c.async_max_attempts, c.async_retry_delay) == (3, 1.0)
+    assert c.max_concurrency == default_max_concurrency(2, 24000) == 64
+
+
+def test_option_wins_over_env_and_env_over_default():
+    assert make(env={"PORT": "9000"}).port == 9000
+    assert make({"port": "9001"}, {"PORT": "9000"}).port == 9001
+    c = make(env={"PORT": "9000"})
+    assert c.listen == "tcp:9000:interface=0.0.0.0" and c.api_url == "http://127.0.0.1:9000"
+    assert make({"log-level": "DEBUG"}, {"LOG_LEVEL": "error"}).log_level == "debug"
+    assert make(env={"DATA_DIR": "/d"}).db_url == "sqlite:////d/ironfunctions.db"
+
+
+def test_empty_values_mean_default():
+    assert make(env={"PORT": "", "LOG_LEVEL": " "}).port == 8080
+
+
+def test_sizes_and_durations_accept_units():
+    c = make(env={"MAX_REQUEST_SIZE": "1MiB", "MAX_RESPONSE_SIZE": "512k", "ASYNC_RETRY_DELAY": "250ms"})
+    assert (c.max_request_size, c.max_response_size, c.async_retry_delay) == (1048576, 524288, 0.25)
+
+
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("PORT", "0"), ("PORT", "x"), ("DB_URL", "mysql://h/db"), ("DB_URL", "sqlite://"),
+        ("MQ_URL", "amqp://h"), ("API_URL", "ftp://x"), ("LOG_LEVEL", "verbose"),
+        ("NUM_ASYNC", "0"), ("MAX_CONCURRENCY", "-3"), ("MAX_REQUEST_SIZE", "big"),
+        ("STATSD_URL", "tcp://h:1"), ("STATSD_URL", "udp://h"), ("DOCKER_NETWORK", "a b"),
+        ("NODE_ID", "no/slash"), ("ASYNC_MAX_ATTEMPTS", "0"), ("ASYNC_RETRY_DELAY", "soon"),
+    ],
+)
+def test_invalid_values_raise_ConfigError_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError) as e:
+        make(env={variable: value})
+    assert str(e.value).startswith(variable + ":")

@@ -1,0 +1,60 @@
+"""The logfmt observer: one line per event, fields kept, metrics in statsd-parsable form."""
+
+import io
+
+from twisted.logger import Logger, LogLevel, globalLogPublisher
+
+from ironfunctions.logging import format_logfmt, logfmt_value, make_observer
+from ironfunctions.metrics import LogMetrics
+
+
+def test_values_are_quoted_only_when_needed():
+    assert logfmt_value("plain") == "plain"
+    assert logfmt_value("two words") == '"two words"'
+    assert logfmt_value('q"uote\nline') == '"q\\"uote\\nline"'
+    assert logfmt_value(12) == "12" and logfmt_value(True) == "true"
+    assert logfmt_value("") == '""'
+
+
+def test_event_line_has_time_level_msg_and_fields():
+    line = format_logfmt({"log_format": "Ran {app}", "log_level": LogLevel.warn, "log_time": 0.5,
+                          "app": "myapp", "call_id": "01ABC", "obj": object()})
+    assert line == 'time=1970-01-01T00:00:00.500Z level=warn msg="Ran myapp" app=myapp call_id=01ABC'
+
+
+def test_metric_events_print_metric_value_type_and_per_app_name():
+    out = io.StringIO()
+    observer = make_observer("info", out)
+    globalLogPublisher.addObserver(observer)
+    try:
+        LogMetrics().count("run.requests", 1, app="myapp", call_id="X1")
+        LogMetrics().timing("queue.wait_time", 12)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert "metric=run.requests value=1 type=count app=myapp call_id=X1" in lines[0]
+    assert "metric=run.myapp.requests value=1 type=count" in lines[1]
+    assert "metric=queue.wait_time value=12 type=time" in lines[2]
+    assert all("msg=" not in line for line in lines)
+
+
+def test_level_filter_drops_lower_levels():
+    out = io.StringIO()
+    observer = make_observer("warn", out)
+    log = Logger(observer=observer)
+    log.info("hidden")
+    log.warn("shown {x}", x=1)
+    log.error("also")
+    assert [line.split("msg=")[1].split(" ")[0] for line in out.getvalue().splitlines()] == ['"shown', "also"]
+
+
+def test_failures_stay_on_one_line():
+    out = io.StringIO()
+    log = Logger(observer=make_observer("info", out))
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.failure("boom")
+    text = out.getvalue()
+    assert text.count("\n") == 1 and "ZeroDivisionError" in text

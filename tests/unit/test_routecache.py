@@ -1,0 +1,99 @@
+"""The per-node route cache: bounded staleness, negative entries, shared misses."""
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from ironfunctions.datastore.memory import MemoryDatastore
+from ironfunctions.errors import AppNotFound, RouteNotFound
+from ironfunctions.models import App, Route
+from ironfunctions.routecache import RouteCache
+
+
+class CountingDatastore(MemoryDatastore):
+    def __init__(self):
+        super().__init__()
+        self.route_reads = 0
+
+    async def get_route(self, app_name, path):
+        self.route_reads += 1
+        return await super().get_route(app_name, path)
+
+
+def run(coro):
+    d = Deferred.fromCoroutine(coro)
+    results = []
+    d.addBoth(results.append)
+    assert results, "coroutine did not finish synchronously"
+    if hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+def setup():
+    ds = CountingDatastore()
+    run(ds.insert_app(App("a")))
+    run(ds.insert_route(Route("a", "/r", "img")))
+    clock = Clock()
+    return ds, clock, RouteCache(ds, clock, ttl=1.0)
+
+
+def test_hits_do_not_touch_the_datastore_until_ttl():
+    ds, clock, cache = setup()
+    for _ in range(5):
+        assert run(cache.lookup("a", "/r")).image == "img"
+    assert ds.route_reads == 1
+    clock.advance(1.01)
+    run(cache.lookup("a", "/r"))
+    assert ds.route_reads == 2
+
+
+def test_change_through_another_node_is_seen_within_ttl():
+    ds, clock, cache = setup()
+    run(cache.lookup("a", "/r"))
+    run(ds.remove_route("a", "/r"))  # as another node would
+    assert run(cache.lookup("a", "/r")).image == "img"  # still within the bound
+    clock.advance(1.01)
+    with pytest.raises(RouteNotFound):
+        run(cache.lookup("a", "/r"))
+
+
+def test_missing_app_and_missing_route_are_told_apart_and_cached():
+    ds, clock, cache = setup()
+    with pytest.raises(AppNotFound):
+        run(cache.lookup("ghost", "/r"))
+    with pytest.raises(RouteNotFound):
+        run(cache.lookup("a", "/nope"))
+    with pytest.raises(RouteNotFound):
+        run(cache.lookup("a", "/nope"))
+    assert ds.route_reads == 2
+
+
+def test_invalidate_is_immediate_and_tells_listeners():
+    ds, clock, cache = setup()
+    seen = []
+    cache.on_invalidate(lambda app, path: seen.append((app, path)))
+    run(cache.lookup("a", "/r"))
+    run(ds.update_route("a", "/r", lambda r: Route("a", "/r", "new")))
+    cache.invalidate("a", "/r")
+    assert run(cache.lookup("a", "/r")).image == "new"
+    cache.invalidate("a")
+    assert seen == [("a", "/r"), ("a", None)]
+
+
+def test_concurrent_misses_share_one_query():
+    ds, clock, cache = setup()
+    gate = Deferred()
+    original = ds.get_route
+
+    async def slow(app, path):
+        await gate
+        return await original(app, path)
+
+    ds.get_route = slow
+    results = []
+    for _ in range(3):
+        Deferred.fromCoroutine(cache.lookup("a", "/r")).addCallback(results.append)
+    gate.callback(None)
+    assert [r.image for r in results] == ["img"] * 3
+    assert ds.route_reads == 1
