@@ -188,6 +188,12 @@ class DockerDriver(Service):
             if e.status_code != 409:
                 raise
 
+    def _kill_blocking(self, container_id: str) -> None:
+        try:
+            self._api.kill(container_id)
+        except docker.errors.APIError:
+            pass  # already exited: nothing to kill
+
     def _ensure_image_blocking(self, image: str) -> None:
         try:
             self._api.inspect_image(image)
@@ -213,16 +219,20 @@ class DockerDriver(Service):
             log_config=docker.types.LogConfig(type="none"),
         )
 
+        config = self._api.create_container_config(
+            spec.image,
+            None,
+            stdin_open=True,
+            environment=docker.utils.format_environment(dict(spec.env)),
+            labels=dict(spec.labels),
+            host_config=host_config,
+        )
+        # stdin_once: the engine closes the container's stdin when our attach stream
+        # half-closes (cold); a long-lived container keeps it open across calls.
+        config["StdinOnce"] = stdin_once
+
         def create() -> str:
-            container = self._api.create_container(
-                spec.image,
-                environment=dict(spec.env),
-                labels=dict(spec.labels),
-                host_config=host_config,
-                stdin_open=True,
-                stdin_once=stdin_once,
-                attach_stdin=True,
-            )
+            container = self._api.create_container_from_config(config)
             return str(container["Id"])
 
         try:
@@ -249,10 +259,11 @@ class DockerDriver(Service):
                 self._api.start(container_id)
                 started = time.monotonic()
                 deadline = started + spec.timeout_s
-                output = _pump(sock, spec.stdin, deadline, spec.stdout_limit, spec.stderr_limit,
-                               lambda: self._api.kill(container_id))
+                output = _pump(sock, spec.stdin, deadline, spec.stdout_limit, spec.stderr_limit)
             finally:
                 sock.close()
+            if output.stdout_truncated:
+                self._kill_blocking(container_id)
             start_ms = _ms(started - began)
             if output.timed_out:
                 self._remove_blocking(container_id)
@@ -265,13 +276,19 @@ class DockerDriver(Service):
                 deliver(result)
                 return
             remaining = max(1.0, deadline - time.monotonic() + 5.0)
-            status = self._api.wait(container_id, timeout=remaining)
+            try:
+                status = self._api.wait(container_id, timeout=remaining)
+                exit_code = int(status.get("StatusCode", -1))
+            except docker.errors.NotFound:  # removed from outside (stop/crash cleanup)
+                exit_code = 137
             ended = time.monotonic()
-            exit_code = int(status.get("StatusCode", -1))
             oom_killed = False
-            if exit_code == 137:  # SIGKILL: the OOM killer, or our own kill
-                state = self._api.inspect_container(container_id)["State"]
-                oom_killed = bool(state.get("OOMKilled"))
+            if exit_code == 137:  # SIGKILL: the OOM killer, or a kill
+                try:
+                    state = self._api.inspect_container(container_id)["State"]
+                    oom_killed = bool(state.get("OOMKilled"))
+                except docker.errors.NotFound:
+                    pass
             result = ContainerResult(
                 container_id, exit_code, output.stdout, output.stderr,
                 oom_killed=oom_killed,
@@ -325,12 +342,13 @@ def _pump(
     deadline: float,
     stdout_limit: int,
     stderr_limit: int,
-    kill: Callable[[], None],
 ) -> _PumpResult:
     """Write ``stdin`` and read the demultiplexed output until the engine closes the
     stream, in one thread (writing while reading, so neither side can block the other),
-    or until ``deadline``. Output over a limit is dropped; stdout over its limit also
-    kills the container (its answer is lost anyway)."""
+    or until ``deadline``. Output over a limit is dropped; stdout over its limit ends
+    the pump at once (the answer is lost anyway; the caller kills the container, after
+    closing the stream, since the engine will not finish a kill while its copy of the
+    output to us is blocked)."""
     result = _PumpResult()
     stdout, stderr = bytearray(), bytearray()
     demuxer = Demuxer()
@@ -380,9 +398,7 @@ def _pump(
                 for stream, payload in demuxer.feed(data):
                     if stream == STDOUT:
                         if len(stdout) + len(payload) > stdout_limit:
-                            if not result.stdout_truncated:
-                                result.stdout_truncated = True
-                                kill()
+                            result.stdout_truncated = True
                             stdout += payload[: max(0, stdout_limit - len(stdout))]
                         else:
                             stdout += payload
@@ -392,6 +408,8 @@ def _pump(
                             stderr += payload[: max(0, stderr_limit - len(stderr))]
                         else:
                             stderr += payload
+                if result.stdout_truncated:
+                    break
     finally:
         selector.close()
     result.stdout = bytes(stdout)

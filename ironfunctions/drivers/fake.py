@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 
 import attrs
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, race
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from zope.interface import implementer
@@ -50,6 +51,7 @@ class FakeContainer:
     id: str
     spec: ContainerSpec
     state: str = "created"  # created | running | exited
+    waiters: list[Deferred[None]] = attrs.field(factory=list)
 
 
 @implementer(IContainerDriver)
@@ -107,15 +109,19 @@ class FakeDriver(Service):
         container.state = "running"
         self.started_specs.append(spec)
         start_ms = int(round(run.start_delay * 1000))
+        began = self._clock.seconds()
+        if await self._runs_until(container, min(run.duration, spec.timeout_s)):
+            # Removed from outside while running: killed.
+            return ContainerResult(
+                container.id, 137, start_ms=start_ms,
+                run_ms=int(round((self._clock.seconds() - began) * 1000)),
+            )
         if run.duration > spec.timeout_s:
-            await deferLater(self._clock, spec.timeout_s)
             self._remove_now(container.id)
             return ContainerResult(
                 container.id, -1, timed_out=True, start_ms=start_ms,
                 run_ms=int(round(spec.timeout_s * 1000)),
             )
-        if run.duration:
-            await deferLater(self._clock, run.duration)
         container.state = "exited"
         stdout, stderr = run.stdout, run.stderr
         result = ContainerResult(
@@ -133,6 +139,15 @@ class FakeDriver(Service):
         self._clock.callLater(0, self._remove_now, container.id)
         return result
 
+    async def _runs_until(self, container: FakeContainer, seconds: float) -> bool:
+        """Let ``seconds`` pass; return True if the container was removed meanwhile."""
+        if seconds <= 0:
+            return False
+        removed: Deferred[None] = Deferred()
+        container.waiters.append(removed)
+        index, _ = await race([deferLater(self._clock, seconds), removed])
+        return index == 1
+
     async def start_attached(self, spec: ContainerSpec, stream: IContainerStream) -> IAttachedContainer:
         await self.ensure_image(spec.image)
         container = self._new(spec)
@@ -145,6 +160,9 @@ class FakeDriver(Service):
         if container is not None:
             container.state = "exited"
             self.removed.append(container_id)
+            for waiter in container.waiters:
+                if not waiter.called:
+                    waiter.callback(None)
 
     async def remove(self, container_id: str) -> None:
         self._check_up()
