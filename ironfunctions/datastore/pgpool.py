@@ -45,30 +45,42 @@ def is_connection_failure(failure: Failure) -> bool:
     class 57P (operator intervention) or 08 (connection exception). Other operational
     errors (deadlock, serialization failure, query cancelled) leave the session usable.
     """
-    if failure.check(psycopg2.InterfaceError, txpostgres.RollbackFailed, CallTimedOut):
+    error = failure.value
+    if isinstance(error, (psycopg2.InterfaceError, txpostgres.RollbackFailed, CallTimedOut)):
         return True
-    if failure.check(psycopg2.OperationalError):
-        code = getattr(failure.value, "pgcode", None)
+    if isinstance(error, psycopg2.OperationalError):
+        code = error.pgcode
         return code is None or code.startswith(("57P", "08"))
     return False
 
 
+def describe(error: BaseException | None) -> str:
+    """The first line of an error's message (libpq's span several), or its type."""
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
 def _unavailable(failure: Failure) -> bool:
-    return is_connection_failure(failure) or bool(
-        failure.check(reconnection.ConnectionDead, ConnectionDone, defer.CancelledError)
+    return is_connection_failure(failure) or isinstance(
+        failure.value, (reconnection.ConnectionDead, ConnectionDone)
     )
 
 
 def with_deadline(
     d: defer.Deferred[T], seconds: float, reactor: Any, on_timeout: Callable[[], object]
 ) -> defer.Deferred[T]:
-    """A Deferred firing like ``d``, or failing with ``CallTimedOut`` after ``seconds``
-    (then ``on_timeout()`` runs). ``d`` is not cancelled: a txpostgres cancel makes a
-    blocking libpq call, so the caller frees the connection by closing it instead."""
-    out: defer.Deferred[T] = defer.Deferred()
+    """A Deferred firing like ``d``, or failing with ``CallTimedOut`` after ``seconds``;
+    at that point ``on_timeout()`` runs if ``d`` still has not fired.
+
+    ``d`` itself is never cancelled (a txpostgres cancel makes a blocking libpq call), so
+    ``on_timeout`` frees what it holds, by closing the connection. Cancelling the result
+    answers the caller at once; the deadline still bounds ``d``.
+    """
+    out: defer.Deferred[T] = defer.Deferred(lambda _: None)
 
     def expire() -> None:
-        out.errback(CallTimedOut())
+        if not out.called:
+            out.errback(CallTimedOut())
         on_timeout()
 
     timer = reactor.callLater(seconds, expire)
@@ -76,10 +88,12 @@ def with_deadline(
     def finished(result: Any) -> None:
         if timer.active():
             timer.cancel()
-            if isinstance(result, Failure):
-                out.errback(result)
-            else:
-                out.callback(result)
+        if out.called:
+            return  # the caller gave up or timed out; the late result is dropped
+        if isinstance(result, Failure):
+            out.errback(result)
+        else:
+            out.callback(result)
 
     d.addBoth(finished)
     return out
@@ -104,7 +118,7 @@ class _Detector(reconnection.DeadConnectionDetector):  # type: ignore[misc]
     def startReconnecting(self, f: Failure) -> None:
         if self._stopped:
             return
-        log.warn("Postgres connection lost ({error}); reconnecting", error=str(f.value).strip())
+        log.warn("Postgres connection lost ({error}); reconnecting", error=describe(f.value))
         d = defer.Deferred.fromCoroutine(self._reconnect())
         d.addErrback(lambda f: log.failure("Postgres reconnection stopped", f))
 
@@ -137,6 +151,26 @@ class _Detector(reconnection.DeadConnectionDetector):  # type: ignore[misc]
             return
 
 
+class _Connection(txpostgres.Connection):  # type: ignore[misc]
+    """A txpostgres connection whose socket errors go to its detector instead of
+    escaping ``doRead``/``doWrite`` (where the reactor logs them as unhandled)."""
+
+    def doRead(self) -> None:
+        self._guarded(super().doRead)
+
+    def doWrite(self) -> None:
+        self._guarded(super().doWrite)
+
+    def _guarded(self, io: Callable[[], None]) -> None:
+        try:
+            io()
+        except Exception:
+            failure = Failure()  # type: ignore[no-untyped-call]
+            self.reactor.removeReader(self)
+            self.reactor.removeWriter(self)
+            self.connectionLost(failure)
+
+
 class PostgresPool(txpostgres.ConnectionPool):  # type: ignore[misc]
     """``size`` connections to ``dsn``; each call runs on one of them within ``timeout``
     seconds. ``connect_kwargs`` are extra libpq parameters (they override the DSN)."""
@@ -161,7 +195,7 @@ class PostgresPool(txpostgres.ConnectionPool):  # type: ignore[misc]
 
     def connectionFactory(self, reactor: Any, cooperator: Any) -> Any:
         detector = _Detector(reactor, self._connect_timeout, self._max_reconnect_delay)
-        return txpostgres.Connection(reactor, cooperator, detector=detector)
+        return _Connection(reactor, cooperator, detector=detector)
 
     async def open(self) -> None:
         """Connect every connection; fail (leaving nothing open) if any cannot."""
@@ -180,7 +214,9 @@ class PostgresPool(txpostgres.ConnectionPool):  # type: ignore[misc]
             except Exception:
                 pass  # never opened
 
-    def run(self, work: Callable[[Any], defer.Deferred[T]], timeout: float | None = None) -> defer.Deferred[T]:
+    def run(
+        self, work: Callable[[Any], defer.Deferred[T]], timeout: float | None = None
+    ) -> defer.Deferred[T]:
         """Run ``work(connection)`` (which calls ``runQuery``, ``runOperation`` or
         ``runInteraction`` on it) on a live connection, within the deadline.
 
@@ -192,7 +228,8 @@ class PostgresPool(txpostgres.ConnectionPool):  # type: ignore[misc]
 
         def on_timeout() -> None:
             if checked_out:
-                checked_out[0].detector.checkForDeadConnection(Failure(CallTimedOut()))
+                timed_out = Failure(CallTimedOut())  # type: ignore[no-untyped-call]
+                checked_out[0].detector.checkForDeadConnection(timed_out)
             else:
                 slot.cancel()
 
@@ -208,7 +245,8 @@ class PostgresPool(txpostgres.ConnectionPool):  # type: ignore[misc]
 
             return d.addBoth(put_back)
 
-        result = with_deadline(slot.addCallback(got_slot), timeout or self._timeout, self.reactor, on_timeout)
+        seconds = timeout or self._timeout
+        result = with_deadline(slot.addCallback(got_slot), seconds, self.reactor, on_timeout)
         return result.addErrback(self._translate)
 
     def _checkout(self) -> Any:
@@ -220,6 +258,6 @@ class PostgresPool(txpostgres.ConnectionPool):  # type: ignore[misc]
     @staticmethod
     def _translate(failure: Failure) -> Failure:
         if _unavailable(failure):
-            log.debug("Postgres call failed: {error}", error=str(failure.value).strip())
-            return Failure(DatastoreUnavailable())
+            log.debug("Postgres call failed: {error}", error=describe(failure.value))
+            return Failure(DatastoreUnavailable())  # type: ignore[no-untyped-call]
         return failure

@@ -22,7 +22,7 @@ from zope.interface import implementer
 from ironfunctions.datastore import codec
 from ironfunctions.datastore.interface import AppChange, IDatastore, RouteChange
 from ironfunctions.datastore.migrations import migrations, pending
-from ironfunctions.datastore.pgpool import PostgresPool
+from ironfunctions.datastore.pgpool import PostgresPool, describe
 from ironfunctions.errors import (
     AppAlreadyExists,
     AppHasRoutes,
@@ -127,9 +127,12 @@ class PostgresDatastore:
             version = await pool.run(
                 lambda conn: conn.runInteraction(_interaction(_migrate)), self._migrate_timeout
             )
+        except defer.CancelledError:
+            pool.close()  # the service is stopping while we start
+            raise
         except Exception as e:
             pool.close()
-            log.error("Cannot start the Postgres datastore: {error}", error=str(e).strip() or repr(e))
+            log.error("Cannot start the Postgres datastore: {error}", error=describe(e))
             raise DatastoreUnavailable() from None
         log.info("Postgres datastore ready, schema version {version}", version=version)
         self._pool = pool
