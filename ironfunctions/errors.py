@@ -36,6 +36,16 @@ class RouteAlreadyExists(IronFunctionsError):
     message = "Route already exists"
 
 
+class CallNotFound(IronFunctionsError):
+    message = "Call not found"
+
+
+class CallCompleted(IronFunctionsError):
+    """A cancel asked for a call that already reached a final status."""
+
+    message = "Call already completed"
+
+
 class ValidationError(IronFunctionsError):
     """Bad client input; the message lists every problem found."""
 

@@ -130,6 +130,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     api = build_api(
         datastore,
         route_cache,
+        clock=reactor,
         host_memory_mb=config.host_memory_mb,
         jwt_auth_key=config.jwt_auth_key,
         ready=lambda: datastore_service.ready,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Mapping
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from ironfunctions.api import admin
 from ironfunctions.api.apps import AppsAPI
+from ironfunctions.api.calls import Canceller, store_canceller
 from ironfunctions.api.auth import bearer_token, verify_jwt
 from ironfunctions.api.errors import write_error
 from ironfunctions.api.http import json_response, klein_app
@@ -34,14 +36,16 @@ class V1API:
         datastore: IDatastore,
         routes: RouteCache,
         host_memory_mb: int,
+        cancel: Canceller,
     ) -> None:
         self._datastore = datastore
         self._routes = routes
         self._host_memory_mb = host_memory_mb
+        self._cancel = cancel
 
     @app.route("/apps", branch=True)
     def apps(self, request: IRequest) -> IResource:
-        return AppsAPI(self._datastore, self._routes, self._host_memory_mb).app.resource()
+        return AppsAPI(self._datastore, self._routes, self._host_memory_mb, self._cancel).app.resource()
 
     @app.route("/routes", branch=True)
     def routes(self, request: IRequest) -> IResource:
@@ -140,6 +144,7 @@ def build_api(
     datastore: IDatastore,
     routes: RouteCache,
     *,
+    clock: IReactorTime,
     host_memory_mb: int,
     jwt_auth_key: str = "",
     ready: Callable[[], bool] = lambda: True,
@@ -147,9 +152,11 @@ def build_api(
     stats: Callable[[], Mapping[str, int]] = lambda: {},
     render_metrics: Callable[[], str] = lambda: "",
     invoke: IResource | None = None,
+    cancel: Canceller | None = None,
 ) -> IResource:
-    """The whole HTTP API as one resource for a ``Site``."""
-    v1 = V1API(datastore, routes, host_memory_mb)
+    """The whole HTTP API as one resource for a ``Site``. ``cancel`` stops a call
+    (default: mark its record cancelled, see ``api.calls.store_canceller``)."""
+    v1 = V1API(datastore, routes, host_memory_mb, cancel or store_canceller(datastore.calls, clock))
     main = MainAPI(
         v1,
         jwt_auth_key,

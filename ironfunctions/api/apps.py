@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.web.iweb import IRequest
 
 from ironfunctions.api import schema
+from ironfunctions.api.calls import Canceller, CallsAPI
 from ironfunctions.api.http import body_of, json_response, klein_app
 from ironfunctions.api.routes import RoutesAPI
 from ironfunctions.datastore.interface import IDatastore
@@ -16,10 +17,13 @@ class AppsAPI:
 
     app = klein_app()
 
-    def __init__(self, datastore: IDatastore, routes: RouteCache, host_memory_mb: int) -> None:
+    def __init__(
+        self, datastore: IDatastore, routes: RouteCache, host_memory_mb: int, cancel: Canceller
+    ) -> None:
         self._datastore = datastore
         self._routes = routes
         self._host_memory_mb = host_memory_mb
+        self._cancel = cancel
 
     @app.route("/", methods=["GET"])
     async def list_apps(self, request: IRequest) -> bytes:
@@ -80,3 +84,22 @@ class AppsAPI:
     @app.route("/<string:name>/routes/<anypath:rest>", methods=["DELETE"])
     async def delete_route(self, request: IRequest, name: str, rest: str) -> bytes:
         return await self._routes_of(name).delete_route(request)
+
+    def _calls_of(self, name: str) -> CallsAPI:
+        return CallsAPI(self._datastore, self._datastore.calls, self._cancel, name)
+
+    @app.route("/<string:name>/calls", methods=["GET"])
+    async def list_calls(self, request: IRequest, name: str) -> bytes:
+        return await self._calls_of(name).list_calls(request)
+
+    @app.route("/<string:name>/calls/<string:call_id>", methods=["GET"])
+    async def get_call(self, request: IRequest, name: str, call_id: str) -> bytes:
+        return await self._calls_of(name).get_call(request, call_id)
+
+    @app.route("/<string:name>/calls/<string:call_id>/log", methods=["GET"])
+    async def get_call_log(self, request: IRequest, name: str, call_id: str) -> bytes:
+        return await self._calls_of(name).get_log(request, call_id)
+
+    @app.route("/<string:name>/calls/<string:call_id>", methods=["DELETE"])
+    async def cancel_call(self, request: IRequest, name: str, call_id: str) -> bytes:
+        return await self._calls_of(name).cancel_call(request, call_id)

@@ -25,6 +25,8 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.RouteNotFound, 404),
     (errors.AppAlreadyExists, 409),
     (errors.RouteAlreadyExists, 409),
+    (errors.CallNotFound, 404),
+    (errors.CallCompleted, 409),
     (errors.AppHasRoutes, 400),
     (errors.ValidationError, 400),  # includes InvalidJSON
     (errors.PayloadTooLarge, 413),

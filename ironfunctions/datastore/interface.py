@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from ironfunctions.models import App, Route
 
@@ -20,6 +20,8 @@ RouteChange = Callable[[Route], Route]
 
 class IDatastore(Interface):
     """Where apps and routes live. Shared by every node of a cluster."""
+
+    calls = Attribute("An ICallStore over the same database: call records and logs.")
 
     async def start() -> None:  # type: ignore[misc]
         """Connect and bring the schema up to date. Called once, by the datastore's

@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from ironfunctions.calls.sqlite import SqliteCallStore
 from ironfunctions.datastore import codec
 from ironfunctions.datastore.interface import AppChange, IDatastore, RouteChange
 from ironfunctions.datastore.migrations import pending
@@ -85,8 +86,11 @@ class SqliteDatastore:
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="sqlite-datastore")
         self._conn: sqlite3.Connection | None = None
+        self.calls = SqliteCallStore(self)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)`` on the database thread (for stores that share
+        this file, such as ``calls``)."""
         if self._conn is None:
             raise DatastoreUnavailable()
         try:
@@ -118,7 +122,7 @@ class SqliteDatastore:
         self._pool.stop()
 
     async def ping(self) -> None:
-        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+        await self.run_in_thread(lambda c: c.execute("SELECT 1").fetchone())
 
     async def insert_app(self, app: App) -> App:
         def insert(c: sqlite3.Connection) -> None:
@@ -130,18 +134,18 @@ class SqliteDatastore:
             except sqlite3.IntegrityError:
                 raise AppAlreadyExists() from None
 
-        await self._run(insert)
+        await self.run_in_thread(insert)
         return app
 
     async def get_app(self, name: str) -> App:
-        return await self._run(_get_app, name)
+        return await self.run_in_thread(_get_app, name)
 
     async def get_apps(self) -> list[App]:
         def select(c: sqlite3.Connection) -> list[App]:
             rows = c.execute("SELECT name, config FROM apps ORDER BY name").fetchall()
             return [codec.app_from_row(r) for r in rows]
 
-        return await self._run(select)
+        return await self.run_in_thread(select)
 
     async def update_app(self, name: str, change: AppChange) -> App:
         def update(c: sqlite3.Connection) -> App:
@@ -153,7 +157,7 @@ class SqliteDatastore:
                 )
                 return new
 
-        return await self._run(update)
+        return await self.run_in_thread(update)
 
     async def remove_app(self, name: str) -> None:
         def remove(c: sqlite3.Connection) -> None:
@@ -163,7 +167,7 @@ class SqliteDatastore:
                     raise AppHasRoutes()
                 c.execute("DELETE FROM apps WHERE name = ?", (name,))
 
-        await self._run(remove)
+        await self.run_in_thread(remove)
 
     async def insert_route(self, route: Route) -> Route:
         def insert(c: sqlite3.Connection) -> None:
@@ -174,7 +178,7 @@ class SqliteDatastore:
                 except sqlite3.IntegrityError:
                     raise RouteAlreadyExists() from None
 
-        await self._run(insert)
+        await self.run_in_thread(insert)
         return route
 
     async def put_route(self, route: Route) -> tuple[Route, bool]:
@@ -187,10 +191,10 @@ class SqliteDatastore:
                 c.execute(_INSERT_ROUTE.replace("INSERT", "INSERT OR REPLACE"), codec.route_params(route))
                 return existed is None
 
-        return route, await self._run(put)
+        return route, await self.run_in_thread(put)
 
     async def get_route(self, app_name: str, path: str) -> Route:
-        return await self._run(_get_route, app_name, path)
+        return await self.run_in_thread(_get_route, app_name, path)
 
     async def get_routes(self, app_name: str | None = None, image: str | None = None) -> list[Route]:
         def select(c: sqlite3.Connection) -> list[Route]:
@@ -207,7 +211,7 @@ class SqliteDatastore:
             sql += " ORDER BY app_name, path"
             return [codec.route_from_row(r) for r in c.execute(sql, params).fetchall()]
 
-        return await self._run(select)
+        return await self.run_in_thread(select)
 
     async def update_route(self, app_name: str, path: str, change: RouteChange) -> Route:
         def update(c: sqlite3.Connection) -> Route:
@@ -217,7 +221,7 @@ class SqliteDatastore:
                 c.execute(_INSERT_ROUTE, codec.route_params(new))
                 return new
 
-        return await self._run(update)
+        return await self.run_in_thread(update)
 
     async def remove_route(self, app_name: str, path: str) -> None:
         def remove(c: sqlite3.Connection) -> None:
@@ -225,10 +229,10 @@ class SqliteDatastore:
             if cur.rowcount == 0:
                 raise RouteNotFound()
 
-        await self._run(remove)
+        await self.run_in_thread(remove)
 
     async def put_extra(self, key: str, value: bytes) -> None:
-        await self._run(
+        await self.run_in_thread(
             lambda c: c.execute(
                 "INSERT OR REPLACE INTO extras (key, value) VALUES (?, ?)", (key, bytes(value))
             )
@@ -239,7 +243,7 @@ class SqliteDatastore:
             row = c.execute("SELECT value FROM extras WHERE key = ?", (key,)).fetchone()
             return None if row is None else bytes(row[0])
 
-        return await self._run(select)
+        return await self.run_in_thread(select)
 
 
 _INSERT_ROUTE = f"INSERT INTO routes ({codec.ROUTE_COLUMNS}) VALUES ({', '.join('?' * 12)})"

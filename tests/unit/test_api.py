@@ -12,7 +12,8 @@ from ironfunctions.routecache import RouteCache
 
 def client(ds=None, **kw):
     ds = ds or MemoryDatastore()
-    return StubTreq(build_api(ds, RouteCache(ds, Clock()), host_memory_mb=1024, **kw))
+    clock = Clock()
+    return StubTreq(build_api(ds, RouteCache(ds, clock), clock=clock, host_memory_mb=1024, **kw))
 
 
 def call(treq, method, path, body=None):

@@ -1,0 +1,36 @@
+"""``ICallStore``: call records and logs. Every datastore provides one as its
+``calls`` attribute (same database, same connection), and every provider passes
+``tests/contracts/test_callstore.py``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from zope.interface import Interface
+
+from ironfunctions.calls.model import Call, CallPage, CallQuery
+
+CallChange = Callable[[Call], Call]
+
+
+class ICallStore(Interface):
+    """Where call records live. Raise ``DatastoreUnavailable`` when the backend is down."""
+
+    async def put_calls(calls: list[Call]) -> None:  # type: ignore[misc]
+        """Insert or replace each call (by id), all in one transaction."""
+
+    async def get_call(app_name: str, call_id: str) -> Call:  # type: ignore[misc]
+        """Return the call. Raise ``CallNotFound`` (also for another app's call)."""
+
+    async def list_calls(query: CallQuery) -> CallPage:  # type: ignore[misc]
+        """One page of the app's calls matching ``query``, newest first."""
+
+    async def update_call(app_name: str, call_id: str, change: CallChange) -> Call:  # type: ignore[misc]
+        """Atomically replace the call by ``change(call)``; ``change`` may raise to abort
+        with nothing written. Raise ``CallNotFound``."""
+
+    async def put_log(app_name: str, call_id: str, log: bytes) -> None:  # type: ignore[misc]
+        """Store (replace) the call's log (already capped by the caller)."""
+
+    async def get_log(app_name: str, call_id: str) -> bytes:  # type: ignore[misc]
+        """The call's log (empty if it wrote none). Raise ``CallNotFound``."""

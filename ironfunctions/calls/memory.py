@@ -1,0 +1,46 @@
+"""Call records in process memory (the ``memory://`` datastore's ``calls``)."""
+
+from __future__ import annotations
+
+from zope.interface import implementer
+
+from ironfunctions.calls.interface import CallChange, ICallStore
+from ironfunctions.calls.model import Call, CallPage, CallQuery, page_of
+from ironfunctions.errors import CallNotFound
+
+
+@implementer(ICallStore)
+class MemoryCallStore:
+    """Calls and logs in dicts; lost with the process."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, Call] = {}
+        self._logs: dict[str, bytes] = {}
+
+    async def put_calls(self, calls: list[Call]) -> None:
+        for call in calls:
+            self._calls[call.id] = call
+
+    def _get(self, app_name: str, call_id: str) -> Call:
+        call = self._calls.get(call_id)
+        if call is None or call.app_name != app_name:
+            raise CallNotFound()
+        return call
+
+    async def get_call(self, app_name: str, call_id: str) -> Call:
+        return self._get(app_name, call_id)
+
+    async def list_calls(self, query: CallQuery) -> CallPage:
+        return page_of(list(self._calls.values()), query)
+
+    async def update_call(self, app_name: str, call_id: str, change: CallChange) -> Call:
+        new = change(self._get(app_name, call_id))
+        self._calls[call_id] = new
+        return new
+
+    async def put_log(self, app_name: str, call_id: str, log: bytes) -> None:
+        self._logs[call_id] = bytes(log)
+
+    async def get_log(self, app_name: str, call_id: str) -> bytes:
+        self._get(app_name, call_id)
+        return self._logs.get(call_id, b"")

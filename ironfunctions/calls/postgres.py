@@ -1,0 +1,85 @@
+"""Call records in the Postgres datastore's database, on its pool (``PostgresDatastore.calls``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from zope.interface import implementer
+
+from ironfunctions.calls import sql
+from ironfunctions.calls.interface import CallChange, ICallStore
+from ironfunctions.calls.model import Call, CallPage, CallQuery, encode_cursor
+from ironfunctions.errors import CallNotFound
+
+if TYPE_CHECKING:
+    from ironfunctions.datastore.postgres import PostgresDatastore
+
+_COLUMNS = [c.strip() for c in sql.CALL_COLUMNS.split(",")]
+_UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS[1:])
+_ROW = "(" + ", ".join(["%s"] * sql.N_COLUMNS) + ")"
+_SELECT = f"SELECT {sql.CALL_COLUMNS} FROM calls WHERE id = %s AND app_name = %s"
+
+
+def _upsert(n_rows: int) -> str:
+    """Insert or replace ``n_rows`` calls (by id) in one statement."""
+    rows = ", ".join([_ROW] * n_rows)
+    return f"INSERT INTO calls ({sql.CALL_COLUMNS}) VALUES {rows} ON CONFLICT (id) DO UPDATE SET {_UPDATE}"
+
+
+@implementer(ICallStore)
+class PostgresCallStore:
+    """Shares the datastore's pool, deadlines and error mapping."""
+
+    def __init__(self, datastore: "PostgresDatastore") -> None:
+        self._ds = datastore
+
+    async def put_calls(self, calls: list[Call]) -> None:
+        # One statement cannot touch a row twice: keep the last record of each id.
+        latest = list({call.id: call for call in calls}.values())
+        if latest:
+            params = [p for call in latest for p in sql.call_params(call)]
+            await self._ds.query(_upsert(len(latest)) + " RETURNING id", params)
+
+    async def get_call(self, app_name: str, call_id: str) -> Call:
+        rows = await self._ds.query(_SELECT, (call_id, app_name))
+        if not rows:
+            raise CallNotFound()
+        return sql.call_from_row(rows[0])
+
+    async def list_calls(self, query: CallQuery) -> CallPage:
+        statement, params = sql.list_sql(query, "%s")
+        calls = [sql.call_from_row(r) for r in await self._ds.query(statement, params)]
+        more = len(calls) > query.per_page
+        calls = calls[: query.per_page]
+        return CallPage(calls, encode_cursor(calls[-1]) if more and calls else None)
+
+    async def update_call(self, app_name: str, call_id: str, change: CallChange) -> Call:
+        async def update(cur: Any) -> Call:
+            await cur.execute(_SELECT + " FOR UPDATE", (call_id, app_name))
+            row = cur.fetchone()
+            if row is None:
+                raise CallNotFound()
+            new = change(sql.call_from_row(row))
+            await cur.execute(_upsert(1), sql.call_params(new))
+            return new
+
+        new: Call = await self._ds.transaction(update)
+        return new
+
+    async def put_log(self, app_name: str, call_id: str, log: bytes) -> None:
+        await self._ds.query(
+            "INSERT INTO call_logs (id, app_name, log) VALUES (%s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET app_name = EXCLUDED.app_name, log = EXCLUDED.log "
+            "RETURNING id",
+            (call_id, app_name, bytes(log)),
+        )
+
+    async def get_log(self, app_name: str, call_id: str) -> bytes:
+        rows = await self._ds.query(
+            "SELECT l.log FROM calls c LEFT JOIN call_logs l ON l.id = c.id"
+            " WHERE c.id = %s AND c.app_name = %s",
+            (call_id, app_name),
+        )
+        if not rows:
+            raise CallNotFound()
+        return b"" if rows[0][0] is None else bytes(rows[0][0])

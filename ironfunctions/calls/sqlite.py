@@ -1,0 +1,93 @@
+"""Call records in the SQLite datastore's file, on its thread (``SqliteDatastore.calls``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING
+
+from zope.interface import implementer
+
+from ironfunctions.calls import sql
+from ironfunctions.calls.interface import CallChange, ICallStore
+from ironfunctions.calls.model import Call, CallPage, CallQuery, encode_cursor
+from ironfunctions.errors import CallNotFound
+
+if TYPE_CHECKING:
+    from ironfunctions.datastore.sqlite import SqliteDatastore
+
+_UPSERT = (
+    f"INSERT OR REPLACE INTO calls ({sql.CALL_COLUMNS}) VALUES ({', '.join('?' * sql.N_COLUMNS)})"
+)
+
+
+def _get(c: sqlite3.Connection, app_name: str, call_id: str) -> Call:
+    row = c.execute(
+        f"SELECT {sql.CALL_COLUMNS} FROM calls WHERE id = ? AND app_name = ?", (call_id, app_name)
+    ).fetchone()
+    if row is None:
+        raise CallNotFound()
+    return sql.call_from_row(row)
+
+
+@implementer(ICallStore)
+class SqliteCallStore:
+    """Shares the datastore's connection and thread, so its transactions never interleave."""
+
+    def __init__(self, datastore: "SqliteDatastore") -> None:
+        self._ds = datastore
+
+    async def put_calls(self, calls: list[Call]) -> None:
+        def put(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany(_UPSERT, [sql.call_params(call) for call in calls])
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+        if calls:
+            await self._ds.run_in_thread(put)
+
+    async def get_call(self, app_name: str, call_id: str) -> Call:
+        return await self._ds.run_in_thread(_get, app_name, call_id)
+
+    async def list_calls(self, query: CallQuery) -> CallPage:
+        def select(c: sqlite3.Connection) -> CallPage:
+            statement, params = sql.list_sql(query, "?")
+            calls = [sql.call_from_row(r) for r in c.execute(statement, params).fetchall()]
+            more = len(calls) > query.per_page
+            calls = calls[: query.per_page]
+            return CallPage(calls, encode_cursor(calls[-1]) if more and calls else None)
+
+        return await self._ds.run_in_thread(select)
+
+    async def update_call(self, app_name: str, call_id: str, change: CallChange) -> Call:
+        def update(c: sqlite3.Connection) -> Call:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                new = change(_get(c, app_name, call_id))
+                c.execute(_UPSERT, sql.call_params(new))
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+            return new
+
+        return await self._ds.run_in_thread(update)
+
+    async def put_log(self, app_name: str, call_id: str, log: bytes) -> None:
+        await self._ds.run_in_thread(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO call_logs (id, app_name, log) VALUES (?, ?, ?)",
+                (call_id, app_name, bytes(log)),
+            )
+        )
+
+    async def get_log(self, app_name: str, call_id: str) -> bytes:
+        def select(c: sqlite3.Connection) -> bytes:
+            _get(c, app_name, call_id)
+            row = c.execute("SELECT log FROM call_logs WHERE id = ?", (call_id,)).fetchone()
+            return b"" if row is None else bytes(row[0])
+
+        return await self._ds.run_in_thread(select)

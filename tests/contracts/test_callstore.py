@@ -1,0 +1,110 @@
+"""The call store contract: every datastore's ``calls`` behaves exactly like this."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import pytest_twisted
+from zope.interface.verify import verifyObject
+
+from ironfunctions.calls.interface import ICallStore
+from ironfunctions.calls.model import Call, CallQuery, decode_cursor
+from ironfunctions.errors import CallCompleted, CallNotFound
+
+
+def call(n: int, app: str = "a", **kw) -> Call:
+    return Call(id=f"call{n:04d}", app_name=app, path=kw.pop("path", "/p"), created_at=1_000 + n, **kw)
+
+
+def test_provides_ICallStore(datastore):
+    assert verifyObject(ICallStore, datastore.calls)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_field_round_trips(datastore):
+    full = Call(
+        id="01JABCDEF", app_name="a", path="/deep/p", image="img:1", type="async", format="http",
+        status="success", reason="", created_at=1700000000123, started_at=1700000000200,
+        completed_at=1700000000300, attempt=2, exit_code=0, error="", wait_ms=5, start_ms=170,
+        run_ms=100, body=b"\x00result\xff", priority=2,
+    )
+    await datastore.calls.put_calls([full])
+    assert await datastore.calls.get_call("a", "01JABCDEF") == full
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_replaces_by_id(datastore):
+    await datastore.calls.put_calls([call(1)])
+    await datastore.calls.put_calls([attrs.evolve(call(1), status="running", started_at=5)])
+    got = await datastore.calls.get_call("a", "call0001")
+    assert (got.status, got.started_at) == ("running", 5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_missing_or_other_apps_call_fails_with_CallNotFound(datastore):
+    await datastore.calls.put_calls([call(1, app="a")])
+    with pytest.raises(CallNotFound):
+        await datastore.calls.get_call("b", "call0001")
+    with pytest.raises(CallNotFound):
+        await datastore.calls.get_call("a", "nope")
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_is_newest_first_and_paginates_with_cursor(datastore):
+    await datastore.calls.put_calls([call(n) for n in range(7)] + [call(100, app="other")])
+    seen, after = [], None
+    while True:
+        page = await datastore.calls.list_calls(CallQuery("a", per_page=3, after=after))
+        seen.extend(c.id for c in page.calls)
+        if page.next_cursor is None:
+            break
+        after = decode_cursor(page.next_cursor)
+    assert seen == [f"call{n:04d}" for n in range(6, -1, -1)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_filters_by_path_status_and_time(datastore):
+    await datastore.calls.put_calls([
+        call(1, path="/x", status="success"), call(2, path="/y", status="error"),
+        call(3, path="/x", status="error"), call(4, path="/x", status="queued"),
+    ])
+    ids = lambda page: [c.id for c in page.calls]  # noqa: E731
+    assert ids(await datastore.calls.list_calls(CallQuery("a", path="/x"))) == ["call0004", "call0003", "call0001"]
+    assert ids(await datastore.calls.list_calls(CallQuery("a", status="error"))) == ["call0003", "call0002"]
+    assert ids(await datastore.calls.list_calls(CallQuery("a", from_ms=1002, to_ms=1003))) == ["call0003", "call0002"]
+    assert (await datastore.calls.list_calls(CallQuery("a", path="/x", status="error"))).next_cursor is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_created_at_pages_by_id(datastore):
+    same = [Call(id=f"id{n}", app_name="a", path="/p", created_at=5) for n in range(5)]
+    await datastore.calls.put_calls(same)
+    first = await datastore.calls.list_calls(CallQuery("a", per_page=2))
+    second = await datastore.calls.list_calls(CallQuery("a", per_page=10, after=decode_cursor(first.next_cursor)))
+    assert [c.id for c in first.calls + second.calls] == ["id4", "id3", "id2", "id1", "id0"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_call_is_atomic_and_may_abort(datastore):
+    await datastore.calls.put_calls([call(1)])
+    new = await datastore.calls.update_call("a", "call0001", lambda c: attrs.evolve(c, status="cancelled"))
+    assert new.status == "cancelled"
+
+    def refuse(c):
+        raise CallCompleted()
+
+    with pytest.raises(CallCompleted):
+        await datastore.calls.update_call("a", "call0001", refuse)
+    assert (await datastore.calls.get_call("a", "call0001")).status == "cancelled"
+    with pytest.raises(CallNotFound):
+        await datastore.calls.update_call("a", "nope", lambda c: c)
+
+
+@pytest_twisted.ensureDeferred
+async def test_logs_store_bytes_per_call(datastore):
+    await datastore.calls.put_calls([call(1), call(2)])
+    assert await datastore.calls.get_log("a", "call0002") == b""
+    await datastore.calls.put_log("a", "call0001", b"line 1\nline \xff2\n")
+    assert await datastore.calls.get_log("a", "call0001") == b"line 1\nline \xff2\n"
+    with pytest.raises(CallNotFound):
+        await datastore.calls.get_log("b", "call0001")

@@ -1,0 +1,111 @@
+"""The calls API in-process over a memory datastore with preloaded call records."""
+
+import json
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from ironfunctions.api import build_api
+from ironfunctions.api.calls import parse_time
+from ironfunctions.calls.model import Call
+from ironfunctions.datastore.memory import MemoryDatastore
+from ironfunctions.errors import ValidationError
+from ironfunctions.models import App
+from ironfunctions.routecache import RouteCache
+
+
+def run(coro):
+    out = []
+    Deferred.fromCoroutine(coro).addBoth(out.append)
+    return out[0]
+
+
+def setup():
+    ds = MemoryDatastore()
+    run(ds.insert_app(App("a")))
+    calls = [Call(id=f"c{n}", app_name="a", path="/p" if n % 2 else "/q", type="async" if n == 3 else "sync",
+                  status="error" if n in (2, 4) else "success", created_at=1_700_000_000_000 + n * 1000,
+                  body=b"out" if n == 3 else None) for n in range(1, 6)]
+    calls.append(Call(id="queued1", app_name="a", path="/p", type="async", status="queued", created_at=1))
+    run(ds.calls.put_calls(calls))
+    run(ds.calls.put_log("a", "c1", b"stderr line\n"))
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    return StubTreq(build_api(ds, RouteCache(ds, clock), clock=clock, host_memory_mb=1024))
+
+
+def call(treq, method, path):
+    d = treq.request(method, "http://node" + path)
+    out = []
+    d.addCallback(lambda r: treq.content(r).addCallback(lambda c: out.append((r.code, r.headers, c))))
+    treq.flush()
+    return out[0]
+
+
+def jcall(treq, method, path):
+    code, _, body = call(treq, method, path)
+    return code, json.loads(body)
+
+
+def test_list_newest_first_with_cursor_pages():
+    treq = setup()
+    code, body = jcall(treq, "GET", "/v1/apps/a/calls?per_page=4")
+    assert code == 200 and body["message"] == "Successfully listed calls"
+    assert [c["id"] for c in body["calls"]] == ["c5", "c4", "c3", "c2"]
+    code, body = jcall(treq, "GET", "/v1/apps/a/calls?per_page=4&cursor=" + body["next_cursor"])
+    assert [c["id"] for c in body["calls"]] == ["c1", "queued1"] and body["next_cursor"] is None
+
+
+def test_filters():
+    treq = setup()
+    ids = lambda q: [c["id"] for c in jcall(treq, "GET", "/v1/apps/a/calls?" + q)[1]["calls"]]  # noqa: E731
+    assert ids("status=error") == ["c4", "c2"]
+    assert ids("path=/q") == ["c4", "c2"]
+    assert ids("path=/p/&status=success") == ["c5", "c3", "c1"]
+    assert ids("from=2023-11-14T22:13:22Z&to=1700000004") == ["c4", "c3", "c2"]
+
+
+@pytest.mark.parametrize("query", ["status=weird", "per_page=0", "per_page=x", "per_page=101", "cursor=%%%",
+                                   "from=yesterday", "path=/%zz", "to=2026-13-01T00:00:00Z"])
+def test_bad_queries_are_400(query):
+    code, body = jcall(setup(), "GET", "/v1/apps/a/calls?" + query)
+    assert code == 400 and body["error"]["message"]
+
+
+def test_get_call_fields_and_async_body():
+    treq = setup()
+    code, body = jcall(treq, "GET", "/v1/apps/a/calls/c3")
+    assert code == 200 and body["message"] == "Successfully loaded call"
+    call_ = body["call"]
+    assert list(call_)[:3] == ["id", "app_name", "path"]
+    assert call_["created_at"] == "2023-11-14T22:13:23.000Z"
+    assert call_["body"] == "out"
+    assert "body" not in jcall(treq, "GET", "/v1/apps/a/calls/c1")[1]["call"]
+    assert jcall(treq, "GET", "/v1/apps/a/calls/nope") == (404, {"error": {"message": "Call not found"}})
+    assert jcall(treq, "GET", "/v1/apps/ghost/calls")[0] == 404
+
+
+def test_log_is_plain_text():
+    code, headers, body = call(setup(), "GET", "/v1/apps/a/calls/c1/log")
+    assert (code, body) == (200, b"stderr line\n")
+    assert headers.getRawHeaders(b"content-type") == [b"text/plain; charset=utf-8"]
+
+
+def test_cancel_queued_call_and_refuse_finished_one():
+    treq = setup()
+    code, body = jcall(treq, "DELETE", "/v1/apps/a/calls/queued1")
+    assert code == 200
+    assert (body["call"]["status"], body["call"]["reason"]) == ("cancelled", "client_request")
+    code, body = jcall(treq, "DELETE", "/v1/apps/a/calls/c1")
+    assert code == 409
+    assert jcall(treq, "DELETE", "/v1/apps/a/calls/nope")[0] == 404
+
+
+def test_parse_time_forms():
+    assert parse_time("from", "1700000000") == 1_700_000_000_000
+    assert parse_time("from", "2023-11-14T22:13:20.250Z") == 1_700_000_000_250
+    assert parse_time("from", "2023-11-14T23:13:20+01:00") == 1_700_000_000_000
+    with pytest.raises(ValidationError):
+        parse_time("from", "2023-02-30T00:00:00Z")
