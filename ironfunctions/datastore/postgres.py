@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ironfunctions.calls.postgres import PostgresCallStore
 from ironfunctions.datastore import codec
 from ironfunctions.datastore.interface import AppChange, IDatastore, RouteChange
 from ironfunctions.datastore.migrations import migrations, pending
@@ -109,6 +110,7 @@ class PostgresDatastore:
         self._migrate_timeout = migrate_timeout
         self._max_reconnect_delay = max_reconnect_delay
         self._pool: PostgresPool | None = None
+        self.calls = PostgresCallStore(self)
 
     async def start(self) -> None:
         if self._pool is not None:
@@ -158,19 +160,23 @@ class PostgresDatastore:
             log.failure("Unexpected Postgres error")
             raise DatastoreUnavailable() from None
 
-    async def _query(self, sql: str, params: Sequence[Any] = (), errors: ErrorMap | None = None) -> list[Row]:
+    async def query(
+        self, sql: str, params: Sequence[Any] = (), errors: ErrorMap | None = None
+    ) -> list[Row]:
+        """Run one statement (``%s`` placeholders) and return its rows. Public, like
+        ``transaction``, for stores that share this database (``calls``)."""
         rows: list[Row] = await self._run(lambda conn: conn.runQuery(sql, tuple(params)), errors)
         return rows
 
-    async def _transaction(self, fn: Callable[[Any], Any]) -> Any:
+    async def transaction(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``async fn(cursor)`` in one transaction; any exception rolls it back."""
         return await self._run(lambda conn: conn.runInteraction(_interaction(fn)))
 
     async def ping(self) -> None:
-        await self._query("SELECT 1")
+        await self.query("SELECT 1")
 
     async def insert_app(self, app: App) -> App:
-        await self._query(
+        await self.query(
             "INSERT INTO apps (name, config) VALUES (%s, %s::jsonb) RETURNING name",
             (app.name, codec.dump_json(dict(app.config))),
             {psycopg2.errors.UniqueViolation: AppAlreadyExists},
@@ -178,13 +184,13 @@ class PostgresDatastore:
         return app
 
     async def get_app(self, name: str) -> App:
-        rows = await self._query("SELECT name, config FROM apps WHERE name = %s", (name,))
+        rows = await self.query("SELECT name, config FROM apps WHERE name = %s", (name,))
         if not rows:
             raise AppNotFound()
         return codec.app_from_row(rows[0])
 
     async def get_apps(self) -> list[App]:
-        rows = await self._query('SELECT name, config FROM apps ORDER BY name COLLATE "C"')
+        rows = await self.query('SELECT name, config FROM apps ORDER BY name COLLATE "C"')
         return [codec.app_from_row(r) for r in rows]
 
     async def update_app(self, name: str, change: AppChange) -> App:
@@ -200,12 +206,12 @@ class PostgresDatastore:
             )
             return new
 
-        new: App = await self._transaction(update)
+        new: App = await self.transaction(update)
         return new
 
     async def remove_app(self, name: str) -> None:
         # The routes' foreign key refuses to delete an app that still has routes.
-        rows = await self._query(
+        rows = await self.query(
             "DELETE FROM apps WHERE name = %s RETURNING name",
             (name,),
             {psycopg2.errors.ForeignKeyViolation: AppHasRoutes},
@@ -214,7 +220,7 @@ class PostgresDatastore:
             raise AppNotFound()
 
     async def insert_route(self, route: Route) -> Route:
-        await self._query(
+        await self.query(
             _INSERT_ROUTE + " RETURNING path",
             codec.route_params(route),
             {
@@ -225,7 +231,7 @@ class PostgresDatastore:
         return route
 
     async def put_route(self, route: Route) -> tuple[Route, bool]:
-        rows = await self._query(
+        rows = await self.query(
             _UPSERT_ROUTE,
             codec.route_params(route),
             {psycopg2.errors.ForeignKeyViolation: AppNotFound},
@@ -233,7 +239,7 @@ class PostgresDatastore:
         return route, bool(rows[0][0])
 
     async def get_route(self, app_name: str, path: str) -> Route:
-        rows = await self._query(_SELECT_ROUTE, (app_name, path))
+        rows = await self.query(_SELECT_ROUTE, (app_name, path))
         if not rows:
             raise RouteNotFound()
         return codec.route_from_row(rows[0])
@@ -250,7 +256,7 @@ class PostgresDatastore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += ' ORDER BY app_name COLLATE "C", path COLLATE "C"'
-        return [codec.route_from_row(r) for r in await self._query(sql, params)]
+        return [codec.route_from_row(r) for r in await self.query(sql, params)]
 
     async def update_route(self, app_name: str, path: str, change: RouteChange) -> Route:
         async def update(cur: Any) -> Route:
@@ -262,25 +268,25 @@ class PostgresDatastore:
             await cur.execute(_UPSERT_ROUTE, codec.route_params(new))
             return new
 
-        new: Route = await self._transaction(update)
+        new: Route = await self.transaction(update)
         return new
 
     async def remove_route(self, app_name: str, path: str) -> None:
-        rows = await self._query(
+        rows = await self.query(
             "DELETE FROM routes WHERE app_name = %s AND path = %s RETURNING path", (app_name, path)
         )
         if not rows:
             raise RouteNotFound()
 
     async def put_extra(self, key: str, value: bytes) -> None:
-        await self._query(
+        await self.query(
             "INSERT INTO extras (key, value) VALUES (%s, %s) "
             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key",
             (key, psycopg2.Binary(bytes(value))),
         )
 
     async def get_extra(self, key: str) -> bytes | None:
-        rows = await self._query("SELECT value FROM extras WHERE key = %s", (key,))
+        rows = await self.query("SELECT value FROM extras WHERE key = %s", (key,))
         return None if not rows else bytes(rows[0][0])
 
 
