@@ -122,3 +122,56 @@ class ContainerResult:
     stderr_truncated: bool = False
     start_ms: int = 0
     run_ms: int = 0
+
+
+@attrs.frozen
+class CallRequest:
+    """What the client sent to ``/r/{app}{path}``, as the runner needs it.
+
+    ``url`` is the full request URL (``http://host/r/app/path?query``); ``headers``
+    maps each header name (as sent) to all of its values; ``body`` is the function's
+    stdin (for a GET without body, the ``payload`` query parameter).
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, list[str]] = attrs.field(factory=dict, converter=_frozen_headers)
+    body: bytes = b""
+    params: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_str_map)
+
+
+@attrs.frozen
+class Call:
+    """One invocation to run: its id, its route, the app's config and the request."""
+
+    id: str
+    route: Route
+    request: CallRequest
+    app_config: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_str_map)
+
+
+CALL_SUCCESS = "success"
+CALL_ERROR = "error"
+CALL_TIMEOUT = "timeout"
+
+
+@attrs.frozen
+class CallResult:
+    """How a call ended. ``status`` is ``success``, ``error`` or ``timeout``; ``error``
+    is the client-facing message (``exit code 3``, ``out of memory``, ``Timed out``).
+    ``status_code``/``headers`` are set by functions that answer HTTP themselves
+    (hot, format ``http``); cold functions leave them None/empty.
+    Times are integer milliseconds: waiting for admission, starting the container,
+    running it."""
+
+    call_id: str
+    status: str
+    body: bytes = b""
+    stderr: bytes = b""
+    error: str = ""
+    exit_code: int | None = None
+    status_code: int | None = None
+    headers: Mapping[str, list[str]] = attrs.field(factory=dict, converter=_frozen_headers)
+    wait_ms: int = 0
+    start_ms: int = 0
+    run_ms: int = 0

@@ -1,0 +1,1 @@
+"""Running calls: planning containers (pure), admitting and running calls (the agent)."""

@@ -1,0 +1,65 @@
+"""Admission: at most ``limit`` containers at once on this node, with a bounded wait.
+
+A call that cannot get a slot within ``wait_bound`` seconds, or that finds
+``max_waiting`` calls already waiting, is refused with ``Overloaded`` (the API answers
+503 + Retry-After): the node never accepts work it cannot run and its memory stays
+bounded however many clients pile up. Slots are handed to waiters in FIFO order.
+Cold calls hold a slot for one container run; hot pools (issue 6) hold one per live
+container, so both share the node's ``MAX_CONCURRENCY``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+
+from ironfunctions.errors import Overloaded
+
+
+class Slots:
+    """A counting semaphore with a bounded, time-limited queue."""
+
+    def __init__(self, limit: int, clock: IReactorTime, max_waiting: int, wait_bound: float) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._clock = clock
+        self._max_waiting = max_waiting
+        self._wait_bound = wait_bound
+        self._waiters: deque[Deferred[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting at most ``wait_bound`` s. Raise ``Overloaded``."""
+        if self.in_use < self.limit and not self._waiters:
+            self.in_use += 1
+            return
+        if len(self._waiters) >= self._max_waiting:
+            raise Overloaded(retry_after=max(1, int(self._wait_bound)))
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        waiter.addTimeout(self._wait_bound, self._clock)
+        try:
+            await waiter
+        except (TimeoutError, CancelledError):
+            self._discard(waiter)
+            raise Overloaded(retry_after=1) from None
+
+    def _discard(self, waiter: Deferred[None]) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def release(self) -> None:
+        """Give a slot back (to the longest waiter, if any)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.called:
+                waiter.callback(None)  # the slot passes on; in_use is unchanged
+                return
+        self.in_use -= 1

@@ -1,0 +1,254 @@
+"""The agent: takes a call (route + request), runs it, returns how it ended.
+
+It owns what every way of running a call shares: refusing work while stopping,
+counters for ``/stats``, per-call metrics (SPEC §6), logging the function's stderr with
+its call id, and draining in-flight calls at stop. *How* a call runs is a
+``CallRunner`` chosen by the route's format: ``ColdRunner`` here (one container per
+call); the hot-function pools of issue 6 register a runner for format ``http`` next to
+it. Container admission (``Slots``) is shared between runners so cold and hot
+containers together stay within the node's ``MAX_CONCURRENCY``.
+
+At start the agent removes containers that a crashed previous run of this node (same
+``NODE_ID``) left behind; at stop, after draining, it removes its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ironfunctions.drivers.interface import IContainerDriver
+from ironfunctions.errors import NotReady
+from ironfunctions.metrics import IMetrics
+from ironfunctions.models import (
+    CALL_ERROR,
+    CALL_SUCCESS,
+    CALL_TIMEOUT,
+    LABEL_NODE,
+    Call,
+    CallResult,
+    ContainerResult,
+)
+from ironfunctions.runner.admission import Slots
+from ironfunctions.runner.plan import container_spec
+
+DEFAULT_WAIT_BOUND_S = 10.0
+DEFAULT_MAX_WAITING = 1000
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+CLEANUP_TIMEOUT_S = 30.0
+
+
+class CallRunner(Protocol):
+    """Runs one call of a given format to its end."""
+
+    async def run(self, call: Call) -> CallResult:
+        """Return how the call ended; raise ``Overloaded``, ``ImageNotFound``,
+        ``DockerUnavailable`` when it could not run at all."""
+        ...
+
+
+def cold_outcome(call_id: str, result: ContainerResult, wait_ms: int) -> CallResult:
+    """How a cold call ended, from how its container ended (pure)."""
+    if result.timed_out:
+        status, error = CALL_TIMEOUT, "Timed out"
+    elif result.stdout_truncated:
+        status, error = CALL_ERROR, "Function response too large"
+    elif result.oom_killed:
+        status, error = CALL_ERROR, "out of memory"
+    elif result.exit_code != 0:
+        status, error = CALL_ERROR, f"exit code {result.exit_code}"
+    else:
+        status, error = CALL_SUCCESS, ""
+    return CallResult(
+        call_id=call_id,
+        status=status,
+        body=result.stdout if status == CALL_SUCCESS else b"",
+        stderr=result.stderr,
+        error=error,
+        exit_code=None if result.timed_out else result.exit_code,
+        wait_ms=wait_ms,
+        start_ms=result.start_ms,
+        run_ms=result.run_ms,
+    )
+
+
+class ColdRunner:
+    """One fresh container per call (format ``default``)."""
+
+    def __init__(
+        self,
+        driver: IContainerDriver,
+        slots: Slots,
+        clock: IReactorTime,
+        node_id: str,
+        network_mode: str = "bridge",
+        max_response_size: int = 6 * 1024 * 1024,
+    ) -> None:
+        self._driver = driver
+        self._slots = slots
+        self._clock = clock
+        self._node_id = node_id
+        self._network_mode = network_mode
+        self._max_response_size = max_response_size
+
+    async def run(self, call: Call) -> CallResult:
+        spec = container_spec(call, self._node_id, self._network_mode, self._max_response_size)
+        queued_at = self._clock.seconds()
+        await self._slots.acquire()
+        try:
+            wait_ms = int(round((self._clock.seconds() - queued_at) * 1000))
+            result = await self._driver.run(spec)
+        finally:
+            self._slots.release()
+        return cold_outcome(call.id, result, wait_ms)
+
+
+class Agent(Service):
+    """Runs calls on this node. A ``Service`` named ``agent``; start it after the
+    driver (it cleans up containers at start) and it stops before the driver.
+
+    :param runners: format -> runner; calls of other formats use ``default``.
+    """
+
+    log = Logger()
+    name = "agent"
+
+    def __init__(
+        self,
+        driver: IContainerDriver,
+        clock: IReactorTime,
+        node_id: str,
+        metrics: IMetrics,
+        runners: dict[str, CallRunner],
+        slots: Slots,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
+    ) -> None:
+        self._driver = driver
+        self._clock = clock
+        self._node_id = node_id
+        self._metrics = metrics
+        self._runners = runners
+        self.slots = slots
+        self._drain_timeout = drain_timeout
+        self._in_flight = 0
+        self._idle: list[Deferred[None]] = []
+        self._ready: Deferred[None] | None = None
+        self._accepting = False
+        self.complete = 0
+
+    @classmethod
+    def cold(
+        cls,
+        driver: IContainerDriver,
+        clock: IReactorTime,
+        node_id: str,
+        metrics: IMetrics,
+        max_concurrency: int,
+        network_mode: str = "bridge",
+        max_response_size: int = 6 * 1024 * 1024,
+        wait_bound: float = DEFAULT_WAIT_BOUND_S,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+    ) -> "Agent":
+        """An agent with the cold runner for every format (until hot pools exist)."""
+        slots = Slots(max_concurrency, clock, max_waiting, wait_bound)
+        cold = ColdRunner(driver, slots, clock, node_id, network_mode, max_response_size)
+        return cls(driver, clock, node_id, metrics, {"default": cold}, slots)
+
+    # -- Service
+
+    def startService(self) -> None:
+        super().startService()
+        self._accepting = True
+        self._ready = Deferred.fromCoroutine(self._remove_leftovers("Removed {count} containers left by a previous run"))
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires once the start-up cleanup is done (never fails)."""
+        d: Deferred[None] = Deferred()
+        if self._ready is None:
+            d.callback(None)
+        else:
+            self._ready.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        """Refuse new calls, let in-flight ones finish (at most ``drain_timeout`` s),
+        then remove this node's containers."""
+        super().stopService()
+        self._accepting = False
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._in_flight:
+            idle: Deferred[None] = Deferred()
+            self._idle.append(idle)
+            idle.addTimeout(self._drain_timeout, self._clock)
+            try:
+                await idle
+            except Exception:
+                self.log.warn("Stopping with {count} calls still running", count=self._in_flight)
+        await self._remove_leftovers("Removed {count} containers at stop")
+
+    async def _remove_leftovers(self, message: str) -> None:
+        d = Deferred.fromCoroutine(self._driver.remove_containers({LABEL_NODE: self._node_id}))
+        d.addTimeout(CLEANUP_TIMEOUT_S, self._clock)
+        try:
+            count = await d
+        except Exception as e:
+            self.log.error("Could not remove this node's containers: {error}", error=str(e))
+            return
+        if count:
+            self.log.info(message, count=count, node_id=self._node_id)
+
+    # -- calls
+
+    def stats(self) -> dict[str, int]:
+        """``/stats`` of IronFunctions: waiting, running, completed calls on this node."""
+        waiting = self.slots.waiting
+        return {"Queue": waiting, "Running": self._in_flight - waiting, "Complete": self.complete}
+
+    async def run_call(self, call: Call) -> CallResult:
+        """Run ``call``; return its ``CallResult``. Raise ``NotReady`` while starting
+        or stopping, ``Overloaded``, ``ImageNotFound``, ``DockerUnavailable``."""
+        if not self._accepting:
+            raise NotReady("node is stopping")
+        if self._ready is not None and not self._ready.called:
+            await self.when_ready()
+        route = call.route
+        fields: dict[str, Any] = {"app": route.app_name, "path": route.path, "call_id": call.id}
+        metrics = self._metrics
+        metrics.count("run.requests", 1, **fields)
+        runner = self._runners.get(route.format) or self._runners["default"]
+        self._in_flight += 1
+        try:
+            result = await runner.run(call)
+        except Exception as e:
+            metrics.count("run.error", 1, **fields)
+            self.log.info("Call {call_id} failed to run: {error}", error=str(e), **fields)
+            raise
+        finally:
+            self._in_flight -= 1
+            self.complete += 1
+            if not self._in_flight and self._idle:
+                idle, self._idle = self._idle, []
+                for d in idle:
+                    d.callback(None)
+        if result.stderr:
+            self._log_stderr(result.stderr, fields)
+        metrics.count(_STATUS_METRIC[result.status], 1, **fields)
+        metrics.timing("run.wait_time", result.wait_ms, **fields)
+        metrics.timing("run.start_time", result.start_ms, **fields)
+        metrics.timing("run.exec_time", result.run_ms, **fields)
+        return result
+
+    def _log_stderr(self, stderr: bytes, fields: dict[str, Any]) -> None:
+        for line in stderr.decode("utf-8", "replace").splitlines():
+            self.log.info("{line}", line=line, stream="stderr", **fields)
+
+
+_STATUS_METRIC = {CALL_SUCCESS: "run.succeeded", CALL_ERROR: "run.error", CALL_TIMEOUT: "run.timeout"}
+
+

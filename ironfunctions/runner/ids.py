@@ -1,0 +1,53 @@
+"""Call ids: ULIDs (26 chars of Crockford base32: 48-bit ms time + 80 random bits).
+
+Unique, URL-safe and sortable by creation time; ids made in the same millisecond by
+one generator stay increasing (the random part is incremented), so a node's ids sort
+in the order it made them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_RANDOM_MAX = (1 << 80) - 1
+
+
+def encode(value: int, length: int) -> str:
+    """``value`` in Crockford base32, left-padded to ``length`` characters."""
+    chars = []
+    for _ in range(length):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+class CallIds:
+    """Makes call ids. ``now`` gives seconds since the epoch (a clock's ``seconds``),
+    ``random_bytes(n)`` gives n random bytes; both injectable for tests."""
+
+    def __init__(
+        self,
+        now: Callable[[], float],
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._now = now
+        self._random_bytes = random_bytes
+        self._last_ms = -1
+        self._last_random = 0
+
+    def __call__(self) -> str:
+        """A new id."""
+        ms = int(self._now() * 1000)
+        if ms <= self._last_ms:
+            ms = self._last_ms
+            if self._last_random >= _RANDOM_MAX:
+                ms += 1  # astronomically rare: borrow the next millisecond
+                random = int.from_bytes(self._random_bytes(10), "big")
+            else:
+                random = self._last_random + 1
+        else:
+            random = int.from_bytes(self._random_bytes(10), "big")
+        self._last_ms, self._last_random = ms, random
+        return encode(ms, 10) + encode(random, 16)

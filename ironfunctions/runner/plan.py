@@ -1,0 +1,78 @@
+"""Planning a container for a call (pure): Route + request -> ``ContainerSpec``.
+
+The environment follows IronFunctions (SPEC §4): the call's own variables first, then
+the app's config, then the route's (route wins), then ``HEADER_<NAME>`` for each request
+header (values joined with ", ") and ``PARAM_<NAME>`` for path parameters. Config
+names are upper-cased with "-" turned into "_"; values are passed verbatim.
+"""
+
+from __future__ import annotations
+
+from ironfunctions.models import (
+    LABEL_APP,
+    LABEL_CALL,
+    LABEL_KIND,
+    LABEL_NODE,
+    LABEL_PATH,
+    Call,
+    ContainerSpec,
+)
+
+
+def env_name(name: str, prefix: str = "") -> str:
+    """``content-type`` -> ``CONTENT_TYPE`` (with ``prefix``: ``HEADER_CONTENT_TYPE``)."""
+    name = name.upper().replace("-", "_")
+    return f"{prefix}_{name}" if prefix else name
+
+
+def call_env(call: Call) -> dict[str, str]:
+    """The container environment of ``call`` (see the module docstring)."""
+    route, request = call.route, call.request
+    env = {
+        "METHOD": request.method,
+        "ROUTE": route.path,
+        "REQUEST_URL": request.url,
+        "APP_NAME": route.app_name,
+        "CALL_ID": call.id,
+        "FN_FORMAT": route.format,
+        "MEMORY_MB": str(route.memory),
+    }
+    for config in (call.app_config, route.config):
+        for key, value in config.items():
+            env[env_name(key)] = value
+    for key, values in request.headers.items():
+        env[env_name(key, "HEADER")] = ", ".join(values)
+    for key, value in request.params.items():
+        env[env_name(key, "PARAM")] = value
+    return env
+
+
+def container_labels(call: Call, node_id: str, kind: str = "cold") -> dict[str, str]:
+    """Labels that let a node find its containers (crash and stop cleanup)."""
+    return {
+        LABEL_NODE: node_id,
+        LABEL_APP: call.route.app_name,
+        LABEL_PATH: call.route.path,
+        LABEL_CALL: call.id,
+        LABEL_KIND: kind,
+    }
+
+
+def container_spec(
+    call: Call,
+    node_id: str,
+    network_mode: str = "bridge",
+    max_response_size: int = 6 * 1024 * 1024,
+) -> ContainerSpec:
+    """The cold container for ``call``: the route's image, memory and timeout, the
+    call's environment and labels, the request body as stdin."""
+    return ContainerSpec(
+        image=call.route.image,
+        env=call_env(call),
+        memory_mb=call.route.memory,
+        labels=container_labels(call, node_id),
+        stdin=call.request.body,
+        timeout_s=float(call.route.timeout),
+        network_mode=network_mode,
+        stdout_limit=max_response_size,
+    )
