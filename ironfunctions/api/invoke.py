@@ -1,0 +1,210 @@
+"""``ANY /r/{app}/{path}``: invoke a function (SPEC §4).
+
+A plain ``twisted.web`` resource, not Klein: this is the hot path, so per-request work
+is kept to parsing the path, one cached route lookup, the agent call and writing the
+answer. Every response carries ``Fn-Call-Id`` and ``Server-Timing`` (wait, start, run
+in ms); error bodies are ``{"request_id":id,"error":{"message":...}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Mapping
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from ironfunctions import errors
+from ironfunctions.api.auth import bearer_token, verify_jwt
+from ironfunctions.api.schema import dumps
+from ironfunctions.datastore.interface import IDatastore
+from ironfunctions.models import CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, CallResult, Route
+from ironfunctions.paths import normalize_path
+
+RouteLookup = Callable[[str, str], Awaitable[Route]]
+AppConfigLookup = Callable[[str], Awaitable[Mapping[str, str]]]
+RunCall = Callable[[Call], Awaitable[CallResult]]
+
+DEFAULT_CONTENT_TYPE = b"text/plain; charset=utf-8"
+ROUTE_NOT_FOUND = "Route not found on that application"
+
+log = Logger()
+
+# Domain exception -> status for failures before or instead of a result.
+_STATUS: list[tuple[type[Exception], int]] = [
+    (errors.AppNotFound, 404),
+    (errors.RouteNotFound, 404),
+    (errors.ValidationError, 404),  # an invalid path cannot name a route
+    (errors.Unauthorized, 401),
+    (errors.ImageNotFound, 502),
+    (errors.Overloaded, 503),
+    (errors.NotReady, 503),
+    (errors.DockerUnavailable, 503),
+    (errors.DatastoreUnavailable, 503),
+]
+
+
+def _status_for(exc: BaseException) -> int | None:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return None
+
+
+def _server_timing(wait_ms: int, start_ms: int, run_ms: int) -> bytes:
+    return b"wait;dur=%d, start;dur=%d, run;dur=%d" % (wait_ms, start_ms, run_ms)
+
+
+class AppConfigCache:
+    """App configs for the invocation path, cached ``ttl`` seconds (as ``RouteCache``,
+    whose ``on_invalidate`` should call ``invalidate`` so this node's changes apply at
+    once). A missing app gives an empty config: the route lookup reports it."""
+
+    def __init__(self, datastore: IDatastore, clock: IReactorTime, ttl: float = 1.0) -> None:
+        self._datastore = datastore
+        self._clock = clock
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, Mapping[str, str]]] = {}
+
+    async def lookup(self, app_name: str) -> Mapping[str, str]:
+        entry = self._entries.get(app_name)
+        now = self._clock.seconds()
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        try:
+            config: Mapping[str, str] = (await self._datastore.get_app(app_name)).config
+        except errors.AppNotFound:
+            config = {}
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[app_name] = (now + self._ttl, config)
+        return config
+
+    def invalidate(self, app_name: str, path: str | None = None) -> None:
+        self._entries.pop(app_name, None)
+
+
+class InvokeResource(Resource):
+    """The ``/r`` resource (mounted as the ``r`` child of the root).
+
+    :param lookup: ``await lookup(app, path)`` -> Route; raises ``AppNotFound`` /
+        ``RouteNotFound`` (the cached ``RouteCache.lookup``).
+    :param app_config: ``await app_config(app)`` -> the app's config.
+    :param run_call: ``await run_call(call)`` -> CallResult (``Agent.run_call``).
+    :param call_ids: makes a new call id (``runner.ids.CallIds``).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        lookup: RouteLookup,
+        app_config: AppConfigLookup,
+        run_call: RunCall,
+        call_ids: Callable[[], str],
+    ) -> None:
+        super().__init__()
+        self._lookup = lookup
+        self._app_config = app_config
+        self._run_call = run_call
+        self._call_ids = call_ids
+
+    def render(self, request: IRequest) -> Any:  # type: ignore[override]
+        call_id = self._call_ids()
+        request.setHeader(b"fn-call-id", call_id.encode())
+        d = Deferred.fromCoroutine(self._invoke(request, call_id))
+        d.addErrback(self._failed, request, call_id)
+        return NOT_DONE_YET
+
+    async def _invoke(self, request: Any, call_id: str) -> None:
+        segments = request.postpath
+        if not segments or not segments[0]:
+            raise errors.AppNotFound()
+        app_name = segments[0].decode("utf-8", "replace")
+        path = normalize_path(b"/" + b"/".join(segments[1:]))
+        route = await self._lookup(app_name, path)
+        if route.jwt_key:
+            verify_jwt(bearer_token(request), route.jwt_key)
+        app_config = await self._app_config(app_name)
+        call = Call(call_id, route, _call_request(request), app_config)
+        result = await self._run_call(call)
+        if request._disconnected:
+            return
+        request.setHeader(b"server-timing", _server_timing(result.wait_ms, result.start_ms, result.run_ms))
+        if result.status == CALL_SUCCESS:
+            self._write_success(request, route, result)
+        else:
+            status = 504 if result.status == CALL_TIMEOUT else 502
+            self._write_error(request, call_id, status, result.error)
+
+    def _write_success(self, request: Any, route: Route, result: CallResult) -> None:
+        request.setResponseCode(result.status_code or 200)
+        headers = request.responseHeaders
+        for name, values in result.headers.items():
+            headers.setRawHeaders(name, values)
+        for name, values in route.headers.items():
+            if values:
+                headers.setRawHeaders(name, values)
+        if not headers.hasHeader(b"content-type"):
+            headers.setRawHeaders(b"content-type", [DEFAULT_CONTENT_TYPE])
+        request.setHeader(b"content-length", b"%d" % len(result.body))
+        request.write(result.body)
+        request.finish()
+
+    def _write_error(self, request: Any, call_id: str, status: int, message: str, **headers: str) -> None:
+        body = dumps({"request_id": call_id, "error": {"message": message}})
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        for name, value in headers.items():
+            request.setHeader(name.replace("_", "-").encode(), value.encode())
+        request.write(body)
+        request.finish()
+
+    def _failed(self, failure: Failure, request: Any, call_id: str) -> None:
+        if request._disconnected or request.finished:
+            return
+        exc = failure.value
+        status = _status_for(exc)
+        extra: dict[str, str] = {}
+        if status is None:
+            log.failure("Invocation {call_id} failed", failure, call_id=call_id)
+            status, message = 500, "Internal Server Error"
+        else:
+            message = str(exc)
+            if isinstance(exc, errors.RouteNotFound):
+                message = ROUTE_NOT_FOUND
+            elif isinstance(exc, errors.ValidationError):
+                message = ROUTE_NOT_FOUND
+            elif isinstance(exc, errors.Unauthorized):
+                extra["WWW_Authenticate"] = "Bearer"
+            elif status == 503:
+                extra["Retry_After"] = str(getattr(exc, "retry_after", 1))
+        if not request.responseHeaders.hasHeader(b"server-timing"):
+            request.setHeader(b"server-timing", _server_timing(0, 0, 0))
+        self._write_error(request, call_id, status, message, **extra)
+
+
+def _call_request(request: Any) -> CallRequest:
+    """The parts of a twisted.web request the runner needs."""
+    body = request.content.read() if request.content is not None else b""
+    method = request.method.decode("ascii", "replace")
+    if not body and method == "GET":
+        payload = request.args.get(b"payload")
+        if payload:
+            body = payload[0]
+    host = request.getHeader(b"host")
+    if host is None:
+        address = request.getHost()
+        host = f"{address.host}:{address.port}".encode()
+    scheme = "https" if request.isSecure() else "http"
+    url = f"{scheme}://{host.decode('latin-1')}{request.uri.decode('latin-1')}"
+    headers = {
+        name.decode("latin-1"): [v.decode("latin-1") for v in values]
+        for name, values in request.requestHeaders.getAllRawHeaders()
+    }
+    return CallRequest(method=method, url=url, headers=headers, body=body)
