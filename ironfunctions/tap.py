@@ -19,12 +19,16 @@ from twisted.python import usage
 
 from ironfunctions import __version__
 from ironfunctions.api import build_api
+from ironfunctions.api.invoke import AppConfigCache, InvokeResource
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import datastore_from_url
+from ironfunctions.drivers.docker import DockerDriver
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
 from ironfunctions.routecache import RouteCache
+from ironfunctions.runner.agent import Agent
+from ironfunctions.runner.ids import CallIds
 from ironfunctions.services import DatastoreService, IronFunctionsService
 from ironfunctions.web import make_site
 
@@ -127,6 +131,19 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     datastore_service.setServiceParent(root)
     route_cache = RouteCache(datastore, reactor)
 
+    # Containers: the driver's pools start first and stop last; the agent cleans up
+    # this node's leftover containers at start and drains in-flight calls at stop.
+    driver = DockerDriver(reactor, config.max_concurrency, base_url=config.docker_host)
+    driver.setServiceParent(root)
+    agent = Agent.cold(
+        driver, reactor, config.node_id, metrics, config.max_concurrency,
+        network_mode=config.docker_network, max_response_size=config.max_response_size,
+    )
+    agent.setServiceParent(root)
+    app_configs = AppConfigCache(datastore, reactor)
+    route_cache.on_invalidate(app_configs.invalidate)
+    invoke = InvokeResource(route_cache.lookup, app_configs.lookup, agent.run_call, CallIds(reactor.seconds))
+
     api = build_api(
         datastore,
         route_cache,
@@ -134,8 +151,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         host_memory_mb=config.host_memory_mb,
         jwt_auth_key=config.jwt_auth_key,
         ready=lambda: datastore_service.ready,
-        health_checks={"datastore": datastore.ping},
+        health_checks={"datastore": datastore.ping, "docker": driver.ping},
         render_metrics=prometheus.render,
+        stats=agent.stats,
+        invoke=invoke,
     )
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug")
     listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
