@@ -175,24 +175,39 @@ def _log_level(name: str, value: str) -> str:
     return level
 
 
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for an error message or a log."""
+    parts = urlsplit(url)
+    try:
+        password = parts.password
+    except ValueError:
+        password = None
+    if not password:
+        return url
+    netloc = parts.netloc.replace(":" + password + "@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _db_url(name: str, value: str) -> str:
     scheme = urlsplit(value).scheme
     if scheme not in ("memory", "sqlite", "postgres", "postgresql"):
-        raise ConfigError(f"{name}: expected memory://, sqlite:///path or postgres://..., got {value!r}")
+        raise ConfigError(
+            f"{name}: expected memory://, sqlite:///path or postgres://..., got {redact(value)!r}"
+        )
     return _checked_sqlite(name, value)
 
 
 def _mq_url(name: str, value: str) -> str:
     scheme = urlsplit(value).scheme
     if scheme not in ("memory", "sqlite", "redis"):
-        raise ConfigError(f"{name}: expected memory://, sqlite:///path or redis://..., got {value!r}")
+        raise ConfigError(f"{name}: expected memory://, sqlite:///path or redis://..., got {redact(value)!r}")
     return _checked_sqlite(name, value)
 
 
 def _checked_sqlite(name: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme == "sqlite" and (parts.netloc or parts.path in ("", "/")):
-        raise ConfigError(f"{name}: expected sqlite:///path/to/file.db, got {value!r}")
+        raise ConfigError(f"{name}: expected sqlite:///path/to/file.db, got {redact(value)!r}")
     return value
 
 

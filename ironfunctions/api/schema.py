@@ -168,7 +168,7 @@ def _parse_route_fields(
         if image is None or image == "":
             if not patch:
                 problems.append("Missing route Image")
-        elif not isinstance(image, str) or any(c.isspace() for c in image):
+        elif not isinstance(image, str) or any(c.isspace() or not c.isprintable() for c in image):
             problems.append("Invalid route Image")
         else:
             fields["image"] = image
@@ -202,8 +202,8 @@ def _parse_route_fields(
     if data.get("config") is not None:
         fields["config"] = parse_config(data["config"], problems)
     if data.get("jwt_key") is not None:
-        if not isinstance(data["jwt_key"], str):
-            problems.append("jwt_key must be a string")
+        if not isinstance(data["jwt_key"], str) or not data["jwt_key"].isprintable():
+            problems.append("jwt_key must be a string of printable characters")
         else:
             fields["jwt_key"] = data["jwt_key"]
     return fields

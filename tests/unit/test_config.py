@@ -56,3 +56,9 @@ def test_invalid_values_raise_ConfigError_naming_the_variable(variable, value):
     with pytest.raises(ConfigError) as e:
         make(env={variable: value})
     assert str(e.value).startswith(variable + ":")
+
+
+def test_errors_never_show_a_password():
+    with pytest.raises(ConfigError) as e:
+        make(env={"DB_URL": "mysql://user:hunter2@db/x"})
+    assert "hunter2" not in str(e.value) and "***" in str(e.value)
