@@ -71,7 +71,16 @@ class DatastoreUnavailable(IronFunctionsError):
 
 
 class QueueUnavailable(IronFunctionsError):
+    """The async queue cannot be reached (or is not ready yet)."""
+
     message = "queue unavailable"
+
+
+class LeaseLost(IronFunctionsError):
+    """A queue reservation is no longer held: its lease expired, it was released, or
+    the item was removed or delivered again. Whoever held it must not ack it."""
+
+    message = "queue lease lost"
 
 
 class NotReady(IronFunctionsError):

@@ -47,20 +47,22 @@ def open_sqlite(path: str) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection, dialect: str) -> int:
-    """Apply pending migrations of ``dialect`` in one transaction; return the version."""
+def migrate(conn: sqlite3.Connection, dialect: str, table: str = "schema_migrations") -> int:
+    """Apply pending migrations of ``dialect`` in one transaction; return the version.
+
+    ``table`` records the versions applied; schemas that may share one file (the
+    datastore's and the queue's) each keep their own.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT)"
-        )
-        row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name TEXT)")
+        row = conn.execute(f"SELECT COALESCE(MAX(version), 0) FROM {table}").fetchone()
         version = int(row[0])
         for migration in pending(dialect, version):
             for statement in _statements(migration.sql):
                 conn.execute(statement)
             conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                f"INSERT INTO {table} (version, name) VALUES (?, ?)",
                 (migration.version, migration.name),
             )
             version = migration.version
