@@ -1,0 +1,121 @@
+"""Cold-call benchmark (issue 3).
+
+Floor: docker-py create/attach/start/wait/remove done directly, sequentially.
+Product: sequential ``POST /r/bench/echo`` through a real daemon. Same image (a busybox
+echo: ``iftest/cat:1``), network ``none`` for both. Target: product median <= 1.10 x
+floor. Then 50 concurrent cold calls: all must succeed; p50/p99 and the daemon's peak
+RSS are reported.
+
+    PYTHONPATH=. python bench/cold.py [N]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import docker
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.daemon import Daemon  # noqa: E402
+from tests.images import build_test_images, ensure_dockerd, image_tag  # noqa: E402
+
+IMAGE = image_tag("cat")
+
+
+def floor_once(api: docker.APIClient) -> float:
+    began = time.perf_counter()
+    container = api.create_container(IMAGE, stdin_open=True, host_config=api.create_host_config(network_mode="none"))
+    sock = api.attach_socket(container, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+    api.start(container)
+    raw = getattr(sock, "_sock", sock)
+    raw.sendall(b"hello")
+    raw.shutdown(1)
+    while raw.recv(65536):
+        pass
+    sock.close()
+    api.wait(container)
+    api.remove_container(container)
+    return (time.perf_counter() - began) * 1000
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 40
+    ensure_dockerd()
+    build_test_images()
+    api = docker.APIClient(version="1.41")
+    with tempfile.TemporaryDirectory() as workdir:
+        daemon = Daemon(workdir, env={"DOCKER_NETWORK": "none", "MAX_CONCURRENCY": "64",
+                                      "DB_URL": "memory://", "LOG_LEVEL": "warn"}).start()
+        try:
+            daemon.post("/v1/apps/bench/routes", {"route": {"path": "/echo", "image": IMAGE}})
+            for _ in range(3):  # warm both paths
+                floor_once(api)
+                daemon.post("/r/bench/echo", "hello")
+            floor, product = [], []
+            for _ in range(n):  # interleaved, so drift hits both alike
+                floor.append(floor_once(api))
+                began = time.perf_counter()
+                reply = daemon.post("/r/bench/echo", "hello")
+                product.append((time.perf_counter() - began) * 1000)
+                assert reply.status == 200 and reply.body == b"hello", reply
+            f50, p50 = statistics.median(floor), statistics.median(product)
+            print(f"sequential cold calls, n={n}")
+            print(f"  floor   (docker-py direct): p50 {f50:.1f} ms  p99 {percentile(floor, 99):.1f} ms")
+            print(f"  product (POST /r/ daemon):  p50 {p50:.1f} ms  p99 {percentile(product, 99):.1f} ms")
+            print(f"  ratio product/floor: {p50 / f50:.3f}  (target <= 1.10)")
+
+            pid = daemon.proc.pid
+            peak = [rss_kb(pid)]
+            done = threading.Event()
+
+            def watch() -> None:
+                while not done.is_set():
+                    peak[0] = max(peak[0], rss_kb(pid))
+                    time.sleep(0.01)
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            times: list[float] = []
+
+            def one(i: int) -> int:
+                began = time.perf_counter()
+                reply = daemon.post("/r/bench/echo", str(i), timeout=120)
+                times.append((time.perf_counter() - began) * 1000)
+                return reply.status
+
+            began = time.perf_counter()
+            with ThreadPoolExecutor(50) as pool:
+                statuses = list(pool.map(one, range(50)))
+            wall = time.perf_counter() - began
+            done.set()
+            watcher.join()
+            ok = statuses.count(200)
+            print(f"50 concurrent cold calls: {ok}/50 succeeded in {wall:.2f} s; "
+                  f"p50 {percentile(times, 50):.0f} ms  p99 {percentile(times, 99):.0f} ms; "
+                  f"daemon peak RSS {peak[0] / 1024:.1f} MiB")
+        finally:
+            daemon.stop()
+
+
+if __name__ == "__main__":
+    main()
