@@ -1,0 +1,30 @@
+"""Async queues, chosen by URL: ``memory://``, ``sqlite:///path``, ``redis://...``."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from ironfunctions.errors import ConfigError
+from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation
+
+__all__ = ["IMessageQueue", "Lease", "QueueItem", "Reservation", "queue_from_url"]
+
+
+def queue_from_url(url: str, reactor: Any) -> IMessageQueue:
+    """Build (not connect) the queue ``url`` names. Raise ``ConfigError`` naming MQ_URL."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from ironfunctions.mq.memory import MemoryQueue
+
+        return MemoryQueue(reactor)
+    if scheme == "sqlite":
+        from ironfunctions.datastore import sqlite_path
+        from ironfunctions.mq.sqlite import SqliteQueue
+
+        return SqliteQueue(sqlite_path(url, "MQ_URL"), reactor)
+    if scheme == "redis":
+        from ironfunctions.mq.redis import RedisQueue
+
+        return RedisQueue.from_url(url, reactor)
+    raise ConfigError(f"MQ_URL: unsupported scheme {scheme!r} (use memory://, sqlite:/// or redis://)")

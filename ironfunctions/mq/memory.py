@@ -1,0 +1,152 @@
+"""``memory://``: a queue in process memory. A real backend for throwaway runs and
+tests; it passes the same contract suite as SQLite and Redis. Leases and delays run
+on the clock it is given, so tests drive them with ``twisted.internet.task.Clock``."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import uuid
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from ironfunctions.errors import LeaseLost, QueueUnavailable
+from ironfunctions.mq._waiting import Waiters, reserve_loop
+from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation, lease_of
+
+
+@attrs.define
+class _Entry:
+    item: QueueItem
+    seq: int
+    visible_at: float
+    attempts: int = 0
+    token: str | None = None
+    # Renewed (from a queue-wide counter) whenever the entry is (re)scheduled: heap
+    # rows with another generation are stale and skipped, which is cheaper than
+    # deleting from a heap.
+    generation: int = 0
+
+
+@implementer(IMessageQueue)
+class MemoryQueue:
+    """Items in a dict, ordered by two heaps: visible items by (priority, seq), hidden
+    ones (delayed or leased) by when they become visible. Lost when the process exits."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._ready: list[tuple[int, int, str, int]] = []  # (-priority, seq, id, generation)
+        self._hidden: list[tuple[float, int, str, int]] = []  # (visible_at, seq, id, generation)
+        self._seq = itertools.count(1)
+        self._generations = itertools.count(1)
+        self._waiters = Waiters(clock)
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueUnavailable("queue closed")
+
+    def _schedule(self, entry: _Entry) -> None:
+        entry.generation = next(self._generations)
+        row_id = entry.item.call_id
+        if entry.visible_at <= self._clock.seconds():
+            heapq.heappush(self._ready, (-entry.item.priority, entry.seq, row_id, entry.generation))
+        else:
+            heapq.heappush(self._hidden, (entry.visible_at, entry.seq, row_id, entry.generation))
+
+    def _current(self, call_id: str, generation: int) -> _Entry | None:
+        entry = self._entries.get(call_id)
+        return entry if entry is not None and entry.generation == generation else None
+
+    def _surface(self, now: float) -> None:
+        """Move hidden items whose time has come back to their place among the visible."""
+        while self._hidden and self._hidden[0][0] <= now:
+            _, _, call_id, generation = heapq.heappop(self._hidden)
+            entry = self._current(call_id, generation)
+            if entry is not None:
+                entry.token = None
+                self._schedule(entry)
+
+    def _held(self, held: Reservation | Lease) -> _Entry:
+        lease = lease_of(held)
+        entry = self._entries.get(lease.call_id)
+        if entry is None or entry.token != lease.token or entry.visible_at <= self._clock.seconds():
+            raise LeaseLost()
+        return entry
+
+    async def start(self) -> None:
+        self._check_open()
+
+    async def ping(self) -> None:
+        self._check_open()
+
+    async def push(self, item: QueueItem, delay: float = 0) -> bool:
+        self._check_open()
+        if item.call_id in self._entries:
+            return False
+        entry = _Entry(item, next(self._seq), self._clock.seconds() + max(0.0, delay))
+        self._entries[item.call_id] = entry
+        self._schedule(entry)
+        self._waiters.wake_all()
+        return True
+
+    async def _try_reserve(self, lease_seconds: float) -> tuple[Reservation | None, float | None]:
+        now = self._clock.seconds()
+        self._surface(now)
+        while self._ready:
+            _, _, call_id, generation = heapq.heappop(self._ready)
+            entry = self._current(call_id, generation)
+            if entry is None:
+                continue
+            entry.attempts += 1
+            entry.token = uuid.uuid4().hex
+            entry.visible_at = now + lease_seconds
+            self._schedule(entry)
+            return Reservation(entry.item, Lease(call_id, entry.token), entry.attempts), None
+        next_due = self._hidden[0][0] - now if self._hidden else None
+        return None, next_due
+
+    async def reserve(self, lease_seconds: float, timeout: float = 0) -> Reservation | None:
+        self._check_open()
+        return await reserve_loop(
+            lambda: self._try_reserve(lease_seconds),
+            self._waiters,
+            self._clock,
+            timeout,
+            lambda: self._closed,
+        )
+
+    async def ack(self, held: Reservation | Lease) -> None:
+        self._check_open()
+        entry = self._held(held)
+        del self._entries[entry.item.call_id]
+
+    async def renew(self, held: Reservation | Lease, lease_seconds: float) -> None:
+        self._check_open()
+        entry = self._held(held)
+        entry.visible_at = self._clock.seconds() + lease_seconds
+        self._schedule(entry)
+
+    async def release(self, held: Reservation | Lease, delay: float = 0) -> None:
+        self._check_open()
+        entry = self._held(held)
+        entry.token = None
+        entry.visible_at = self._clock.seconds() + max(0.0, delay)
+        self._schedule(entry)
+        self._waiters.wake_all()
+
+    async def remove(self, call_id: str) -> bool:
+        self._check_open()
+        return self._entries.pop(call_id, None) is not None
+
+    async def depth(self) -> int:
+        self._check_open()
+        now = self._clock.seconds()
+        return sum(1 for e in self._entries.values() if e.token is None or e.visible_at <= now)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._waiters.wake_all()

@@ -1,0 +1,247 @@
+"""``redis://[:password@]host:port[/db][?prefix=x]``: a queue many nodes share.
+
+Built on txredisapi. Every operation is one Lua script (``redis_scripts.py``), so a
+reservation is atomic: concurrent reservers on any node never get the same item, and
+an item is never out of both the queue and a lease. Connections reconnect by
+themselves (a short back-off, at most ``max_retry_delay``); while none is up, calls
+fail at once with ``QueueUnavailable`` instead of hanging, and every call has a
+deadline (``timeout``).
+
+Waiting reservers sleep on a pub/sub channel: pushes and releases from any node
+publish to it, so a waiting ``reserve`` wakes at once, with no polling. ``poll_interval``
+only bounds the wait for a notification lost while the subscriber reconnects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectError, ConnectionLost
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ironfunctions.errors import ConfigError, LeaseLost, QueueUnavailable
+from ironfunctions.mq import redis_scripts as lua
+from ironfunctions.mq._waiting import Waiters, reserve_loop
+from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation, lease_of
+
+DEFAULT_PREFIX = "ironfunctions:mq"
+_ERRORS = (txredisapi.RedisError, DeferredTimeout, ConnectError, ConnectionLost)
+
+
+class _WakeProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """The subscriber connection: (re)subscribes to the wake channel each time it
+    connects, and wakes the queue's waiting reservers on every message."""
+
+    factory: _WakeFactory
+
+    def connectionMade(self) -> Deferred[Any]:  # noqa: N802 (Twisted API)
+        d: Deferred[Any] = super().connectionMade()
+        d.addCallback(lambda _: self._subscribe())
+        return d
+
+    def _subscribe(self) -> None:
+        if not self._ready:
+            return  # authentication failed; txredisapi logs it
+        d = self.subscribe(self.factory.channel)
+        # Wake everyone once subscribed: whatever was pushed while we were
+        # disconnected is found by their next try.
+        d.addCallback(lambda _: self.factory.on_wake())
+        d.addErrback(self._subscribe_failed)
+
+    def _subscribe_failed(self, failure: Failure) -> None:
+        if isinstance(failure.value, txredisapi.ConnectionError):
+            return  # lost the connection meanwhile: we subscribe again on reconnect
+        RedisQueue.log.failure("Subscribing to {channel} failed", failure, channel=self.factory.channel)
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
+        self.factory.on_wake()
+
+
+class _WakeFactory(txredisapi.RedisFactory):  # type: ignore[misc]
+    protocol = _WakeProtocol
+
+    def __init__(self, channel: str, on_wake: Any, password: str | None, username: str | None) -> None:
+        super().__init__(None, None, 1, isLazy=True, password=password, convertNumbers=False,
+                         username=username)
+        self.channel = channel
+        self.on_wake = on_wake
+
+
+@implementer(IMessageQueue)
+class RedisQueue:
+    """The async queue in Redis, shared by every node that points at it."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int = 0,
+        password: str | None = None,
+        username: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = 5.0,
+        poll_interval: float = 5.0,
+        pool_size: int = 4,
+        max_retry_delay: float = 2.0,
+    ) -> None:
+        """``reactor`` provides IReactorTCP and IReactorTime; ``timeout`` bounds every
+        call (and the first connection in ``start``)."""
+        self._reactor = reactor
+        self._host, self._port, self._db = host, port, db
+        self._password, self._username = password, username
+        self._keys = [f"{prefix}:{name}" for name in lua.KEY_NAMES]
+        self._channel = f"{prefix}:wake:{db}"  # pub/sub channels are not per-database
+        self._timeout = timeout
+        self._poll_interval = poll_interval
+        self._pool_size = pool_size
+        self._max_retry_delay = max_retry_delay
+        self._factory: Any = None
+        self._wake_factory: Any = None
+        self._waiters = Waiters(reactor)
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, reactor: Any, **options: Any) -> RedisQueue:
+        """Parse ``redis://[[user]:password@]host[:port][/db][?prefix=x]``.
+        Raise ``ConfigError`` naming MQ_URL."""
+        parts = urlsplit(url)
+        try:
+            port = parts.port or 6379
+            db_text = parts.path.lstrip("/")
+            db = int(db_text) if db_text else 0
+            query = parse_qs(parts.query, strict_parsing=bool(parts.query))
+        except ValueError:
+            raise ConfigError(f"MQ_URL: expected redis://[:password@]host:port[/db][?prefix=x], got {url!r}") from None
+        unknown = set(query) - {"prefix"}
+        if parts.scheme != "redis" or not parts.hostname or db < 0 or unknown:
+            raise ConfigError(f"MQ_URL: expected redis://[:password@]host:port[/db][?prefix=x], got {url!r}")
+        prefix = query.get("prefix", [DEFAULT_PREFIX])[-1] or DEFAULT_PREFIX
+        password = unquote(parts.password) if parts.password else None
+        username = unquote(parts.username) if parts.username else None
+        return cls(reactor, parts.hostname, port, db, password, username, prefix, **options)
+
+    # -- connections
+
+    def _connect(self) -> None:
+        endpoint = HostnameEndpoint(self._reactor, self._host, self._port, timeout=self._timeout)
+        factories = [
+            txredisapi.RedisFactory(
+                f"{self._host}:{self._port}", self._db, self._pool_size, isLazy=True,
+                password=self._password, username=self._username,
+                replyTimeout=self._timeout, convertNumbers=False,
+            ),
+            _WakeFactory(self._channel, self._waiters.wake_all, self._password, self._username),
+        ]
+        for factory in factories:
+            factory.initialDelay = min(0.1, self._max_retry_delay)
+            factory.maxDelay = self._max_retry_delay
+            factory.startConnecting(endpoint)
+        self._factory, self._wake_factory = factories
+
+    def _unavailable(self, why: object) -> QueueUnavailable:
+        return QueueUnavailable(f"queue unavailable: redis at {self._host}:{self._port}: {why}")
+
+    async def _eval(self, script: str, *args: Any, wait_for_connection: bool = False) -> Any:
+        """Run ``script`` with the queue's keys; map every failure to QueueUnavailable.
+        With no connection up, fail at once unless ``wait_for_connection`` (then wait
+        for one, within the timeout)."""
+        if self._closed:
+            raise QueueUnavailable("queue closed")
+        if self._factory is None:
+            raise QueueUnavailable("queue not started")
+        if self._factory.size == 0 and not wait_for_connection:
+            raise self._unavailable("not connected")
+        d = self._factory.handler.eval(script, self._keys, [str(a) for a in args])
+        d.addTimeout(self._timeout, self._reactor)
+        try:
+            return await d
+        except _ERRORS as e:
+            raise self._unavailable(e) from e
+
+    async def start(self) -> None:
+        if self._closed:
+            raise QueueUnavailable("queue closed")
+        if self._factory is None:
+            self._connect()
+        await self._eval("return redis.call('PING')", wait_for_connection=True)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._waiters.wake_all()
+        factories = [f for f in (self._factory, self._wake_factory) if f is not None]
+        self._factory = self._wake_factory = None  # closing twice does nothing
+        for factory in factories:
+            d = factory.disconnect()
+            d.addTimeout(self._timeout, self._reactor)
+            try:
+                await d
+            except Exception as e:  # closing anyway: log and go on
+                self.log.warn("Closing redis connections failed: {error}", error=str(e))
+
+    # -- IMessageQueue
+
+    async def ping(self) -> None:
+        await self._eval("return redis.call('PING')")
+
+    async def push(self, item: QueueItem, delay: float = 0) -> bool:
+        added = await self._eval(lua.PUSH, item.call_id, item.to_json(), item.priority,
+                                 _ms(delay), self._channel)
+        if int(added):
+            self._waiters.wake_all()  # this node's waiters, without the round trip
+        return bool(int(added))
+
+    async def _try_reserve(self, lease_seconds: float) -> tuple[Reservation | None, float | None]:
+        token = uuid.uuid4().hex
+        result = await self._eval(lua.RESERVE, max(1, _ms(lease_seconds)), token)
+        if int(result[0]) == 1:
+            _, call_id, text, attempt = result
+            return Reservation(QueueItem.from_json(text), Lease(call_id, token), int(attempt)), None
+        next_due = float(result[1])
+        return None, None if next_due < 0 else next_due / 1000
+
+    async def reserve(self, lease_seconds: float, timeout: float = 0) -> Reservation | None:
+        if self._closed:
+            raise QueueUnavailable("queue closed")
+        return await reserve_loop(
+            lambda: self._try_reserve(lease_seconds),
+            self._waiters,
+            self._reactor,
+            timeout,
+            lambda: self._closed,
+            self._poll_interval,
+        )
+
+    async def _held(self, script: str, held: Reservation | Lease, *args: Any) -> None:
+        lease = lease_of(held)
+        if not int(await self._eval(script, lease.call_id, lease.token, *args)):
+            raise LeaseLost()
+
+    async def ack(self, held: Reservation | Lease) -> None:
+        await self._held(lua.ACK, held)
+
+    async def renew(self, held: Reservation | Lease, lease_seconds: float) -> None:
+        await self._held(lua.RENEW, held, max(1, _ms(lease_seconds)))
+
+    async def release(self, held: Reservation | Lease, delay: float = 0) -> None:
+        await self._held(lua.RELEASE, held, _ms(delay), self._channel)
+        self._waiters.wake_all()
+
+    async def remove(self, call_id: str) -> bool:
+        return bool(int(await self._eval(lua.REMOVE, call_id)))
+
+    async def depth(self) -> int:
+        return int(await self._eval(lua.DEPTH))
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(round(seconds * 1000)))

@@ -1,0 +1,132 @@
+"""The Lua scripts that make every ``RedisQueue`` operation atomic on the server.
+
+Keys (``KEYS[1..8]``, in this order, all under the queue's prefix):
+
+- ``items``    hash  call_id -> QueueItem JSON
+- ``scores``   hash  call_id -> place in order: ``(2 - priority) * 1e15 + seq``, so one
+                     sorted set orders by priority first, then by first-push sequence
+- ``attempts`` hash  call_id -> deliveries so far
+- ``tokens``   hash  call_id -> lease token of the current delivery
+- ``ready``    zset  visible items, scored by their place
+- ``delayed``  zset  pushed or released with a delay, scored by visible-at (ms)
+- ``leased``   zset  reserved items, scored by lease expiry (ms)
+- ``seq``      counter of pushes
+
+Time is the Redis server's (``TIME``), so every node agrees on lease expiry. Items
+whose time has come move from ``delayed``/``leased`` back to ``ready`` with their
+stored score: an expired lease puts the call back at its old place. Requires Redis 5+
+(scripts that call ``TIME`` and then write replicate by effects).
+"""
+
+from __future__ import annotations
+
+KEY_NAMES = ("items", "scores", "attempts", "tokens", "ready", "delayed", "leased", "seq")
+
+_PRELUDE = """
+local items, scores, attempts, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ready, delayed, leased, seq = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function fmt(n) return string.format('%.0f', n) end
+local function held(id, token)
+  if redis.call('HGET', tokens, id) ~= token then return false end
+  local expiry = redis.call('ZSCORE', leased, id)
+  return expiry ~= false and tonumber(expiry) > now
+end
+local function forget(id)
+  for _, h in ipairs({items, scores, attempts, tokens}) do redis.call('HDEL', h, id) end
+  for _, z in ipairs({ready, delayed, leased}) do redis.call('ZREM', z, id) end
+end
+local function place(id, delay_ms)
+  if delay_ms > 0 then
+    redis.call('ZADD', delayed, fmt(now + delay_ms), id)
+  else
+    redis.call('ZADD', ready, redis.call('HGET', scores, id), id)
+  end
+end
+"""
+
+# ARGV: call_id, item JSON, priority, delay ms, wake channel. Returns 1 if added.
+PUSH = _PRELUDE + """
+local id = ARGV[1]
+if redis.call('HEXISTS', items, id) == 1 then return 0 end
+local n = redis.call('INCR', seq)
+redis.call('HSET', items, id, ARGV[2])
+redis.call('HSET', scores, id, fmt((2 - tonumber(ARGV[3])) * 1e15 + n))
+redis.call('HSET', attempts, id, 0)
+place(id, tonumber(ARGV[4]))
+redis.call('PUBLISH', ARGV[5], '1')
+return 1
+"""
+
+# ARGV: lease ms, token. Returns {1, call_id, item JSON, attempt} or
+# {0, ms until the next hidden item becomes visible, or -1}.
+RESERVE = _PRELUDE + """
+local function surface(zset)
+  local due = redis.call('ZRANGEBYSCORE', zset, '-inf', fmt(now), 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', zset, id)
+    redis.call('HDEL', tokens, id)
+    local score = redis.call('HGET', scores, id)
+    if score then redis.call('ZADD', ready, score, id) end
+  end
+end
+surface(delayed)
+surface(leased)
+local top = redis.call('ZRANGE', ready, 0, 0)
+if #top == 0 then
+  local next_due = -1
+  for _, z in ipairs({delayed, leased}) do
+    local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+    if #first > 0 then
+      local due = tonumber(first[2]) - now
+      if next_due < 0 or due < next_due then next_due = due end
+    end
+  end
+  return {0, fmt(next_due)}
+end
+local id = top[1]
+redis.call('ZREM', ready, id)
+local attempt = redis.call('HINCRBY', attempts, id, 1)
+redis.call('HSET', tokens, id, ARGV[2])
+redis.call('ZADD', leased, fmt(now + tonumber(ARGV[1])), id)
+return {1, id, redis.call('HGET', items, id), attempt}
+"""
+
+# ARGV: call_id, token. Returns 1 if the lease was held (and the item deleted).
+ACK = _PRELUDE + """
+if not held(ARGV[1], ARGV[2]) then return 0 end
+forget(ARGV[1])
+return 1
+"""
+
+# ARGV: call_id, token, lease ms. Returns 1 if the lease was held (and extended).
+RENEW = _PRELUDE + """
+if not held(ARGV[1], ARGV[2]) then return 0 end
+redis.call('ZADD', leased, fmt(now + tonumber(ARGV[3])), ARGV[1])
+return 1
+"""
+
+# ARGV: call_id, token, delay ms, wake channel. Returns 1 if the lease was held.
+RELEASE = _PRELUDE + """
+local id = ARGV[1]
+if not held(id, ARGV[2]) then return 0 end
+redis.call('HDEL', tokens, id)
+redis.call('ZREM', leased, id)
+place(id, tonumber(ARGV[3]))
+redis.call('PUBLISH', ARGV[4], '1')
+return 1
+"""
+
+# ARGV: call_id. Returns 1 if the item was there.
+REMOVE = _PRELUDE + """
+if redis.call('HEXISTS', items, ARGV[1]) == 0 then return 0 end
+forget(ARGV[1])
+return 1
+"""
+
+# No ARGV. Returns the number of items waiting (visible, delayed or with an expired lease).
+DEPTH = _PRELUDE + """
+return redis.call('ZCARD', ready) + redis.call('ZCARD', delayed)
+  + redis.call('ZCOUNT', leased, '-inf', fmt(now))
+"""
