@@ -11,10 +11,12 @@ import pytest_twisted
 from twisted.internet import defer
 
 from ironfunctions.datastore import datastore_from_url
+from ironfunctions.mq import queue_from_url
 from tests.daemon import daemon, daemon_factory  # noqa: F401 (fixtures)
-from tests.servers import postgres_cluster, postgres_db, postgres_url  # noqa: F401 (fixtures)
+from tests.servers import postgres_cluster, postgres_db, postgres_url, redis_server  # noqa: F401 (fixtures)
 
 DATASTORE_KINDS = ["memory", "sqlite", "postgres"]
+QUEUE_KINDS = ["memory", "sqlite", "redis"]
 
 
 def _block(coro):
@@ -40,3 +42,27 @@ def datastore(request, tmp_path):
     _block(ds.start())
     yield ds
     _block(ds.close())
+
+
+def queue_url(kind, request, tmp_path):
+    """The URL of an empty queue of ``kind`` for one test."""
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/mq.db"
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flush()  # no state leaks between tests
+        return server.url()
+    raise AssertionError(kind)  # pragma: no cover
+
+
+@pytest.fixture(params=QUEUE_KINDS)
+def queue(request, tmp_path):
+    """A started, empty message queue of every kind the project has."""
+    from twisted.internet import reactor
+
+    q = queue_from_url(queue_url(request.param, request, tmp_path), reactor)
+    _block(q.start())
+    yield q
+    _block(q.close())

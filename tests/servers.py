@@ -1,4 +1,5 @@
-"""Throwaway real servers for the test run: a Postgres cluster on a free loopback port.
+"""Throwaway real servers for the test run: a Postgres cluster and a Redis server, each
+on a free loopback port.
 
 The cluster is created with ``initdb`` into a temporary folder, started with
 ``pg_ctl``, and deleted at the end of the session. When the tests run as root, the
@@ -15,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from typing import Iterator
 
@@ -164,3 +166,103 @@ def postgres_db(postgres_cluster: PostgresCluster) -> Iterator[str]:
     yield url
     postgres_cluster.drop_database(url)
 
+
+
+# -- Redis
+
+
+@attrs.define
+class RedisServer:
+    """A throwaway ``redis-server`` on a free loopback port, with no persistence.
+    ``stop()`` and ``start()`` take it down and bring it back (same port) for outage tests."""
+
+    folder: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0, prefix: str | None = None) -> str:
+        url = f"redis://127.0.0.1:{self.port}/{db}"
+        return url if prefix is None else f"{url}?prefix={prefix}"
+
+    def start(self, timeout: float = 10) -> None:
+        """Start the server and wait until it answers PING. Raise if it cannot start."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found (apt-get install redis-server)")
+        log = open(os.path.join(self.folder, "redis.log"), "ab")
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self.folder, "--daemonize", "no"]
+        self.process = subprocess.Popen(argv, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.command("PING") == b"+PONG":
+                    return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = open(os.path.join(self.folder, "redis.log"), "rb").read()[-2000:]
+                raise RuntimeError(f"redis-server did not start on port {self.port}: {tail!r}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the server (if it runs) and wait for it to exit."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+    def command(self, *args: str) -> bytes:
+        """Send one command and return the first line of the reply (enough for
+        PING, FLUSHALL and the like)."""
+        request = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args
+        )
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(request)
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        return reply.split(b"\r\n", 1)[0]
+
+    def flush(self) -> None:
+        """Empty every database."""
+        if self.command("FLUSHALL") != b"+OK":
+            raise RuntimeError("FLUSHALL failed")
+
+
+def start_redis_server() -> RedisServer:
+    """A new redis-server in a fresh temporary folder. Raise if it cannot start."""
+    server = RedisServer(folder=tempfile.mkdtemp(prefix="ironfunctions-redis-"), port=free_port())
+    try:
+        server.start()
+    except BaseException:
+        shutil.rmtree(server.folder, ignore_errors=True)
+        raise
+    return server
+
+
+def stop_redis_server(server: RedisServer) -> None:
+    """Stop the server and delete its folder."""
+    server.stop()
+    shutil.rmtree(server.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway Redis for the whole session; failing to start fails the tests."""
+    server = start_redis_server()
+    try:
+        yield server
+    finally:
+        stop_redis_server(server)

@@ -1,0 +1,367 @@
+"""The message queue contract: every IMessageQueue provider behaves exactly like this.
+
+Run against memory, SQLite and Redis (the ``queue`` fixture in conftest.py is
+parametrized over every provider; the Redis one is a real redis-server the tests start,
+which fails the tests, never skips them, if it cannot start). Leases and delays are
+real time here, kept short; ``tests/unit/test_memory_queue.py`` pins the same rules
+with a fake clock.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+from zope.interface.verify import verifyObject
+
+from ironfunctions.errors import LeaseLost, QueueUnavailable
+from ironfunctions.mq import queue_from_url
+from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem
+from ironfunctions.mq.redis import RedisQueue
+from tests.servers import free_port, start_redis_server, stop_redis_server
+
+
+def item(call_id: str, priority: int = 0, **payload: object) -> QueueItem:
+    return QueueItem(call_id, "myapp", "/hello", priority, payload)
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds)
+
+
+async def drain(queue, lease: float = 30) -> list[str]:
+    """Reserve everything visible now; return the call ids in the order received."""
+    got = []
+    while (r := await queue.reserve(lease)) is not None:
+        got.append(r.call_id)
+    return got
+
+
+def test_provides_IMessageQueue(queue):
+    """The provider fully implements the interface."""
+    assert verifyObject(IMessageQueue, queue)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_answers(queue):
+    await queue.ping()
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_reserve_ack_round_trips_the_item(queue):
+    pushed = item("c1", 1, body="żółw ☃", n=[1, 2.5, None], nested={"k": True})
+    assert await queue.push(pushed) is True
+    r = await queue.reserve(30)
+    assert r.item == pushed
+    assert r.call_id == "c1"
+    assert r.attempt == 1
+    await queue.ack(r)
+    assert await queue.reserve(30) is None
+    assert await queue.depth() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_reserve_on_empty_queue_returns_None(queue):
+    assert await queue.reserve(30) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_pushing_a_queued_call_id_again_changes_nothing(queue):
+    assert await queue.push(item("c1", payload="first"))
+    assert await queue.push(item("c1", 2, payload="second")) is False
+    r = await queue.reserve(30)
+    assert r.item.payload == {"payload": "first"}
+    assert await queue.push(item("c1")) is False  # reserved counts as queued too
+    assert await queue.depth() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_higher_priority_first_then_fifo(queue):
+    order = [("a", 0), ("b", 2), ("c", 1), ("d", 0), ("e", 2), ("f", 1)]
+    for call_id, priority in order:
+        await queue.push(item(call_id, priority))
+    assert await drain(queue) == ["b", "e", "c", "f", "a", "d"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_delayed_item_stays_hidden_until_its_time(queue):
+    await queue.push(item("later"), delay=0.4)
+    await queue.push(item("now"))
+    assert await drain(queue) == ["now"]
+    assert await queue.depth() == 1  # delayed items are waiting too
+    started = time.monotonic()
+    r = await queue.reserve(30, timeout=3)
+    assert r is not None and r.call_id == "later"
+    assert 0.25 <= time.monotonic() - started < 1.5
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_lease_redelivers_at_the_old_place_with_next_attempt(queue):
+    for call_id in ["a", "b", "c"]:
+        await queue.push(item(call_id))
+    first = await queue.reserve(0.3)
+    assert (first.call_id, first.attempt) == ("a", 1)
+    await sleep(0.45)
+    again = await queue.reserve(30)
+    assert (again.call_id, again.attempt) == ("a", 2)
+    assert again.lease != first.lease
+    assert await drain(queue) == ["b", "c"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_lease_cannot_be_acked_renewed_or_released(queue):
+    await queue.push(item("a"))
+    old = await queue.reserve(0.2)
+    await sleep(0.35)
+    for op in (queue.ack(old), queue.renew(old, 30), queue.release(old)):
+        with pytest.raises(LeaseLost):
+            await op
+    new = await queue.reserve(30)
+    with pytest.raises(LeaseLost):
+        await queue.ack(old)
+    await queue.ack(new)  # the current holder still can
+    assert await queue.depth() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_renew_extends_the_lease(queue):
+    await queue.push(item("long"))
+    r = await queue.reserve(0.3)
+    await sleep(0.15)
+    await queue.renew(r, 2)
+    await sleep(0.35)  # past the first lease
+    assert await queue.reserve(30) is None
+    await queue.ack(r)
+    assert await queue.depth() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_with_delay_puts_the_item_back_at_its_place_later(queue):
+    for call_id in ["a", "b", "c"]:
+        await queue.push(item(call_id))
+    a = await queue.reserve(30)
+    await queue.release(a, delay=0.3)
+    with pytest.raises(LeaseLost):
+        await queue.ack(a)
+    b = await queue.reserve(30)
+    assert b.call_id == "b"
+    await sleep(0.4)
+    again = await queue.reserve(30)
+    assert (again.call_id, again.attempt) == ("a", 2)
+    assert await drain(queue) == ["c"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_without_delay_is_reservable_at_once_in_front(queue):
+    await queue.push(item("a"))
+    await queue.push(item("b"))
+    a = await queue.reserve(30)
+    await queue.release(a)
+    assert [r.call_id for r in [await queue.reserve(30)]] == ["a"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_reservers_never_get_the_same_item(queue):
+    ids = [f"call{i:02d}" for i in range(50)]
+    for i, call_id in enumerate(ids):
+        await queue.push(item(call_id, i % 3))
+
+    async def reserver() -> list[str]:
+        got = []
+        while (r := await queue.reserve(30)) is not None:
+            got.append(r.call_id)
+            await queue.ack(r)
+        return got
+
+    results = await defer.gatherResults(
+        [defer.Deferred.fromCoroutine(reserver()) for _ in range(5)], consumeErrors=True
+    )
+    received = [call_id for got in results for call_id in got]
+    assert sorted(received) == ids
+    assert await queue.depth() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_waiting_reservers_each_get_a_distinct_pushed_item(queue):
+    waiting = [defer.Deferred.fromCoroutine(queue.reserve(30, timeout=5)) for _ in range(5)]
+    await sleep(0.05)
+    for i in range(5):
+        await queue.push(item(f"c{i}"))
+    results = await defer.gatherResults(waiting, consumeErrors=True)
+    assert sorted(r.call_id for r in results) == [f"c{i}" for i in range(5)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_waiting_reserve_wakes_up_at_once_on_push(queue):
+    waiting = defer.Deferred.fromCoroutine(queue.reserve(30, timeout=10))
+    await sleep(0.2)
+    pushed_at = time.monotonic()
+    await queue.push(item("fast"))
+    r = await waiting
+    assert r.call_id == "fast"
+    assert time.monotonic() - pushed_at < 0.05
+
+
+@pytest_twisted.ensureDeferred
+async def test_reserve_waits_timeout_seconds_then_returns_None(queue):
+    started = time.monotonic()
+    assert await queue.reserve(30, timeout=0.3) is None
+    assert 0.25 <= time.monotonic() - started < 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_depth_counts_waiting_items_not_live_leases(queue):
+    for call_id in ["a", "b", "c"]:
+        await queue.push(item(call_id))
+    await queue.push(item("d"), delay=30)
+    assert await queue.depth() == 4
+    await queue.reserve(0.2)
+    assert await queue.depth() == 3
+    await sleep(0.3)
+    assert await queue.depth() == 4  # the lease expired: waiting again
+
+
+@pytest_twisted.ensureDeferred
+async def test_remove_deletes_a_waiting_or_reserved_call(queue):
+    await queue.push(item("a"))
+    await queue.push(item("b"))
+    await queue.push(item("c"), delay=30)
+    held = await queue.reserve(30)
+    assert await queue.remove("a") is True
+    assert await queue.remove("c") is True
+    assert await queue.remove("nope") is False
+    with pytest.raises(LeaseLost):
+        await queue.ack(held)
+    assert await drain(queue) == ["b"]
+    assert await queue.push(item("a")) is True  # the id is free again
+
+
+@pytest_twisted.ensureDeferred
+async def test_lease_survives_a_round_trip_through_text(queue):
+    """The /tasks protocol hands the lease to an external runner and takes it back."""
+    await queue.push(item("task.1"))
+    r = await queue.reserve(30)
+    text = str(r.lease)
+    assert Lease.parse(text) == r.lease
+    await queue.ack(Lease.parse(text))
+    assert await queue.depth() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_ends_a_waiting_reserve_with_None(queue):
+    waiting = defer.Deferred.fromCoroutine(queue.reserve(30, timeout=10))
+    await sleep(0.05)
+    await queue.close()
+    assert await waiting is None
+    for op in (queue.push(item("x")), queue.reserve(30), queue.start()):
+        with pytest.raises(QueueUnavailable):
+            await op
+    await queue.close()  # closing twice is harmless
+
+
+# -- provider-specific behaviour
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_queue_keeps_items_and_leases_across_close_and_reopen(tmp_path):
+    url = f"sqlite:///{tmp_path}/data/mq.db"
+    queue = queue_from_url(url, reactor)
+    await queue.start()
+    for call_id, priority in [("a", 0), ("b", 1), ("c", 0)]:
+        await queue.push(item(call_id, priority, n=call_id))
+    held = await queue.reserve(30)
+    assert held.call_id == "b"
+    await queue.close()
+
+    reopened = queue_from_url(url, reactor)
+    await reopened.start()
+    try:
+        assert await reopened.depth() == 2
+        a = await reopened.reserve(30)
+        assert a.item == item("a", 0, n="a")
+        await reopened.ack(held)  # the lease held before the restart is still valid
+        assert await drain(reopened) == ["c"]
+    finally:
+        await reopened.close()
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test's own, so stopping it disturbs no other test."""
+    server = start_redis_server()
+    yield server
+    stop_redis_server(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_outage_fails_fast_with_QueueUnavailable_and_recovers(own_redis):
+    queue = RedisQueue.from_url(own_redis.url(), reactor, timeout=2)
+    await queue.start()
+    try:
+        await queue.push(item("before"))
+        waiting = defer.Deferred.fromCoroutine(queue.reserve(30, timeout=30))
+        r = await waiting
+        assert r.call_id == "before"
+
+        own_redis.stop()
+        for op in (queue.push(item("during")), queue.reserve(30), queue.ping(), queue.depth()):
+            started = time.monotonic()
+            with pytest.raises(QueueUnavailable):
+                await op
+            assert time.monotonic() - started < 3
+
+        own_redis.start()
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert await queue.push(item("after")) is True
+                break
+            except QueueUnavailable:
+                assert time.monotonic() < deadline, "the queue did not reconnect"
+                await sleep(0.1)
+        # The subscriber reconnects too: a waiting reserve wakes on a push again.
+        await sleep(2.5)
+        assert (await queue.reserve(30)).call_id == "after"
+        waiting = defer.Deferred.fromCoroutine(queue.reserve(30, timeout=10))
+        await sleep(0.1)
+        other = RedisQueue.from_url(own_redis.url(), reactor)
+        await other.start()
+        try:
+            pushed_at = time.monotonic()
+            await other.push(item("from-another-node"))
+            assert (await waiting).call_id == "from-another-node"
+            assert time.monotonic() - pushed_at < 0.1
+        finally:
+            await other.close()
+    finally:
+        await queue.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_start_fails_with_QueueUnavailable_when_nothing_listens():
+    queue = RedisQueue.from_url(f"redis://127.0.0.1:{free_port()}", reactor, timeout=1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(QueueUnavailable):
+            await queue.start()
+        assert time.monotonic() - started < 3
+    finally:
+        await queue.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_queues_with_different_prefixes_do_not_share_items(redis_server):
+    redis_server.flush()
+    one = RedisQueue.from_url(redis_server.url(prefix="one"), reactor)
+    two = RedisQueue.from_url(redis_server.url(prefix="two"), reactor)
+    await one.start()
+    await two.start()
+    try:
+        await one.push(item("a"))
+        assert await two.reserve(30) is None
+        assert (await one.reserve(30)).call_id == "a"
+    finally:
+        await one.close()
+        await two.close()
