@@ -365,3 +365,23 @@ async def test_redis_queues_with_different_prefixes_do_not_share_items(redis_ser
     finally:
         await one.close()
         await two.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_queue_and_datastore_can_share_one_file(tmp_path):
+    from ironfunctions.datastore import datastore_from_url
+    from ironfunctions.models import App
+
+    url = f"sqlite:///{tmp_path}/one.db"
+    datastore = datastore_from_url(url, reactor)
+    queue = queue_from_url(url, reactor)
+    await datastore.start()
+    await queue.start()
+    try:
+        await datastore.insert_app(App("a"))
+        await queue.push(item("c1"))
+        assert (await queue.reserve(30)).call_id == "c1"
+        assert await datastore.get_app("a") == App("a")
+    finally:
+        await queue.close()
+        await datastore.close()
