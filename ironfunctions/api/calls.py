@@ -21,7 +21,7 @@ from ironfunctions.calls.model import (
     DEFAULT_PER_PAGE,
     MAX_PER_PAGE,
     STATUSES,
-    Call,
+    CallRecord,
     CallQuery,
     call_json,
     decode_cursor,
@@ -31,7 +31,7 @@ from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.errors import CallCompleted, ValidationError
 from ironfunctions.paths import normalize_path
 
-Canceller = Callable[[str, str], Awaitable[Call]]
+Canceller = Callable[[str, str], Awaitable[CallRecord]]
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
@@ -100,10 +100,10 @@ def parse_call_query(app_name: str, args: Mapping[bytes, list[bytes]]) -> CallQu
     )
 
 
-def cancelled(now_ms: int) -> Callable[[Call], Call]:
+def cancelled(now_ms: int) -> Callable[[CallRecord], CallRecord]:
     """The change that cancels a queued or running call (pure); a finished call refuses."""
 
-    def change(call: Call) -> Call:
+    def change(call: CallRecord) -> CallRecord:
         if call.terminal:
             raise CallCompleted(f"Call already completed (status {call.status})")
         return attrs.evolve(call, status=CANCELLED, reason="client_request", completed_at=now_ms)
@@ -115,7 +115,7 @@ def store_canceller(calls: ICallStore, clock: IReactorTime) -> Canceller:
     """Cancel by marking the record: a queued call is then skipped by whichever worker
     reserves it. (The runner wraps this to also stop a running call's container.)"""
 
-    async def cancel(app_name: str, call_id: str) -> Call:
+    async def cancel(app_name: str, call_id: str) -> CallRecord:
         return await calls.update_call(app_name, call_id, cancelled(int(clock.seconds() * 1000)))
 
     return cancel

@@ -8,24 +8,24 @@ from typing import Callable
 
 from zope.interface import Interface
 
-from ironfunctions.calls.model import Call, CallPage, CallQuery
+from ironfunctions.calls.model import CallRecord, CallPage, CallQuery
 
-CallChange = Callable[[Call], Call]
+CallChange = Callable[[CallRecord], CallRecord]
 
 
 class ICallStore(Interface):
     """Where call records live. Raise ``DatastoreUnavailable`` when the backend is down."""
 
-    async def put_calls(calls: list[Call]) -> None:  # type: ignore[misc]
+    async def put_calls(calls: list[CallRecord]) -> None:  # type: ignore[misc]
         """Insert or replace each call (by id), all in one transaction."""
 
-    async def get_call(app_name: str, call_id: str) -> Call:  # type: ignore[misc]
+    async def get_call(app_name: str, call_id: str) -> CallRecord:  # type: ignore[misc]
         """Return the call. Raise ``CallNotFound`` (also for another app's call)."""
 
     async def list_calls(query: CallQuery) -> CallPage:  # type: ignore[misc]
         """One page of the app's calls matching ``query``, newest first."""
 
-    async def update_call(app_name: str, call_id: str, change: CallChange) -> Call:  # type: ignore[misc]
+    async def update_call(app_name: str, call_id: str, change: CallChange) -> CallRecord:  # type: ignore[misc]
         """Atomically replace the call by ``change(call)``; ``change`` may raise to abort
         with nothing written. Raise ``CallNotFound``."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from zope.interface import implementer
 
 from ironfunctions.calls.interface import CallChange, ICallStore
-from ironfunctions.calls.model import Call, CallPage, CallQuery, page_of
+from ironfunctions.calls.model import CallRecord, CallPage, CallQuery, page_of
 from ironfunctions.errors import CallNotFound
 
 
@@ -14,26 +14,26 @@ class MemoryCallStore:
     """Calls and logs in dicts; lost with the process."""
 
     def __init__(self) -> None:
-        self._calls: dict[str, Call] = {}
+        self._calls: dict[str, CallRecord] = {}
         self._logs: dict[str, bytes] = {}
 
-    async def put_calls(self, calls: list[Call]) -> None:
+    async def put_calls(self, calls: list[CallRecord]) -> None:
         for call in calls:
             self._calls[call.id] = call
 
-    def _get(self, app_name: str, call_id: str) -> Call:
+    def _get(self, app_name: str, call_id: str) -> CallRecord:
         call = self._calls.get(call_id)
         if call is None or call.app_name != app_name:
             raise CallNotFound()
         return call
 
-    async def get_call(self, app_name: str, call_id: str) -> Call:
+    async def get_call(self, app_name: str, call_id: str) -> CallRecord:
         return self._get(app_name, call_id)
 
     async def list_calls(self, query: CallQuery) -> CallPage:
         return page_of(list(self._calls.values()), query)
 
-    async def update_call(self, app_name: str, call_id: str, change: CallChange) -> Call:
+    async def update_call(self, app_name: str, call_id: str, change: CallChange) -> CallRecord:
         new = change(self._get(app_name, call_id))
         self._calls[call_id] = new
         return new

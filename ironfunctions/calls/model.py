@@ -23,7 +23,7 @@ LOG_TRUNCATED_MARKER = b"\n[ironfunctions: log truncated at 1 MiB]\n"
 
 
 @attrs.frozen
-class Call:
+class CallRecord:
     """One invocation. Times are integer milliseconds since the epoch (UTC), or None."""
 
     id: str
@@ -68,11 +68,11 @@ class CallQuery:
 
 @attrs.frozen
 class CallPage:
-    calls: list[Call]
+    calls: list[CallRecord]
     next_cursor: str | None
 
 
-def encode_cursor(call: Call) -> str:
+def encode_cursor(call: CallRecord) -> str:
     """An opaque, URL-safe cursor pointing after ``call``."""
     raw = f"{call.created_at}:{call.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -90,12 +90,12 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raise ValueError("bad cursor") from e
 
 
-def sort_key(call: Call) -> tuple[int, str]:
+def sort_key(call: CallRecord) -> tuple[int, str]:
     """Newest first is descending order of this key."""
     return (call.created_at, call.id)
 
 
-def page_of(calls: list[Call], query: CallQuery) -> CallPage:
+def page_of(calls: list[CallRecord], query: CallQuery) -> CallPage:
     """Filter, order (newest first) and cut one page from ``calls`` (pure; used by the
     memory store, and the rule the SQL stores follow)."""
     selected = sorted(
@@ -106,7 +106,7 @@ def page_of(calls: list[Call], query: CallQuery) -> CallPage:
     return CallPage(page, encode_cursor(page[-1]) if more and page else None)
 
 
-def matches(call: Call, query: CallQuery) -> bool:
+def matches(call: CallRecord, query: CallQuery) -> bool:
     return (
         call.app_name == query.app_name
         and (query.path is None or call.path == query.path)
@@ -131,7 +131,7 @@ def rfc3339(ms: int | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
-def call_json(call: Call) -> dict[str, Any]:
+def call_json(call: CallRecord) -> dict[str, Any]:
     """A call on the wire (SPEC §3 field order); ``body`` only for async calls."""
     out: dict[str, Any] = {
         "id": call.id,

@@ -8,7 +8,7 @@ from zope.interface import implementer
 
 from ironfunctions.calls import sql
 from ironfunctions.calls.interface import CallChange, ICallStore
-from ironfunctions.calls.model import Call, CallPage, CallQuery, encode_cursor
+from ironfunctions.calls.model import CallRecord, CallPage, CallQuery, encode_cursor
 from ironfunctions.errors import CallNotFound
 
 if TYPE_CHECKING:
@@ -33,14 +33,14 @@ class PostgresCallStore:
     def __init__(self, datastore: "PostgresDatastore") -> None:
         self._ds = datastore
 
-    async def put_calls(self, calls: list[Call]) -> None:
+    async def put_calls(self, calls: list[CallRecord]) -> None:
         # One statement cannot touch a row twice: keep the last record of each id.
         latest = list({call.id: call for call in calls}.values())
         if latest:
             params = [p for call in latest for p in sql.call_params(call)]
             await self._ds.query(_upsert(len(latest)) + " RETURNING id", params)
 
-    async def get_call(self, app_name: str, call_id: str) -> Call:
+    async def get_call(self, app_name: str, call_id: str) -> CallRecord:
         rows = await self._ds.query(_SELECT, (call_id, app_name))
         if not rows:
             raise CallNotFound()
@@ -53,8 +53,8 @@ class PostgresCallStore:
         calls = calls[: query.per_page]
         return CallPage(calls, encode_cursor(calls[-1]) if more and calls else None)
 
-    async def update_call(self, app_name: str, call_id: str, change: CallChange) -> Call:
-        async def update(cur: Any) -> Call:
+    async def update_call(self, app_name: str, call_id: str, change: CallChange) -> CallRecord:
+        async def update(cur: Any) -> CallRecord:
             await cur.execute(_SELECT + " FOR UPDATE", (call_id, app_name))
             row = cur.fetchone()
             if row is None:
@@ -63,7 +63,7 @@ class PostgresCallStore:
             await cur.execute(_upsert(1), sql.call_params(new))
             return new
 
-        new: Call = await self._ds.transaction(update)
+        new: CallRecord = await self._ds.transaction(update)
         return new
 
     async def put_log(self, app_name: str, call_id: str, log: bytes) -> None:

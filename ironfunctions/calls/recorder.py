@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ironfunctions.calls.interface import ICallStore
-from ironfunctions.calls.model import Call, cap_log
+from ironfunctions.calls.model import CallRecord, cap_log
 from ironfunctions.metrics import IMetrics
 
 
@@ -43,17 +43,17 @@ class CallRecorder(Service):
         self._interval = interval
         self._max_batch = max_batch
         self._max_buffer = max_buffer
-        self._pending: deque[tuple[Call, bytes | None]] = deque()
+        self._pending: deque[tuple[CallRecord, bytes | None]] = deque()
         self._loop: LoopingCall | None = None
         self._flushing: Deferred[None] | None = None
 
-    def record(self, call: Call, log: bytes | None = None) -> None:
+    def record(self, call: CallRecord, log: bytes | None = None) -> None:
         """Queue ``call`` (and its stderr) for writing. Never blocks, never raises."""
         self._pending.append((call, None if log is None else cap_log(log)))
         while len(self._pending) > self._max_buffer:
             dropped, _ = self._pending.popleft()
             self._metrics.count("calls.dropped", 1, app=dropped.app_name)
-            self.log.warn("Call record buffer full: dropped {call_id}", call_id=dropped.id,
+            self.log.warn("CallRecord record buffer full: dropped {call_id}", call_id=dropped.id,
                           app=dropped.app_name)
 
     @property
@@ -65,14 +65,14 @@ class CallRecorder(Service):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self._clock
         self._loop.start(self._interval, now=False).addErrback(
-            lambda f: self.log.failure("Call recorder loop died", f)
+            lambda f: self.log.failure("CallRecord recorder loop died", f)
         )
 
     def _tick(self) -> Deferred[None] | None:
         if self._flushing is not None or not self._pending:
             return None
         self._flushing = Deferred.fromCoroutine(self.flush())
-        self._flushing.addErrback(lambda f: self.log.failure("Call record flush failed", f))
+        self._flushing.addErrback(lambda f: self.log.failure("CallRecord record flush failed", f))
 
         def done(_: object) -> None:
             self._flushing = None

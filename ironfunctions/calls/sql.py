@@ -1,4 +1,4 @@
-"""Row <-> Call conversion and query building shared by the SQL call stores (pure).
+"""Row <-> CallRecord conversion and query building shared by the SQL call stores (pure).
 
 ``placeholder`` is ``?`` for SQLite and ``%s`` for psycopg2.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ironfunctions.calls.model import Call, CallQuery
+from ironfunctions.calls.model import CallRecord, CallQuery
 
 CALL_COLUMNS = (
     "id, app_name, path, image, type, format, status, reason, created_at, started_at, "
@@ -16,7 +16,7 @@ CALL_COLUMNS = (
 N_COLUMNS = 19
 
 
-def call_params(call: Call) -> tuple[Any, ...]:
+def call_params(call: CallRecord) -> tuple[Any, ...]:
     return (
         call.id, call.app_name, call.path, call.image, call.type, call.format, call.status,
         call.reason, call.created_at, call.started_at, call.completed_at, call.attempt,
@@ -25,9 +25,9 @@ def call_params(call: Call) -> tuple[Any, ...]:
     )
 
 
-def call_from_row(row: Sequence[Any]) -> Call:
+def call_from_row(row: Sequence[Any]) -> CallRecord:
     body = row[17]
-    return Call(
+    return CallRecord(
         id=row[0], app_name=row[1], path=row[2], image=row[3], type=row[4], format=row[5],
         status=row[6], reason=row[7], created_at=int(row[8]), started_at=row[9],
         completed_at=row[10], attempt=int(row[11]), exit_code=row[12], error=row[13],

@@ -9,7 +9,7 @@ from zope.interface import implementer
 
 from ironfunctions.calls import sql
 from ironfunctions.calls.interface import CallChange, ICallStore
-from ironfunctions.calls.model import Call, CallPage, CallQuery, encode_cursor
+from ironfunctions.calls.model import CallRecord, CallPage, CallQuery, encode_cursor
 from ironfunctions.errors import CallNotFound
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ _UPSERT = (
 )
 
 
-def _get(c: sqlite3.Connection, app_name: str, call_id: str) -> Call:
+def _get(c: sqlite3.Connection, app_name: str, call_id: str) -> CallRecord:
     row = c.execute(
         f"SELECT {sql.CALL_COLUMNS} FROM calls WHERE id = ? AND app_name = ?", (call_id, app_name)
     ).fetchone()
@@ -36,7 +36,7 @@ class SqliteCallStore:
     def __init__(self, datastore: "SqliteDatastore") -> None:
         self._ds = datastore
 
-    async def put_calls(self, calls: list[Call]) -> None:
+    async def put_calls(self, calls: list[CallRecord]) -> None:
         def put(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
             try:
@@ -49,7 +49,7 @@ class SqliteCallStore:
         if calls:
             await self._ds.run_in_thread(put)
 
-    async def get_call(self, app_name: str, call_id: str) -> Call:
+    async def get_call(self, app_name: str, call_id: str) -> CallRecord:
         return await self._ds.run_in_thread(_get, app_name, call_id)
 
     async def list_calls(self, query: CallQuery) -> CallPage:
@@ -62,8 +62,8 @@ class SqliteCallStore:
 
         return await self._ds.run_in_thread(select)
 
-    async def update_call(self, app_name: str, call_id: str, change: CallChange) -> Call:
-        def update(c: sqlite3.Connection) -> Call:
+    async def update_call(self, app_name: str, call_id: str, change: CallChange) -> CallRecord:
+        def update(c: sqlite3.Connection) -> CallRecord:
             c.execute("BEGIN IMMEDIATE")
             try:
                 new = change(_get(c, app_name, call_id))

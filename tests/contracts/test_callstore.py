@@ -8,12 +8,12 @@ import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from ironfunctions.calls.interface import ICallStore
-from ironfunctions.calls.model import Call, CallQuery, decode_cursor
+from ironfunctions.calls.model import CallRecord, CallQuery, decode_cursor
 from ironfunctions.errors import CallCompleted, CallNotFound
 
 
-def call(n: int, app: str = "a", **kw) -> Call:
-    return Call(id=f"call{n:04d}", app_name=app, path=kw.pop("path", "/p"), created_at=1_000 + n, **kw)
+def call(n: int, app: str = "a", **kw) -> CallRecord:
+    return CallRecord(id=f"call{n:04d}", app_name=app, path=kw.pop("path", "/p"), created_at=1_000 + n, **kw)
 
 
 def test_provides_ICallStore(datastore):
@@ -22,7 +22,7 @@ def test_provides_ICallStore(datastore):
 
 @pytest_twisted.ensureDeferred
 async def test_every_field_round_trips(datastore):
-    full = Call(
+    full = CallRecord(
         id="01JABCDEF", app_name="a", path="/deep/p", image="img:1", type="async", format="http",
         status="success", reason="", created_at=1700000000123, started_at=1700000000200,
         completed_at=1700000000300, attempt=2, exit_code=0, error="", wait_ms=5, start_ms=170,
@@ -77,7 +77,7 @@ async def test_list_filters_by_path_status_and_time(datastore):
 
 @pytest_twisted.ensureDeferred
 async def test_same_created_at_pages_by_id(datastore):
-    same = [Call(id=f"id{n}", app_name="a", path="/p", created_at=5) for n in range(5)]
+    same = [CallRecord(id=f"id{n}", app_name="a", path="/p", created_at=5) for n in range(5)]
     await datastore.calls.put_calls(same)
     first = await datastore.calls.list_calls(CallQuery("a", per_page=2))
     second = await datastore.calls.list_calls(CallQuery("a", per_page=10, after=decode_cursor(first.next_cursor)))

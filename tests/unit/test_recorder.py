@@ -4,7 +4,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from ironfunctions.calls.memory import MemoryCallStore
-from ironfunctions.calls.model import LOG_TRUNCATED_MARKER, Call
+from ironfunctions.calls.model import LOG_TRUNCATED_MARKER, CallRecord
 from ironfunctions.calls.recorder import CallRecorder
 from ironfunctions.errors import DatastoreUnavailable
 from ironfunctions.metrics import MemoryMetrics
@@ -41,7 +41,7 @@ def make(**kw):
 def test_records_are_written_later_in_one_batch():
     store, clock, _, recorder = make()
     for n in range(10):
-        recorder.record(Call(id=f"c{n}", app_name="a", path="/p"), b"log %d" % n)
+        recorder.record(CallRecord(id=f"c{n}", app_name="a", path="/p"), b"log %d" % n)
     assert store.batches == []  # nothing written on the request path
     clock.advance(0.2)
     assert store.batches == [10]
@@ -51,7 +51,7 @@ def test_records_are_written_later_in_one_batch():
 def test_store_down_keeps_records_until_it_is_back():
     store, clock, _, recorder = make()
     store.down = True
-    recorder.record(Call(id="c1", app_name="a", path="/p"))
+    recorder.record(CallRecord(id="c1", app_name="a", path="/p"))
     clock.advance(0.2)
     clock.advance(0.2)
     assert recorder.pending == 1
@@ -63,13 +63,13 @@ def test_store_down_keeps_records_until_it_is_back():
 def test_buffer_is_bounded_and_drops_are_counted():
     store, clock, metrics, recorder = make(max_buffer=3)
     for n in range(5):
-        recorder.record(Call(id=f"c{n}", app_name="a", path="/p"))
+        recorder.record(CallRecord(id=f"c{n}", app_name="a", path="/p"))
     assert recorder.pending == 3 and metrics.total("calls.dropped") == 2
 
 
 def test_logs_are_capped_with_a_marker():
     store, clock, _, recorder = make()
-    recorder.record(Call(id="c1", app_name="a", path="/p"), b"x" * (2 * 1024 * 1024))
+    recorder.record(CallRecord(id="c1", app_name="a", path="/p"), b"x" * (2 * 1024 * 1024))
     clock.advance(0.2)
     log = run(store.get_log("a", "c1"))
     assert log.endswith(LOG_TRUNCATED_MARKER) and len(log) < 1024 * 1024 + 100
@@ -77,6 +77,6 @@ def test_logs_are_capped_with_a_marker():
 
 def test_stop_flushes_what_is_pending():
     store, clock, _, recorder = make()
-    recorder.record(Call(id="c1", app_name="a", path="/p"))
+    recorder.record(CallRecord(id="c1", app_name="a", path="/p"))
     d = recorder.stopService()
     assert d.called and store.batches == [1]
