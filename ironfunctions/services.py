@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -11,7 +11,6 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
-from ironfunctions.datastore.interface import IDatastore
 
 
 class IronFunctionsService(MultiService):
@@ -29,15 +28,22 @@ class IronFunctionsService(MultiService):
             parent.setComponent(ILogObserver, self._observer)
 
 
-class DatastoreService(Service):
-    """Starts the datastore in the background, retrying until it answers, so the daemon
-    comes up (answering 503) while its database is still down; closes it at stop."""
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class BackendService(Service):
+    """Starts a backend (datastore, queue) in the background, retrying until it
+    answers, so the daemon comes up (answering 503) while its database is still down;
+    closes it at stop."""
 
     log = Logger()
 
-    def __init__(self, datastore: IDatastore, clock: IReactorTime, retry_delay: float = 1.0) -> None:
-        self.name = "datastore"
-        self._datastore = datastore
+    def __init__(self, name: str, backend: Startable, clock: IReactorTime, retry_delay: float = 1.0) -> None:
+        self.name = name
+        self._backend = backend
         self._clock = clock
         self._retry_delay = retry_delay
         self._ready = False
@@ -64,7 +70,7 @@ class DatastoreService(Service):
 
     def _start_failed(self, failure: Failure) -> None:
         if not failure.check(CancelledError):  # cancelled by stopService: expected
-            self.log.failure("Datastore start loop failed", failure)
+            self.log.failure("{backend} start loop failed", failure, backend=self.name)
 
     async def _start(self) -> None:
         from twisted.internet.task import deferLater
@@ -73,16 +79,16 @@ class DatastoreService(Service):
         while self.running:
             attempt += 1
             try:
-                await self._datastore.start()
+                await self._backend.start()
             except Exception as e:
                 self.log.warn(
-                    "Datastore not available yet ({error}); retrying in {delay}s",
-                    error=str(e), delay=self._retry_delay, attempt=attempt,
+                    "{backend} not available yet ({error}); retrying in {delay}s",
+                    backend=self.name, error=str(e), delay=self._retry_delay, attempt=attempt,
                 )
                 await deferLater(self._clock, self._retry_delay, lambda: None)
                 continue
             self._ready = True
-            self.log.info("Datastore ready")
+            self.log.info("{backend} ready", backend=self.name)
             waiters, self._waiters = self._waiters, []
             for d in waiters:
                 d.callback(None)
@@ -93,4 +99,4 @@ class DatastoreService(Service):
         if self._starting is not None:
             self._starting.cancel()
         self._ready = False
-        return Deferred.fromCoroutine(self._datastore.close())
+        return Deferred.fromCoroutine(self._backend.close())

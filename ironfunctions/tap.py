@@ -29,7 +29,7 @@ from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, 
 from ironfunctions.routecache import RouteCache
 from ironfunctions.runner.agent import Agent
 from ironfunctions.runner.ids import CallIds
-from ironfunctions.services import DatastoreService, IronFunctionsService
+from ironfunctions.services import BackendService, IronFunctionsService
 from ironfunctions.web import make_site
 
 # (option name, env var, help). Defaults are resolved in Config.from_sources.
@@ -127,7 +127,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     metrics = FanoutMetrics(sinks)
 
     datastore = datastore_from_url(config.db_url, reactor)
-    datastore_service = DatastoreService(datastore, reactor)
+    datastore_service = BackendService("datastore", datastore, reactor)
     datastore_service.setServiceParent(root)
     route_cache = RouteCache(datastore, reactor)
 
