@@ -1,0 +1,217 @@
+"""Async workers on a fake clock: memory queue, memory call store, scripted runs."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from ironfunctions import errors
+from ironfunctions.calls.memory import MemoryCallStore
+from ironfunctions.metrics import MemoryMetrics
+from ironfunctions.models import CALL_ERROR, CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, CallResult, Route
+from ironfunctions.mq.memory import MemoryQueue
+from ironfunctions.runner.async_worker import AsyncWorkerService, retry_delay
+from ironfunctions.runner.submit import AsyncSubmitter
+
+ROUTE = Route("a", "/job", "img", type="async", timeout=10)
+
+
+def run(coro):
+    out = []
+    Deferred.fromCoroutine(coro).addBoth(out.append)
+    if out and hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0] if out else None
+
+
+class Harness:
+    def __init__(self, outcomes=None, max_attempts=3):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.queue = MemoryQueue(self.clock)
+        self.calls = MemoryCallStore()
+        self.metrics = MemoryMetrics()
+        self.routes = {("a", "/job"): ROUTE}
+        self.outcomes = list(outcomes or [])
+        self.started: list[Call] = []
+        self.pending: Deferred | None = None
+        self.killed: list[str] = []
+        self.worker = AsyncWorkerService(
+            self.queue, self.calls, self.lookup, self.app_config, self.run_call, self.kill,
+            self.clock, self.metrics, num_workers=1, max_attempts=max_attempts, retry_base=1.0,
+        )
+        self.submitter = AsyncSubmitter(self.queue, self.calls, self.clock, self.metrics)
+
+    async def lookup(self, app, path):
+        try:
+            return self.routes[(app, path)]
+        except KeyError:
+            raise errors.RouteNotFound() from None
+
+    async def app_config(self, app):
+        return {"K": "v"}
+
+    async def run_call(self, call):
+        self.started.append(call)
+        outcome = self.outcomes.pop(0) if self.outcomes else CALL_SUCCESS
+        if outcome == "hang":
+            self.pending = Deferred()
+            return await self.pending
+        if isinstance(outcome, Exception):
+            raise outcome
+        return CallResult(call.id, outcome, body=b"out:" + call.request.body, stderr=b"err line\n",
+                          error="" if outcome == CALL_SUCCESS else "exit code 1",
+                          exit_code=0 if outcome == CALL_SUCCESS else 1, run_ms=5)
+
+    async def kill(self, call_id):
+        self.killed.append(call_id)
+        if self.pending is not None:
+            self.pending.callback(CallResult(call_id, CALL_ERROR, error="exit code 137", exit_code=137))
+
+    def submit(self, call_id="c1", body=b"in"):
+        call = Call(call_id, ROUTE, CallRequest("POST", "http://x/r/a/job", body=body))
+        return run(self.submitter.submit(call))
+
+    def record(self, call_id="c1"):
+        return run(self.calls.get_call("a", call_id))
+
+
+def test_submitted_call_is_queued_then_run_and_recorded_with_body_and_log():
+    h = Harness()
+    assert h.submit().status == "queued"
+    assert h.record().status == "queued"
+    h.worker.startService()
+    rec = h.record()
+    assert (rec.status, rec.body, rec.attempt) == ("success", b"out:in", 1)
+    assert run(h.calls.get_log("a", "c1")) == b"err line\n"
+    assert h.started[0].app_config == {"K": "v"} and h.started[0].route == ROUTE
+    assert run(h.queue.depth()) == 0
+    h.worker.stopService()
+
+
+def test_failures_retry_with_doubling_delay_then_stay_error():
+    h = Harness([CALL_ERROR, CALL_ERROR, CALL_ERROR])
+    h.submit()
+    h.worker.startService()
+    assert len(h.started) == 1 and h.record().status == "queued" and h.record().reason == "retry"
+    h.clock.advance(0.99)
+    assert len(h.started) == 1
+    h.clock.advance(0.02)  # 1 s after the first failure
+    assert len(h.started) == 2
+    h.clock.advance(1.9)
+    assert len(h.started) == 2
+    h.clock.advance(0.2)  # 2 s after the second
+    assert len(h.started) == 3
+    rec = h.record()
+    assert (rec.status, rec.attempt, rec.error) == ("error", 3, "exit code 1")
+    h.clock.advance(100)
+    assert len(h.started) == 3 and run(h.queue.depth()) == 0
+    assert h.metrics.total("async.dead") == 1
+    h.worker.stopService()
+
+
+def test_retry_then_success():
+    h = Harness([CALL_TIMEOUT, CALL_SUCCESS])
+    h.submit()
+    h.worker.startService()
+    h.clock.advance(1.01)
+    rec = h.record()
+    assert (rec.status, rec.attempt) == ("success", 2)
+    h.worker.stopService()
+
+
+def test_could_not_start_counts_as_a_failed_attempt():
+    h = Harness([errors.ImageNotFound("img")], max_attempts=1)
+    h.submit()
+    h.worker.startService()
+    rec = h.record()
+    assert (rec.status, rec.error) == ("error", "Image not found: img")
+    h.worker.stopService()
+
+
+def test_cancelled_while_queued_is_never_run():
+    h = Harness()
+    h.submit()
+    from ironfunctions.api.calls import store_canceller
+
+    run(store_canceller(h.calls, h.clock)("a", "c1"))
+    h.worker.startService()
+    assert h.started == [] and h.record().status == "cancelled"
+    assert run(h.queue.depth()) == 0
+    h.worker.stopService()
+
+
+def test_cancel_while_running_kills_the_container_and_keeps_cancelled():
+    h = Harness(["hang"])
+    h.submit()
+    h.worker.startService()
+    assert h.record().status == "running"
+    from ironfunctions.api.calls import store_canceller
+
+    run(store_canceller(h.calls, h.clock)("a", "c1"))
+    h.clock.advance(5)  # the lease keeper's next tick notices
+    assert h.killed == ["c1"]
+    assert h.record().status == "cancelled"
+    h.worker.stopService()
+
+
+def test_lease_is_renewed_while_a_long_call_runs():
+    h = Harness(["hang"])
+    h.submit()
+    h.worker.startService()
+    for _ in range(30):  # far past the 40 s lease (timeout 10 + 30 margin)
+        h.clock.advance(5)
+    assert len(h.started) == 1  # never redelivered
+    h.pending.callback(CallResult("c1", CALL_SUCCESS, body=b"late"))
+    assert h.record().status == "success"
+    h.worker.stopService()
+
+
+def test_redelivery_after_a_lost_node_counts_the_attempt():
+    h = Harness()
+    h.submit()
+    # Another node reserved it and died: its lease expires.
+    run(h.queue.reserve(60, 0))
+    h.clock.advance(61)
+    h.worker.startService()
+    assert (h.record().status, h.record().attempt) == ("success", 2)
+    h.worker.stopService()
+
+
+def test_route_deleted_before_run_fails_for_good():
+    h = Harness()
+    h.submit()
+    del h.routes[("a", "/job")]
+    h.worker.startService()
+    assert h.record().status == "error" and h.started == []
+    h.worker.stopService()
+
+
+class DownQueue(MemoryQueue):
+    async def push(self, item, delay=0):
+        raise errors.QueueUnavailable()
+
+
+def test_submit_with_queue_down_raises_and_marks_the_record():
+    h = Harness()
+    h.submitter = AsyncSubmitter(DownQueue(h.clock), h.calls, h.clock, h.metrics)
+    with pytest.raises(errors.QueueUnavailable):
+        h.submit()
+    assert h.record().status == "error"
+
+
+def test_stop_releases_unfinished_reservations():
+    h = Harness(["hang"])
+    h.submit()
+    h.worker.startService()
+    d = h.worker.stopService()
+    h.clock.advance(31)  # drain bound passes
+    assert d.called
+    # Back in the queue for another node right away.
+    held = run(h.queue.reserve(60, 0))
+    assert held is not None and held.call_id == "c1"
+
+
+def test_retry_delay_doubles():
+    assert [retry_delay(1.0, n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
