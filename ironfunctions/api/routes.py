@@ -15,7 +15,7 @@ from twisted.web.iweb import IRequest
 from ironfunctions.api import schema
 from ironfunctions.api.http import body_of, json_response, klein_app
 from ironfunctions.datastore.interface import IDatastore
-from ironfunctions.errors import AppAlreadyExists, AppNotFound, ValidationError
+from ironfunctions.errors import AppAlreadyExists, AppNotFound, RouteNotFound, ValidationError
 from ironfunctions.models import App
 from ironfunctions.paths import normalize_path
 from ironfunctions.routecache import RouteCache
@@ -73,8 +73,12 @@ class RoutesAPI:
 
     async def get_route(self, request: IRequest) -> bytes:
         path = route_path_of(request)
-        await self._datastore.get_app(self._app_name)
-        route = await self._datastore.get_route(self._app_name, path)
+        try:
+            route = await self._datastore.get_route(self._app_name, path)
+        except RouteNotFound:
+            # Which 404: ask about the app only on a miss, so a hit is one query.
+            await self._datastore.get_app(self._app_name)
+            raise
         return json_response(request, {"message": "Successfully loaded route", "route": schema.route_json(route)})
 
     async def update_route(self, request: IRequest) -> bytes:

@@ -55,7 +55,11 @@ def is_connection_failure(failure: Failure) -> bool:
 
 
 def describe(error: BaseException | None) -> str:
-    """The first line of an error's message (libpq's span several), or its type."""
+    """The first line of an error's message (libpq's span several), or its type.
+    A ``FirstError`` (txpostgres opens its pool with a ``DeferredList``) is described
+    by the error it wraps, not by its repr with a traceback in it."""
+    while isinstance(error, defer.FirstError):
+        error = error.subFailure.value
     lines = str(error).strip().splitlines()
     return lines[0].strip() if lines else type(error).__name__
 
@@ -165,7 +169,7 @@ class _Connection(txpostgres.Connection):  # type: ignore[misc]
         try:
             io()
         except Exception:
-            failure = Failure()  # type: ignore[no-untyped-call]
+            failure = Failure()
             self.reactor.removeReader(self)
             self.reactor.removeWriter(self)
             self.connectionLost(failure)
@@ -228,7 +232,7 @@ class PostgresPool(txpostgres.ConnectionPool):  # type: ignore[misc]
 
         def on_timeout() -> None:
             if checked_out:
-                timed_out = Failure(CallTimedOut())  # type: ignore[no-untyped-call]
+                timed_out = Failure(CallTimedOut())
                 checked_out[0].detector.checkForDeadConnection(timed_out)
             else:
                 slot.cancel()
@@ -259,5 +263,5 @@ class PostgresPool(txpostgres.ConnectionPool):  # type: ignore[misc]
     def _translate(failure: Failure) -> Failure:
         if _unavailable(failure):
             log.debug("Postgres call failed: {error}", error=describe(failure.value))
-            return Failure(DatastoreUnavailable())  # type: ignore[no-untyped-call]
+            return Failure(DatastoreUnavailable())
         return failure
