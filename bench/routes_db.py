@@ -12,8 +12,8 @@ suite's ``tests/daemon.py``): one on SQLite, one on Postgres. Each gets the app
   its rate measures the lookup path.
 
 Load comes from ``wrk`` (``apt-get install -y wrk``) when it is installed, else from a
-small Python loop (keep-alive connections on threads; slower, so its figures are lower
-bounds). On Postgres the script counts the statements the daemon ran during each
+small Python loop (keep-alive connections on threads; compare figures made with the
+same tool). On Postgres the script counts the statements the daemon ran during each
 measurement (``pg_stat_statements``) and fails (exit status 1) if ``/r/`` lookups hit the
 database on every call: the cache allows one miss (two statements: route, then app) per
 route per node per TTL (1 s).
