@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import Callable
 
 import pytest
 
@@ -55,9 +56,12 @@ def _existing_hash(tag: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def build_image(tag: str, dockerfile: str, files: list[str]) -> str:
+def build_image(tag: str, dockerfile: str, files: list[str],
+                prepare: Callable[[str], None] | None = None) -> str:
     """Build ``tag`` from ``dockerfile`` with ``files`` (and busybox) as its context,
-    unless an image with the same content hash exists. Return the tag."""
+    unless an image with the same content hash exists. Return the tag. ``prepare``,
+    if given, adds generated files to the context directory (their sources must be
+    among ``files`` so that the hash covers them)."""
     content_hash = _hash_files([dockerfile, BUSYBOX, *files])
     if _existing_hash(tag) == content_hash:
         return tag
@@ -66,6 +70,8 @@ def build_image(tag: str, dockerfile: str, files: list[str]) -> str:
         shutil.copy(BUSYBOX, os.path.join(context, "busybox"))
         for path in files:
             shutil.copy(path, os.path.join(context, os.path.basename(path)))
+        if prepare is not None:
+            prepare(context)
         result = subprocess.run(
             ["docker", "build", "-q", "--label", f"{HASH_LABEL}={content_hash}", "-t", tag, context],
             capture_output=True, text=True, env={**os.environ, "DOCKER_BUILDKIT": "0"},
@@ -85,11 +91,33 @@ def build_test_images() -> dict[str, str]:
         directory = os.path.join(IMAGES_DIR, name)
         if os.path.isdir(directory):
             tags[name] = build_image(image_tag(name), dockerfile, [os.path.join(directory, "run.sh")])
+    tags["hotfn"] = build_hotfn_image()
     hello = os.path.join(ROOT, "examples", "hello")
     tags["hello"] = build_image(
         "iron/hello:latest", os.path.join(hello, "Dockerfile"), [os.path.join(hello, "func.sh")]
     )
     return tags
+
+
+HOTFN_DIR = os.path.join(HERE, "hotfn")
+
+
+def _compile_hotfn(context: str) -> None:
+    result = subprocess.run(
+        ["gcc", "-static", "-O2", "-o", os.path.join(context, "hotfn"), os.path.join(context, "hotfn.c")],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"gcc -static hotfn.c failed: {result.stderr}")
+
+
+def build_hotfn_image() -> str:
+    """``iftest/hotfn:1``: the static C hot function (``tests/hotfn/hotfn.c``), compiled
+    with ``gcc -static`` here and alone in an image FROM scratch."""
+    return build_image(
+        image_tag("hotfn"), os.path.join(HOTFN_DIR, "Dockerfile"),
+        [os.path.join(HOTFN_DIR, "hotfn.c")], prepare=_compile_hotfn,
+    )
 
 
 @pytest.fixture(scope="session")
