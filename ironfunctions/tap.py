@@ -27,7 +27,9 @@ from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
 from ironfunctions.routecache import RouteCache
-from ironfunctions.runner.agent import Agent
+from ironfunctions.runner.admission import Slots
+from ironfunctions.runner.agent import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Agent, ColdRunner
+from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
 from ironfunctions.services import BackendService, IronFunctionsService
 from ironfunctions.web import make_site
@@ -135,10 +137,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # this node's leftover containers at start and drains in-flight calls at stop.
     driver = DockerDriver(reactor, config.max_concurrency, base_url=config.docker_host)
     driver.setServiceParent(root)
-    agent = Agent.cold(
-        driver, reactor, config.node_id, metrics, config.max_concurrency,
-        network_mode=config.docker_network, max_response_size=config.max_response_size,
-    )
+    # Cold and hot (format "http") runners share the node's container slots.
+    slots = Slots(config.max_concurrency, reactor, DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S)
+    cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size)
+    hot = HotRunner(driver, slots, reactor, config.node_id, metrics, config.docker_network, config.max_response_size)
+    route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
+    agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots)
     agent.setServiceParent(root)
     app_configs = AppConfigCache(datastore, reactor)
     route_cache.on_invalidate(app_configs.invalidate)

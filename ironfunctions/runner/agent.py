@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -190,7 +190,19 @@ class Agent(Service):
                 await idle
             except Exception:
                 self.log.warn("Stopping with {count} calls still running", count=self._in_flight)
-        await self._remove_leftovers("Removed {count} containers at stop")
+        # Runners that keep containers (hot pools) remove them; at the same time, so
+        # that every engine call is queued before the driver (stopping beside us,
+        # MultiService does not wait) stops its pools.
+        removals = [
+            Deferred.fromCoroutine(close())
+            for close in (getattr(r, "close", None) for r in self._runners.values())
+            if close is not None
+        ]
+        removals.append(Deferred.fromCoroutine(self._remove_leftovers("Removed {count} containers at stop")))
+        try:
+            await gatherResults(removals, consumeErrors=True)
+        except Exception as e:
+            self.log.error("Could not remove this node's containers: {error}", error=str(e))
 
     async def _remove_leftovers(self, message: str) -> None:
         d = Deferred.fromCoroutine(self._driver.remove_containers({LABEL_NODE: self._node_id}))

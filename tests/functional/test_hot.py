@@ -1,0 +1,212 @@
+"""Hot functions (SPEC §4, format ``http``) through a real daemon and the real engine:
+the static C function ``iftest/hotfn:1`` (``tests/hotfn/hotfn.c``) and the busybox
+shell function ``iftest/hot-sh:1``."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ironfunctions.models import LABEL_KIND, LABEL_NODE, LABEL_PATH
+from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
+
+NODE = "hot-test-node"
+
+
+@pytest.fixture
+def hot(test_images, daemon_factory):  # noqa: F811
+    """A daemon with the test images; ``hot.route(path, image="hotfn", **fields)``."""
+    daemon = daemon_factory(env={"NODE_ID": NODE, "MAX_CONCURRENCY": "8", "MAX_RESPONSE_SIZE": "1MiB"})
+
+    def route(path: str, image: str = "hotfn", **fields):  # type: ignore[no-untyped-def]
+        body = {"route": {"path": path, "image": image_tag(image), "format": "http", **fields}}
+        reply = daemon.post("/v1/apps/hotapp/routes", body)
+        assert reply.status == 200, reply.body
+        return reply
+
+    daemon.route = route
+    return daemon
+
+
+def hot_containers(path: str | None = None) -> list[str]:
+    labels = [f"{LABEL_NODE}={NODE}", f"{LABEL_KIND}=hot"] + ([f"{LABEL_PATH}={path}"] if path else [])
+    args = ["docker", "ps", "-aq"] + [f"--filter=label={label}" for label in labels]
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def error_of(reply) -> str:  # type: ignore[no-untyped-def]
+    return reply.json()["error"]["message"]
+
+
+def test_one_container_serves_many_calls_in_order(hot):
+    hot.route("/echo")
+    replies = [hot.post("/r/hotapp/echo", f"body {i}") for i in range(30)]
+    assert [r.status for r in replies] == [200] * 30
+    assert [r.body for r in replies] == [f"body {i}".encode() for i in range(30)]
+    assert [int(r.header("x-call-count")) for r in replies] == list(range(1, 31))
+    assert len({r.header("x-container") for r in replies}) == 1
+    assert len(hot_containers("/echo")) == 1
+    timing = replies[-1].header("server-timing")
+    assert timing.startswith("wait;dur=0, start;dur=0, run;dur=")
+
+
+def test_function_status_and_headers_are_honoured_with_route_headers_added(hot):
+    hot.route("/status", headers={"X-Route": ["r1"]})
+    reply = hot.post("/r/hotapp/status", "x", headers={"X-Mode": "status", "X-Status": "201"})
+    assert reply.status == 201
+    assert reply.header("x-custom") == "yes"
+    assert reply.header("x-route") == "r1"
+    assert reply.header("content-type") == "text/plain; charset=utf-8"
+    assert reply.header("fn-call-id") and reply.body == b"x"
+
+
+def test_concurrent_calls_never_exceed_max_concurrency_containers(hot):
+    hot.route("/slow", max_concurrency=2)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(len(hot_containers("/slow")))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        began = time.monotonic()
+        with ThreadPoolExecutor(6) as pool:
+            replies = list(pool.map(
+                lambda i: hot.post("/r/hotapp/slow", str(i), headers={"X-Mode": "sleep", "X-Sleep": "1"}),
+                range(6),
+            ))
+        elapsed = time.monotonic() - began
+    finally:
+        done.set()
+        watcher.join()
+    assert [r.status for r in replies] == [200] * 6
+    assert sorted(r.body for r in replies) == [str(i).encode() for i in range(6)]
+    assert len({r.header("x-container") for r in replies}) == 2
+    assert max(seen) <= 2
+    assert elapsed >= 2.9  # 6 one-second calls, two at a time
+    waits = [int(r.header("server-timing").split(",")[0].split("=")[1]) for r in replies]
+    assert max(waits) >= 900  # calls that waited their turn report it as wait time
+
+
+def test_concurrent_calls_each_get_their_own_body(hot):
+    hot.route("/mix", max_concurrency=3)
+    bodies = [f"call-{i}-" * (1 + i % 7) for i in range(90)]
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda b: hot.post("/r/hotapp/mix", b), bodies))
+    assert [r.status for r in replies] == [200] * 90
+    assert [r.body.decode() for r in replies] == bodies
+    assert len({r.header("x-container") for r in replies}) <= 3
+
+
+def test_idle_container_is_stopped_and_removed(hot):
+    hot.route("/idle", idle_timeout=1)
+    first = hot.post("/r/hotapp/idle", "a")
+    assert first.status == 200 and len(hot_containers("/idle")) == 1
+    wait_for(lambda: not hot_containers("/idle"), timeout=6)
+    again = hot.post("/r/hotapp/idle", "b")
+    assert again.status == 200 and again.header("x-call-count") == "1"
+    assert again.header("x-container") != first.header("x-container")
+
+
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("die", "Function exited unexpectedly"),
+        ("garbage", "Invalid function response: output is not an HTTP response"),
+        ("nolength", "Invalid function response: response without Content-Length"),
+        ("extra", "Invalid function response: more than one response to a request"),
+    ],
+)
+def test_broken_container_gets_502_and_is_replaced(hot, mode, message):
+    hot.route("/broken")
+    before = hot.post("/r/hotapp/broken", "warm")
+    assert before.status == 200
+    reply = hot.post("/r/hotapp/broken", "x", headers={"X-Mode": mode})
+    assert reply.status == 502 and error_of(reply) == message
+    assert reply.json()["request_id"] == reply.header("fn-call-id")
+    after = hot.post("/r/hotapp/broken", "next")
+    assert (after.status, after.body, after.header("x-call-count")) == (200, b"next", "1")
+    assert after.header("x-container") != before.header("x-container")
+    wait_for(lambda: len(hot_containers("/broken")) == 1)
+
+
+def test_call_overrunning_its_timeout_gets_504_after_its_container_is_killed(hot):
+    hot.route("/sleepy", timeout=1)
+    before = hot.post("/r/hotapp/sleepy", "warm")
+    reply = hot.post("/r/hotapp/sleepy", "x", headers={"X-Mode": "sleep", "X-Sleep": "30"})
+    assert reply.status == 504 and error_of(reply) == "Timed out"
+    assert hot_containers("/sleepy") == []  # killed and removed before the 504
+    after = hot.post("/r/hotapp/sleepy", "next")
+    assert (after.status, after.body, after.header("x-call-count")) == (200, b"next", "1")
+    assert after.header("x-container") != before.header("x-container")
+
+
+def test_response_over_max_response_size_is_502_and_the_container_replaced(hot):
+    hot.route("/big")
+    ok = hot.post("/r/hotapp/big", "", headers={"X-Mode": "big", "X-Size": "1000"})
+    assert ok.status == 200 and ok.body == b"x" * 1000
+    reply = hot.post("/r/hotapp/big", "", headers={"X-Mode": "big", "X-Size": str(2 * 1024 * 1024)})
+    assert reply.status == 502 and error_of(reply) == "Function response too large"
+    after = hot.post("/r/hotapp/big", "next")
+    assert (after.status, after.body, after.header("x-call-count")) == (200, b"next", "1")
+
+
+def test_route_update_and_delete_retire_the_containers(hot):
+    hot.route("/upd")
+    first = hot.post("/r/hotapp/upd", "a")
+    assert len(hot_containers("/upd")) == 1
+    reply = hot.request("PATCH", "/v1/apps/hotapp/routes/upd", {"route": {"config": {"k": "v"}}})
+    assert reply.status == 200
+    wait_for(lambda: first.header("x-container") not in " ".join(hot_containers("/upd")), timeout=5)
+    second = hot.post("/r/hotapp/upd", "b")
+    assert second.status == 200 and second.header("x-container") != first.header("x-container")
+    assert hot.request("DELETE", "/v1/apps/hotapp/routes/upd").status == 200
+    wait_for(lambda: not hot_containers("/upd"), timeout=5)
+
+
+def test_stderr_is_logged_with_the_call_id_and_metrics_are_per_call(hot):
+    hot.route("/log")
+    reply = hot.post("/r/hotapp/log", "x", headers={"X-Mode": "stderr"})
+    call_id = reply.header("fn-call-id")
+    assert reply.status == 200
+    wait_for(lambda: f"log {call_id}" in hot.log())
+    lines = hot.log().splitlines()
+    assert any(f"log {call_id}" in line and f"call_id={call_id}" in line for line in lines)
+    assert any("metric=run.requests " in line and f"call_id={call_id}" in line for line in lines)
+    assert any("metric=run.succeeded " in line and f"call_id={call_id}" in line for line in lines)
+    assert any("metric=hot.containers value=1 type=gauge" in line and "path=/log" in line for line in lines)
+
+
+def test_busybox_shell_function_in_the_ironfunctions_style(hot):
+    hot.route("/sh", image="hot-sh")
+    for i in range(3):
+        reply = hot.request("PUT", "/r/hotapp/sh", f"n{i}")
+        assert (reply.status, reply.body) == (200, f"hello n{i} from PUT".encode())
+    assert len(hot_containers("/sh")) == 1
+
+
+def test_daemon_stop_removes_the_hot_containers(hot):
+    hot.route("/a")
+    hot.route("/b", image="hot-sh")
+    assert hot.post("/r/hotapp/a", "x").status == 200
+    assert hot.post("/r/hotapp/b", "x").status == 200
+    assert len(hot_containers()) == 2
+    began = time.monotonic()
+    hot.stop()
+    assert time.monotonic() - began < 15
+    assert hot_containers() == []
