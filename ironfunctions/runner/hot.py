@@ -248,7 +248,7 @@ class RoutePool:
         ):
             self._starting += 1
             d = Deferred.fromCoroutine(self._start())
-            d.addErrback(lambda f: log.failure("Starting a hot container failed", f, **self._fields))
+            d.addErrback(self._start_crashed)
 
     async def _start(self) -> None:
         runner = self._runner
@@ -277,6 +277,10 @@ class RoutePool:
             self._lost(container)
             return
         self.available(container)
+
+    def _start_crashed(self, failure: Failure) -> None:
+        log.failure("Starting a hot container failed", failure,
+                    app=self.route.app_name, path=self.route.path)
 
     def _start_failed(self, error: Exception) -> None:
         """The start for the oldest waiting call failed: that call fails with it

@@ -140,33 +140,34 @@ class ResponseParser(HTTPParser):
         self._max_size = max_size
         self._on_response = on_response
         self._waiting = False
-        self._fresh = False
+        self._prefix_seen = 5
         self._code = 0
         self._remaining = 0
         self._body: list[bytes] = []
 
     def expect(self) -> None:
         """Ready the parser for the next response."""
-        self.connectionMade()  # fresh header stores, state STATUS
+        self.connectionMade()  # type: ignore[no-untyped-call]  # fresh header stores, state STATUS
         self.setLineMode()
         self._body = []
         self._waiting = True
-        self._fresh = True
+        self._prefix_seen = 0  # bytes of b"HTTP/" seen so far
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raise ``ProtocolError`` if it cannot be (part of) the
         expected response."""
         if not self._waiting:
             raise ProtocolError("output while no call is in flight")
-        if self._fresh:
+        seen = self._prefix_seen
+        if seen < 5:
             # Fail at once on output that cannot start a response, rather than
             # waiting for a line end that may never come.
-            head = data[:5]
-            if head != b"HTTP/"[: len(head)]:
+            head = data[: 5 - seen]
+            if head != b"HTTP/"[seen: seen + len(head)]:
                 raise ProtocolError("output is not an HTTP response")
-            self._fresh = len(head) < 5
+            self._prefix_seen = seen + len(head)
         try:
-            self.dataReceived(data)
+            self.dataReceived(data)  # type: ignore[no-untyped-call]
         except ProtocolError:
             raise
         except Exception:  # Twisted's line parsing (e.g. a header line without ":")
@@ -189,11 +190,11 @@ class ResponseParser(HTTPParser):
     def headerReceived(self, name: bytes, value: bytes) -> None:
         if not _TOKEN.match(name):
             raise ProtocolError("malformed header")
-        super().headerReceived(name, value)
+        super().headerReceived(name, value)  # type: ignore[no-untyped-call]
 
     def allHeadersReceived(self) -> None:
         if 100 <= self._code < 200:  # an interim response: the real one follows
-            self.connectionMade()
+            self.connectionMade()  # type: ignore[no-untyped-call]
             return
         if self.connHeaders.hasHeader(b"transfer-encoding"):
             raise ProtocolError("response with Transfer-Encoding (Content-Length required)")
@@ -206,10 +207,10 @@ class ResponseParser(HTTPParser):
         if length > self._max_size:
             raise OversizedResponse("Function response too large")
         self.state = "BODY"
-        self.setRawMode()
+        self.setRawMode()  # type: ignore[no-untyped-call]
         self._remaining = length
         if length == 0:
-            self._finish(self.clearLineBuffer())
+            self._finish(self.clearLineBuffer())  # type: ignore[no-untyped-call]
 
     def rawDataReceived(self, data: bytes) -> None:
         remaining = self._remaining
@@ -233,7 +234,7 @@ class ResponseParser(HTTPParser):
         }
         body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
         self._body = []
-        self.clearLineBuffer()
+        self.clearLineBuffer()  # type: ignore[no-untyped-call]
         self._on_response(self._code, headers, body, rest)
 
     def setLineMode(self, extra: bytes = b"") -> None:

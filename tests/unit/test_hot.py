@@ -1,0 +1,264 @@
+"""Unit tests of hot-function pools and the ``http`` framing, with ``FakeDriver``, a
+scripted hot container and a ``Clock`` (no sockets, no reactor)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from ironfunctions.drivers.fake import FakeDriver
+from ironfunctions.drivers.interface import IAttachedContainer, IContainerStream
+from ironfunctions.errors import ImageNotFound, Overloaded
+from ironfunctions.metrics import MemoryMetrics
+from ironfunctions.models import CALL_ERROR, CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, ContainerSpec, Route
+from ironfunctions.runner.admission import Slots
+from ironfunctions.runner.hot import HotRunner
+from ironfunctions.runner.protocol import ProtocolError, RequestEncoder, ResponseParser
+
+# A scripted function: request body -> raw bytes written back (or None: no answer).
+Script = Callable[[bytes], "bytes | None"]
+
+
+def ok(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Fn: yes\r\n\r\n%s" % (len(body), body)
+
+
+def scripted(body: bytes) -> bytes | None:
+    """Echo, unless the body names a misbehaviour."""
+    if body == b"hang":
+        return None
+    if body == b"garbage":
+        return b"nonsense\r\n\r\n"
+    if body == b"extra":
+        return ok(body) + b"more"
+    return ok(body)
+
+
+@implementer(IAttachedContainer)
+class ScriptedContainer:
+    """Answers each request written to it (after ``delay`` s) as the script says."""
+
+    def __init__(self, driver: "HotFakeDriver", container_id: str, stream: IContainerStream) -> None:
+        self.container_id = container_id
+        self._driver = driver
+        self._stream = stream
+        self.requests: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.requests.append(data)
+        body = data.split(b"\r\n\r\n", 1)[1]
+        answer = self._driver.script(body)
+        if answer is not None:
+            self._driver.clock.callLater(self._driver.delay, self._answer, answer)
+
+    def _answer(self, answer: bytes) -> None:
+        if self.container_id in self._driver.containers:
+            self._stream.stdout_received(answer)
+
+    def close_stdin(self) -> None:
+        pass
+
+    def die(self) -> None:
+        self._stream.stream_closed()
+
+
+class HotFakeDriver(FakeDriver):
+    """``FakeDriver`` whose long-lived containers speak the ``http`` format."""
+
+    def __init__(self, clock: Clock, script: Script = scripted, delay: float = 0.01) -> None:
+        super().__init__(clock, {"hotimg": lambda spec: None})  # type: ignore[arg-type, return-value]
+        self.clock = clock
+        self.script = script
+        self.delay = delay
+        self.attached: dict[str, ScriptedContainer] = {}
+        self.start_delay = 0.0
+
+    async def start_attached(self, spec: ContainerSpec, stream: IContainerStream) -> IAttachedContainer:
+        if self.start_delay:
+            await deferLater(self.clock, self.start_delay)
+        await super().start_attached(spec, stream)
+        container_id = list(self.containers)[-1]
+        container = ScriptedContainer(self, container_id, stream)
+        self.attached[container_id] = container
+        return container
+
+
+def make_call(body: bytes = b"hi", call_id: str = "C1", **route_kw: object) -> Call:
+    fields: dict[str, object] = {"format": "http", "max_concurrency": 2, "timeout": 5, "idle_timeout": 10}
+    fields.update(route_kw)
+    route = Route(app_name="a", path="/hot", image="hotimg", **fields)  # type: ignore[arg-type]
+    return Call(call_id, route, CallRequest(method="POST", url="http://h/r/a/hot", body=body))
+
+
+class PoolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.driver = HotFakeDriver(self.clock)
+        self.slots = Slots(4, self.clock, 100, 10.0)
+        self.metrics = MemoryMetrics()
+        self.runner = HotRunner(self.driver, self.slots, self.clock, "node1", self.metrics)
+
+    def run_call(self, call: Call):  # type: ignore[no-untyped-def]
+        from twisted.internet.defer import Deferred
+
+        return Deferred.fromCoroutine(self.runner.run(call))
+
+    def finish(self, d):  # type: ignore[no-untyped-def]
+        self.clock.advance(0.01)
+        return self.successResultOf(d)
+
+    def live(self) -> int:
+        return len(self.driver.containers)
+
+    def test_calls_reuse_one_idle_container(self) -> None:
+        results = [self.finish(self.run_call(make_call(b"n%d" % i, f"C{i}"))) for i in range(5)]
+        assert [r.body for r in results] == [b"n%d" % i for i in range(5)]
+        assert all(r.status == CALL_SUCCESS and r.status_code == 200 for r in results)
+        assert results[0].headers["X-Fn"] == ["yes"]
+        assert self.live() == 1 and len(self.driver.started_specs) == 1
+        assert self.slots.in_use == 1
+        spec = self.driver.started_specs[0]
+        assert spec.labels["io.ironfunctions.kind"] == "hot" and spec.env["APP_NAME"] == "a"
+
+    def test_concurrent_calls_start_up_to_max_concurrency_then_wait_in_order(self) -> None:
+        calls = [self.run_call(make_call(b"c%d" % i, f"C{i}")) for i in range(5)]
+        assert self.live() == 2
+        self.clock.advance(0.01)
+        first = [self.successResultOf(d) for d in calls[:2]]
+        assert [r.body for r in first] == [b"c0", b"c1"]
+        self.assertNoResult(calls[2])
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        results = first + [self.successResultOf(d) for d in calls[2:]]
+        assert [r.body for r in results] == [b"c%d" % i for i in range(5)]
+        assert self.live() == 2
+        assert results[4].wait_ms >= 20  # waited two rounds
+
+    def test_waiting_longer_than_the_route_timeout_is_overloaded(self) -> None:
+        self.driver.script = lambda body: None  # never answers
+        self.driver.start_delay = 1.0
+        first = self.run_call(make_call(max_concurrency=1, timeout=2))
+        second = self.run_call(make_call(call_id="C2", max_concurrency=1, timeout=2))
+        self.clock.advance(1)  # the container is up: the first call runs
+        self.clock.advance(1)
+        self.failureResultOf(second, Overloaded)
+        self.assertNoResult(first)  # its own timeout counts from when it got the container
+        self.clock.advance(1)
+        assert self.successResultOf(first).status == CALL_TIMEOUT
+
+    def test_idle_container_is_removed_after_idle_timeout_and_its_slot_freed(self) -> None:
+        self.finish(self.run_call(make_call(idle_timeout=10)))
+        self.clock.advance(9)
+        assert self.live() == 1
+        self.finish(self.run_call(make_call(idle_timeout=10)))  # busy again: idle clock restarts
+        self.clock.advance(9.5)
+        assert self.live() == 1
+        self.clock.advance(1)
+        assert self.live() == 0 and self.slots.in_use == 0
+        gauges = [(s.value, s.fields) for s in self.metrics.samples if s.name == "hot.containers"]
+        assert gauges == [(1, {"app": "a", "path": "/hot"}), (0, {"app": "a", "path": "/hot"})]
+
+    def test_timeout_kills_the_container_then_answers_timeout(self) -> None:
+        self.finish(self.run_call(make_call(timeout=3)))
+        d = self.run_call(make_call(b"hang", "C2", timeout=3))
+        self.clock.advance(3)
+        result = self.successResultOf(d)
+        assert (result.status, result.error) == (CALL_TIMEOUT, "Timed out")
+        assert self.live() == 0 and len(self.driver.removed) == 1
+        after = self.finish(self.run_call(make_call(b"next", "C3", timeout=3)))
+        assert after.body == b"next" and len(self.driver.started_specs) == 2
+
+    def test_garbage_and_extra_bytes_fail_the_call_and_replace_the_container(self) -> None:
+        for bad, message in [(b"garbage", "output is not an HTTP response"),
+                             (b"extra", "more than one response to a request")]:
+            result = self.finish(self.run_call(make_call(bad, "BAD")))
+            assert result.status == CALL_ERROR and message in result.error
+            assert self.live() == 0
+            assert self.finish(self.run_call(make_call(b"ok", "OK"))).body == b"ok"
+
+    def test_container_that_dies_mid_call_fails_that_call_only(self) -> None:
+        self.driver.script = lambda body: None
+        d = self.run_call(make_call())
+        self.clock.advance(0)
+        (container,) = self.driver.attached.values()
+        container.die()
+        result = self.successResultOf(d)
+        assert (result.status, result.error) == (CALL_ERROR, "Function exited unexpectedly")
+        self.driver.script = scripted
+        assert self.finish(self.run_call(make_call(b"x", "C2"))).body == b"x"
+
+    def test_output_between_calls_kills_the_container(self) -> None:
+        self.finish(self.run_call(make_call()))
+        (container,) = self.driver.attached.values()
+        container._stream.stdout_received(ok(b"late"))
+        assert self.live() == 0
+        assert self.finish(self.run_call(make_call(b"x", "C2"))).body == b"x"
+
+    def test_retire_removes_idle_containers_and_busy_ones_after_their_call(self) -> None:
+        self.finish(self.run_call(make_call(b"1", "C1")))
+        busy = self.run_call(make_call(b"2", "C2"))
+        second = self.run_call(make_call(b"3", "C3"))  # starts the second container
+        self.clock.advance(0)
+        self.runner.retire("a", "/hot")
+        assert self.live() == 2
+        self.clock.advance(0.01)
+        assert self.successResultOf(busy).body == b"2" and self.successResultOf(second).body == b"3"
+        assert self.live() == 0 and self.slots.in_use == 0
+
+    def test_a_changed_route_value_gets_fresh_containers(self) -> None:
+        self.finish(self.run_call(make_call()))
+        self.finish(self.run_call(make_call(memory=256)))
+        assert len(self.driver.started_specs) == 2
+        assert self.driver.started_specs[1].memory_mb == 256
+        assert self.live() == 1
+
+    def test_start_failure_fails_the_waiting_call(self) -> None:
+        d = self.run_call(Call("C1", Route("a", "/x", "missing", format="http"), CallRequest("GET", "http://h/")))
+        self.failureResultOf(d, ImageNotFound)
+        assert self.slots.in_use == 0
+
+    def test_close_removes_every_container(self) -> None:
+        self.finish(self.run_call(make_call()))
+        from twisted.internet.defer import Deferred
+
+        self.successResultOf(Deferred.fromCoroutine(self.runner.close()))
+        assert self.live() == 0 and self.slots.in_use == 0
+
+
+class ProtocolTests(SynchronousTestCase):
+    def parse(self, *chunks: bytes, max_size: int = 100) -> list[tuple]:  # type: ignore[type-arg]
+        got: list[tuple] = []  # type: ignore[type-arg]
+        parser = ResponseParser(max_size, lambda *a: got.append(a))
+        parser.expect()
+        for chunk in chunks:
+            parser.feed(chunk)
+        return got
+
+    def test_request_carries_the_environment_as_canonical_headers(self) -> None:
+        route = Route("a", "/p", "img", format="http", config={"db-url": "x\r\nEvil: 1"})
+        call = Call("CID", route, CallRequest("PUT", "http://h:1/r/a/p?q=1", {"X-Thing": ["1", "2"]}, b"body"),
+                    {"app key": "skipped"})
+        raw = RequestEncoder(route, call.app_config).encode(call)
+        head, body = raw.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"PUT /r/a/p?q=1 HTTP/1.1" and body == b"body"
+        for line in [b"Method: PUT", b"Request_url: http://h:1/r/a/p?q=1", b"Route: /p", b"App_name: a",
+                     b"Db_url: x  Evil: 1", b"Header_x_thing: 1, 2", b"Fn-Call-Id: CID", b"Task-Id: CID",
+                     b"Content-Length: 4"]:
+            assert line in lines, line
+        assert not any(line.startswith(b"App key") for line in lines)
+
+    def test_response_split_anywhere_parses_the_same(self) -> None:
+        raw = b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello"
+        for cut in range(1, len(raw)):
+            got = self.parse(raw[:cut], raw[cut:])
+            assert got == [(201, {"X-A": ["1", "2"]}, b"hello", b"")], cut
+
+    def test_malformed_responses_are_protocol_errors(self) -> None:
+        for raw in [b"garbage", b"HTTP/1.1 200 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"HTTP/1.1 abc OK\r\n",
+                    b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 101\r\n\r\n"]:
+            self.assertRaises(ProtocolError, self.parse, raw)
