@@ -83,7 +83,7 @@ class Config:
             log_level=get("LOG_LEVEL", _log_level, "info"),
             jwt_auth_key=get("JWT_AUTH_KEY", _text, ""),
             docker_host=get("DOCKER_HOST", _text, ""),
-            num_async=get("NUM_ASYNC", _positive_int, 2 * cpu_count),
+            num_async=get("NUM_ASYNC", _non_negative_int, 2 * cpu_count),
             max_concurrency=get(
                 "MAX_CONCURRENCY", _positive_int, default_max_concurrency(cpu_count, host_memory_mb)
             ),
@@ -132,6 +132,14 @@ def _port(name: str, value: str) -> int:
     if not 1 <= port <= 65535:
         raise ConfigError(f"{name}: port must be 1..65535, got {port}")
     return port
+
+
+def _non_negative_int(name: str, value: str) -> int:
+    """0 allowed: ``NUM_ASYNC=0`` leaves async calls to external runners (``/tasks``)."""
+    number = _int(name, value)
+    if number < 0:
+        raise ConfigError(f"{name}: must be 0 or more, got {number}")
+    return number
 
 
 def _positive_int(name: str, value: str) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
@@ -100,3 +101,37 @@ class BackendService(Service):
             self._starting.cancel()
         self._ready = False
         return Deferred.fromCoroutine(self._backend.close())
+
+
+class PeriodicService(Service):
+    """Calls ``fn`` every ``interval`` seconds (e.g. the ``queue.depth`` gauge). Errors
+    are logged and the loop goes on: a LoopingCall dies on its first uncaught one."""
+
+    log = Logger()
+
+    def __init__(self, name: str, interval: float, fn: Callable[[], Awaitable[None]], clock: IReactorTime) -> None:
+        self.name = name
+        self._interval = interval
+        self._fn = fn
+        self._clock = clock
+        self._loop: LoopingCall | None = None
+
+    async def _tick(self) -> None:
+        try:
+            await self._fn()
+        except Exception as e:
+            self.log.warn("{name} failed: {error}", name=self.name, error=str(e))
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self._tick()))
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=False).addErrback(
+            lambda f: self.log.failure("{name} loop died", f, name=self.name)
+        )
+
+    def stopService(self) -> Deferred[None] | None:  # noqa: N802
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return None

@@ -179,6 +179,7 @@ class RedisServer:
     folder: str
     port: int
     process: subprocess.Popen[bytes] | None = None
+    persistent: bool = False  # append-only file, fsync'd on every write: survives a restart
 
     def url(self, db: int = 0, prefix: str | None = None) -> str:
         url = f"redis://127.0.0.1:{self.port}/{db}"
@@ -191,7 +192,8 @@ class RedisServer:
             raise RuntimeError("redis-server not found (apt-get install redis-server)")
         log = open(os.path.join(self.folder, "redis.log"), "ab")
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self.folder, "--daemonize", "no"]
+                "--dir", self.folder, "--daemonize", "no"]
+        argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.process = subprocess.Popen(argv, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + timeout
@@ -241,9 +243,10 @@ class RedisServer:
             raise RuntimeError("FLUSHALL failed")
 
 
-def start_redis_server() -> RedisServer:
+def start_redis_server(persistent: bool = False) -> RedisServer:
     """A new redis-server in a fresh temporary folder. Raise if it cannot start."""
-    server = RedisServer(folder=tempfile.mkdtemp(prefix="ironfunctions-redis-"), port=free_port())
+    server = RedisServer(folder=tempfile.mkdtemp(prefix="ironfunctions-redis-"), port=free_port(),
+                         persistent=persistent)
     try:
         server.start()
     except BaseException:

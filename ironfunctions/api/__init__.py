@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import NotFound
 
 from ironfunctions.api import admin
 from ironfunctions.api.apps import AppsAPI
@@ -69,8 +70,10 @@ class MainAPI:
         health_checks: Mapping[str, admin.HealthCheck],
         stats: Callable[[], Mapping[str, int]],
         render_metrics: Callable[[], str],
+        tasks: IResource | None,
     ) -> None:
         self._v1 = v1
+        self._tasks = tasks
         self._jwt_auth_key = jwt_auth_key
         self._ready = ready
         self._health_checks = health_checks
@@ -96,6 +99,15 @@ class MainAPI:
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
         return admin.metrics(request, self._render_metrics)
+
+    @app.route("/tasks", branch=True)
+    def tasks(self, request: IRequest) -> IResource:
+        """IronFunctions' async-runner protocol (``api/tasks.py``)."""
+        if self._tasks is None:
+            raise NotFound()
+        if not self._ready():
+            raise NotReady()
+        return self._tasks
 
     @app.route("/v1", branch=True)
     def v1(self, request: IRequest) -> IResource:
@@ -153,6 +165,7 @@ def build_api(
     render_metrics: Callable[[], str] = lambda: "",
     invoke: IResource | None = None,
     cancel: Canceller | None = None,
+    tasks: IResource | None = None,
 ) -> IResource:
     """The whole HTTP API as one resource for a ``Site``. ``cancel`` stops a call
     (default: mark its record cancelled, see ``api.calls.store_canceller``)."""
@@ -164,5 +177,6 @@ def build_api(
         health_checks or {"datastore": datastore.ping},
         stats,
         render_metrics,
+        tasks,
     )
     return RootResource(main.app.resource(), invoke, ready)

@@ -27,6 +27,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.RouteAlreadyExists, 409),
     (errors.CallNotFound, 404),
     (errors.CallCompleted, 409),
+    (errors.LeaseLost, 409),
     (errors.AppHasRoutes, 400),
     (errors.ValidationError, 400),  # includes InvalidJSON
     (errors.PayloadTooLarge, 413),

@@ -46,7 +46,7 @@ RunCall = Callable[[Call], Awaitable[CallResult]]
 KillCall = Callable[[str], Awaitable[Any]]
 
 FIRST_LEASE_S = 60.0  # until the route (and so its timeout) is known
-LEASE_MARGIN_S = 30.0  # beyond the route timeout: start, slot wait, recording
+LEASE_MARGIN_S = 10.0  # beyond the route timeout; renewed every third of the lease while running
 RESERVE_WAIT_S = 5.0
 QUEUE_DOWN_BACKOFF_S = 1.0
 

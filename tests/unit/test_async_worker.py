@@ -160,7 +160,7 @@ def test_lease_is_renewed_while_a_long_call_runs():
     h = Harness(["hang"])
     h.submit()
     h.worker.startService()
-    for _ in range(30):  # far past the 40 s lease (timeout 10 + 30 margin)
+    for _ in range(30):  # far past the 20 s lease (timeout 10 + 10 margin)
         h.clock.advance(5)
     assert len(h.started) == 1  # never redelivered
     h.pending.callback(CallResult("c1", CALL_SUCCESS, body=b"late"))

@@ -47,7 +47,7 @@ def test_sizes_and_durations_accept_units():
     [
         ("PORT", "0"), ("PORT", "x"), ("DB_URL", "mysql://h/db"), ("DB_URL", "sqlite://"),
         ("MQ_URL", "amqp://h"), ("API_URL", "ftp://x"), ("LOG_LEVEL", "verbose"),
-        ("NUM_ASYNC", "0"), ("MAX_CONCURRENCY", "-3"), ("MAX_REQUEST_SIZE", "big"),
+        ("NUM_ASYNC", "-1"), ("MAX_CONCURRENCY", "-3"), ("MAX_REQUEST_SIZE", "big"),
         ("STATSD_URL", "tcp://h:1"), ("STATSD_URL", "udp://h"), ("DOCKER_NETWORK", "a b"),
         ("NODE_ID", "no/slash"), ("ASYNC_MAX_ATTEMPTS", "0"), ("ASYNC_RETRY_DELAY", "soon"),
     ],
