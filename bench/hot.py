@@ -1,0 +1,256 @@
+"""Hot-function benchmark (issue 6). Same run, same machine, one daemon
+(LOG_LEVEL=info, access log off, DOCKER_NETWORK=none, memory:// datastore):
+
+1. ``GET /version`` p50 over one keep-alive connection: the framework's floor.
+2. Sequential ``POST /r/bench/hot`` (static C function ``iftest/hotfn:1``), keep-alive:
+   p50, p99, and the daemon's CPU per call.
+3. ``wrk -t2 -c8 -d10s`` POST to the hot route with max_concurrency 2: req/s, p50, p99;
+   the daemon's peak RSS; CPU split (daemon, dockerd, containerd shims, containerd,
+   the function containers) from /proc/<pid>/stat deltas over the wrk run.
+4. The engine's attach relay alone (docker-py attach socket, no daemon) versus a unix
+   socket bind-mounted into the container with the static bridge
+   (``bench/ifbridge.c``) as entrypoint wrapper: round-trip p50/p99.
+
+Targets: sequential hot p50 <= 0.5 ms; >= 3,500 hot calls/s at 8 connections.
+
+    PYTHONPATH=. python bench/hot.py
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.daemon import Daemon  # noqa: E402
+from tests.images import build_test_images, ensure_dockerd, image_tag  # noqa: E402
+
+IMAGE = image_tag("hotfn")
+TICK = os.sysconf("SC_CLK_TCK")
+BRIDGE_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ifbridge.c")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def processes() -> dict[int, str]:
+    """pid -> group name for the processes whose CPU we split."""
+    groups: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        name = os.path.basename(argv[0].decode(errors="replace")) if argv and argv[0] else ""
+        if name == "dockerd":
+            groups[int(entry)] = "dockerd"
+        elif name.startswith("containerd-shim"):
+            groups[int(entry)] = "containerd shims"
+        elif name == "containerd":
+            groups[int(entry)] = "containerd"
+        elif name == "hotfn":
+            groups[int(entry)] = "function containers"
+    return groups
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def sequential(port: int, method: str, path: str, body: bytes | None, n: int) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    times = []
+    for _ in range(n):
+        began = time.perf_counter()
+        conn.request(method, path, body=body)
+        reply = conn.getresponse()
+        reply.read()
+        times.append((time.perf_counter() - began) * 1000)
+        assert reply.status == 200, reply.status
+    conn.close()
+    return times
+
+
+def wrk(url: str, script: str) -> tuple[float, str, str]:
+    out = subprocess.run(["wrk", "-t2", "-c8", "-d10s", "--latency", "-s", script, url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    if "Non-2xx" in out or "Socket errors" in out:
+        print(out)
+    return rps, p50, p99
+
+
+REQUEST = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nFn-Call-Id: x\r\n\r\nhello"
+
+
+def round_trips(send, receive, n: int = 3000) -> list[float]:  # type: ignore[no-untyped-def]
+    for _ in range(200):
+        send(REQUEST)
+        receive()
+    times = []
+    for _ in range(n):
+        began = time.perf_counter()
+        send(REQUEST)
+        receive()
+        times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def receive_response(sock: socket.socket, multiplexed: bool) -> None:
+    data = b""
+    while not (b"\r\n\r\n" in data and data.endswith(b"hello")):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("stream closed")
+        if multiplexed:  # strip the engine's 8-byte frame headers
+            payload = b""
+            while chunk:
+                size = struct.unpack(">BxxxL", chunk[:8])[1]
+                payload += chunk[8:8 + size]
+                chunk = chunk[8 + size:]
+            chunk = payload
+        data += chunk
+
+
+def relay_floor() -> None:
+    import docker
+
+    api = docker.APIClient(version="1.41")
+    host_config = api.create_host_config(network_mode="none")
+    container = api.create_container(IMAGE, stdin_open=True, host_config=host_config)
+    attach = api.attach_socket(container, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+    raw = getattr(attach, "_sock", attach)
+    api.start(container)
+    try:
+        times = round_trips(raw.sendall, lambda: receive_response(raw, True))
+    finally:
+        api.remove_container(container, force=True)
+    print(f"engine attach relay alone (docker-py socket): p50 {statistics.median(times):.3f} ms  "
+          f"p99 {percentile(times, 99):.3f} ms")
+
+    with tempfile.TemporaryDirectory(prefix="ifbridge-") as work:
+        bridge = os.path.join(work, "ifbridge")
+        subprocess.run(["gcc", "-static", "-O2", "-o", bridge, BRIDGE_SRC], check=True)
+        sockdir = os.path.join(work, "sock")
+        os.mkdir(sockdir)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(os.path.join(sockdir, "s.sock"))
+        listener.listen(1)
+        host_config = api.create_host_config(network_mode="none", binds={
+            bridge: {"bind": "/ifbridge", "mode": "ro"}, sockdir: {"bind": "/ifsock", "mode": "rw"}})
+        container = api.create_container(IMAGE, entrypoint=["/ifbridge", "/ifsock/s.sock", "/hotfn"],
+                                         host_config=host_config)
+        api.start(container)
+        try:
+            conn, _ = listener.accept()
+            times = round_trips(conn.sendall, lambda: receive_response(conn, False))
+            conn.close()
+        finally:
+            api.remove_container(container, force=True)
+            listener.close()
+    print(f"unix socket + static bridge (no relay):       p50 {statistics.median(times):.3f} ms  "
+          f"p99 {percentile(times, 99):.3f} ms")
+
+
+def main() -> None:
+    ensure_dockerd()
+    build_test_images()
+    with tempfile.TemporaryDirectory() as workdir:
+        daemon = Daemon(workdir, env={"DOCKER_NETWORK": "none", "DB_URL": "memory://", "MQ_URL": "memory://",
+                                      "LOG_LEVEL": "info", "MAX_CONCURRENCY": "8"}).start()
+        # The daemon logs a line per event (metrics included) to daemon.log, as in production.
+        try:
+            reply = daemon.post("/v1/apps/bench/routes", {"route": {
+                "path": "/hot", "image": IMAGE, "format": "http", "max_concurrency": 2}})
+            assert reply.status == 200, reply.body
+            pid = daemon.proc.pid  # type: ignore[union-attr]
+            sequential(daemon.port, "GET", "/version", None, 500)
+            sequential(daemon.port, "POST", "/r/bench/hot", b"hello", 500)
+
+            n = 5000
+            version = sequential(daemon.port, "GET", "/version", None, n)
+            print(f"GET /version (floor), n={n}: p50 {statistics.median(version):.3f} ms  "
+                  f"p99 {percentile(version, 99):.3f} ms")
+            before = cpu_seconds(pid)
+            hot = sequential(daemon.port, "POST", "/r/bench/hot", b"hello", n)
+            used = cpu_seconds(pid) - before
+            print(f"sequential hot calls, n={n}: p50 {statistics.median(hot):.3f} ms  "
+                  f"p99 {percentile(hot, 99):.3f} ms  (target p50 <= 0.5 ms); "
+                  f"daemon CPU {used / n * 1000:.3f} ms/call")
+
+            with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+                script.write('wrk.method = "POST"\nwrk.body = "hello"\n')
+            peak = [rss_kb(pid)]
+            done = threading.Event()
+
+            def watch() -> None:
+                while not done.is_set():
+                    peak[0] = max(peak[0], rss_kb(pid))
+                    time.sleep(0.05)
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            groups = processes()
+            groups[pid] = "daemon"
+            cpu_before = {p: cpu_seconds(p) for p in groups}
+            began = time.monotonic()
+            result: list[tuple[float, str, str]] = []
+            runner = threading.Thread(target=lambda: result.append(wrk(daemon.url + "/r/bench/hot", script.name)))
+            runner.start()
+            time.sleep(1)
+            for p, name in processes().items():  # anything started since
+                if p not in groups:
+                    groups[p] = name
+                    cpu_before[p] = cpu_seconds(p)
+            runner.join()
+            wall = time.monotonic() - began
+            split: dict[str, float] = {}
+            for p, name in groups.items():
+                split[name] = split.get(name, 0.0) + max(0.0, cpu_seconds(p) - cpu_before[p])
+            done.set()
+            watcher.join()
+            os.unlink(script.name)
+            rps, p50, p99 = result[0]
+            print(f"wrk -t2 -c8 -d10s POST, max_concurrency 2: {rps:.0f} req/s  p50 {p50}  p99 {p99}  "
+                  f"(target >= 3500 req/s); daemon peak RSS {peak[0] / 1024:.1f} MiB")
+            cores = os.cpu_count() or 1
+            print(f"CPU during the wrk run ({wall:.1f} s, {cores} cores = {cores * 100}%):")
+            for name, seconds in sorted(split.items(), key=lambda kv: -kv[1]):
+                print(f"  {name:22s} {seconds / wall * 100:5.1f}% of one core")
+        finally:
+            daemon.stop()
+    relay_floor()
+
+
+if __name__ == "__main__":
+    main()
