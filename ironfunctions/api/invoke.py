@@ -21,13 +21,17 @@ from twisted.web.server import NOT_DONE_YET
 from ironfunctions import errors
 from ironfunctions.api.auth import bearer_token, verify_jwt
 from ironfunctions.api.schema import dumps
+from ironfunctions.calls.model import CallRecord
 from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.models import CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, CallResult, Route
 from ironfunctions.paths import normalize_path
+from ironfunctions.runner.records import failed_record, finished_record, new_record
 
 RouteLookup = Callable[[str, str], Awaitable[Route]]
 AppConfigLookup = Callable[[str], Awaitable[Mapping[str, str]]]
 RunCall = Callable[[Call], Awaitable[CallResult]]
+Submit = Callable[[Call], Awaitable[Any]]
+Record = Callable[[CallRecord, "bytes | None"], None]
 
 DEFAULT_CONTENT_TYPE = b"text/plain; charset=utf-8"
 ROUTE_NOT_FOUND = "Route not found on that application"
@@ -45,6 +49,7 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (errors.NotReady, 503),
     (errors.DockerUnavailable, 503),
     (errors.DatastoreUnavailable, 503),
+    (errors.QueueUnavailable, 503),
 ]
 
 
@@ -96,6 +101,11 @@ class InvokeResource(Resource):
     :param app_config: ``await app_config(app)`` -> the app's config.
     :param run_call: ``await run_call(call)`` -> CallResult (``Agent.run_call``).
     :param call_ids: makes a new call id (``runner.ids.CallIds``).
+    :param submit: ``await submit(call)`` makes an async call durable
+        (``AsyncSubmitter.submit``); without it async routes answer 503.
+    :param record: ``record(call_record, stderr)`` keeps a sync call's record, written
+        later off the request path (``CallRecorder.record``); None keeps none.
+    :param clock: for the records' timestamps.
     """
 
     isLeaf = True
@@ -106,14 +116,20 @@ class InvokeResource(Resource):
         app_config: AppConfigLookup,
         run_call: RunCall,
         call_ids: Callable[[], str],
+        submit: Submit | None = None,
+        record: Record | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._lookup = lookup
         self._app_config = app_config
         self._run_call = run_call
         self._call_ids = call_ids
+        self._submit = submit
+        self._record = record
+        self._clock = clock
 
-    def render(self, request: IRequest) -> Any:  # type: ignore[override]
+    def render(self, request: IRequest) -> Any:
         call_id = self._call_ids()
         request.setHeader(b"fn-call-id", call_id.encode())
         d = Deferred.fromCoroutine(self._invoke(request, call_id))
@@ -131,7 +147,22 @@ class InvokeResource(Resource):
             verify_jwt(bearer_token(request), route.jwt_key)
         app_config = await self._app_config(app_name)
         call = Call(call_id, route, _call_request(request), app_config)
-        result = await self._run_call(call)
+        if route.type == "async":
+            if self._submit is None:
+                raise errors.QueueUnavailable("async calls are not enabled on this node")
+            await self._submit(call)
+            self._write_accepted(request, call_id)
+            return
+        created_ms = self._now_ms()
+        try:
+            result = await self._run_call(call)
+        except errors.IronFunctionsError as e:
+            if self._record is not None:
+                self._record(failed_record(new_record(call_id, route, created_ms), str(e), self._now_ms()), None)
+            raise
+        if self._record is not None:
+            record = finished_record(new_record(call_id, route, created_ms), result, self._now_ms(), keep_body=False)
+            self._record(record, result.stderr)
         if request._disconnected:
             return
         request.setHeader(b"server-timing", _server_timing(result.wait_ms, result.start_ms, result.run_ms))
@@ -140,6 +171,18 @@ class InvokeResource(Resource):
         else:
             status = 504 if result.status == CALL_TIMEOUT else 502
             self._write_error(request, call_id, status, result.error)
+
+    def _now_ms(self) -> int:
+        return 0 if self._clock is None else int(self._clock.seconds() * 1000)
+
+    def _write_accepted(self, request: Any, call_id: str) -> None:
+        body = dumps({"call_id": call_id})
+        request.setResponseCode(202)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.setHeader(b"server-timing", _server_timing(0, 0, 0))
+        request.write(body)
+        request.finish()
 
     def _write_success(self, request: Any, route: Route, result: CallResult) -> None:
         request.setResponseCode(result.status_code or 200)
@@ -169,6 +212,7 @@ class InvokeResource(Resource):
         if request._disconnected or request.finished:
             return
         exc = failure.value
+        assert exc is not None
         status = _status_for(exc)
         extra: dict[str, str] = {}
         if status is None:

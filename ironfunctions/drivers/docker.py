@@ -23,6 +23,8 @@ from typing import Any, Callable, Mapping
 
 import docker
 import docker.errors
+import docker.types
+import docker.utils
 import requests.exceptions
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -65,11 +67,11 @@ class DockerDriver(Service):
         max_concurrency: int,
         base_url: str = "",
         api_version: str = DEFAULT_API_VERSION,
-        api_timeout: float = 60.0,
-        pull_timeout: float = 10.0,
+        api_timeout: int = 60,
+        pull_timeout: int = 10,
     ) -> None:
         self._reactor = reactor
-        kwargs: dict[str, Any] = docker.utils.kwargs_from_env()
+        kwargs: dict[str, Any] = dict(docker.utils.kwargs_from_env())
         if base_url:
             kwargs["base_url"] = base_url
         size = max_concurrency + 4  # + room for removals finishing after their result
@@ -83,13 +85,13 @@ class DockerDriver(Service):
     # -- Service
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._run_pool.start()
         self._control_pool.start()
 
     def stopService(self) -> Deferred[None]:
         """Fires when every engine call in flight (including removals) has finished."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         done: Deferred[None] = Deferred()
 
         def stop_pools() -> None:
@@ -196,7 +198,7 @@ class DockerDriver(Service):
 
     def _ensure_image_blocking(self, image: str) -> None:
         try:
-            self._api.inspect_image(image)
+            self._api.inspect_image(image)  # type: ignore[no-untyped-call]
         except docker.errors.NotFound:
             self._pull_once(image)
 
@@ -204,7 +206,7 @@ class DockerDriver(Service):
         repository, tag = docker.utils.parse_repository_tag(image)
         try:
             self._pull_api.pull(repository, tag=tag or "latest")
-            self._api.inspect_image(image)
+            self._api.inspect_image(image)  # type: ignore[no-untyped-call]
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             raise ImageNotFound(image) from None
 
@@ -221,7 +223,7 @@ class DockerDriver(Service):
 
         config = self._api.create_container_config(
             spec.image,
-            None,
+            None,  # type: ignore[arg-type]  # the image's own command
             stdin_open=True,
             environment=docker.utils.format_environment(dict(spec.env)),
             labels=dict(spec.labels),
@@ -232,7 +234,7 @@ class DockerDriver(Service):
         config["StdinOnce"] = stdin_once
 
         def create() -> str:
-            container = self._api.create_container_from_config(config)
+            container = self._api.create_container_from_config(config)  # type: ignore[no-untyped-call]
             return str(container["Id"])
 
         try:
@@ -259,11 +261,12 @@ class DockerDriver(Service):
                 self._api.start(container_id)
                 started = time.monotonic()
                 deadline = started + spec.timeout_s
-                output = _pump(sock, spec.stdin, deadline, spec.stdout_limit, spec.stderr_limit)
+                output = _pump(
+                    sock, spec.stdin, deadline, spec.stdout_limit, spec.stderr_limit,
+                    lambda: self._control_pool.callInThread(self._kill_blocking, container_id),
+                )
             finally:
                 sock.close()
-            if output.stdout_truncated:
-                self._kill_blocking(container_id)
             start_ms = _ms(started - began)
             if output.timed_out:
                 self._remove_blocking(container_id)
@@ -275,7 +278,7 @@ class DockerDriver(Service):
                 )
                 deliver(result)
                 return
-            remaining = max(1.0, deadline - time.monotonic() + 5.0)
+            remaining = int(max(1.0, deadline - time.monotonic() + 5.0))
             try:
                 status = self._api.wait(container_id, timeout=remaining)
                 exit_code = int(status.get("StatusCode", -1))
@@ -319,7 +322,7 @@ class DockerDriver(Service):
         try:
             protocol = _AttachProtocol(stream)
             reactor: IReactorSocket = self._reactor
-            reactor.adoptStreamConnection(fd, family, _OneProtocolFactory(protocol))
+            reactor.adoptStreamConnection(fd, family, _OneProtocolFactory(protocol))  # type: ignore[arg-type]
         finally:
             os.close(fd)  # the reactor holds its own duplicate
         return _AttachedContainer(container_id, protocol)
@@ -342,13 +345,14 @@ def _pump(
     deadline: float,
     stdout_limit: int,
     stderr_limit: int,
+    on_overflow: Callable[[], None],
 ) -> _PumpResult:
     """Write ``stdin`` and read the demultiplexed output until the engine closes the
     stream, in one thread (writing while reading, so neither side can block the other),
-    or until ``deadline``. Output over a limit is dropped; stdout over its limit ends
-    the pump at once (the answer is lost anyway; the caller kills the container, after
-    closing the stream, since the engine will not finish a kill while its copy of the
-    output to us is blocked)."""
+    or until ``deadline``. Output over a limit is dropped; stdout over its limit calls
+    ``on_overflow`` (which kills the container from another thread) and the stream is
+    drained to its end meanwhile: the engine may not finish a kill while its copy of
+    the output to us is blocked."""
     result = _PumpResult()
     stdout, stderr = bytearray(), bytearray()
     demuxer = Demuxer()
@@ -398,7 +402,9 @@ def _pump(
                 for stream, payload in demuxer.feed(data):
                     if stream == STDOUT:
                         if len(stdout) + len(payload) > stdout_limit:
-                            result.stdout_truncated = True
+                            if not result.stdout_truncated:
+                                result.stdout_truncated = True
+                                on_overflow()
                             stdout += payload[: max(0, stdout_limit - len(stdout))]
                         else:
                             stdout += payload
@@ -408,8 +414,6 @@ def _pump(
                             stderr += payload[: max(0, stderr_limit - len(stderr))]
                         else:
                             stderr += payload
-                if result.stdout_truncated:
-                    break
     finally:
         selector.close()
     result.stdout = bytes(stdout)

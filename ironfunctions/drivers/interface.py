@@ -56,14 +56,14 @@ class IContainerDriver(Interface):
     ``key=value`` pair (see ``models.LABEL_*``).
     """
 
-    async def ping() -> None:  # type: ignore[misc]
+    async def ping() -> None:
         """Return when the engine answers; raise ``DockerUnavailable`` otherwise."""
 
-    async def ensure_image(image: str) -> None:  # type: ignore[misc]
+    async def ensure_image(image: str) -> None:
         """Return when ``image`` is present locally, pulling it once (bounded, a few
         seconds) if it is not. Raise ``ImageNotFound`` if it is not there afterwards."""
 
-    async def run(spec: ContainerSpec) -> ContainerResult:  # type: ignore[misc]
+    async def run(spec: ContainerSpec) -> ContainerResult:
         """Run one cold container to completion and return how it ended.
 
         The image is pulled once if missing (as ``ensure_image``). ``spec.stdin`` is
@@ -75,7 +75,7 @@ class IContainerDriver(Interface):
         Raise ``ImageNotFound``, ``DockerUnavailable``.
         """
 
-    async def start_attached(  # type: ignore[misc]
+    async def start_attached(
         spec: ContainerSpec, stream: IContainerStream
     ) -> IAttachedContainer:
         """Start a long-lived container with stdin open and attach ``stream`` to its
@@ -84,13 +84,13 @@ class IContainerDriver(Interface):
         container's lifetime and must ``remove`` it.
         Raise ``ImageNotFound``, ``DockerUnavailable``."""
 
-    async def remove(container_id: str) -> None:  # type: ignore[misc]
+    async def remove(container_id: str) -> None:
         """Kill (if running) and remove the container. Removing a container that is
         already gone is not an error. Raise ``DockerUnavailable``."""
 
-    async def list_containers(labels: Mapping[str, str]) -> list[str]:  # type: ignore[misc]
+    async def list_containers(labels: Mapping[str, str]) -> list[str]:
         """Ids of every container (running or not) carrying all of ``labels``."""
 
-    async def remove_containers(labels: Mapping[str, str]) -> int:  # type: ignore[misc]
+    async def remove_containers(labels: Mapping[str, str]) -> int:
         """Kill and remove every container carrying all of ``labels`` (crash and stop
         cleanup); return how many were removed."""

@@ -161,7 +161,7 @@ class Agent(Service):
     # -- Service
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._accepting = True
         self._ready = Deferred.fromCoroutine(self._remove_leftovers("Removed {count} containers left by a previous run"))
 
@@ -171,13 +171,18 @@ class Agent(Service):
         if self._ready is None:
             d.callback(None)
         else:
-            self._ready.addBoth(lambda r: (d.callback(None), r)[1])
+
+            def fire(result: object) -> object:
+                d.callback(None)
+                return result
+
+            self._ready.addBoth(fire)
         return d
 
     def stopService(self) -> Deferred[None]:
         """Refuse new calls, let in-flight ones finish (at most ``drain_timeout`` s),
         then remove this node's containers."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self._accepting = False
         return Deferred.fromCoroutine(self._stop())
 
