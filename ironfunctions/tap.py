@@ -27,11 +27,18 @@ from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
 from ironfunctions.routecache import RouteCache
+from ironfunctions.api.tasks import TasksAPI
+from ironfunctions.calls.recorder import CallRecorder
+from ironfunctions.models import LABEL_CALL
+from ironfunctions.mq import queue_from_url
+from ironfunctions.runner.async_worker import AsyncWorkerService
+from ironfunctions.runner.cancel import make_canceller
+from ironfunctions.runner.submit import AsyncSubmitter
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.agent import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Agent, ColdRunner
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
-from ironfunctions.services import BackendService, IronFunctionsService
+from ironfunctions.services import BackendService, IronFunctionsService, PeriodicService
 from ironfunctions.web import make_site
 
 # (option name, env var, help). Defaults are resolved in Config.from_sources.
@@ -47,7 +54,7 @@ SETTINGS = [
     ("log-level", "LOG_LEVEL", "debug, info, warn or error [default: info]"),
     ("jwt-auth-key", "JWT_AUTH_KEY", "When set, /v1/* needs a Bearer HS256 JWT signed with it"),
     ("docker-host", "DOCKER_HOST", "Docker engine URL [default: docker-py's default]"),
-    ("num-async", "NUM_ASYNC", "Async calls this node runs at once [default: 2 x cores]"),
+    ("num-async", "NUM_ASYNC", "Async calls this node runs at once; 0 leaves them to /tasks runners [default: 2 x cores]"),
     ("max-concurrency", "MAX_CONCURRENCY", "Containers this node runs at once [default: from cores and memory]"),
     ("max-request-size", "MAX_REQUEST_SIZE", "Largest request body, e.g. 6MiB [default: 6MiB]"),
     ("max-response-size", "MAX_RESPONSE_SIZE", "Largest function response, e.g. 6MiB [default: 6MiB]"),
@@ -132,6 +139,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     datastore_service = BackendService("datastore", datastore, reactor)
     datastore_service.setServiceParent(root)
     route_cache = RouteCache(datastore, reactor)
+    queue = queue_from_url(config.mq_url, reactor)
+    BackendService("queue", queue, reactor).setServiceParent(root)
 
     # Containers: the driver's pools start first and stop last; the agent cleans up
     # this node's leftover containers at start and drains in-flight calls at stop.
@@ -143,10 +152,35 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     hot = HotRunner(driver, slots, reactor, config.node_id, metrics, config.docker_network, config.max_response_size)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots)
+    # Sync call records are batched off the request path; the recorder stops after the
+    # agent has drained, so the last calls' records are written too.
+    recorder = CallRecorder(datastore.calls, reactor, metrics)
+    recorder.setServiceParent(root)
     agent.setServiceParent(root)
     app_configs = AppConfigCache(datastore, reactor)
     route_cache.on_invalidate(app_configs.invalidate)
-    invoke = InvokeResource(route_cache.lookup, app_configs.lookup, agent.run_call, CallIds(reactor.seconds))
+
+    # Async calls: durable before the 202, run by NUM_ASYNC workers (stopped before the
+    # agent), cancellable wherever they are.
+    async def kill_call(call_id: str) -> int:
+        return await driver.remove_containers({LABEL_CALL: call_id})
+
+    submitter = AsyncSubmitter(queue, datastore.calls, reactor, metrics)
+    if config.num_async:
+        AsyncWorkerService(
+            queue, datastore.calls, route_cache.lookup, app_configs.lookup, agent.run_call, kill_call,
+            reactor, metrics, config.num_async, config.async_max_attempts, config.async_retry_delay,
+        ).setServiceParent(root)
+
+    async def report_queue_depth() -> None:
+        metrics.gauge("queue.depth", await queue.depth())
+
+    PeriodicService("queue-depth", 5.0, report_queue_depth, reactor).setServiceParent(root)
+    invoke = InvokeResource(
+        route_cache.lookup, app_configs.lookup, agent.run_call, CallIds(reactor.seconds),
+        submit=submitter.submit, record=recorder.record, clock=reactor,
+    )
+    tasks = TasksAPI(queue, datastore.calls, route_cache.lookup, app_configs.lookup, reactor)
 
     api = build_api(
         datastore,
@@ -155,10 +189,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         host_memory_mb=config.host_memory_mb,
         jwt_auth_key=config.jwt_auth_key,
         ready=lambda: datastore_service.ready,
-        health_checks={"datastore": datastore.ping, "docker": driver.ping},
+        health_checks={"datastore": datastore.ping, "queue": queue.ping, "docker": driver.ping},
         render_metrics=prometheus.render,
         stats=agent.stats,
         invoke=invoke,
+        cancel=make_canceller(datastore.calls, queue, kill_call, reactor),
+        tasks=tasks.app.resource(),
     )
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug")
     listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
