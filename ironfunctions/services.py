@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Protocol
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
@@ -13,11 +13,20 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 
-
 class IronFunctionsService(MultiService):
-    """The root service. Attached to twistd's Application, it installs the logfmt
-    observer as the application's log observer (unless ``--logger`` was given), which
-    is how twistd lets an application choose its logging."""
+    """The root service.
+
+    It stops its children one at a time, last added first, each only once the one
+    before is quiet (``MultiService`` stops them all at once): the listener stops
+    accepting, then async workers and the agent drain their calls, then the records
+    of those calls are written, and only then do the driver, queue and datastore
+    close. A child whose stop fails is logged and the rest still stop.
+
+    Attached to twistd's Application, it installs the logfmt observer as the
+    application's log observer (unless ``--logger`` was given), which is how twistd
+    lets an application choose its logging."""
+
+    log = Logger()
 
     def __init__(self, observer: ILogObserver | None = None) -> None:
         super().__init__()
@@ -27,6 +36,18 @@ class IronFunctionsService(MultiService):
         super().setServiceParent(parent)
         if self._observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self._observer)
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        Service.stopService(self)
+
+        async def stop_in_order() -> None:
+            for child in reversed(list(self)):
+                try:
+                    await maybeDeferred(child.stopService)
+                except Exception:
+                    self.log.failure("Stopping {service} failed", service=child.name or repr(child))
+
+        return Deferred.fromCoroutine(stop_in_order())
 
 
 class Startable(Protocol):

@@ -1,0 +1,58 @@
+"""Root service stop order and the backend start-retry service."""
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from ironfunctions.services import BackendService, IronFunctionsService
+
+
+class Recorder(Service):
+    def __init__(self, name, log, gate=None, fail=False):
+        self.name, self._log, self._gate, self._fail = name, log, gate, fail
+
+    def stopService(self):
+        super().stopService()
+        self._log.append("stop " + self.name)
+        if self._fail:
+            raise RuntimeError("boom")
+        return self._gate
+
+
+def test_children_stop_one_at_a_time_last_added_first():
+    log = []
+    gate = Deferred()
+    root = IronFunctionsService()
+    for child in (Recorder("datastore", log), Recorder("agent", log, fail=True), Recorder("listener", log, gate)):
+        child.setServiceParent(root)
+    root.startService()
+    done = root.stopService()
+    assert log == ["stop listener"] and not done.called  # waits for the listener
+    gate.callback(None)
+    assert log == ["stop listener", "stop agent", "stop datastore"] and done.called
+
+
+class FlakyBackend:
+    def __init__(self, failures):
+        self.failures, self.started, self.closed = failures, 0, False
+
+    async def start(self):
+        self.started += 1
+        if self.started <= self.failures:
+            raise ConnectionError("down")
+
+    async def close(self):
+        self.closed = True
+
+
+def test_backend_service_retries_until_ready():
+    clock, backend = Clock(), FlakyBackend(2)
+    service = BackendService("queue", backend, clock, retry_delay=1.0)
+    ready = service.when_ready()
+    service.startService()
+    assert not service.ready
+    clock.advance(1)
+    clock.advance(1)
+    assert service.ready and ready.called and backend.started == 3
+    service.stopService()
+    assert backend.closed
