@@ -172,10 +172,11 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
             reactor, metrics, config.num_async, config.async_max_attempts, config.async_retry_delay,
         ).setServiceParent(root)
 
-    async def report_queue_depth() -> None:
+    async def report_node_gauges() -> None:
+        metrics.gauge("containers.running", slots.in_use)
         metrics.gauge("queue.depth", await queue.depth())
 
-    PeriodicService("queue-depth", 5.0, report_queue_depth, reactor).setServiceParent(root)
+    PeriodicService("node-gauges", 5.0, report_node_gauges, reactor).setServiceParent(root)
     invoke = InvokeResource(
         route_cache.lookup, app_configs.lookup, agent.run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor,
