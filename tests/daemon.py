@@ -90,18 +90,21 @@ class Daemon:
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
-        """Wait until the API answers (``/v1/apps`` 200, or 401 behind JWT: the datastore is ready)."""
+        """Wait until the node can serve: ``/health`` 200 (datastore, queue and Docker
+        all answer), which also means ``/v1`` and ``/r`` are past their 503s."""
         deadline = time.monotonic() + timeout
+        last = None
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if self.get("/v1/apps", timeout=2).status in (200, 401):
+                last = self.get("/health", timeout=2)
+                if last.status == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"daemon did not become ready in {timeout}s:\n{self.log()}")
+        raise RuntimeError(f"daemon not healthy in {timeout}s (last: {last}):\n{self.log()}")
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                 timeout: float = 30) -> Reply:
