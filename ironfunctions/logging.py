@@ -39,6 +39,7 @@ _INTERNAL = frozenset(
      "protocol", "metric_event", "self", "request"}
 )
 _METRIC_KEYS = ("metric", "value", "type")
+_BATCH_KEYS = frozenset({"metric_batch", "count"})
 
 
 def logfmt_value(value: Any) -> str:
@@ -55,30 +56,53 @@ def logfmt_value(value: Any) -> str:
     return f'"{escaped}"'
 
 
-def format_logfmt(event: dict[str, Any]) -> str:
-    """Render one event as one logfmt line (without the newline)."""
-    stamp = event.get("log_time") or time.time()
-    parts = [
-        "time=" + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp))
-        + f".{int(stamp * 1000) % 1000:03d}Z",
-        "level=" + _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "info"),
+_stamp_cache: list[Any] = [-1, ""]  # (second, "YYYY-MM-DDTHH:MM:SS"): one strftime a second
+
+
+def _timestamp(stamp: float) -> str:
+    second = int(stamp)
+    if second != _stamp_cache[0]:
+        _stamp_cache[0] = second
+        _stamp_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"time={_stamp_cache[1]}.{int(stamp * 1000) % 1000:03d}Z"
+
+
+def _fields(event: dict[str, Any], skip: frozenset[str] | set[str]) -> list[str]:
+    return [
+        f"{key}={logfmt_value(value)}"
+        for key, value in event.items()
+        if not key.startswith("log_") and key not in _INTERNAL and key not in skip
+        and isinstance(value, (str, int, float, bool))
     ]
+
+
+def format_logfmt(event: dict[str, Any]) -> str:
+    """Render one event as logfmt: one line (without the final newline), or, for a
+    batch of metrics (``metrics.LogMetrics.many``), one line per metric."""
+    stamp = event.get("log_time") or time.time()
+    head = _timestamp(stamp) + " level=" + _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "info")
+    lines = event.get("metric_lines")
+    if lines is not None:  # already rendered by metrics.LogMetrics
+        return "\n".join(f"{head} {line}" for line in lines)
+    batch = event.get("metric_batch")
+    if batch is not None:
+        tail = " ".join(_fields(event, _BATCH_KEYS))
+        tail = " " + tail if tail else ""
+        return "\n".join(
+            f"{head} metric={metric} value={value} type={kind}{tail}" for metric, value, kind in batch
+        )
+    parts = [head]
     if event.get("metric_event"):
         parts.extend(f"{k}={logfmt_value(event[k])}" for k in _METRIC_KEYS)
-        skip = set(_METRIC_KEYS)
+        skip: frozenset[str] = frozenset(_METRIC_KEYS)
     else:
-        msg = formatEvent(event)
-        parts.append("msg=" + logfmt_value(msg))
-        skip = set()
+        parts.append("msg=" + logfmt_value(formatEvent(event)))
+        skip = frozenset()
         failure = event.get("log_failure")
         if failure is not None:
             parts.append("error=" + logfmt_value(failure.getErrorMessage()))
             parts.append("traceback=" + logfmt_value(failure.getTraceback()))
-    for key, value in event.items():
-        if key.startswith("log_") or key in _INTERNAL or key in skip:
-            continue
-        if isinstance(value, (str, int, float, bool)):
-            parts.append(f"{key}={logfmt_value(value)}")
+    parts.extend(_fields(event, skip))
     return " ".join(parts)
 
 

@@ -125,7 +125,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     config: Config = options["config"]
     root = IronFunctionsService(make_observer(config.log_level))
 
-    sinks: list[Any] = [LogMetrics()]
+    sinks: list[Any] = [LogMetrics(reactor)]
     prometheus = PrometheusMetrics()
     sinks.append(prometheus)
     if config.statsd_url:

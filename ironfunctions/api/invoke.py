@@ -25,7 +25,7 @@ from ironfunctions.calls.model import CallRecord
 from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.models import CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, CallResult, Route
 from ironfunctions.paths import normalize_path
-from ironfunctions.runner.records import failed_record, finished_record, new_record
+from ironfunctions.runner.records import failed_record, new_record, sync_record
 
 RouteLookup = Callable[[str, str], Awaitable[Route]]
 AppConfigLookup = Callable[[str], Awaitable[Mapping[str, str]]]
@@ -161,8 +161,7 @@ class InvokeResource(Resource):
                 self._record(failed_record(new_record(call_id, route, created_ms), str(e), self._now_ms()), None)
             raise
         if self._record is not None:
-            record = finished_record(new_record(call_id, route, created_ms), result, self._now_ms(), keep_body=False)
-            self._record(record, result.stderr)
+            self._record(sync_record(call_id, route, created_ms, result, self._now_ms()), result.stderr)
         if request._disconnected:
             return
         request.setHeader(b"server-timing", _server_timing(result.wait_ms, result.start_ms, result.run_ms))

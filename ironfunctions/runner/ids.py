@@ -8,6 +8,7 @@ in the order it made them.
 from __future__ import annotations
 
 import os
+import random
 from typing import Callable
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -25,13 +26,19 @@ def encode(value: int, length: int) -> str:
 
 class CallIds:
     """Makes call ids. ``now`` gives seconds since the epoch (a clock's ``seconds``),
-    ``random_bytes(n)`` gives n random bytes; both injectable for tests."""
+    ``random_bytes(n)`` gives n random bytes; both injectable for tests.
+
+    By default the random part comes from a per-generator PRNG seeded from
+    ``os.urandom``: ids must be unique, not secret (they grant nothing), and a
+    syscall per call is measurable on the hot path."""
 
     def __init__(
         self,
         now: Callable[[], float],
-        random_bytes: Callable[[int], bytes] = os.urandom,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
+        if random_bytes is None:
+            random_bytes = random.Random(os.urandom(32)).randbytes
         self._now = now
         self._random_bytes = random_bytes
         self._last_ms = -1

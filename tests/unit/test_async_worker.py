@@ -215,3 +215,12 @@ def test_stop_releases_unfinished_reservations():
 
 def test_retry_delay_doubles():
     assert [retry_delay(1.0, n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+
+
+def test_sync_record_equals_the_two_step_record():
+    from ironfunctions.runner.records import finished_record, new_record, sync_record
+
+    for status in (CALL_SUCCESS, CALL_ERROR, CALL_TIMEOUT):
+        result = CallResult("c1", status, body=b"b", error="e", exit_code=1, wait_ms=1, start_ms=2, run_ms=3)
+        assert sync_record("c1", ROUTE, 100, result, 200) == finished_record(
+            new_record("c1", ROUTE, 100), result, 200, keep_body=False)

@@ -58,3 +58,44 @@ def test_failures_stay_on_one_line():
         log.failure("boom")
     text = out.getvalue()
     assert text.count("\n") == 1 and "ZeroDivisionError" in text
+
+
+def test_a_metric_batch_prints_one_line_per_figure_in_one_write():
+    out = io.StringIO()
+    observer = make_observer("info", out)
+    globalLogPublisher.addObserver(observer)
+    try:
+        LogMetrics().many([("count", "run.requests", 1), ("time", "run.exec_time", 7)], app="a", call_id="C")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "metric=run.requests value=1 type=count app=a call_id=C",
+        "metric=run.a.requests value=1 type=count app=a call_id=C",
+        "metric=run.exec_time value=7 type=time app=a call_id=C",
+        "metric=run.a.exec_time value=7 type=time app=a call_id=C",
+    ]
+
+
+def test_with_a_clock_batches_are_coalesced_into_one_event():
+    from twisted.internet.task import Clock
+
+    out = io.StringIO()
+    observer = make_observer("info", out)
+    clock = Clock()
+    metrics = LogMetrics(clock, coalesce=0.05)
+    globalLogPublisher.addObserver(observer)
+    try:
+        metrics.many([("count", "run.requests", 1)], app="a", call_id="C1")
+        metrics.many([("count", "run.requests", 1)], app="a", call_id="C2")
+        assert out.getvalue() == ""
+        clock.advance(0.05)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "metric=run.requests value=1 type=count app=a call_id=C1",
+        "metric=run.a.requests value=1 type=count app=a call_id=C1",
+        "metric=run.requests value=1 type=count app=a call_id=C2",
+        "metric=run.a.requests value=1 type=count app=a call_id=C2",
+    ]
