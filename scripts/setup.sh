@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES="docker.io busybox-static python3 python3-venv python3-pip ca-certificates"
 if [ "${1:-}" = "--test" ]; then
-    PACKAGES="$PACKAGES postgresql redis-server gcc libc6-dev wrk procps"
+    PACKAGES="$PACKAGES postgresql redis-server gcc libc6-dev wrk procps iproute2"
 fi
 
 missing=""
