@@ -10,6 +10,7 @@ from zope.interface import implementer
 from ironfunctions.calls import sql
 from ironfunctions.calls.interface import CallChange, ICallStore
 from ironfunctions.calls.model import CallRecord, CallPage, CallQuery, encode_cursor
+from ironfunctions.datastore.sqlite_base import transaction
 from ironfunctions.errors import CallNotFound
 
 if TYPE_CHECKING:
@@ -38,13 +39,8 @@ class SqliteCallStore:
 
     async def put_calls(self, calls: list[CallRecord]) -> None:
         def put(c: sqlite3.Connection) -> None:
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(c):
                 c.executemany(_UPSERT, [sql.call_params(call) for call in calls])
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
 
         if calls:
             await self._ds.run_in_thread(put)
@@ -64,14 +60,9 @@ class SqliteCallStore:
 
     async def update_call(self, app_name: str, call_id: str, change: CallChange) -> CallRecord:
         def update(c: sqlite3.Connection) -> CallRecord:
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(c):
                 new = change(_get(c, app_name, call_id))
                 c.execute(_UPSERT, sql.call_params(new))
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
             return new
 
         return await self._ds.run_in_thread(update)

@@ -7,7 +7,6 @@ in other processes (backups, the sqlite3 shell) work while the daemon writes.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from typing import Any, Callable, TypeVar
 
@@ -20,7 +19,7 @@ from zope.interface import implementer
 from ironfunctions.calls.sqlite import SqliteCallStore
 from ironfunctions.datastore import codec
 from ironfunctions.datastore.interface import AppChange, IDatastore, RouteChange
-from ironfunctions.datastore.migrations import pending
+from ironfunctions.datastore.sqlite_base import migrate, open_sqlite, transaction
 from ironfunctions.errors import (
     AppAlreadyExists,
     AppHasRoutes,
@@ -32,51 +31,6 @@ from ironfunctions.errors import (
 from ironfunctions.models import App, Route
 
 T = TypeVar("T")
-
-
-def open_sqlite(path: str) -> sqlite3.Connection:
-    """Open (creating its folder) a SQLite database tuned for a long-running daemon."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=10000")
-    return conn
-
-
-def migrate(conn: sqlite3.Connection, dialect: str, table: str = "schema_migrations") -> int:
-    """Apply pending migrations of ``dialect`` in one transaction; return the version.
-
-    ``table`` records the versions applied; schemas that may share one file (the
-    datastore's and the queue's) each keep their own.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name TEXT)")
-        row = conn.execute(f"SELECT COALESCE(MAX(version), 0) FROM {table}").fetchone()
-        version = int(row[0])
-        for migration in pending(dialect, version):
-            for statement in _statements(migration.sql):
-                conn.execute(statement)
-            conn.execute(
-                f"INSERT INTO {table} (version, name) VALUES (?, ?)",
-                (migration.version, migration.name),
-            )
-            version = migration.version
-        conn.execute("COMMIT")
-        return version
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def _statements(sql: str) -> list[str]:
-    """Split a migration file into statements (our files keep ';' out of literals)."""
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 @implementer(IDatastore)
@@ -151,7 +105,7 @@ class SqliteDatastore:
 
     async def update_app(self, name: str, change: AppChange) -> App:
         def update(c: sqlite3.Connection) -> App:
-            with _transaction(c):
+            with transaction(c):
                 new = attrs.evolve(change(_get_app(c, name)), name=name)
                 c.execute(
                     "UPDATE apps SET config = ? WHERE name = ?",
@@ -163,7 +117,7 @@ class SqliteDatastore:
 
     async def remove_app(self, name: str) -> None:
         def remove(c: sqlite3.Connection) -> None:
-            with _transaction(c):
+            with transaction(c):
                 _get_app(c, name)
                 if c.execute("SELECT 1 FROM routes WHERE app_name = ? LIMIT 1", (name,)).fetchone():
                     raise AppHasRoutes()
@@ -173,7 +127,7 @@ class SqliteDatastore:
 
     async def insert_route(self, route: Route) -> Route:
         def insert(c: sqlite3.Connection) -> None:
-            with _transaction(c):
+            with transaction(c):
                 _get_app(c, route.app_name)
                 try:
                     c.execute(_INSERT_ROUTE, codec.route_params(route))
@@ -185,7 +139,7 @@ class SqliteDatastore:
 
     async def put_route(self, route: Route) -> tuple[Route, bool]:
         def put(c: sqlite3.Connection) -> bool:
-            with _transaction(c):
+            with transaction(c):
                 _get_app(c, route.app_name)
                 existed = c.execute(
                     "SELECT 1 FROM routes WHERE app_name = ? AND path = ?", route.key
@@ -217,7 +171,7 @@ class SqliteDatastore:
 
     async def update_route(self, app_name: str, path: str, change: RouteChange) -> Route:
         def update(c: sqlite3.Connection) -> Route:
-            with _transaction(c):
+            with transaction(c):
                 new = attrs.evolve(change(_get_route(c, app_name, path)), app_name=app_name, path=path)
                 c.execute("DELETE FROM routes WHERE app_name = ? AND path = ?", (app_name, path))
                 c.execute(_INSERT_ROUTE, codec.route_params(new))
@@ -250,18 +204,6 @@ class SqliteDatastore:
 
 _INSERT_ROUTE = f"INSERT INTO routes ({codec.ROUTE_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 
-
-class _transaction:
-    """``with _transaction(conn):`` BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 def _get_app(c: sqlite3.Connection, name: str) -> App:

@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ironfunctions.datastore.sqlite import migrate, open_sqlite
+from ironfunctions.datastore.sqlite_base import migrate, open_sqlite, transaction
 from ironfunctions.errors import LeaseLost, QueueUnavailable
 from ironfunctions.mq._waiting import Waiters, reserve_loop
 from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation, lease_of
@@ -104,7 +104,7 @@ class SqliteQueue:
         token = uuid.uuid4().hex
 
         def take(c: sqlite3.Connection) -> tuple[Reservation | None, float | None]:
-            with _transaction(c):
+            with transaction(c):
                 row = c.execute(
                     "SELECT seq, item, attempts FROM mq_items WHERE visible_at <= ?"
                     " ORDER BY priority DESC, seq LIMIT 1",
@@ -180,16 +180,3 @@ class SqliteQueue:
             return int(row[0])
 
         return await self._run(count)
-
-
-class _transaction:
-    """``with _transaction(conn):`` BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
