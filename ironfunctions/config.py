@@ -75,7 +75,7 @@ class Config:
         data_dir = get("DATA_DIR", _text, data_dir)
         return cls(
             port=port,
-            listen=get("LISTEN", _text, f"tcp:{port}:interface=0.0.0.0"),
+            listen=with_backlog(get("LISTEN", _text, f"tcp:{port}:interface=0.0.0.0")),
             data_dir=data_dir,
             db_url=get("DB_URL", _db_url, f"sqlite:///{data_dir}/ironfunctions.db"),
             mq_url=get("MQ_URL", _mq_url, f"sqlite:///{data_dir}/mq.db"),
@@ -102,6 +102,26 @@ def default_max_concurrency(cpu_count: int, host_memory_mb: int) -> int:
     """Containers at once: enough to keep the cores busy with slow functions, never
     more than the host's memory can hold at the default 128 MiB each (half of it)."""
     return max(2, min(32 * cpu_count, host_memory_mb // 256))
+
+
+# Twisted listens with a backlog of 50; a burst of more clients than that overflows the
+# accept queue, and the kernel answers the overflow with resets (SYN cookies), not the
+# 503 + Retry-After the node owes an overloaded client (bench/cold_load.py: 500
+# concurrent calls, up to 216 resets). Go's net package asks for net.core.somaxconn; we
+# ask for 4096 and the kernel caps it at somaxconn the same way.
+LISTEN_BACKLOG = 4096
+_BACKLOG_ENDPOINTS = ("tcp", "tcp6", "unix")
+
+
+def with_backlog(listen: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """``listen`` with ``backlog=`` added when it is a tcp/tcp6/unix endpoint string
+    that does not set one itself (pure)."""
+    kind, _, rest = listen.partition(":")
+    if kind not in _BACKLOG_ENDPOINTS or not rest:
+        return listen
+    if any(part.startswith("backlog=") for part in re.split(r"(?<!\\):", rest)):
+        return listen
+    return f"{listen}:backlog={backlog}"
 
 
 def host_memory_mb(meminfo_path: str = "/proc/meminfo") -> int:

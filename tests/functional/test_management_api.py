@@ -285,3 +285,14 @@ def test_health_stats_and_metrics(daemon):
 def test_raw_http_client_gets_a_reply_to_garbage(daemon):
     r = http("POST", daemon.url + "/v1/apps", b"\xff\xfe\x00garbage", {"Content-Type": "application/json"})
     assert r.status == 400 and error_of(r) == "Invalid JSON"
+
+
+def test_listener_backlog_holds_a_burst_of_clients(daemon):
+    """The listening socket queues at least 500 pending connections (or the kernel's
+    somaxconn): with Twisted's default 50, a burst of 500 concurrent calls got
+    connection resets instead of 503 + Retry-After (bench/cold_load.py)."""
+    with open("/proc/sys/net/core/somaxconn") as f:
+        somaxconn = int(f.read())
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{daemon.port}"], capture_output=True, text=True, check=True)
+    backlogs = [int(line.split()[2]) for line in out.stdout.splitlines() if line.strip()]
+    assert backlogs and min(backlogs) >= min(500, somaxconn), out.stdout

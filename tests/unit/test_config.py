@@ -2,7 +2,7 @@
 
 import pytest
 
-from ironfunctions.config import Config, default_max_concurrency
+from ironfunctions.config import Config, default_max_concurrency, with_backlog
 from ironfunctions.errors import ConfigError
 
 
@@ -13,7 +13,7 @@ def make(options=None, env=None):
 def test_defaults_are_the_embedded_setup():
     c = make()
     assert c.port == 8080
-    assert c.listen == "tcp:8080:interface=0.0.0.0"
+    assert c.listen == "tcp:8080:interface=0.0.0.0:backlog=4096"
     assert c.db_url == "sqlite:////srv/data/ironfunctions.db"
     assert c.mq_url == "sqlite:////srv/data/mq.db"
     assert c.api_url == "http://127.0.0.1:8080"
@@ -28,9 +28,21 @@ def test_option_wins_over_env_and_env_over_default():
     assert make(env={"PORT": "9000"}).port == 9000
     assert make({"port": "9001"}, {"PORT": "9000"}).port == 9001
     c = make(env={"PORT": "9000"})
-    assert c.listen == "tcp:9000:interface=0.0.0.0" and c.api_url == "http://127.0.0.1:9000"
+    assert c.listen == "tcp:9000:interface=0.0.0.0:backlog=4096" and c.api_url == "http://127.0.0.1:9000"
     assert make({"log-level": "DEBUG"}, {"LOG_LEVEL": "error"}).log_level == "debug"
     assert make(env={"DATA_DIR": "/d"}).db_url == "sqlite:////d/ironfunctions.db"
+
+
+def test_listen_gets_a_backlog_big_enough_for_a_burst_of_clients():
+    """Twisted's default backlog (50) made the kernel reset connections of a burst of
+    500 concurrent calls instead of letting the node answer them 503 (bench/cold_load.py)."""
+    assert make(env={"LISTEN": "tcp:81:interface=127.0.0.1"}).listen == "tcp:81:interface=127.0.0.1:backlog=4096"
+    assert with_backlog("tcp6:81:interface=\\:\\:1") == "tcp6:81:interface=\\:\\:1:backlog=4096"
+    assert with_backlog("unix:/run/if.sock") == "unix:/run/if.sock:backlog=4096"
+    assert with_backlog("tcp:81:backlog=10") == "tcp:81:backlog=10"
+    assert with_backlog("tcp:81:interface=\\:\\:1:backlog=10") == "tcp:81:interface=\\:\\:1:backlog=10"
+    assert with_backlog("systemd:domain=INET:index=0") == "systemd:domain=INET:index=0"
+    assert with_backlog("ssl:443:privateKey=k.pem") == "ssl:443:privateKey=k.pem"
 
 
 def test_empty_values_mean_default():
