@@ -18,7 +18,7 @@ routes run hot). At-least-once delivery:
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
 import attrs
 from twisted.application.service import Service
@@ -42,7 +42,8 @@ from ironfunctions.runner.records import (
 
 RouteLookup = Callable[[str, str], Awaitable[Route]]
 AppConfigLookup = Callable[[str], Awaitable[Mapping[str, str]]]
-RunCall = Callable[[Call], Awaitable[CallResult]]
+# A coroutine function (``Agent.run_call``): its calls go to ``Deferred.fromCoroutine``.
+RunCall = Callable[[Call], Coroutine[Any, Any, CallResult]]
 KillCall = Callable[[str], Awaitable[Any]]
 
 FIRST_LEASE_S = 60.0  # until the route (and so its timeout) is known
@@ -58,7 +59,8 @@ def lease_for(route: Route) -> float:
 
 def retry_delay(base: float, attempt: int) -> float:
     """Delay before attempt ``attempt + 1``: ``base``, doubling each attempt."""
-    return base * (2 ** max(0, attempt - 1))
+    factor: int = 2 ** max(0, attempt - 1)  # int ** int is Any in typeshed
+    return base * factor
 
 
 class AsyncWorkerService(Service):
@@ -106,7 +108,7 @@ class AsyncWorkerService(Service):
     # -- service
 
     def startService(self) -> None:  # noqa: N802
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         for n in range(self._num_workers):
             loop = Deferred.fromCoroutine(self._work(n))
             loop.addErrback(lambda f: self.log.failure("Async worker loop died", f))
@@ -115,7 +117,7 @@ class AsyncWorkerService(Service):
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop reserving; let running calls finish (bounded), then give back the
         leases of the ones that did not, so another node runs them at once."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         for wait in list(self._waits):
             wait.cancel()
 
@@ -229,6 +231,8 @@ class AsyncWorkerService(Service):
             return
         if result is not None:
             final = finished_record(record, result, now, keep_body=True)
+            # An async call's wait is its time in the queue plus its wait for a container.
+            final = attrs.evolve(final, wait_ms=(record.wait_ms or 0) + result.wait_ms)
             log = result.stderr
         else:
             final, log = failed_record(record, error, now), None

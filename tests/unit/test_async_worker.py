@@ -224,3 +224,13 @@ def test_sync_record_equals_the_two_step_record():
         result = CallResult("c1", status, body=b"b", error="e", exit_code=1, wait_ms=1, start_ms=2, run_ms=3)
         assert sync_record("c1", ROUTE, 100, result, 200) == finished_record(
             new_record("c1", ROUTE, 100), result, 200, keep_body=False)
+
+
+def test_async_wait_includes_the_time_in_the_queue():
+    h = Harness()
+    h.submit()
+    h.clock.advance(2.5)  # queued, no worker yet
+    h.worker.startService()
+    rec = h.record()
+    assert rec.status == "success" and rec.wait_ms == 2500
+    h.worker.stopService()
