@@ -29,11 +29,11 @@ class IronFunctionsService(MultiService):
     log = Logger()
 
     def __init__(self, observer: ILogObserver | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._observer = observer
 
     def setServiceParent(self, parent: Any) -> None:  # noqa: N802 (Twisted API)
-        super().setServiceParent(parent)
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
         if self._observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self._observer)
 
@@ -86,7 +86,7 @@ class BackendService(Service):
         return d
 
     def startService(self) -> None:  # noqa: N802
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addErrback(self._start_failed)
 
@@ -117,7 +117,7 @@ class BackendService(Service):
             return
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._starting is not None:
             self._starting.cancel()
         self._ready = False
@@ -144,7 +144,7 @@ class PeriodicService(Service):
             self.log.warn("{name} failed: {error}", name=self.name, error=str(e))
 
     def startService(self) -> None:  # noqa: N802
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self._tick()))
         self._loop.clock = self._clock
         self._loop.start(self._interval, now=False).addErrback(
@@ -152,7 +152,7 @@ class PeriodicService(Service):
         )
 
     def stopService(self) -> Deferred[None] | None:  # noqa: N802
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return None

@@ -137,15 +137,15 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     datastore = datastore_from_url(config.db_url, reactor)
     datastore_service = BackendService("datastore", datastore, reactor)
-    datastore_service.setServiceParent(root)
+    datastore_service.setServiceParent(root)  # type: ignore[no-untyped-call]
     route_cache = RouteCache(datastore, reactor)
     queue = queue_from_url(config.mq_url, reactor)
-    BackendService("queue", queue, reactor).setServiceParent(root)
+    BackendService("queue", queue, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
 
     # Containers: the driver's pools start first and stop last; the agent cleans up
     # this node's leftover containers at start and drains in-flight calls at stop.
     driver = DockerDriver(reactor, config.max_concurrency, base_url=config.docker_host)
-    driver.setServiceParent(root)
+    driver.setServiceParent(root)  # type: ignore[no-untyped-call]
     # Cold and hot (format "http") runners share the node's container slots.
     slots = Slots(config.max_concurrency, reactor, DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size)
@@ -155,8 +155,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # Sync call records are batched off the request path; the recorder stops after the
     # agent has drained, so the last calls' records are written too.
     recorder = CallRecorder(datastore.calls, reactor, metrics)
-    recorder.setServiceParent(root)
-    agent.setServiceParent(root)
+    recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
+    agent.setServiceParent(root)  # type: ignore[no-untyped-call]
     app_configs = AppConfigCache(datastore, reactor)
     route_cache.on_invalidate(app_configs.invalidate)
 
@@ -167,16 +167,17 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     submitter = AsyncSubmitter(queue, datastore.calls, reactor, metrics)
     if config.num_async:
-        AsyncWorkerService(
+        workers = AsyncWorkerService(
             queue, datastore.calls, route_cache.lookup, app_configs.lookup, agent.run_call, kill_call,
             reactor, metrics, config.num_async, config.async_max_attempts, config.async_retry_delay,
-        ).setServiceParent(root)
+        )
+        workers.setServiceParent(root)  # type: ignore[no-untyped-call]
 
     async def report_node_gauges() -> None:
         metrics.gauge("containers.running", slots.in_use)
         metrics.gauge("queue.depth", await queue.depth())
 
-    PeriodicService("node-gauges", 5.0, report_node_gauges, reactor).setServiceParent(root)
+    PeriodicService("node-gauges", 5.0, report_node_gauges, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     invoke = InvokeResource(
         route_cache.lookup, app_configs.lookup, agent.run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor,

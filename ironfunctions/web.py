@@ -32,38 +32,46 @@ class LimitedRequest(Request):
             if length is not None and length > self.max_request_size * _ABORT_FACTOR:
                 self._refuse()
             return
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_size += len(data)
         if not self._too_large and self._body_size > self.max_request_size:
             self._too_large = True
-            self.content.close()
+            if self.content is not None:
+                self.content.close()
             self.content = io.BytesIO()
         if self._too_large:
             if self._body_size > self.max_request_size * _ABORT_FACTOR:
-                self.channel.transport.loseConnection()
+                self._close()
             return
-        super().handleContentChunk(data)
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+    def _close(self) -> None:
+        if self.channel.transport is not None:
+            self.channel.transport.loseConnection()
 
     def _refuse(self) -> None:
         """Answer 413 now and close: the client announced far too much to read it all."""
         body = error_body(f"Request body too large (limit {self.max_request_size} bytes)")
-        self.channel.transport.write(
+        transport = self.channel.transport
+        if transport is None:  # already disconnected
+            return
+        transport.write(
             b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
         )
-        self.channel.transport.loseConnection()
+        transport.loseConnection()
 
     def process(self) -> None:
         if getattr(self, "_too_large", False):
             self.setResponseCode(413)
-            self.setHeader(b"content-type", b"application/json")
-            self.setHeader(b"connection", b"close")
-            self.write(error_body(f"Request body too large (limit {self.max_request_size} bytes)"))
-            self.finish()
+            self.setHeader(b"content-type", b"application/json")  # type: ignore[no-untyped-call]
+            self.setHeader(b"connection", b"close")  # type: ignore[no-untyped-call]
+            self.write(error_body(f"Request body too large (limit {self.max_request_size} bytes)"))  # type: ignore[no-untyped-call]
+            self.finish()  # type: ignore[no-untyped-call]
             return
-        super().process()
+        super().process()  # type: ignore[no-untyped-call]
 
 
 class ApiSite(Site):
@@ -90,7 +98,7 @@ def make_site(resource: IResource, max_request_size: int, log_access: bool = Fal
         pass
 
     _Request.max_request_size = max_request_size
-    site = ApiSite(resource, requestFactory=_Request)
+    site = ApiSite(resource, requestFactory=_Request)  # type: ignore[no-untyped-call]
     site.log_access = log_access
     site.displayTracebacks = False
     site.noisy = False

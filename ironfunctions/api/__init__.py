@@ -122,11 +122,11 @@ class _ErrorResource(Resource):
     isLeaf = True
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._status = status
         self._message = message
 
-    def render(self, request: IRequest) -> bytes:  # type: ignore[override]
+    def render(self, request: IRequest) -> bytes:
         return write_error(request, self._status, self._message)
 
 
@@ -134,7 +134,7 @@ class RootResource(Resource):
     """Sends ``/r/...`` to the invoke resource and the rest to Klein."""
 
     def __init__(self, main: IResource, invoke: IResource | None, ready: Callable[[], bool]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._main = main
         self._invoke = invoke
         self._ready = ready
@@ -148,7 +148,7 @@ class RootResource(Resource):
         request.postpath.insert(0, request.prepath.pop())
         return self._main
 
-    def render(self, request: IRequest) -> bytes:  # type: ignore[override]
+    def render(self, request: IRequest) -> bytes:
         return json_response(request, {"error": {"message": "Not Found"}}, status=404)
 
 

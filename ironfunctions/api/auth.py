@@ -9,7 +9,7 @@ from ironfunctions.errors import Unauthorized
 
 
 def bearer_token(request: IRequest) -> str | None:
-    raw = request.getHeader(b"authorization")
+    raw: bytes | None = request.getHeader(b"authorization")  # IRequest is unannotated
     if not raw:
         return None
     header = raw.decode("latin-1")

@@ -62,7 +62,7 @@ def write_error(request: IRequest, status: int, message: str, **extra: Any) -> b
 def render_failure(request: IRequest, failure: Failure) -> bytes:
     """Turn any failure into the right status and JSON error body."""
     exc = failure.value
-    status = status_for(exc)
+    status = status_for(exc) if exc is not None else None
     if status is not None:
         return write_error(request, status, str(exc))
     if isinstance(exc, NotFound):
@@ -81,5 +81,5 @@ def install_error_handler(app: Klein) -> None:
     """Route every exception raised by ``app``'s handlers through ``render_failure``."""
 
     @app.handle_errors(Exception)
-    def _handle(instance: object, request: IRequest, failure: Failure) -> bytes:
+    def _handle(self: object, request: IRequest, failure: Failure) -> bytes:  # names as in KleinErrorMethod
         return render_failure(request, failure)

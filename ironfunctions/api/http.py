@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 from klein import Klein
 from werkzeug.routing import BaseConverter
@@ -41,7 +41,7 @@ def json_response(request: IRequest, value: Any, status: int = 200) -> bytes:
 
 def body_of(request: IRequest) -> bytes:
     """The whole request body (its size was already bounded by the Site)."""
-    content = request.content
+    content: IO[bytes] | None = request.content  # IRequest is unannotated
     if content is None:
         return b""
     content.seek(0)

@@ -16,21 +16,21 @@ CallChange = Callable[[CallRecord], CallRecord]
 class ICallStore(Interface):
     """Where call records live. Raise ``DatastoreUnavailable`` when the backend is down."""
 
-    async def put_calls(calls: list[CallRecord]) -> None:  # type: ignore[misc]
+    async def put_calls(calls: list[CallRecord]) -> None:
         """Insert or replace each call (by id), all in one transaction."""
 
-    async def get_call(app_name: str, call_id: str) -> CallRecord:  # type: ignore[misc]
+    async def get_call(app_name: str, call_id: str) -> CallRecord:
         """Return the call. Raise ``CallNotFound`` (also for another app's call)."""
 
-    async def list_calls(query: CallQuery) -> CallPage:  # type: ignore[misc]
+    async def list_calls(query: CallQuery) -> CallPage:
         """One page of the app's calls matching ``query``, newest first."""
 
-    async def update_call(app_name: str, call_id: str, change: CallChange) -> CallRecord:  # type: ignore[misc]
+    async def update_call(app_name: str, call_id: str, change: CallChange) -> CallRecord:
         """Atomically replace the call by ``change(call)``; ``change`` may raise to abort
         with nothing written. Raise ``CallNotFound``."""
 
-    async def put_log(app_name: str, call_id: str, log: bytes) -> None:  # type: ignore[misc]
+    async def put_log(app_name: str, call_id: str, log: bytes) -> None:
         """Store (replace) the call's log (already capped by the caller)."""
 
-    async def get_log(app_name: str, call_id: str) -> bytes:  # type: ignore[misc]
+    async def get_log(app_name: str, call_id: str) -> bytes:
         """The call's log (empty if it wrote none). Raise ``CallNotFound``."""

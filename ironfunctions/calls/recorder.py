@@ -61,7 +61,7 @@ class CallRecorder(Service):
         return len(self._pending)
 
     def startService(self) -> None:  # noqa: N802
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self._clock
         self._loop.start(self._interval, now=False).addErrback(
@@ -98,7 +98,7 @@ class CallRecorder(Service):
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop the loop and make one last attempt to write what is pending."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 

@@ -23,23 +23,23 @@ class IDatastore(Interface):
 
     calls = Attribute("An ICallStore over the same database: call records and logs.")
 
-    async def start() -> None:  # type: ignore[misc]
+    async def start() -> None:
         """Connect and bring the schema up to date. Called once, by the datastore's
         service, before any other method. Raise ``DatastoreUnavailable``."""
 
-    async def ping() -> None:  # type: ignore[misc]
+    async def ping() -> None:
         """Return when the backend answers; raise ``DatastoreUnavailable`` otherwise."""
 
-    async def insert_app(app: App) -> App:  # type: ignore[misc]
+    async def insert_app(app: App) -> App:
         """Store a new app and return it. Raise ``AppAlreadyExists``."""
 
-    async def get_app(name: str) -> App:  # type: ignore[misc]
+    async def get_app(name: str) -> App:
         """Return the app. Raise ``AppNotFound``."""
 
-    async def get_apps() -> list[App]:  # type: ignore[misc]
+    async def get_apps() -> list[App]:
         """Return every app, sorted by name."""
 
-    async def update_app(name: str, change: AppChange) -> App:  # type: ignore[misc]
+    async def update_app(name: str, change: AppChange) -> App:
         """Atomically replace the app by ``change(app)`` and return the new value.
 
         ``change`` is a pure function; it may raise (e.g. ``ValidationError``) to abort,
@@ -47,40 +47,40 @@ class IDatastore(Interface):
         The name cannot change: the returned app keeps the stored name.
         """
 
-    async def remove_app(name: str) -> None:  # type: ignore[misc]
+    async def remove_app(name: str) -> None:
         """Delete the app. Raise ``AppNotFound``, or ``AppHasRoutes`` if it has routes."""
 
-    async def insert_route(route: Route) -> Route:  # type: ignore[misc]
+    async def insert_route(route: Route) -> Route:
         """Store a new route. Raise ``AppNotFound`` if its app does not exist,
         ``RouteAlreadyExists`` if the app has a route at that path."""
 
-    async def put_route(route: Route) -> tuple[Route, bool]:  # type: ignore[misc]
+    async def put_route(route: Route) -> tuple[Route, bool]:
         """Create or replace the route; return it and whether it was created.
         Raise ``AppNotFound`` if its app does not exist."""
 
-    async def get_route(app_name: str, path: str) -> Route:  # type: ignore[misc]
+    async def get_route(app_name: str, path: str) -> Route:
         """Return the route. Raise ``RouteNotFound`` (also when the app is missing)."""
 
-    async def get_routes(  # type: ignore[misc]
+    async def get_routes(
         app_name: str | None = None, image: str | None = None
     ) -> list[Route]:
         """Return routes, filtered by app and/or image, sorted by (app_name, path)."""
 
-    async def update_route(app_name: str, path: str, change: RouteChange) -> Route:  # type: ignore[misc]
+    async def update_route(app_name: str, path: str, change: RouteChange) -> Route:
         """Atomically replace the route by ``change(route)`` and return the new value.
 
         As ``update_app``: ``change`` may raise to abort. App name and path cannot
         change. Raise ``RouteNotFound``.
         """
 
-    async def remove_route(app_name: str, path: str) -> None:  # type: ignore[misc]
+    async def remove_route(app_name: str, path: str) -> None:
         """Delete the route. Raise ``RouteNotFound``."""
 
-    async def put_extra(key: str, value: bytes) -> None:  # type: ignore[misc]
+    async def put_extra(key: str, value: bytes) -> None:
         """Store ``value`` under ``key`` (replacing any previous value)."""
 
-    async def get_extra(key: str) -> bytes | None:  # type: ignore[misc]
+    async def get_extra(key: str) -> bytes | None:
         """Return the value stored under ``key``, or None."""
 
-    async def close() -> None:  # type: ignore[misc]
+    async def close() -> None:
         """Release connections and threads. The datastore is unusable afterwards."""

@@ -109,21 +109,21 @@ def lease_of(held: Reservation | Lease) -> Lease:
 class IMessageQueue(Interface):
     """Where async calls wait for a worker. Shared by every node of a cluster."""
 
-    async def start() -> None:  # type: ignore[misc]
+    async def start() -> None:
         """Connect (and bring a schema up to date). Called once, by the queue's service,
         before any other method; calling it again after a failure retries.
         Raise ``QueueUnavailable``."""
 
-    async def ping() -> None:  # type: ignore[misc]
+    async def ping() -> None:
         """Return when the backend answers; raise ``QueueUnavailable`` otherwise."""
 
-    async def push(item: QueueItem, delay: float = 0) -> bool:  # type: ignore[misc]
+    async def push(item: QueueItem, delay: float = 0) -> bool:
         """Store ``item`` durably (as durable as the backend is) and return True once
         it is stored; it can be reserved ``delay`` seconds from now. Return False, and
         change nothing, if an item with that ``call_id`` is already queued or reserved.
         Wakes a waiting ``reserve``. Raise ``QueueUnavailable``."""
 
-    async def reserve(lease_seconds: float, timeout: float = 0) -> Reservation | None:  # type: ignore[misc]
+    async def reserve(lease_seconds: float, timeout: float = 0) -> Reservation | None:
         """Take the first visible item (priority, then FIFO) for ``lease_seconds``.
 
         If none is visible, wait up to ``timeout`` seconds for one (a push on this
@@ -133,28 +133,28 @@ class IMessageQueue(Interface):
         expires. Cancelling the returned Deferred ends the wait.
         """
 
-    async def ack(held: Reservation | Lease) -> None:  # type: ignore[misc]
+    async def ack(held: Reservation | Lease) -> None:
         """Delete the reserved item: its call is done. Raise ``LeaseLost`` if the lease
         has expired, was released, or the item was removed or delivered again."""
 
-    async def renew(held: Reservation | Lease, lease_seconds: float) -> None:  # type: ignore[misc]
+    async def renew(held: Reservation | Lease, lease_seconds: float) -> None:
         """Extend the lease to ``lease_seconds`` from now (for long calls).
         Raise ``LeaseLost`` as ``ack``."""
 
-    async def release(held: Reservation | Lease, delay: float = 0) -> None:  # type: ignore[misc]
+    async def release(held: Reservation | Lease, delay: float = 0) -> None:
         """Give the item back, at its old place in order, reservable again ``delay``
         seconds from now (retry with backoff). The next delivery's ``attempt`` is one
         higher. Raise ``LeaseLost`` as ``ack``."""
 
-    async def remove(call_id: str) -> bool:  # type: ignore[misc]
+    async def remove(call_id: str) -> bool:
         """Delete the item ``call_id`` whether it waits or is reserved (cancelling a
         call); return whether it was there. A holder's later ack/renew/release raises
         ``LeaseLost``."""
 
-    async def depth() -> int:  # type: ignore[misc]
+    async def depth() -> int:
         """Items waiting to run: visible or delayed, not under a live lease (the
         ``queue.depth`` gauge)."""
 
-    async def close() -> None:  # type: ignore[misc]
+    async def close() -> None:
         """Release connections and threads; waiting ``reserve`` calls return None.
         The queue is unusable afterwards."""

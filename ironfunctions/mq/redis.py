@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import txredisapi  # type: ignore[import-untyped]
+import txredisapi  # untyped: ignore_missing_imports in mypy.ini
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError, ConnectionLost
