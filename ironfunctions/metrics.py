@@ -67,6 +67,10 @@ class LogMetrics:
         self._coalesce = coalesce
         self._pending: list[str] = []
 
+    def flush(self) -> None:
+        """Emit the lines waiting to be coalesced now (also done at daemon stop)."""
+        self._flush()
+
     def _flush(self) -> None:
         lines, self._pending = self._pending, []
         if lines:

@@ -156,3 +156,16 @@ class PeriodicService(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return None
+
+
+class FlushOnStopService(Service):
+    """Calls ``flush`` when the daemon stops. Added first to the root, it stops last,
+    so buffered output (coalesced metric lines) of the last calls is not lost."""
+
+    def __init__(self, name: str, flush: Callable[[], None]) -> None:
+        self.name = name
+        self._flush = flush
+
+    def stopService(self) -> None:  # noqa: N802
+        super().stopService()  # type: ignore[no-untyped-call]
+        self._flush()

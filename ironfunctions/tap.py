@@ -38,7 +38,7 @@ from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.agent import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Agent, ColdRunner
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
-from ironfunctions.services import BackendService, IronFunctionsService, PeriodicService
+from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService, PeriodicService
 from ironfunctions.web import make_site
 
 # (option name, env var, help). Defaults are resolved in Config.from_sources.
@@ -125,7 +125,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     config: Config = options["config"]
     root = IronFunctionsService(make_observer(config.log_level))
 
-    sinks: list[Any] = [LogMetrics(reactor)]
+    log_metrics = LogMetrics(reactor)
+    FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
+    sinks: list[Any] = [log_metrics]
     prometheus = PrometheusMetrics()
     sinks.append(prometheus)
     if config.statsd_url:

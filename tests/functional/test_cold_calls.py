@@ -232,3 +232,25 @@ def test_leftover_containers_of_this_node_are_removed_at_start_and_at_stop(test_
         assert containers(f"{LABEL_NODE}=crash-node") == []
     finally:
         subprocess.run(["docker", "rm", "-f", mine, other], capture_output=True)
+
+
+def test_metrics_also_go_to_statsd_over_udp(test_images, daemon_factory):  # noqa: F811
+    """STATSD_URL: each call's figures arrive as statsd datagrams (overall and per app)."""
+    import socket
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(10)
+    port = sink.getsockname()[1]
+    try:
+        d = daemon_factory(env={"STATSD_URL": f"udp://127.0.0.1:{port}"})
+        d.post("/v1/apps/statsapp/routes", {"route": {"path": "/cat", "image": image_tag("cat")}})
+        assert d.post("/r/statsapp/cat", "x").status == 200
+        lines: list[str] = []
+        deadline = time.monotonic() + 10
+        while "run.statsapp.exec_time" not in "".join(lines) and time.monotonic() < deadline:
+            lines.extend(sink.recv(65536).decode().splitlines())
+        assert "run.requests:1|c" in lines and "run.statsapp.requests:1|c" in lines
+        assert any(line.startswith("run.exec_time:") and line.endswith("|ms") for line in lines)
+    finally:
+        sink.close()

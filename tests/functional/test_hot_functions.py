@@ -185,6 +185,8 @@ def test_stderr_is_logged_with_the_call_id_and_metrics_are_per_call(hot):
     call_id = reply.header("fn-call-id")
     assert reply.status == 200
     wait_for(lambda: f"log {call_id}" in hot.log())
+    # Metric lines are coalesced: they follow within 50 ms.
+    wait_for(lambda: f"metric=run.succeeded value=1 type=count app=hotapp path=/log call_id={call_id}" in hot.log())
     lines = hot.log().splitlines()
     assert any(f"log {call_id}" in line and f"call_id={call_id}" in line for line in lines)
     assert any("metric=run.requests " in line and f"call_id={call_id}" in line for line in lines)
