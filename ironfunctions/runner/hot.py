@@ -33,34 +33,21 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from ironfunctions.drivers.interface import IAttachedContainer, IContainerDriver, IContainerStream
+from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import Overloaded
 from ironfunctions.metrics import IMetrics
-from ironfunctions.models import CALL_ERROR, CALL_SUCCESS, CALL_TIMEOUT, Call, CallResult, Route
+from ironfunctions.models import Call, CallResult, Route
 from ironfunctions.runner.admission import Slots
+from ironfunctions.runner.hot_container import HotContainer, ms
 from ironfunctions.runner.protocol import (
-    OversizedResponse,
-    ProtocolError,
     RequestEncoder,
-    ResponseParser,
     hot_container_spec,
 )
 
 DEFAULT_MAX_WAITING = 1000
 REMOVE_TIMEOUT_S = 30.0
-STDERR_LIMIT = 1024 * 1024
-
-EXITED = "Function exited unexpectedly"
-TIMED_OUT = "Timed out"
-TOO_LARGE = "Function response too large"
-
 log = Logger()
-
-
-def _ms(seconds: float) -> int:
-    return int(round(seconds * 1000))
 
 
 class HotRunner:
@@ -205,8 +192,8 @@ class RoutePool:
         waited = self._clock.seconds() - queued_at
         start_ms = 0
         if container.calls == 0:  # started for the waiting calls: part of the wait was its start
-            start_ms = min(container.start_ms, _ms(waited))
-        return await container.serve(call, max(0, _ms(waited) - start_ms), start_ms)
+            start_ms = min(container.start_ms, ms(waited))
+        return await container.serve(call, max(0, ms(waited) - start_ms), start_ms)
 
     # -- waiting and starting
 
@@ -269,7 +256,7 @@ class RoutePool:
             return
         self._starting -= 1
         container.attached = attached
-        container.start_ms = _ms(self._clock.seconds() - began)
+        container.start_ms = ms(self._clock.seconds() - began)
         self._live.add(container)
         self._gauge()
         log.debug("Started hot container {container_id}", container_id=attached.container_id, **self._fields)
@@ -379,198 +366,3 @@ class RoutePool:
     def _check_drained(self) -> None:
         if self.retired and not self._live and not self._starting and not self._waiters:
             self._runner._drained(self)
-
-
-@implementer(IContainerStream)
-class HotContainer:
-    """One hot container: its attached stream, the call in flight, its timer."""
-
-    def __init__(self, pool: RoutePool, began: float) -> None:
-        self._pool = pool
-        self._clock = pool._clock
-        self.attached: IAttachedContainer | None = None
-        self.start_ms = 0
-        self.calls = 0
-        self.dead = False
-        self.removed: Deferred[None] = Deferred()
-        self._parser = ResponseParser(pool.max_response_size, self._response)
-        self._call: Call | None = None
-        self._done: Deferred[CallResult] | None = None
-        self._wait_ms = 0
-        self._start_ms = 0
-        self._began = 0.0
-        self._deadline = 0.0
-        self._idle_since = began
-        self._stderr: list[bytes] = []
-        self._stderr_size = 0
-        self._timer: IDelayedCall | None = None
-
-    @property
-    def container_id(self) -> str:
-        return self.attached.container_id if self.attached is not None else ""
-
-    # -- a call
-
-    def serve(self, call: Call, wait_ms: int, start_ms: int) -> Deferred[CallResult]:
-        """Write ``call``'s request; the Deferred fires with its result."""
-        assert self.attached is not None and self._call is None and not self.dead
-        self._call = call
-        self.calls += 1
-        self._wait_ms = wait_ms
-        self._start_ms = start_ms
-        now = self._clock.seconds()
-        self._began = now
-        self._deadline = deadline = now + call.route.timeout
-        timer = self._timer
-        if timer is None or timer.getTime() > deadline:
-            self._arm(deadline)
-        d: Deferred[CallResult] = Deferred()
-        self._done = d
-        self._parser.expect()
-        self.attached.write(self._pool.encoder.encode(call))
-        return d
-
-    def _response(self, code: int, headers: Mapping[str, list[str]], body: bytes, rest: bytes) -> None:
-        call = self._call
-        assert call is not None
-        if rest:
-            self._fail("Invalid function response: more than one response to a request")
-            return
-        echoed = headers.get("Fn-Call-Id")
-        if echoed is not None and echoed != [call.id]:
-            self._fail("Invalid function response: answer to another call")
-            return
-        result = CallResult(
-            call_id=call.id,
-            status=CALL_SUCCESS,
-            body=body,
-            stderr=self._take_stderr(),
-            status_code=code,
-            headers=headers,
-            wait_ms=self._wait_ms,
-            start_ms=self._start_ms,
-            run_ms=_ms(self._clock.seconds() - self._began),
-        )
-        done = self._done
-        assert done is not None
-        self._call = self._done = None
-        # Hand the container on first, so the next call's request is on its way
-        # while this call's answer is written.
-        self._pool.available(self)
-        done.callback(result)
-
-    def _take_stderr(self) -> bytes:
-        if not self._stderr:
-            return b""
-        stderr = b"".join(self._stderr)
-        self._stderr = []
-        self._stderr_size = 0
-        return stderr
-
-    def _end_call(self, status: str, error: str) -> None:
-        """End the call in flight (if any) with an error result."""
-        call, done = self._call, self._done
-        self._call = self._done = None
-        if call is None or done is None:
-            return
-        result = CallResult(
-            call_id=call.id, status=status, error=error, stderr=self._take_stderr(),
-            wait_ms=self._wait_ms, start_ms=self._start_ms,
-            run_ms=_ms(self._clock.seconds() - self._began),
-        )
-        done.callback(result)
-
-    def _fail(self, error: str) -> None:
-        """The container is out of step: kill it; the call in flight gets ``error``."""
-        call = self._call
-        log.warn("Killing hot container {container_id}: {error}", container_id=self.container_id,
-                 error=error, call_id=call.id if call else None, **self._pool._fields)
-        self._pool._kill(self)
-        self._end_call(CALL_ERROR, error)
-
-    def _timed_out(self) -> None:
-        """The call overran its timeout: kill the container, then answer 504."""
-        call = self._call
-        assert call is not None
-        log.info("Call {call_id} timed out; killing hot container {container_id}",
-                 call_id=call.id, container_id=self.container_id, **self._pool._fields)
-        removed = self._pool._kill(self)
-
-        def answer(_: object) -> None:
-            self._end_call(CALL_TIMEOUT, TIMED_OUT)
-
-        removed.addBoth(answer)
-
-    # -- timer: one per container, moved only when it would fire too late
-
-    def went_idle(self) -> None:
-        now = self._clock.seconds()
-        self._idle_since = now
-        at = now + self._pool.route.idle_timeout
-        timer = self._timer
-        if timer is None or timer.getTime() > at:
-            self._arm(at)
-
-    def _arm(self, at: float) -> None:
-        delay = max(0.0, at - self._clock.seconds())
-        if self._timer is None:
-            self._timer = self._clock.callLater(delay, self._tick)
-        else:
-            self._timer.reset(delay)
-
-    def cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self.dead:
-            return
-        now = self._clock.seconds()
-        if self._call is not None:
-            if now >= self._deadline:
-                self._timed_out()
-            else:
-                self._arm(self._deadline)
-        else:
-            expires = self._idle_since + self._pool.route.idle_timeout
-            if now >= expires:
-                self._pool.expired(self)
-            else:
-                self._arm(expires)
-
-    # -- IContainerStream
-
-    def stdout_received(self, data: bytes) -> None:
-        if self.dead:
-            return
-        try:
-            self._parser.feed(data)
-        except OversizedResponse:
-            self._fail(TOO_LARGE)
-        except ProtocolError as e:
-            self._fail(f"Invalid function response: {e}")
-
-    def stderr_received(self, data: bytes) -> None:
-        if self._call is not None:
-            if self._stderr_size < STDERR_LIMIT:
-                self._stderr.append(data[: STDERR_LIMIT - self._stderr_size])
-                self._stderr_size += len(data)
-        elif not self.dead:
-            for line in data.decode("utf-8", "replace").splitlines():
-                log.info("{line}", line=line, stream="stderr", container_id=self.container_id,
-                         **self._pool._fields)
-
-    def stream_closed(self) -> None:
-        if self.dead:
-            return  # we are removing it
-        self.dead = True
-        if self.attached is None:
-            return  # still starting; the pool removes it once started
-        if self._call is not None:
-            log.warn("Hot container {container_id} exited during call {call_id}",
-                     container_id=self.container_id, call_id=self._call.id, **self._pool._fields)
-        self._pool._lost(self)
-        self._end_call(CALL_ERROR, EXITED)
-
