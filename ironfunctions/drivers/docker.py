@@ -15,7 +15,6 @@ kill), and the remove happens after the result has been handed back.
 from __future__ import annotations
 
 import os
-import selectors
 import socket
 import threading
 import time
@@ -28,15 +27,15 @@ import docker.utils
 import requests.exceptions
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorFromThreads, IReactorSocket
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IReactorFromThreads, IReactorSocket
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from ironfunctions.drivers.attach import AttachedContainer, AttachProtocol, OneProtocolFactory
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerDriver, IContainerStream
-from ironfunctions.drivers.stream import STDOUT, Demuxer
+from ironfunctions.drivers.pump import pump
 from ironfunctions.errors import ContainerNotFound, DockerUnavailable, ImageNotFound
 from ironfunctions.models import ContainerResult, ContainerSpec
 
@@ -44,7 +43,6 @@ from ironfunctions.models import ContainerResult, ContainerSpec
 # version request (blocking I/O) when the client is built.
 DEFAULT_API_VERSION = "1.41"
 _ATTACH = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-_READ_SIZE = 65536
 
 
 @implementer(IContainerDriver)
@@ -261,7 +259,7 @@ class DockerDriver(Service):
                 self._api.start(container_id)
                 started = time.monotonic()
                 deadline = started + spec.timeout_s
-                output = _pump(
+                output = pump(
                     sock, spec.stdin, deadline, spec.stdout_limit, spec.stderr_limit,
                     lambda: self._control_pool.callInThread(self._kill_blocking, container_id),
                 )
@@ -320,105 +318,12 @@ class DockerDriver(Service):
         family = sock.family
         fd = sock.detach()  # the requests response still references the socket object
         try:
-            protocol = _AttachProtocol(stream)
+            protocol = AttachProtocol(stream)
             reactor: IReactorSocket = self._reactor
-            reactor.adoptStreamConnection(fd, family, _OneProtocolFactory(protocol))  # type: ignore[arg-type]
+            reactor.adoptStreamConnection(fd, family, OneProtocolFactory(protocol))  # type: ignore[arg-type]
         finally:
             os.close(fd)  # the reactor holds its own duplicate
-        return _AttachedContainer(container_id, protocol)
-
-
-class _PumpResult:
-    __slots__ = ("stdout", "stderr", "stdout_truncated", "stderr_truncated", "timed_out")
-
-    def __init__(self) -> None:
-        self.stdout = b""
-        self.stderr = b""
-        self.stdout_truncated = False
-        self.stderr_truncated = False
-        self.timed_out = False
-
-
-def _pump(
-    sock: socket.socket,
-    stdin: bytes,
-    deadline: float,
-    stdout_limit: int,
-    stderr_limit: int,
-    on_overflow: Callable[[], None],
-) -> _PumpResult:
-    """Write ``stdin`` and read the demultiplexed output until the engine closes the
-    stream, in one thread (writing while reading, so neither side can block the other),
-    or until ``deadline``. Output over a limit is dropped; stdout over its limit calls
-    ``on_overflow`` (which kills the container from another thread) and the stream is
-    drained to its end meanwhile: the engine may not finish a kill while its copy of
-    the output to us is blocked."""
-    result = _PumpResult()
-    stdout, stderr = bytearray(), bytearray()
-    demuxer = Demuxer()
-    sock.setblocking(False)
-    pending = memoryview(stdin)
-    selector = selectors.DefaultSelector()
-    if pending:
-        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-    else:
-        sock.shutdown(socket.SHUT_WR)
-        selector.register(sock, selectors.EVENT_READ)
-    writing = bool(pending)
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                result.timed_out = True
-                break
-            events = selector.select(remaining)
-            if not events:
-                continue
-            mask = events[0][1]
-            if writing and mask & selectors.EVENT_WRITE:
-                try:
-                    sent = sock.send(pending[:_READ_SIZE])
-                    pending = pending[sent:]
-                except BlockingIOError:
-                    pass
-                except OSError:  # the container exited without reading it all
-                    pending = pending[:0]
-                if not pending:
-                    writing = False
-                    try:
-                        sock.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
-                    selector.modify(sock, selectors.EVENT_READ)
-            if mask & selectors.EVENT_READ:
-                try:
-                    data = sock.recv(_READ_SIZE)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    break
-                for stream, payload in demuxer.feed(data):
-                    if stream == STDOUT:
-                        if len(stdout) + len(payload) > stdout_limit:
-                            if not result.stdout_truncated:
-                                result.stdout_truncated = True
-                                on_overflow()
-                            stdout += payload[: max(0, stdout_limit - len(stdout))]
-                        else:
-                            stdout += payload
-                    else:
-                        if len(stderr) + len(payload) > stderr_limit:
-                            result.stderr_truncated = True
-                            stderr += payload[: max(0, stderr_limit - len(stderr))]
-                        else:
-                            stderr += payload
-    finally:
-        selector.close()
-    result.stdout = bytes(stdout)
-    result.stderr = bytes(stderr)
-    return result
+        return AttachedContainer(container_id, protocol)
 
 
 def _ms(seconds: float) -> int:
@@ -435,62 +340,3 @@ def _translate(failure: Failure) -> Failure:
     if isinstance(error, (docker.errors.DockerException, requests.exceptions.RequestException, OSError)):
         return Failure(DockerUnavailable(f"container engine error: {error}"))
     return failure
-
-
-@implementer(IHalfCloseableProtocol)
-class _AttachProtocol(Protocol):
-    """Demultiplexes an adopted attach stream into an ``IContainerStream``."""
-
-    def __init__(self, stream: IContainerStream) -> None:
-        self._stream = stream
-        self._demuxer = Demuxer()
-        self._closed = False
-
-    def dataReceived(self, data: bytes) -> None:
-        for kind, payload in self._demuxer.feed(data):
-            if kind == STDOUT:
-                self._stream.stdout_received(payload)
-            else:
-                self._stream.stderr_received(payload)
-
-    def readConnectionLost(self) -> None:
-        self._close()
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._stream.stream_closed()
-
-
-class _OneProtocolFactory(Factory):
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self._protocol
-
-
-@implementer(IAttachedContainer)
-class _AttachedContainer:
-    def __init__(self, container_id: str, protocol: _AttachProtocol) -> None:
-        self.container_id = container_id
-        self._protocol = protocol
-
-    def write(self, data: bytes) -> None:
-        assert self._protocol.transport is not None
-        self._protocol.transport.write(data)
-
-    def close_stdin(self) -> None:
-        transport = self._protocol.transport
-        if transport is not None:
-            transport.loseWriteConnection()  # type: ignore[attr-defined]
-
-
