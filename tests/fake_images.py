@@ -68,6 +68,6 @@ FAKE_IMAGES: dict[str, Behaviour] = {
 }
 
 
-def fake_driver(clock) -> FakeDriver:  # type: ignore[no-untyped-def]
+def fake_driver(clock, hot_transport: str = "attach") -> FakeDriver:  # type: ignore[no-untyped-def]
     """A ``FakeDriver`` that knows every test image."""
-    return FakeDriver(clock, FAKE_IMAGES)
+    return FakeDriver(clock, FAKE_IMAGES, hot_transport=hot_transport)

@@ -125,3 +125,19 @@ def test_images() -> dict[str, str]:
     """Docker is running and every test image exists; name -> tag."""
     ensure_dockerd()
     return build_test_images()
+
+
+def ensure_bridge() -> str:
+    """The static bridge of ``HOT_TRANSPORT=socket`` (``ironfunctions/bridge``), built
+    with gcc when missing or older than its source, as ``scripts/setup.sh`` does."""
+    from ironfunctions import bridge
+
+    if not os.path.exists(bridge.BINARY) or os.path.getmtime(bridge.BINARY) < os.path.getmtime(bridge.SOURCE):
+        bridge.build()
+    return bridge.BINARY
+
+
+@pytest.fixture(scope="session")
+def bridge_binary() -> str:
+    """Path of the built static bridge."""
+    return ensure_bridge()

@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from typing import Any, Callable, Mapping
 
 import docker
@@ -33,7 +34,11 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from ironfunctions import bridge
 from ironfunctions.drivers.attach import AttachedContainer, AttachProtocol, OneProtocolFactory
+from ironfunctions.drivers.bridged import (
+    BRIDGE_IN_CONTAINER, SOCKET_DIR_IN_CONTAINER, SOCKET_NAME, BridgedContainer, SocketDirs, listen,
+)
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerDriver, IContainerStream
 from ironfunctions.drivers.pump import pump
 from ironfunctions.errors import ContainerNotFound, DockerUnavailable, ImageNotFound
@@ -43,6 +48,8 @@ from ironfunctions.models import ContainerResult, ContainerSpec
 # version request (blocking I/O) when the client is built.
 DEFAULT_API_VERSION = "1.41"
 _ATTACH = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+_ATTACH_STDERR = {"stdin": 0, "stdout": 0, "stderr": 1, "stream": 1}
+HOT_TRANSPORTS = ("attach", "socket")
 
 
 @implementer(IContainerDriver)
@@ -54,6 +61,12 @@ class DockerDriver(Service):
     :param base_url: engine address (``DOCKER_HOST``); ``""`` = docker-py's default.
     :param api_timeout: bound in seconds on each engine request other than wait/attach.
     :param pull_timeout: bound in seconds on the one pull attempted for a missing image.
+    :param hot_transport: how long-lived containers talk to the daemon: ``attach`` (the
+        engine's attach stream) or ``socket`` (a unix socket and the static bridge as
+        entrypoint wrapper, skipping the engine's relay; see ``drivers/bridged.py``).
+    :param socket_dir: host directory for the per-container sockets (``socket`` only;
+        wiped at start and stop).
+    :param bridge_binary: host path of the static bridge (``socket`` only).
     """
 
     log = Logger()
@@ -67,8 +80,21 @@ class DockerDriver(Service):
         api_version: str = DEFAULT_API_VERSION,
         api_timeout: int = 60,
         pull_timeout: int = 10,
+        hot_transport: str = "attach",
+        socket_dir: str = "",
+        bridge_binary: str = bridge.BINARY,
     ) -> None:
+        if hot_transport not in HOT_TRANSPORTS:
+            raise ValueError(f"hot_transport: expected attach or socket, got {hot_transport!r}")
+        if hot_transport == "socket" and not socket_dir:
+            raise ValueError("hot_transport socket needs a socket_dir")
         self._reactor = reactor
+        self.hot_transport = hot_transport
+        self._socket_dirs = SocketDirs(socket_dir) if socket_dir else None
+        self._bridge_binary = bridge_binary
+        # container id -> its socket directory's name; image id -> argv (socket only)
+        self._socket_names: dict[str, str] = {}
+        self._argv_of_image: dict[str, list[str]] = {}
         kwargs: dict[str, Any] = dict(docker.utils.kwargs_from_env())
         if base_url:
             kwargs["base_url"] = base_url
@@ -84,6 +110,8 @@ class DockerDriver(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        if self._socket_dirs is not None:
+            self._socket_dirs.wipe()  # left behind by a crash
         self._run_pool.start()
         self._control_pool.start()
 
@@ -95,6 +123,8 @@ class DockerDriver(Service):
         def stop_pools() -> None:
             self._run_pool.stop()
             self._control_pool.stop()
+            if self._socket_dirs is not None:
+                self._socket_dirs.wipe()
             self._reactor.callFromThread(done.callback, None)
 
         threading.Thread(target=stop_pools, name="docker-driver-stop", daemon=True).start()
@@ -133,6 +163,21 @@ class DockerDriver(Service):
         """A plain engine call on the control pool."""
         return self._in_pool(self._control_pool, lambda deliver, *a: deliver(fn(*a)), *args)
 
+    def socket_paths(self) -> list[str]:
+        """The hot containers' socket files on the host (``socket`` transport; blocking
+        but tiny: for tests and operators)."""
+        if self._socket_dirs is None:
+            return []
+        root = self._socket_dirs.root
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            os.path.join(root, n, SOCKET_NAME) for n in names
+            if os.path.exists(os.path.join(root, n, SOCKET_NAME))
+        )
+
     # -- IContainerDriver
 
     async def ping(self) -> None:
@@ -146,14 +191,47 @@ class DockerDriver(Service):
         return result
 
     async def start_attached(self, spec: ContainerSpec, stream: IContainerStream) -> IAttachedContainer:
+        if self._socket_dirs is not None and self.hot_transport == "socket":
+            return await self._start_bridged(spec, stream, self._socket_dirs)
         container_id, sock = await self._in_pool(
             self._run_pool, lambda deliver: deliver(self._start_attached_blocking(spec))
         )
         try:
-            return self._adopt(container_id, sock, stream)
+            return AttachedContainer(container_id, self._adopt(sock, stream))
         except BaseException:
             await self.remove(container_id)
             raise
+
+    async def _start_bridged(
+        self, spec: ContainerSpec, stream: IContainerStream, dirs: SocketDirs
+    ) -> IAttachedContainer:
+        """``start_attached`` under ``HOT_TRANSPORT=socket``: listen first, then create
+        and start the container with the bridge in front of its own command."""
+        name = uuid.uuid4().hex[:16]
+        try:
+            directory = dirs.make(name)
+            listener = listen(directory)
+        except OSError as e:
+            dirs.remove(name)
+            raise DockerUnavailable(f"cannot listen for a hot container: {e}") from None
+        handle = BridgedContainer(stream, listener, self._reactor)
+        try:
+            container_id, sock = await self._in_pool(
+                self._run_pool,
+                lambda deliver: deliver(self._start_bridged_blocking(spec, directory, name)),
+            )
+        except BaseException:
+            handle.discard()
+            dirs.remove(name)
+            raise
+        handle.container_id = container_id
+        try:
+            self._adopt(sock, handle)  # stderr only
+        except BaseException:
+            handle.discard()
+            await self.remove(container_id)
+            raise
+        return handle
 
     async def remove(self, container_id: str) -> None:
         await self._call(self._remove_blocking, container_id)
@@ -187,6 +265,9 @@ class DockerDriver(Service):
             # "removal already in progress" means someone else is on it.
             if e.status_code != 409:
                 raise
+        name = self._socket_names.pop(container_id, None)
+        if name is not None and self._socket_dirs is not None:
+            self._socket_dirs.remove(name)
 
     def _kill_blocking(self, container_id: str) -> None:
         try:
@@ -208,9 +289,16 @@ class DockerDriver(Service):
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             raise ImageNotFound(image) from None
 
-    def _create(self, spec: ContainerSpec, stdin_once: bool) -> str:
+    def _create(
+        self,
+        spec: ContainerSpec,
+        stdin_once: bool,
+        entrypoint: list[str] | None = None,
+        binds: dict[str, Mapping[str, str]] | None = None,
+    ) -> str:
         memory = f"{spec.memory_mb}m"
         host_config = self._api.create_host_config(
+            binds=binds,
             mem_limit=memory,
             memswap_limit=memory,
             pids_limit=spec.pids_limit,
@@ -222,7 +310,8 @@ class DockerDriver(Service):
         config = self._api.create_container_config(
             spec.image,
             None,  # type: ignore[arg-type]  # the image's own command
-            stdin_open=True,
+            stdin_open=entrypoint is None,
+            entrypoint=entrypoint,
             environment=docker.utils.format_environment(dict(spec.env)),
             labels=dict(spec.labels),
             host_config=host_config,
@@ -244,8 +333,8 @@ class DockerDriver(Service):
         except docker.errors.ImageNotFound:
             raise ImageNotFound(spec.image) from None
 
-    def _attach(self, container_id: str) -> socket.socket:
-        wrapper = self._api.attach_socket(container_id, params=_ATTACH)
+    def _attach(self, container_id: str, params: Mapping[str, int] = _ATTACH) -> socket.socket:
+        wrapper = self._api.attach_socket(container_id, params=dict(params))
         sock: socket.socket = getattr(wrapper, "_sock", wrapper)
         return sock
 
@@ -312,9 +401,46 @@ class DockerDriver(Service):
             raise
         return container_id, sock
 
+    def _start_bridged_blocking(
+        self, spec: ContainerSpec, directory: str, name: str
+    ) -> tuple[str, socket.socket]:
+        argv = self._image_argv(spec.image)
+        entrypoint = [BRIDGE_IN_CONTAINER, f"{SOCKET_DIR_IN_CONTAINER}/{SOCKET_NAME}", *argv]
+        binds: dict[str, Mapping[str, str]] = {
+            self._bridge_binary: {"bind": BRIDGE_IN_CONTAINER, "mode": "ro"},
+            directory: {"bind": SOCKET_DIR_IN_CONTAINER, "mode": "rw"},
+        }
+        container_id = self._create(spec, stdin_once=False, entrypoint=entrypoint, binds=binds)
+        self._socket_names[container_id] = name
+        try:
+            sock = self._attach(container_id, _ATTACH_STDERR)
+            self._api.start(container_id)
+        except BaseException:
+            self._remove_blocking(container_id)
+            raise
+        return container_id, sock
+
+    def _image_argv(self, image: str) -> list[str]:
+        """The image's entrypoint + command, pulled once if missing; the argv is kept
+        per image id (a re-tagged name gets its new command)."""
+        try:
+            info = self._api.inspect_image(image)  # type: ignore[no-untyped-call]
+        except docker.errors.NotFound:
+            self._pull_once(image)
+            info = self._api.inspect_image(image)  # type: ignore[no-untyped-call]
+        image_id = str(info["Id"])
+        argv = self._argv_of_image.get(image_id)
+        if argv is None:
+            config = info.get("Config") or {}
+            argv = [str(a) for a in (config.get("Entrypoint") or []) + (config.get("Cmd") or [])]
+            if not argv:
+                raise DockerUnavailable(f"image {image} has neither an entrypoint nor a command")
+            self._argv_of_image[image_id] = argv
+        return argv
+
     # -- the reactor side of a long-lived container
 
-    def _adopt(self, container_id: str, sock: socket.socket, stream: IContainerStream) -> IAttachedContainer:
+    def _adopt(self, sock: socket.socket, stream: IContainerStream) -> AttachProtocol:
         family = sock.family
         fd = sock.detach()  # the requests response still references the socket object
         try:
@@ -323,7 +449,7 @@ class DockerDriver(Service):
             reactor.adoptStreamConnection(fd, family, OneProtocolFactory(protocol))  # type: ignore[arg-type]
         finally:
             os.close(fd)  # the reactor holds its own duplicate
-        return AttachedContainer(container_id, protocol)
+        return protocol
 
 
 def _ms(seconds: float) -> int:

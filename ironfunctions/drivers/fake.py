@@ -61,12 +61,24 @@ class FakeDriver(Service):
     :param clock: where simulated time passes.
     :param images: image name → behaviour; unknown images fail with ``ImageNotFound``
         (the fake has no registry to pull from).
+    :param hot_transport: ``attach`` or ``socket``, as ``DockerDriver``: under ``socket``
+        each long-lived container has a (pretend) socket file, listed by
+        ``socket_paths`` until the container is removed or the driver stops.
     """
 
     name = "driver"
 
-    def __init__(self, clock: IReactorTime, images: Mapping[str, Behaviour] | None = None) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        images: Mapping[str, Behaviour] | None = None,
+        hot_transport: str = "attach",
+    ) -> None:
+        if hot_transport not in ("attach", "socket"):
+            raise ValueError(f"hot_transport: expected attach or socket, got {hot_transport!r}")
         self._clock = clock
+        self.hot_transport = hot_transport
+        self.sockets: dict[str, str] = {}
         self.images: dict[str, Behaviour] = dict(images or {})
         self.containers: dict[str, FakeContainer] = {}
         self.removed: list[str] = []
@@ -153,13 +165,26 @@ class FakeDriver(Service):
         container = self._new(spec)
         container.state = "running"
         self.started_specs.append(spec)
-        return FakeAttachedContainer(container, stream, self._clock)
+        if self.hot_transport == "socket":
+            self.sockets[container.id] = f"/fake/hot-sockets/{container.id}/s"
+        behaviour = self.images[spec.image]
+        run = None if behaviour is cat else behaviour(attrs.evolve(spec, stdin=b""))
+        return FakeAttachedContainer(container, stream, self._clock, run)
+
+    def socket_paths(self) -> list[str]:
+        """The hot containers' socket files that exist (``socket`` transport)."""
+        return sorted(self.sockets.values())
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.sockets.clear()
 
     def _remove_now(self, container_id: str) -> None:
         container = self.containers.pop(container_id, None)
         if container is not None:
             container.state = "exited"
             self.removed.append(container_id)
+            self.sockets.pop(container_id, None)
             for waiter in container.waiters:
                 if not waiter.called:
                     waiter.callback(None)
@@ -185,13 +210,32 @@ class FakeDriver(Service):
 
 @implementer(IAttachedContainer)
 class FakeAttachedContainer:
-    """A long-lived fake container that echoes its stdin to its stdout."""
+    """A long-lived fake container. With the ``cat`` behaviour it echoes its stdin to
+    its stdout; with any other, it writes the behaviour's stdout and stderr (as for an
+    empty stdin) and exits."""
 
-    def __init__(self, container: FakeContainer, stream: IContainerStream, clock: IReactorTime) -> None:
+    def __init__(
+        self, container: FakeContainer, stream: IContainerStream, clock: IReactorTime,
+        run: FakeRun | None = None,
+    ) -> None:
         self.container_id = container.id
         self._container = container
         self._stream = stream
         self._clock = clock
+        self._closed = False
+        removed: Deferred[None] = Deferred()
+        removed.addCallback(lambda _: self._ended())
+        container.waiters.append(removed)  # removal ends the stream, as a kill does
+        if run is not None:
+            clock.callLater(run.duration, self._run, run)
+
+    def _run(self, run: FakeRun) -> None:
+        if self._container.state == "running":
+            if run.stderr:
+                self._stream.stderr_received(run.stderr)
+            if run.stdout:
+                self._stream.stdout_received(run.stdout)
+            self._close()
 
     def write(self, data: bytes) -> None:
         self._clock.callLater(0, self._echo, data)
@@ -206,6 +250,11 @@ class FakeAttachedContainer:
     def _close(self) -> None:
         if self._container.state == "running":
             self._container.state = "exited"
+            self._ended()
+
+    def _ended(self) -> None:
+        if not self._closed:
+            self._closed = True
             self._stream.stream_closed()
 
 

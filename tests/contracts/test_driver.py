@@ -21,7 +21,7 @@ from ironfunctions.errors import ImageNotFound
 from ironfunctions.models import LABEL_CALL, LABEL_NODE, ContainerSpec
 
 from tests.fake_images import fake_driver
-from tests.images import image_tag, test_images  # noqa: F401  (session fixture)
+from tests.images import bridge_binary, image_tag, test_images  # noqa: F401  (session fixtures)
 
 
 @pytest.fixture(params=["fake", "docker"])
@@ -39,6 +39,29 @@ def driver(request):
     d.startService()
     yield d
     pytest_twisted.blockon(defer.maybeDeferred(d.stopService))
+
+
+@pytest.fixture(params=["fake-attach", "fake-socket", "docker-attach", "docker-socket"])
+def attached_driver(request, tmp_path):
+    """A started driver of every kind, with each hot transport."""
+    from twisted.internet import reactor
+
+    kind, transport = request.param.split("-")
+    if kind == "fake":
+        d = fake_driver(reactor, hot_transport=transport)
+    else:
+        from ironfunctions import bridge
+        from ironfunctions.drivers.docker import DockerDriver
+
+        request.getfixturevalue("test_images")
+        if transport == "socket":
+            request.getfixturevalue("bridge_binary")
+        d = DockerDriver(reactor, max_concurrency=8, hot_transport=transport,
+                         socket_dir=str(tmp_path / "hot-sockets"), bridge_binary=bridge.BINARY)
+    d.startService()
+    yield d
+    pytest_twisted.blockon(defer.maybeDeferred(d.stopService))
+    assert d.socket_paths() == []
 
 
 @pytest.fixture
@@ -222,9 +245,10 @@ class Collector:
 
 
 @pytest_twisted.ensureDeferred
-async def test_attached_container_streams_stdin_and_stdout_on_the_reactor(driver, node):
+async def test_attached_container_streams_stdin_and_stdout_on_the_reactor(attached_driver, node):
     from ironfunctions.drivers.interface import IAttachedContainer
 
+    driver = attached_driver
     collector = Collector()
     attached = await driver.start_attached(spec(node, "cat"), collector)
     assert verifyObject(IAttachedContainer, attached)
@@ -237,4 +261,37 @@ async def test_attached_container_streams_stdin_and_stdout_on_the_reactor(driver
     attached.close_stdin()
     await collector.closed
     await driver.remove(attached.container_id)
+    assert await driver.list_containers({LABEL_NODE: node}) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_attached_container_keeps_stderr_apart_and_reports_its_exit(attached_driver, node):
+    driver = attached_driver
+    collector = Collector()
+    attached = await driver.start_attached(spec(node, "stderr-chatter", env={"LINES": "2"}), collector)
+    await collector.closed
+    assert collector.stdout == b"ok\n"
+    deadline = time.monotonic() + 5  # stderr may trail the end of the data stream
+    while collector.stderr != b"chatter line 1\nchatter line 2\n":
+        assert time.monotonic() < deadline, collector.stderr
+        await sleep(0.01)
+    await driver.remove(attached.container_id)
+    assert driver.socket_paths() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_removing_a_running_attached_container_closes_its_stream(attached_driver, node):
+    driver = attached_driver
+    collector = Collector()
+    attached = await driver.start_attached(spec(node, "cat"), collector)
+    attached.write(b"x\n")
+    deadline = time.monotonic() + 10
+    while collector.stdout != b"x\n":
+        assert time.monotonic() < deadline, collector.stdout
+        await sleep(0.01)
+    if driver.hot_transport == "socket":
+        assert len(driver.socket_paths()) == 1
+    await driver.remove(attached.container_id)
+    await collector.closed
+    assert driver.socket_paths() == []
     assert await driver.list_containers({LABEL_NODE: node}) == []

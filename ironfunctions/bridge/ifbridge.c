@@ -1,4 +1,6 @@
-/* ifbridge: a stdio bridge for hot containers, measured by bench/hot.py (not wired into the daemon).
+/* ifbridge: the stdio bridge of hot containers under HOT_TRANSPORT=socket (issue 6).
+ * Built static by scripts/setup.sh (and the test setup) into ironfunctions/bridge/ifbridge;
+ * the Docker driver bind-mounts it read-only at /.ifbridge/ifbridge as the entrypoint.
  *
  * Usage: ifbridge SOCKET COMMAND [ARG...]
  * Connects to the unix socket SOCKET (bind-mounted into the container by the daemon,
