@@ -45,6 +45,7 @@ class Config:
     async_max_attempts: int
     async_retry_delay: float
     host_memory_mb: int
+    hot_transport: str = "attach"
 
     @classmethod
     def from_sources(
@@ -95,6 +96,7 @@ class Config:
             async_max_attempts=get("ASYNC_MAX_ATTEMPTS", _positive_int, 3),
             async_retry_delay=get("ASYNC_RETRY_DELAY", _duration, 1.0),
             host_memory_mb=host_memory_mb,
+            hot_transport=get("HOT_TRANSPORT", _hot_transport, "attach"),
         )
 
 
@@ -261,6 +263,16 @@ def _docker_network(name: str, value: str) -> str:
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", value.strip()):
         raise ConfigError(f"{name}: invalid network name {value!r}")
     return value.strip()
+
+
+HOT_TRANSPORTS = ("attach", "socket")
+
+
+def _hot_transport(name: str, value: str) -> str:
+    transport = value.strip().lower()
+    if transport not in HOT_TRANSPORTS:
+        raise ConfigError(f"{name}: expected attach or socket, got {value!r}")
+    return transport
 
 
 def _node_id(name: str, value: str) -> str:

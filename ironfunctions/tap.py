@@ -17,7 +17,7 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from ironfunctions import __version__
+from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
 from ironfunctions.api.invoke import AppConfigCache, InvokeResource
 from ironfunctions.config import Config, host_memory_mb
@@ -63,6 +63,8 @@ SETTINGS = [
     ("node-id", "NODE_ID", "Name of this daemon [default: generated once, kept in the data dir]"),
     ("async-max-attempts", "ASYNC_MAX_ATTEMPTS", "Attempts per async call [default: 3]"),
     ("async-retry-delay", "ASYNC_RETRY_DELAY", "First async retry delay, doubled each time [default: 1s]"),
+    ("hot-transport", "HOT_TRANSPORT", "Hot functions' stdin/stdout: 'attach' (the engine's attach stream) "
+     "or 'socket' (a unix socket and a static bridge, skipping the engine's relay) [default: attach]"),
 ]
 
 
@@ -88,6 +90,10 @@ class Options(usage.Options):
             )
             if not config.node_id:
                 config = _with_node_id(config)
+            if config.hot_transport == "socket":
+                problem = bridge.missing()
+                if problem:
+                    raise ConfigError(f"HOT_TRANSPORT=socket: {problem}")
         except ConfigError as e:
             # One clear line and a non-zero exit, not twistd's full usage text.
             sys.stderr.write(f"ironfunctions: configuration error: {e}\n")
@@ -146,7 +152,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     # Containers: the driver's pools start first and stop last; the agent cleans up
     # this node's leftover containers at start and drains in-flight calls at stop.
-    driver = DockerDriver(reactor, config.max_concurrency, base_url=config.docker_host)
+    driver = DockerDriver(
+        reactor, config.max_concurrency, base_url=config.docker_host,
+        hot_transport=config.hot_transport, socket_dir=os.path.join(config.data_dir, "hot-sockets"),
+    )
     driver.setServiceParent(root)  # type: ignore[no-untyped-call]
     # Cold and hot (format "http") runners share the node's container slots.
     slots = Slots(config.max_concurrency, reactor, DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S)

@@ -9,9 +9,10 @@ set -eu
 
 cd "$(dirname "$0")/.."
 
-PACKAGES="docker.io busybox-static python3 python3-venv python3-pip ca-certificates"
+# gcc + libc6-dev build the static bridge of HOT_TRANSPORT=socket (below).
+PACKAGES="docker.io busybox-static python3 python3-venv python3-pip ca-certificates gcc libc6-dev"
 if [ "${1:-}" = "--test" ]; then
-    PACKAGES="$PACKAGES postgresql redis-server gcc libc6-dev wrk procps iproute2"
+    PACKAGES="$PACKAGES postgresql redis-server wrk procps iproute2"
 fi
 
 missing=""
@@ -26,6 +27,12 @@ if [ -n "$missing" ]; then
 fi
 # Postgres' Debian package starts a cluster of its own on 5432; the tests start
 # throwaway ones on free ports and need nothing else running.
+
+# The static stdio bridge of HOT_TRANSPORT=socket, shipped in the package beside its source.
+if [ ! -x ironfunctions/bridge/ifbridge ] || [ ironfunctions/bridge/ifbridge.c -nt ironfunctions/bridge/ifbridge ]; then
+    gcc -static -O2 -o ironfunctions/bridge/ifbridge.tmp ironfunctions/bridge/ifbridge.c
+    mv ironfunctions/bridge/ifbridge.tmp ironfunctions/bridge/ifbridge
+fi
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

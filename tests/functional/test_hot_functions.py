@@ -4,6 +4,8 @@ shell function ``iftest/hot-sh:1``."""
 
 from __future__ import annotations
 
+import glob
+import os
 import subprocess
 import threading
 import time
@@ -12,15 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ironfunctions.models import LABEL_KIND, LABEL_NODE, LABEL_PATH
-from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
+from tests.images import bridge_binary, image_tag, test_images  # noqa: F401 (session fixtures)
 
 NODE = "hot-test-node"
 
 
-@pytest.fixture
-def hot(test_images, daemon_factory):  # noqa: F811
-    """A daemon with the test images; ``hot.route(path, image="hotfn", **fields)``."""
-    daemon = daemon_factory(env={"NODE_ID": NODE, "MAX_CONCURRENCY": "8", "MAX_RESPONSE_SIZE": "1MiB"})
+@pytest.fixture(params=["attach", "socket"])
+def hot(request, test_images, bridge_binary, daemon_factory):  # noqa: F811
+    """A daemon with the test images, once per ``HOT_TRANSPORT``;
+    ``hot.route(path, image="hotfn", **fields)``."""
+    daemon = daemon_factory(env={"NODE_ID": NODE, "MAX_CONCURRENCY": "8", "MAX_RESPONSE_SIZE": "1MiB",
+                                 "HOT_TRANSPORT": request.param})
+    daemon.transport = request.param
 
     def route(path: str, image: str = "hotfn", **fields):  # type: ignore[no-untyped-def]
         body = {"route": {"path": path, "image": image_tag(image), "format": "http", **fields}}
@@ -36,6 +41,12 @@ def hot_containers(path: str | None = None) -> list[str]:
     labels = [f"{LABEL_NODE}={NODE}", f"{LABEL_KIND}=hot"] + ([f"{LABEL_PATH}={path}"] if path else [])
     args = ["docker", "ps", "-aq"] + [f"--filter=label={label}" for label in labels]
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
+
+
+def socket_files(daemon) -> list[str]:  # type: ignore[no-untyped-def]
+    """The daemon's hot-container socket files (``HOT_TRANSPORT=socket``)."""
+    root = os.path.join(daemon.workdir, "data", "hot-sockets")
+    return sorted(glob.glob(os.path.join(root, "*", "s")))
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -118,6 +129,7 @@ def test_idle_container_is_stopped_and_removed(hot):
     first = hot.post("/r/hotapp/idle", "a")
     assert first.status == 200 and len(hot_containers("/idle")) == 1
     wait_for(lambda: not hot_containers("/idle"), timeout=6)
+    wait_for(lambda: not socket_files(hot))
     again = hot.post("/r/hotapp/idle", "b")
     assert again.status == 200 and again.header("x-call-count") == "1"
     assert again.header("x-container") != first.header("x-container")
@@ -143,6 +155,8 @@ def test_broken_container_gets_502_and_is_replaced(hot, mode, message):
     assert (after.status, after.body, after.header("x-call-count")) == (200, b"next", "1")
     assert after.header("x-container") != before.header("x-container")
     wait_for(lambda: len(hot_containers("/broken")) == 1)
+    if hot.transport == "socket":  # the broken container's socket went with it
+        wait_for(lambda: len(socket_files(hot)) == 1)
 
 
 def test_call_overrunning_its_timeout_gets_504_after_its_container_is_killed(hot):
@@ -208,7 +222,22 @@ def test_daemon_stop_removes_the_hot_containers(hot):
     assert hot.post("/r/hotapp/a", "x").status == 200
     assert hot.post("/r/hotapp/b", "x").status == 200
     assert len(hot_containers()) == 2
+    assert len(socket_files(hot)) == (2 if hot.transport == "socket" else 0)
     began = time.monotonic()
     hot.stop()
     assert time.monotonic() - began < 15
     assert hot_containers() == []
+    assert socket_files(hot) == []
+
+
+def test_a_crashed_daemons_hot_containers_and_sockets_are_cleaned_at_restart(hot):
+    hot.route("/crash")
+    assert hot.post("/r/hotapp/crash", "x").status == 200
+    hot.kill()
+    assert len(hot_containers("/crash")) == 1
+    assert len(socket_files(hot)) == (1 if hot.transport == "socket" else 0)
+    hot.restart()
+    wait_for(lambda: not hot_containers("/crash"))
+    assert socket_files(hot) == []
+    reply = hot.post("/r/hotapp/crash", "again")
+    assert (reply.status, reply.body, reply.header("x-call-count")) == (200, b"again", "1")

@@ -62,6 +62,7 @@ def test_sizes_and_durations_accept_units():
         ("NUM_ASYNC", "-1"), ("MAX_CONCURRENCY", "-3"), ("MAX_REQUEST_SIZE", "big"),
         ("STATSD_URL", "tcp://h:1"), ("STATSD_URL", "udp://h"), ("DOCKER_NETWORK", "a b"),
         ("NODE_ID", "no/slash"), ("ASYNC_MAX_ATTEMPTS", "0"), ("ASYNC_RETRY_DELAY", "soon"),
+        ("HOT_TRANSPORT", "pipe"),
     ],
 )
 def test_invalid_values_raise_ConfigError_naming_the_variable(variable, value):
@@ -74,3 +75,9 @@ def test_errors_never_show_a_password():
     with pytest.raises(ConfigError) as e:
         make(env={"DB_URL": "mysql://user:hunter2@db/x"})
     assert "hunter2" not in str(e.value) and "***" in str(e.value)
+
+
+def test_hot_transport_defaults_to_attach_and_accepts_socket():
+    assert make().hot_transport == "attach"
+    assert make(env={"HOT_TRANSPORT": "Socket"}).hot_transport == "socket"
+    assert make({"hot-transport": "attach"}, {"HOT_TRANSPORT": "socket"}).hot_transport == "attach"
