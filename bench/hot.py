@@ -9,11 +9,14 @@
    the function containers) from /proc/<pid>/stat deltas over the wrk run.
 4. The engine's attach relay alone (docker-py attach socket, no daemon) versus a unix
    socket bind-mounted into the container with the static bridge
-   (``bench/ifbridge.c``) as entrypoint wrapper: round-trip p50/p99.
+   (``ironfunctions/bridge/ifbridge.c``) as entrypoint wrapper: round-trip p50/p99.
+
+Steps 2-3 run once per ``HOT_TRANSPORT`` (``--transport attach|socket|both``, default
+both: a fresh daemon each).
 
 Targets: sequential hot p50 <= 0.5 ms; >= 3,500 hot calls/s at 8 connections.
 
-    PYTHONPATH=. python bench/hot.py
+    PYTHONPATH=. python bench/hot.py [--transport attach|socket|both] [--no-floor]
 """
 
 from __future__ import annotations
@@ -33,11 +36,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.daemon import Daemon  # noqa: E402
-from tests.images import build_test_images, ensure_dockerd, image_tag  # noqa: E402
+from tests.images import build_test_images, ensure_bridge, ensure_dockerd, image_tag  # noqa: E402
 
 IMAGE = image_tag("hotfn")
 TICK = os.sysconf("SC_CLK_TCK")
-BRIDGE_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ifbridge.c")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -103,8 +105,8 @@ def wrk(url: str, script: str) -> tuple[float, str, str]:
     out = subprocess.run(["wrk", "-t2", "-c8", "-d10s", "--latency", "-s", script, url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = re.search(r"50%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
-    p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    p50 = re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]
+    p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]
     if "Non-2xx" in out or "Socket errors" in out:
         print(out)
     return rps, p50, p99
@@ -159,8 +161,7 @@ def relay_floor() -> None:
           f"p99 {percentile(times, 99):.3f} ms")
 
     with tempfile.TemporaryDirectory(prefix="ifbridge-") as work:
-        bridge = os.path.join(work, "ifbridge")
-        subprocess.run(["gcc", "-static", "-O2", "-o", bridge, BRIDGE_SRC], check=True)
+        bridge = ensure_bridge()
         sockdir = os.path.join(work, "sock")
         os.mkdir(sockdir)
         listener = socket.socket(socket.AF_UNIX)
@@ -183,11 +184,28 @@ def relay_floor() -> None:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Hot-function benchmark (issue 6)")
+    parser.add_argument("--transport", choices=["attach", "socket", "both"], default="both")
+    parser.add_argument("--no-floor", action="store_true", help="skip the relay-alone comparison")
+    args = parser.parse_args()
     ensure_dockerd()
     build_test_images()
+    ensure_bridge()
+    for transport in (["attach", "socket"] if args.transport == "both" else [args.transport]):
+        print(f"== HOT_TRANSPORT={transport}")
+        bench_daemon(transport)
+    if not args.no_floor:
+        print("== the engine's relay alone vs the bridge (no daemon)")
+        relay_floor()
+
+
+def bench_daemon(transport: str) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         daemon = Daemon(workdir, env={"DOCKER_NETWORK": "none", "DB_URL": "memory://", "MQ_URL": "memory://",
-                                      "LOG_LEVEL": "info", "MAX_CONCURRENCY": "8"}).start()
+                                      "LOG_LEVEL": "info", "MAX_CONCURRENCY": "8",
+                                      "HOT_TRANSPORT": transport}).start()
         # The daemon logs a line per event (metrics included) to daemon.log, as in production.
         try:
             reply = daemon.post("/v1/apps/bench/routes", {"route": {
@@ -249,7 +267,6 @@ def main() -> None:
                 print(f"  {name:22s} {seconds / wall * 100:5.1f}% of one core")
         finally:
             daemon.stop()
-    relay_floor()
 
 
 if __name__ == "__main__":
