@@ -66,6 +66,7 @@ class LogMetrics:
         self._clock = clock
         self._coalesce = coalesce
         self._pending: list[str] = []
+        self._heads: dict[tuple[str, str, Any], list[tuple[str, str]]] = {}
 
     def flush(self) -> None:
         """Emit the lines waiting to be coalesced now (also done at daemon stop)."""
@@ -106,11 +107,20 @@ class LogMetrics:
         tail = "".join(f" {key}={logfmt_value(value)}" for key, value in fields.items())
         if not self._pending:
             self._clock.callLater(self._coalesce, self._flush)
-        self._pending.extend(
-            f"metric={metric} value={int(value)} type={kind}{tail}"
-            for kind, name, value in samples
-            for metric in statsd_names(name, fields)
-        )
+        app = fields.get("app")
+        heads = self._heads
+        append = self._pending.append
+        for kind, name, value in samples:
+            key = (kind, name, app)
+            pair = heads.get(key)
+            if pair is None:  # "metric=<name> ... type=<kind>" around the value, per name and app
+                if len(heads) > 10_000:
+                    heads.clear()
+                pair = heads[key] = [
+                    (f"metric={metric} value=", f" type={kind}") for metric in statsd_names(name, fields)
+                ]
+            for before, after in pair:
+                append(f"{before}{int(value)}{after}{tail}")
 
 
 @attrs.frozen
@@ -221,13 +231,23 @@ class PrometheusMetrics:
         series[1] += 1
 
     def many(self, samples: Sequence[tuple[str, str, int]], **fields: Any) -> None:
+        app = str(fields.get("app", ""))
+        series = self._series
         for kind, name, value in samples:
-            if kind == COUNT:
-                self.count(name, value, **fields)
-            elif kind == GAUGE:
-                self.gauge(name, value, **fields)
+            key = (kind, name, app)
+            if kind == GAUGE:
+                series[key] = [int(value)]
+            elif kind == COUNT:
+                found = series.get(key)
+                if found is None:
+                    found = series[key] = [0]
+                found[0] += int(value)
             else:
-                self.timing(name, value, **fields)
+                found = series.get(key)
+                if found is None:
+                    found = series[key] = [0, 0]
+                found[0] += int(value)
+                found[1] += 1
 
     def render(self) -> str:
         """The exposition text."""

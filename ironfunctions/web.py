@@ -24,6 +24,14 @@ class LimitedRequest(Request):
 
     max_request_size = 6 * 1024 * 1024
 
+    def __init__(self, channel: Any, *args: Any, **kw: Any) -> None:
+        super().__init__(channel, *args, **kw)  # type: ignore[no-untyped-call]
+        # Twisted asks the socket for its own address (a getsockname syscall) on every
+        # request; it cannot change during a connection, so ask once per connection.
+        if channel is not None and "getHost" not in vars(channel):
+            host = channel.getHost()
+            channel.getHost = lambda: host
+
     def gotLength(self, length: int | None) -> None:
         self._body_size = 0
         self._too_large = length is not None and length > self.max_request_size

@@ -9,6 +9,7 @@ in ms); error bodies are ``{"request_id":id,"error":{"message":...}}``.
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -34,6 +35,12 @@ Submit = Callable[[Call], Awaitable[Any]]
 Record = Callable[[CallRecord, "bytes | None"], None]
 
 DEFAULT_CONTENT_TYPE = b"text/plain; charset=utf-8"
+# Headers about one connection's framing (RFC 9110 §7.6.1) from a hot function's
+# response: passing them on would corrupt ours (e.g. "Connection: close").
+_HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+    "upgrade", "content-length",
+})
 ROUTE_NOT_FOUND = "Route not found on that application"
 
 log = Logger()
@@ -128,6 +135,7 @@ class InvokeResource(Resource):
         self._submit = submit
         self._record = record
         self._clock = clock
+        self._paths: dict[bytes, str] = {}  # raw path -> normalised (pure, so cacheable)
 
     def render(self, request: IRequest) -> Any:
         call_id = self._call_ids()
@@ -137,11 +145,18 @@ class InvokeResource(Resource):
         return NOT_DONE_YET
 
     async def _invoke(self, request: Any, call_id: str) -> None:
-        segments = request.postpath
-        if not segments or not segments[0]:
+        # The raw (still percent-encoded) path, as the management API stores routes:
+        # Twisted's postpath is already unquoted, which would turn %2F into a "/".
+        app_raw, _, raw = request.path[3:].partition(b"/")  # after b"/r/"
+        if not app_raw:
             raise errors.AppNotFound()
-        app_name = segments[0].decode("utf-8", "replace")
-        path = normalize_path(b"/" + b"/".join(segments[1:]))
+        app_name = unquote_to_bytes(app_raw).decode("utf-8", "replace")
+        path = self._paths.get(raw)
+        if path is None:
+            path = normalize_path(b"/" + raw)
+            if len(self._paths) >= 10_000:  # bounded: scans of random paths cannot grow it
+                self._paths.clear()
+            self._paths[raw] = path
         route = await self._lookup(app_name, path)
         if route.jwt_key:
             verify_jwt(bearer_token(request), route.jwt_key)
@@ -187,7 +202,8 @@ class InvokeResource(Resource):
         request.setResponseCode(result.status_code or 200)
         headers = request.responseHeaders
         for name, values in result.headers.items():
-            headers.setRawHeaders(name, values)
+            if name.lower() not in _HOP_BY_HOP:  # framing is ours to set, not the function's
+                headers.setRawHeaders(name, values)
         for name, values in route.headers.items():
             if values:
                 headers.setRawHeaders(name, values)

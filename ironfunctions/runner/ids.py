@@ -7,12 +7,16 @@ in the order it made them.
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 from typing import Callable
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_MAX = (1 << 80) - 1
+# RFC 4648 base32 -> Crockford's alphabet: 80 random bits are exactly 16 characters,
+# so the C-coded b32encode does the encoding of the random part.
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 
 
 def encode(value: int, length: int) -> str:
@@ -43,6 +47,7 @@ class CallIds:
         self._random_bytes = random_bytes
         self._last_ms = -1
         self._last_random = 0
+        self._time_part = ""
 
     def __call__(self) -> str:
         """A new id."""
@@ -51,10 +56,12 @@ class CallIds:
             ms = self._last_ms
             if self._last_random >= _RANDOM_MAX:
                 ms += 1  # astronomically rare: borrow the next millisecond
-                random = int.from_bytes(self._random_bytes(10), "big")
+                rand = int.from_bytes(self._random_bytes(10), "big")
             else:
-                random = self._last_random + 1
+                rand = self._last_random + 1
         else:
-            random = int.from_bytes(self._random_bytes(10), "big")
-        self._last_ms, self._last_random = ms, random
-        return encode(ms, 10) + encode(random, 16)
+            rand = int.from_bytes(self._random_bytes(10), "big")
+        if ms != self._last_ms:
+            self._time_part = encode(ms, 10)  # the same for every id of this millisecond
+        self._last_ms, self._last_random = ms, rand
+        return self._time_part + base64.b32encode(rand.to_bytes(10, "big")).translate(_TO_CROCKFORD).decode()

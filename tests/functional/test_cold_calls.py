@@ -254,3 +254,16 @@ def test_metrics_also_go_to_statsd_over_udp(test_images, daemon_factory):  # noq
         assert any(line.startswith("run.exec_time:") and line.endswith("|ms") for line in lines)
     finally:
         sink.close()
+
+
+def test_invocation_path_is_normalised_like_the_stored_route(fn):
+    """/r/ looks routes up in the form the management API stores them: percent-escapes
+    canonical, %2F kept inside its segment, trailing and repeated '/' ignored."""
+    fn.route("/a%2Fb", "cat")
+    fn.route("/hello world", "cat")
+    assert fn.post("/r/myapp/a%2Fb", "1").body == b"1"
+    assert fn.post("/r/myapp/a%2fb/", "2").body == b"2"
+    assert fn.post("/r/myapp/a/b", "3").status == 404
+    assert fn.post("/r/myapp//hello%20world", "4").body == b"4"
+    reply = fn.post("/r/myapp/%zz", "5")
+    assert (reply.status, error_of(reply)) == (404, "Route not found on that application")
