@@ -153,6 +153,7 @@ class Call:
 CALL_SUCCESS = "success"
 CALL_ERROR = "error"
 CALL_TIMEOUT = "timeout"
+CALL_CANCELLED = "cancelled"  # stopped through DELETE /v1/apps/{app}/calls/{id}
 
 
 @attrs.frozen

@@ -29,10 +29,10 @@ from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, 
 from ironfunctions.routecache import RouteCache
 from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.recorder import CallRecorder
-from ironfunctions.models import LABEL_CALL
 from ironfunctions.mq import queue_from_url
 from ironfunctions.runner.async_worker import AsyncWorkerService
 from ironfunctions.runner.cancel import make_canceller
+from ironfunctions.runner.records import running_sync_record
 from ironfunctions.runner.submit import AsyncSubmitter
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.agent import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Agent, ColdRunner
@@ -173,8 +173,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     # Async calls: durable before the 202, run by NUM_ASYNC workers (stopped before the
     # agent), cancellable wherever they are.
-    async def kill_call(call_id: str) -> int:
-        return await driver.remove_containers({LABEL_CALL: call_id})
+    kill_call = agent.cancel  # stops a call running on this node, cold or hot
 
     submitter = AsyncSubmitter(queue, datastore.calls, reactor, metrics)
     if config.num_async:
@@ -189,6 +188,20 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         metrics.gauge("queue.depth", await queue.depth())
 
     PeriodicService("node-gauges", 5.0, report_node_gauges, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
+
+    # A sync call's record is written when it ends; one still running after a second
+    # gets a "running" record too, so it can be listed and cancelled meanwhile.
+    recorded_running: set[str] = set()
+
+    async def record_long_sync_calls() -> None:
+        running = agent.calls_running(older_than=1.0)
+        recorded_running.intersection_update(call.id for call, _ in running)
+        for call, began in running:
+            if call.route.type == "sync" and call.id not in recorded_running:
+                recorded_running.add(call.id)
+                recorder.record(running_sync_record(call.id, call.route, int(began * 1000)))
+
+    PeriodicService("running-sync-records", 1.0, record_long_sync_calls, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     invoke = InvokeResource(
         route_cache.lookup, app_configs.lookup, agent.run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor,
@@ -206,7 +219,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         render_metrics=prometheus.render,
         stats=agent.stats,
         invoke=invoke,
-        cancel=make_canceller(datastore.calls, queue, kill_call, reactor),
+        cancel=make_canceller(datastore.calls, queue, kill_call, reactor, agent.running_call),
         tasks=tasks.app.resource(),
     )
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug")

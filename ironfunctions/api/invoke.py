@@ -183,6 +183,7 @@ class InvokeResource(Resource):
         if result.status == CALL_SUCCESS:
             self._write_success(request, route, result)
         else:
+            # 502 also for a call cancelled through the calls API: no answer came back.
             status = 504 if result.status == CALL_TIMEOUT else 502
             self._write_error(request, call_id, status, result.error)
 

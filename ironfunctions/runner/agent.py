@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import attrs
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -28,6 +30,8 @@ from ironfunctions.models import (
     CALL_ERROR,
     CALL_SUCCESS,
     CALL_TIMEOUT,
+    CALL_CANCELLED,
+    LABEL_CALL,
     LABEL_NODE,
     Call,
     CallResult,
@@ -48,6 +52,11 @@ class CallRunner(Protocol):
     async def run(self, call: Call) -> CallResult:
         """Return how the call ended; raise ``Overloaded``, ``ImageNotFound``,
         ``DockerUnavailable`` when it could not run at all."""
+        ...
+
+    async def cancel(self, call_id: str) -> bool:
+        """Stop the container running ``call_id`` (its ``run`` then ends with an error
+        result); return whether this runner was running it."""
         ...
 
 
@@ -95,6 +104,9 @@ class ColdRunner:
         self._network_mode = network_mode
         self._max_response_size = max_response_size
 
+    async def cancel(self, call_id: str) -> bool:
+        return await self._driver.remove_containers({LABEL_CALL: call_id}) > 0
+
     async def run(self, call: Call) -> CallResult:
         spec = container_spec(call, self._node_id, self._network_mode, self._max_response_size)
         queued_at = self._clock.seconds()
@@ -135,6 +147,8 @@ class Agent(Service):
         self.slots = slots
         self._drain_timeout = drain_timeout
         self._in_flight = 0
+        self._calls: dict[str, tuple[Call, float]] = {}  # in flight: call id -> (call, start)
+        self._cancelled: set[str] = set()
         self._idle: list[Deferred[None]] = []
         self._ready: Deferred[None] | None = None
         self._accepting = False
@@ -238,19 +252,25 @@ class Agent(Service):
         fields: dict[str, Any] = {"app": route.app_name, "path": route.path, "call_id": call.id}
         runner = self._runners.get(route.format) or self._runners["default"]
         self._in_flight += 1
+        self._calls[call.id] = (call, self._clock.seconds())
         try:
             result = await runner.run(call)
         except Exception as e:
+            self._cancelled.discard(call.id)
             self._metrics.many(_FAILED_TO_RUN, **fields)
             self.log.info("Call {call_id} failed to run: {error}", error=str(e), **fields)
             raise
         finally:
             self._in_flight -= 1
+            del self._calls[call.id]
             self.complete += 1
             if not self._in_flight and self._idle:
                 idle, self._idle = self._idle, []
                 for d in idle:
                     d.callback(None)
+        if call.id in self._cancelled:
+            self._cancelled.discard(call.id)
+            result = attrs.evolve(result, status=CALL_CANCELLED, error=CANCELLED_MESSAGE, body=b"")
         if result.stderr:
             self._log_stderr(result.stderr, fields)
         # All of a call's figures in one go: one log event per call, not ten.
@@ -266,12 +286,40 @@ class Agent(Service):
         )
         return result
 
+    def calls_running(self, older_than: float = 0.0) -> list[tuple[Call, float]]:
+        """Calls in flight on this node (and when each started, clock seconds) that
+        have been running for at least ``older_than`` seconds."""
+        cutoff = self._clock.seconds() - older_than
+        return [(call, began) for call, began in self._calls.values() if began <= cutoff]
+
+    def running_call(self, call_id: str) -> Call | None:
+        entry = self._calls.get(call_id)
+        return None if entry is None else entry[0]
+
+    async def cancel(self, call_id: str) -> bool:
+        """Stop ``call_id`` if it runs on this node: its container is removed and the
+        call ends with status ``cancelled``. Return whether it was running here."""
+        call = self.running_call(call_id)
+        if call is None:
+            return False
+        self._cancelled.add(call_id)
+        runner = self._runners.get(call.route.format) or self._runners["default"]
+        if not await runner.cancel(call_id):
+            # Not started yet (waiting for a slot) or already ending: the mark alone makes
+            # its outcome "cancelled"; a container that does start runs to its end.
+            self.log.info("Call {call_id} cancelled before or after its container", call_id=call_id)
+        return True
+
     def _log_stderr(self, stderr: bytes, fields: dict[str, Any]) -> None:
         for line in stderr.decode("utf-8", "replace").splitlines():
             self.log.info("{line}", line=line, stream="stderr", **fields)
 
 
-_STATUS_METRIC = {CALL_SUCCESS: "run.succeeded", CALL_ERROR: "run.error", CALL_TIMEOUT: "run.timeout"}
+CANCELLED_MESSAGE = "Call cancelled"
+_STATUS_METRIC = {
+    CALL_SUCCESS: "run.succeeded", CALL_ERROR: "run.error", CALL_TIMEOUT: "run.timeout",
+    CALL_CANCELLED: "run.cancelled",
+}
 _FAILED_TO_RUN = [("count", "run.requests", 1), ("count", "run.error", 1)]
 
 

@@ -4,18 +4,27 @@ The record is marked ``cancelled`` (atomically: a finished call refuses with
 ``CallCompleted``). A queued call is also taken out of the queue; a call running on
 this node has its container removed at once; one running on another node is stopped by
 that node's worker, which checks the record each time it renews the lease.
+
+A sync call has no record until it ends (records are written off the request path);
+one in flight on this node is found through the agent and stopped the same way, and
+its final record says ``cancelled``. A DELETE reaching another node than the one
+running a sync call answers 404: only that node knows the call.
 """
 
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
+import attrs
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ironfunctions.api.calls import Canceller, cancelled
 from ironfunctions.calls.interface import ICallStore
-from ironfunctions.calls.model import QUEUED, RUNNING, CallRecord
+from ironfunctions.calls.model import CANCELLED, QUEUED, RUNNING, CallRecord
+from ironfunctions.models import Call
+from ironfunctions.runner.records import running_sync_record
 from ironfunctions.mq.interface import IMessageQueue
 
 log = Logger()
@@ -26,8 +35,20 @@ def make_canceller(
     queue: IMessageQueue,
     kill_call: Callable[[str], Awaitable[Any]],
     clock: IReactorTime,
+    running_call: Callable[[str], Call | None] = lambda call_id: None,
 ) -> Canceller:
+    """``kill_call(id)`` stops a call running on this node; ``running_call(id)`` finds
+    one (``Agent.cancel`` / ``Agent.running_call``)."""
+
     async def cancel(app_name: str, call_id: str) -> CallRecord:
+        local = running_call(call_id)
+        if local is not None and local.route.type == "sync" and local.route.app_name == app_name:
+            await kill_call(call_id)
+            now = int(clock.seconds() * 1000)
+            return attrs.evolve(
+                running_sync_record(call_id, local.route, now),
+                status=CANCELLED, reason="client_request", completed_at=now,
+            )
         before = await calls.get_call(app_name, call_id)
         record = await calls.update_call(app_name, call_id, cancelled(int(clock.seconds() * 1000)))
         try:

@@ -109,6 +109,15 @@ class HotRunner:
     def _drained(self, pool: RoutePool) -> None:
         self._draining.discard(pool)
 
+    async def cancel(self, call_id: str) -> bool:
+        """Kill the container serving ``call_id`` (its call ends with an error result;
+        the pool starts another container for the next call)."""
+        for pool in [*self._pools.values(), *self._draining]:
+            for container in pool.serving():
+                if container.cancel_call(call_id):
+                    return True
+        return False
+
     def retire(self, app_name: str, path: str | None = None) -> None:
         """Retire the pools of a route (or, with no path, of every route of an app):
         their containers finish the calls they were given and are removed. A
@@ -281,6 +290,10 @@ class RoutePool:
         self._check_drained()
 
     # -- containers coming and going
+
+    def serving(self) -> list[HotContainer]:
+        """The pool's containers (idle ones included)."""
+        return list(self._live)
 
     def available(self, container: HotContainer) -> None:
         """``container`` finished a call (or started): give it to the longest waiting

@@ -135,6 +135,13 @@ class HotContainer:
         )
         done.callback(result)
 
+    def cancel_call(self, call_id: str) -> bool:
+        """If this container serves ``call_id``, kill it (the call ends at once)."""
+        if self._call is None or self._call.id != call_id:
+            return False
+        self._fail("Call cancelled")
+        return True
+
     def _fail(self, error: str) -> None:
         """The container is out of step: kill it; the call in flight gets ``error``."""
         call = self._call

@@ -11,10 +11,12 @@ from typing import Any, Mapping
 
 import attrs
 
-from ironfunctions.calls.model import ERROR, QUEUED, RUNNING, SUCCESS, TIMEOUT, CallRecord
-from ironfunctions.models import CALL_SUCCESS, CALL_TIMEOUT, CallRequest, CallResult, Route
+from ironfunctions.calls.model import CANCELLED, ERROR, QUEUED, RUNNING, SUCCESS, TIMEOUT, CallRecord
+from ironfunctions.models import CALL_CANCELLED, CALL_SUCCESS, CALL_TIMEOUT, CallRequest, CallResult, Route
 
-_STATUS = {CALL_SUCCESS: SUCCESS, CALL_TIMEOUT: TIMEOUT}
+_STATUS = {CALL_SUCCESS: SUCCESS, CALL_TIMEOUT: TIMEOUT, CALL_CANCELLED: CANCELLED}
+# Machine-usable reasons, as IronFunctions' Task model named them.
+_REASON = {SUCCESS: "", TIMEOUT: "timeout", CANCELLED: "client_request", ERROR: "bad_exit"}
 
 
 def new_record(call_id: str, route: Route, created_ms: int, status: str = QUEUED) -> CallRecord:
@@ -32,7 +34,7 @@ def finished_record(record: CallRecord, result: CallResult, now_ms: int, keep_bo
     return attrs.evolve(
         record,
         status=status,
-        reason="" if status == SUCCESS else ("timeout" if status == TIMEOUT else "bad_exit"),
+        reason=_REASON[status],
         started_at=now_ms - result.run_ms,
         completed_at=now_ms,
         exit_code=result.exit_code,
@@ -51,10 +53,19 @@ def sync_record(call_id: str, route: Route, created_ms: int, result: CallResult,
     return CallRecord(
         id=call_id, app_name=route.app_name, path=route.path, image=route.image,
         type=route.type, format=route.format, status=status,
-        reason="" if status == SUCCESS else ("timeout" if status == TIMEOUT else "bad_exit"),
+        reason=_REASON[status],
         created_at=created_ms, started_at=now_ms - result.run_ms, completed_at=now_ms,
         exit_code=result.exit_code, error=result.error, wait_ms=result.wait_ms,
         start_ms=result.start_ms, run_ms=result.run_ms,
+    )
+
+
+def running_sync_record(call_id: str, route: Route, created_ms: int) -> CallRecord:
+    """The record of a sync call still running (written for calls that run long, so
+    they can be listed and cancelled; the finished record replaces it)."""
+    return CallRecord(
+        id=call_id, app_name=route.app_name, path=route.path, image=route.image,
+        type=route.type, format=route.format, status=RUNNING, created_at=created_ms,
     )
 
 

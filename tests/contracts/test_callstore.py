@@ -108,3 +108,10 @@ async def test_logs_store_bytes_per_call(datastore):
     assert await datastore.calls.get_log("a", "call0001") == b"line 1\nline \xff2\n"
     with pytest.raises(CallNotFound):
         await datastore.calls.get_log("b", "call0001")
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_batch_with_an_id_twice_keeps_the_last(datastore):
+    """The recorder may hand over a call's 'running' and final records together."""
+    await datastore.calls.put_calls([call(1, status="running"), call(2), call(1, status="success")])
+    assert (await datastore.calls.get_call("a", "call0001")).status == "success"

@@ -267,3 +267,33 @@ def test_invocation_path_is_normalised_like_the_stored_route(fn):
     assert fn.post("/r/myapp//hello%20world", "4").body == b"4"
     reply = fn.post("/r/myapp/%zz", "5")
     assert (reply.status, error_of(reply)) == (404, "Route not found on that application")
+
+
+def test_a_long_sync_call_is_listed_running_and_can_be_cancelled(fn):
+    """A sync call running over a second gets a 'running' record; DELETE on it removes
+    its container, the caller gets 502 'Call cancelled', the record says cancelled."""
+    fn.route("/sleep", "sleep", config={"SLEEP": "60"}, timeout=120)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(fn.post, "/r/myapp/sleep", "", timeout=60)
+        deadline = time.monotonic() + 10
+        running: list = []
+        while not running and time.monotonic() < deadline:
+            running = fn.get("/v1/apps/myapp/calls?status=running").json()["calls"]
+            time.sleep(0.1)
+        assert running, "the running sync call was never listed"
+        call_id = running[0]["id"]
+        began = time.monotonic()
+        reply = fn.request("DELETE", f"/v1/apps/myapp/calls/{call_id}")
+        assert reply.status == 200 and reply.json()["call"]["status"] == "cancelled"
+        answer = pending.result(timeout=30)
+    assert time.monotonic() - began < 15
+    assert (answer.status, error_of(answer)) == (502, "Call cancelled")
+    assert containers(f"{LABEL_CALL}={call_id}") == []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        record = fn.get(f"/v1/apps/myapp/calls/{call_id}").json()["call"]
+        if record["status"] == "cancelled" and record["completed_at"]:
+            break
+        time.sleep(0.1)
+    assert (record["status"], record["reason"]) == ("cancelled", "client_request")
+    assert fn.request("DELETE", f"/v1/apps/myapp/calls/{call_id}").status == 409

@@ -241,3 +241,25 @@ def test_a_crashed_daemons_hot_containers_and_sockets_are_cleaned_at_restart(hot
     assert socket_files(hot) == []
     reply = hot.post("/r/hotapp/crash", "again")
     assert (reply.status, reply.body, reply.header("x-call-count")) == (200, b"again", "1")
+
+
+def test_cancelling_a_running_hot_call_kills_its_container_only(hot):
+    from concurrent.futures import ThreadPoolExecutor
+
+    hot.route("/slow", timeout=60)
+    assert hot.post("/r/hotapp/slow", "warm").status == 200
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(hot.post, "/r/hotapp/slow", "x", headers={"X-Mode": "sleep", "X-Sleep": "50"}, timeout=60)
+        call_id = None
+        deadline = time.monotonic() + 10
+        while call_id is None and time.monotonic() < deadline:
+            running = hot.get("/v1/apps/hotapp/calls?status=running").json()["calls"]
+            call_id = running[0]["id"] if running else None
+            time.sleep(0.1)
+        assert call_id, "the running hot call was never listed"
+        assert hot.request("DELETE", f"/v1/apps/hotapp/calls/{call_id}").status == 200
+        answer = pending.result(timeout=20)
+    assert (answer.status, error_of(answer)) == (502, "Call cancelled")
+    # The next call gets a fresh container.
+    reply = hot.post("/r/hotapp/slow", "again")
+    assert (reply.status, reply.body) == (200, b"again")
