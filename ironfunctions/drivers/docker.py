@@ -21,6 +21,7 @@ import time
 import uuid
 from typing import Any, Callable, Mapping
 
+import attrs
 import docker
 import docker.errors
 import docker.types
@@ -404,7 +405,10 @@ class DockerDriver(Service):
     def _start_bridged_blocking(
         self, spec: ContainerSpec, directory: str, name: str
     ) -> tuple[str, socket.socket]:
-        argv = self._image_argv(spec.image)
+        image_id, argv = self._image_argv(spec.image)
+        # Create from the id that was inspected: a tag moved meanwhile must not pair one
+        # image's command with another image.
+        spec = attrs.evolve(spec, image=image_id)
         entrypoint = [BRIDGE_IN_CONTAINER, f"{SOCKET_DIR_IN_CONTAINER}/{SOCKET_NAME}", *argv]
         binds: dict[str, Mapping[str, str]] = {
             self._bridge_binary: {"bind": BRIDGE_IN_CONTAINER, "mode": "ro"},
@@ -420,9 +424,9 @@ class DockerDriver(Service):
             raise
         return container_id, sock
 
-    def _image_argv(self, image: str) -> list[str]:
-        """The image's entrypoint + command, pulled once if missing; the argv is kept
-        per image id (a re-tagged name gets its new command)."""
+    def _image_argv(self, image: str) -> tuple[str, list[str]]:
+        """The image's id and entrypoint + command, pulled once if missing; the argv is
+        kept per image id (a re-tagged name gets its new command)."""
         try:
             info = self._api.inspect_image(image)  # type: ignore[no-untyped-call]
         except docker.errors.NotFound:
@@ -436,7 +440,7 @@ class DockerDriver(Service):
             if not argv:
                 raise DockerUnavailable(f"image {image} has neither an entrypoint nor a command")
             self._argv_of_image[image_id] = argv
-        return argv
+        return image_id, argv
 
     # -- the reactor side of a long-lived container
 
