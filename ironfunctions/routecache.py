@@ -4,12 +4,13 @@
 a route deleted or changed through another node must stop being served soon. Each entry
 (found or not found) lives at most ``ttl`` seconds (default 1 s), which is the bound on
 staleness across nodes; changes made through this node's API invalidate at once.
-Concurrent misses for one key share a single datastore query.
+Concurrent misses for one key share a single datastore query. App configs (which the
+invocation path needs too) are cached the same way, with the same bound.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -32,6 +33,7 @@ class RouteCache:
         self._entries: dict[tuple[str, str], tuple[float, Route | Exception]] = {}
         self._pending: dict[tuple[str, str], list[Deferred[Any]]] = {}
         self._listeners: list[Callable[[str, str | None], None]] = []
+        self._configs: dict[str, tuple[float, Mapping[str, str]]] = {}
 
     async def lookup(self, app_name: str, path: str) -> Route:
         key = (app_name, path)
@@ -70,9 +72,25 @@ class RouteCache:
                 return app_missing
             return not_found
 
+    async def app_config(self, app_name: str) -> Mapping[str, str]:
+        """The app's config (empty for a missing app: ``lookup`` reports that)."""
+        entry = self._configs.get(app_name)
+        now = self._clock.seconds()
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        try:
+            config: Mapping[str, str] = (await self._datastore.get_app(app_name)).config
+        except AppNotFound:
+            config = {}
+        if len(self._configs) > 10_000:
+            self._configs.clear()
+        self._configs[app_name] = (now + self._ttl, config)
+        return config
+
     def invalidate(self, app_name: str, path: str | None = None) -> None:
         """Forget what is cached for one route (or, with no path, a whole app) and tell
         listeners (e.g. hot-container pools, which retire the route's containers)."""
+        self._configs.pop(app_name, None)
         if path is None:
             for key in [k for k in self._entries if k[0] == app_name]:
                 del self._entries[key]

@@ -19,7 +19,7 @@ from twisted.python import usage
 
 from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
-from ironfunctions.api.invoke import AppConfigCache, InvokeResource
+from ironfunctions.api.invoke import InvokeResource
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import datastore_from_url
 from ironfunctions.drivers.docker import DockerDriver
@@ -168,8 +168,6 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     recorder = CallRecorder(datastore.calls, reactor, metrics)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
-    app_configs = AppConfigCache(datastore, reactor)
-    route_cache.on_invalidate(app_configs.invalidate)
 
     # Async calls: durable before the 202, run by NUM_ASYNC workers (stopped before the
     # agent), cancellable wherever they are.
@@ -178,7 +176,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     submitter = AsyncSubmitter(queue, datastore.calls, reactor, metrics)
     if config.num_async:
         workers = AsyncWorkerService(
-            queue, datastore.calls, route_cache.lookup, app_configs.lookup, agent.run_call, kill_call,
+            queue, datastore.calls, route_cache.lookup, route_cache.app_config, agent.run_call, kill_call,
             reactor, metrics, config.num_async, config.async_max_attempts, config.async_retry_delay,
         )
         workers.setServiceParent(root)  # type: ignore[no-untyped-call]
@@ -203,10 +201,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     PeriodicService("running-sync-records", 1.0, record_long_sync_calls, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     invoke = InvokeResource(
-        route_cache.lookup, app_configs.lookup, agent.run_call, CallIds(reactor.seconds),
+        route_cache.lookup, route_cache.app_config, agent.run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor,
     )
-    tasks = TasksAPI(queue, datastore.calls, route_cache.lookup, app_configs.lookup, reactor)
+    tasks = TasksAPI(queue, datastore.calls, route_cache.lookup, route_cache.app_config, reactor)
 
     api = build_api(
         datastore,

@@ -23,7 +23,6 @@ from ironfunctions import errors
 from ironfunctions.api.auth import bearer_token, verify_jwt
 from ironfunctions.api.schema import dumps
 from ironfunctions.calls.model import CallRecord
-from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.models import CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, CallResult, Route
 from ironfunctions.paths import normalize_path
 from ironfunctions.runner.records import failed_record, new_record, sync_record
@@ -69,35 +68,6 @@ def _status_for(exc: BaseException) -> int | None:
 
 def _server_timing(wait_ms: int, start_ms: int, run_ms: int) -> bytes:
     return b"wait;dur=%d, start;dur=%d, run;dur=%d" % (wait_ms, start_ms, run_ms)
-
-
-class AppConfigCache:
-    """App configs for the invocation path, cached ``ttl`` seconds (as ``RouteCache``,
-    whose ``on_invalidate`` should call ``invalidate`` so this node's changes apply at
-    once). A missing app gives an empty config: the route lookup reports it."""
-
-    def __init__(self, datastore: IDatastore, clock: IReactorTime, ttl: float = 1.0) -> None:
-        self._datastore = datastore
-        self._clock = clock
-        self._ttl = ttl
-        self._entries: dict[str, tuple[float, Mapping[str, str]]] = {}
-
-    async def lookup(self, app_name: str) -> Mapping[str, str]:
-        entry = self._entries.get(app_name)
-        now = self._clock.seconds()
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        try:
-            config: Mapping[str, str] = (await self._datastore.get_app(app_name)).config
-        except errors.AppNotFound:
-            config = {}
-        if len(self._entries) > 10_000:
-            self._entries.clear()
-        self._entries[app_name] = (now + self._ttl, config)
-        return config
-
-    def invalidate(self, app_name: str, path: str | None = None) -> None:
-        self._entries.pop(app_name, None)
 
 
 class InvokeResource(Resource):

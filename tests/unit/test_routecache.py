@@ -97,3 +97,17 @@ def test_concurrent_misses_share_one_query():
     gate.callback(None)
     assert [r.image for r in results] == ["img"] * 3
     assert ds.route_reads == 1
+
+
+def test_app_configs_are_cached_within_the_bound_and_invalidated_with_the_app():
+    ds, clock, cache = setup()
+    run(ds.update_app("a", lambda app: App("a", {"K": "1"})))
+    assert run(cache.app_config("a")) == {"K": "1"}
+    run(ds.update_app("a", lambda app: App("a", {"K": "2"})))
+    assert run(cache.app_config("a")) == {"K": "1"}  # within the bound
+    clock.advance(1.01)
+    assert run(cache.app_config("a")) == {"K": "2"}
+    run(ds.update_app("a", lambda app: App("a", {"K": "3"})))
+    cache.invalidate("a")
+    assert run(cache.app_config("a")) == {"K": "3"}
+    assert run(cache.app_config("ghost")) == {}
