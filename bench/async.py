@@ -46,16 +46,12 @@ from typing import Any, Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import percentile  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
 from tests.images import build_test_images, ensure_dockerd, image_tag  # noqa: E402
 from tests.servers import start_redis_server, stop_redis_server  # noqa: E402
 
 WAKE_TARGET_MS = 50
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def ms(stamp: str) -> int:

@@ -15,7 +15,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +22,7 @@ import docker
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import PeakRss, percentile  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
 from tests.images import build_test_images, ensure_dockerd, image_tag  # noqa: E402
 
@@ -44,18 +44,6 @@ def floor_once(api: docker.APIClient) -> float:
     api.remove_container(container)
     return (time.perf_counter() - began) * 1000
 
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def main() -> None:
@@ -84,17 +72,6 @@ def main() -> None:
             print(f"  product (POST /r/ daemon):  p50 {p50:.1f} ms  p99 {percentile(product, 99):.1f} ms")
             print(f"  ratio product/floor: {p50 / f50:.3f}  (target <= 1.10)")
 
-            pid = daemon.proc.pid
-            peak = [rss_kb(pid)]
-            done = threading.Event()
-
-            def watch() -> None:
-                while not done.is_set():
-                    peak[0] = max(peak[0], rss_kb(pid))
-                    time.sleep(0.01)
-
-            watcher = threading.Thread(target=watch)
-            watcher.start()
             times: list[float] = []
 
             def one(i: int) -> int:
@@ -104,15 +81,13 @@ def main() -> None:
                 return reply.status
 
             began = time.perf_counter()
-            with ThreadPoolExecutor(50) as pool:
+            with PeakRss(daemon.proc.pid, every=0.01) as peak, ThreadPoolExecutor(50) as pool:
                 statuses = list(pool.map(one, range(50)))
             wall = time.perf_counter() - began
-            done.set()
-            watcher.join()
             ok = statuses.count(200)
             print(f"50 concurrent cold calls: {ok}/50 succeeded in {wall:.2f} s; "
                   f"p50 {percentile(times, 50):.0f} ms  p99 {percentile(times, 99):.0f} ms; "
-                  f"daemon peak RSS {peak[0] / 1024:.1f} MiB")
+                  f"daemon peak RSS {peak.kb / 1024:.1f} MiB")
         finally:
             daemon.stop()
 

@@ -32,16 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import percentile  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
 from tests.images import build_test_images, ensure_dockerd, image_tag  # noqa: E402
 
 IMAGE = image_tag("sleep")
 ANSWER_BOUND_S = 30.0  # admission bound (10 s) + one call + slack: later than this is a hang
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def proc_status(pid: int, key: str) -> int:

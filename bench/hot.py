@@ -35,16 +35,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import PeakRss, percentile  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
 from tests.images import build_test_images, ensure_bridge, ensure_dockerd, image_tag  # noqa: E402
 
 IMAGE = image_tag("hotfn")
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -78,13 +74,6 @@ def processes() -> dict[int, str]:
             groups[int(entry)] = "function containers"
     return groups
 
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def sequential(port: int, method: str, path: str, body: bytes | None, n: int) -> list[float]:
@@ -228,39 +217,28 @@ def bench_daemon(transport: str) -> None:
 
             with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
                 script.write('wrk.method = "POST"\nwrk.body = "hello"\n')
-            peak = [rss_kb(pid)]
-            done = threading.Event()
-
-            def watch() -> None:
-                while not done.is_set():
-                    peak[0] = max(peak[0], rss_kb(pid))
-                    time.sleep(0.05)
-
-            watcher = threading.Thread(target=watch)
-            watcher.start()
-            groups = processes()
-            groups[pid] = "daemon"
-            cpu_before = {p: cpu_seconds(p) for p in groups}
-            began = time.monotonic()
-            result: list[tuple[float, str, str]] = []
-            runner = threading.Thread(target=lambda: result.append(wrk(daemon.url + "/r/bench/hot", script.name)))
-            runner.start()
-            time.sleep(1)
-            for p, name in processes().items():  # anything started since
-                if p not in groups:
-                    groups[p] = name
-                    cpu_before[p] = cpu_seconds(p)
-            runner.join()
-            wall = time.monotonic() - began
-            split: dict[str, float] = {}
-            for p, name in groups.items():
-                split[name] = split.get(name, 0.0) + max(0.0, cpu_seconds(p) - cpu_before[p])
-            done.set()
-            watcher.join()
+            with PeakRss(pid) as peak:
+                groups = processes()
+                groups[pid] = "daemon"
+                cpu_before = {p: cpu_seconds(p) for p in groups}
+                began = time.monotonic()
+                result: list[tuple[float, str, str]] = []
+                runner = threading.Thread(target=lambda: result.append(wrk(daemon.url + "/r/bench/hot", script.name)))
+                runner.start()
+                time.sleep(1)
+                for p, name in processes().items():  # anything started since
+                    if p not in groups:
+                        groups[p] = name
+                        cpu_before[p] = cpu_seconds(p)
+                runner.join()
+                wall = time.monotonic() - began
+                split: dict[str, float] = {}
+                for p, name in groups.items():
+                    split[name] = split.get(name, 0.0) + max(0.0, cpu_seconds(p) - cpu_before[p])
             os.unlink(script.name)
             rps, p50, p99 = result[0]
             print(f"wrk -t2 -c8 -d10s POST, max_concurrency 2: {rps:.0f} req/s  p50 {p50}  p99 {p99}  "
-                  f"(target >= 3500 req/s); daemon peak RSS {peak[0] / 1024:.1f} MiB")
+                  f"(target >= 3500 req/s); daemon peak RSS {peak.kb / 1024:.1f} MiB")
             cores = os.cpu_count() or 1
             print(f"CPU during the wrk run ({wall:.1f} s, {cores} cores = {cores * 100}%):")
             for name, seconds in sorted(split.items(), key=lambda kv: -kv[1]):
