@@ -38,11 +38,17 @@ _RFC3339 = re.compile(
 )
 
 
+MAX_EPOCH_S = 253402300799  # 9999-12-31T23:59:59Z, as far as RFC 3339 goes
+
+
 def parse_time(name: str, value: str) -> int:
     """RFC 3339 (``2026-11-28T08:00:00Z``, offsets allowed) or epoch seconds -> epoch ms."""
     value = value.strip()
     if re.fullmatch(r"\d+(\.\d+)?", value):
-        return int(float(value) * 1000)
+        seconds_f = float(value)
+        if seconds_f > MAX_EPOCH_S:  # also keeps the value in a database's int64
+            raise ValidationError(f"Invalid {name}: epoch seconds must be at most {MAX_EPOCH_S}")
+        return int(seconds_f * 1000)
     match = _RFC3339.match(value)
     if not match:
         raise ValidationError(f"Invalid {name}: use RFC 3339 (2026-01-02T15:04:05Z) or epoch seconds")

@@ -32,9 +32,12 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.ValidationError, 400),  # includes InvalidJSON
     (errors.PayloadTooLarge, 413),
     (errors.Unauthorized, 401),
+    (errors.ImageNotFound, 502),  # the function's image, not the client's request
     (errors.DatastoreUnavailable, 503),
     (errors.QueueUnavailable, 503),
     (errors.NotReady, 503),
+    (errors.Overloaded, 503),
+    (errors.DockerUnavailable, 503),
 ]
 
 
@@ -50,12 +53,13 @@ def error_body(message: str, **extra: Any) -> bytes:
     return dumps({**extra, "error": {"message": message}})
 
 
-def write_error(request: IRequest, status: int, message: str, **extra: Any) -> bytes:
-    """Set status and JSON content type on ``request``; return the error body."""
+def write_error(request: IRequest, status: int, message: str, retry_after: int = 1, **extra: Any) -> bytes:
+    """Set status and JSON content type on ``request``; return the error body. A 503
+    says when to try again (``retry_after`` seconds)."""
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     if status == 503:
-        request.setHeader(b"retry-after", b"1")
+        request.setHeader(b"retry-after", b"%d" % retry_after)
     return error_body(message, **extra)
 
 
@@ -64,7 +68,7 @@ def render_failure(request: IRequest, failure: Failure) -> bytes:
     exc = failure.value
     status = status_for(exc) if exc is not None else None
     if status is not None:
-        return write_error(request, status, str(exc))
+        return write_error(request, status, str(exc), getattr(exc, "retry_after", 1))
     if isinstance(exc, NotFound):
         return write_error(request, 404, "Not Found")
     if isinstance(exc, MethodNotAllowed):

@@ -21,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from ironfunctions import errors
 from ironfunctions.api.auth import bearer_token, verify_jwt
+from ironfunctions.api.errors import status_for
 from ironfunctions.api.schema import dumps
 from ironfunctions.calls.model import CallRecord
 from ironfunctions.models import CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, CallResult, Route
@@ -44,26 +45,12 @@ ROUTE_NOT_FOUND = "Route not found on that application"
 
 log = Logger()
 
-# Domain exception -> status for failures before or instead of a result.
-_STATUS: list[tuple[type[Exception], int]] = [
-    (errors.AppNotFound, 404),
-    (errors.RouteNotFound, 404),
-    (errors.ValidationError, 404),  # an invalid path cannot name a route
-    (errors.Unauthorized, 401),
-    (errors.ImageNotFound, 502),
-    (errors.Overloaded, 503),
-    (errors.NotReady, 503),
-    (errors.DockerUnavailable, 503),
-    (errors.DatastoreUnavailable, 503),
-    (errors.QueueUnavailable, 503),
-]
-
-
 def _status_for(exc: BaseException) -> int | None:
-    for cls, status in _STATUS:
-        if isinstance(exc, cls):
-            return status
-    return None
+    """The one error map (``api/errors.py``), except that on ``/r/`` an invalid path
+    is a 404: it cannot name a route."""
+    if isinstance(exc, errors.ValidationError):
+        return 404
+    return status_for(exc)
 
 
 def _server_timing(wait_ms: int, start_ms: int, run_ms: int) -> bytes:

@@ -39,7 +39,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or ``InvalidJSON``."""
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested
         raise InvalidJSON() from None
     if not isinstance(value, dict):
         raise InvalidJSON("Invalid JSON: expected an object")

@@ -326,13 +326,20 @@ class DockerDriver(Service):
             return str(container["Id"])
 
         try:
-            return create()
-        except docker.errors.ImageNotFound:
-            self._pull_once(spec.image)
-        try:
-            return create()
-        except docker.errors.ImageNotFound:
-            raise ImageNotFound(spec.image) from None
+            try:
+                return create()
+            except docker.errors.ImageNotFound:
+                self._pull_once(spec.image)
+            try:
+                return create()
+            except docker.errors.ImageNotFound:
+                raise ImageNotFound(spec.image) from None
+        except docker.errors.APIError as e:
+            # 400 on create: the engine cannot use this image reference ("invalid
+            # reference format"). A route's mistake, not the engine's: 502, not 503.
+            if e.status_code == 400:
+                raise ImageNotFound(f"{spec.image} ({e.explanation or e})") from None
+            raise
 
     def _attach(self, container_id: str, params: Mapping[str, int] = _ATTACH) -> socket.socket:
         wrapper = self._api.attach_socket(container_id, params=dict(params))

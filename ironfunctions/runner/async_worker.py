@@ -165,13 +165,24 @@ class AsyncWorkerService(Service):
             if held is None:
                 continue
             if not self.running:
-                await self._queue.release(held)
+                try:
+                    await self._queue.release(held)
+                except Exception as e:  # its lease expires instead
+                    self.log.warn("Could not release {call_id}: {error}", call_id=held.call_id, error=str(e))
                 return
             self._held[held.call_id] = held
             try:
                 await self.process(held)
             except Exception:
+                # The store or queue failed mid-way: give the call back after the retry
+                # delay rather than leave it until its lease runs out. (A call whose final
+                # record was written is acked as done when it comes back.)
                 self.log.failure("Async call {call_id} could not be processed", call_id=held.call_id)
+                try:
+                    await self._queue.release(held, retry_delay(self._retry_base, held.attempt))
+                except Exception as e:
+                    self.log.warn("Could not give {call_id} back; its lease will expire: {error}",
+                                  call_id=held.call_id, error=str(e))
             finally:
                 self._held.pop(held.call_id, None)
 
@@ -281,6 +292,8 @@ class AsyncWorkerService(Service):
                 except errors.LeaseLost:
                     self.log.warn("Lease of {call_id} lost while running", call_id=record.id)
                     return
+                except CancelledError:  # the call ended: stop (CancelledError is an Exception)
+                    raise
                 except Exception as e:  # a passing outage: try again next tick
                     self.log.warn("Could not renew {call_id}: {error}", call_id=record.id, error=str(e))
                     continue

@@ -295,3 +295,11 @@ async def test_removing_a_running_attached_container_closes_its_stream(attached_
     await collector.closed
     assert driver.socket_paths() == []
     assert await driver.list_containers({LABEL_NODE: node}) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_invalid_image_reference_is_ImageNotFound(driver, node):
+    """An image name the engine cannot parse is the route's mistake (502), not an
+    engine outage (503)."""
+    with pytest.raises(ImageNotFound):
+        await driver.run(ContainerSpec(image="Bad/Ref:x:y", labels={LABEL_NODE: node}, network_mode="none"))

@@ -61,3 +61,8 @@ def test_health_names_what_is_down():
 def test_stats_shape():
     status, body = call(client(stats=lambda: {"Running": 2}), "GET", "/stats")
     assert body == {"Queue": 0, "Running": 2, "Complete": 0}
+
+
+def test_deeply_nested_json_is_400_not_500():
+    status, body = call(client(), "POST", "/v1/apps", b"[" * 200_000)
+    assert (status, body) == (400, {"error": {"message": "Invalid JSON"}})

@@ -109,3 +109,8 @@ def test_parse_time_forms():
     assert parse_time("from", "2023-11-14T23:13:20+01:00") == 1_700_000_000_000
     with pytest.raises(ValidationError):
         parse_time("from", "2023-02-30T00:00:00Z")
+
+
+def test_an_absurd_epoch_is_400_not_500():
+    code, body = jcall(setup(), "GET", "/v1/apps/a/calls?from=" + "9" * 400)
+    assert code == 400 and "epoch" in body["error"]["message"]
