@@ -37,9 +37,9 @@ from twisted.python.failure import Failure
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import Overloaded
 from ironfunctions.metrics import IMetrics
-from ironfunctions.models import Call, CallResult, Route
+from ironfunctions.models import CALL_ERROR, Call, CallResult, Route
 from ironfunctions.runner.admission import Slots
-from ironfunctions.runner.hot_container import HotContainer, ms
+from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
 from ironfunctions.runner.protocol import (
     RequestEncoder,
     hot_container_spec,
@@ -157,6 +157,10 @@ class _Waiter:
         self.timer: IDelayedCall | None = None
 
 
+class _ExitedAtStart(Exception):
+    """A new hot container's function exited before it could take a call."""
+
+
 class RoutePool:
     """The hot containers of one route on this node (see the module doc)."""
 
@@ -197,7 +201,10 @@ class RoutePool:
         if self._idle:
             return await self._idle.pop().serve(call, 0, 0)
         queued_at = self._clock.seconds()
-        container = await self._wait(queued_at)
+        try:
+            container = await self._wait(queued_at)
+        except _ExitedAtStart:
+            return CallResult(call.id, CALL_ERROR, error=EXITED, wait_ms=ms(self._clock.seconds() - queued_at))
         waited = self._clock.seconds() - queued_at
         start_ms = 0
         if container.calls == 0:  # started for the waiting calls: part of the wait was its start
@@ -269,7 +276,10 @@ class RoutePool:
         self._live.add(container)
         self._gauge()
         log.debug("Started hot container {container_id}", container_id=attached.container_id, **self._fields)
-        if container.dead:  # its stream closed while it was starting
+        if container.dead:
+            # Its function exited while it started: the call it was started for gets
+            # the 502 (starting another for the same call would loop until timeout).
+            self._start_failed(_ExitedAtStart())
             self._lost(container)
             return
         self.available(container)

@@ -263,3 +263,16 @@ def test_cancelling_a_running_hot_call_kills_its_container_only(hot):
     # The next call gets a fresh container.
     reply = hot.post("/r/hotapp/slow", "again")
     assert (reply.status, reply.body) == (200, b"again")
+
+
+def test_a_function_that_exits_at_once_is_a_quick_502_not_a_restart_loop(hot):
+    """A hot route whose program exits immediately: the call gets 502 'Function exited
+    unexpectedly' at once, not a 503 after restarting containers until the timeout."""
+    hot.route("/quits", image="exit-code", timeout=20, config={"EXIT_CODE": "0"})
+    began = time.monotonic()
+    reply = hot.post("/r/hotapp/quits", "x")
+    # It also prints a line first, which may arrive before the exit is noticed.
+    assert reply.status == 502
+    assert error_of(reply) in ("Function exited unexpectedly",
+                               "Invalid function response: output is not an HTTP response")
+    assert time.monotonic() - began < 10
