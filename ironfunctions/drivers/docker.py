@@ -112,7 +112,9 @@ class DockerDriver(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         if self._socket_dirs is not None:
-            self._socket_dirs.wipe()  # left behind by a crash
+            # Left behind by a crash. Blocking, but once, before anything is served, and
+            # it must finish before the first hot container makes its directory.
+            self._socket_dirs.wipe()
         self._run_pool.start()
         self._control_pool.start()
 
@@ -209,12 +211,18 @@ class DockerDriver(Service):
         """``start_attached`` under ``HOT_TRANSPORT=socket``: listen first, then create
         and start the container with the bridge in front of its own command."""
         name = uuid.uuid4().hex[:16]
-        try:
-            directory = dirs.make(name)
-            listener = listen(directory)
-        except OSError as e:
-            dirs.remove(name)
-            raise DockerUnavailable(f"cannot listen for a hot container: {e}") from None
+
+        def prepare() -> tuple[str, socket.socket]:
+            """The container's socket directory and listening socket (file system
+            work: on the pool, not the reactor)."""
+            try:
+                directory = dirs.make(name)
+                return directory, listen(directory)
+            except BaseException:
+                dirs.remove(name)
+                raise
+
+        directory, listener = await self._in_pool(self._run_pool, lambda deliver: deliver(prepare()))
         handle = BridgedContainer(stream, listener, self._reactor)
         try:
             container_id, sock = await self._in_pool(
@@ -223,7 +231,7 @@ class DockerDriver(Service):
             )
         except BaseException:
             handle.discard()
-            dirs.remove(name)
+            await self._call(dirs.remove, name)
             raise
         handle.container_id = container_id
         try:
