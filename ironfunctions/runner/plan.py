@@ -8,6 +8,8 @@ names are upper-cased with "-" turned into "_"; values are passed verbatim.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from ironfunctions.models import (
     LABEL_APP,
     LABEL_CALL,
@@ -16,6 +18,7 @@ from ironfunctions.models import (
     LABEL_PATH,
     Call,
     ContainerSpec,
+    Route,
 )
 
 
@@ -25,21 +28,26 @@ def env_name(name: str, prefix: str = "") -> str:
     return f"{prefix}_{name}" if prefix else name
 
 
-def call_env(call: Call) -> dict[str, str]:
-    """The container environment of ``call`` (see the module docstring)."""
-    route, request = call.route, call.request
+def route_env(route: Route, app_config: Mapping[str, str]) -> dict[str, str]:
+    """The environment shared by every call of ``route``: the hot container's own
+    environment and the fixed part of each request's headers."""
     env = {
-        "METHOD": request.method,
-        "ROUTE": route.path,
-        "REQUEST_URL": request.url,
         "APP_NAME": route.app_name,
-        "CALL_ID": call.id,
+        "ROUTE": route.path,
         "FN_FORMAT": route.format,
         "MEMORY_MB": str(route.memory),
     }
-    for config in (call.app_config, route.config):
+    for config in (app_config, route.config):
         for key, value in config.items():
             env[env_name(key)] = value
+    return env
+
+
+def call_env(call: Call) -> dict[str, str]:
+    """The container environment of ``call`` (see the module docstring)."""
+    route, request = call.route, call.request
+    env = {"METHOD": request.method, "REQUEST_URL": request.url, "CALL_ID": call.id}
+    env.update(route_env(route, call.app_config))
     for key, values in request.headers.items():
         env[env_name(key, "HEADER")] = ", ".join(values)
     for key, value in request.params.items():

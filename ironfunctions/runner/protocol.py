@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 from twisted.web._newclient import HTTPParser, _contentLength
 
 from ironfunctions.models import LABEL_APP, LABEL_KIND, LABEL_NODE, LABEL_PATH, Call, ContainerSpec, Route
-from ironfunctions.runner.plan import env_name
+from ironfunctions.runner.plan import route_env
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -51,21 +51,6 @@ def _header_line(name: str, value: str) -> bytes:
         return b""
     raw_value = value.encode("utf-8").replace(b"\r", b" ").replace(b"\n", b" ")
     return raw_name + b": " + raw_value + b"\r\n"
-
-
-def route_env(route: Route, app_config: Mapping[str, str]) -> dict[str, str]:
-    """The environment shared by every call of ``route``: the hot container's own
-    environment and the fixed part of each request's headers."""
-    env = {
-        "APP_NAME": route.app_name,
-        "ROUTE": route.path,
-        "FN_FORMAT": route.format,
-        "MEMORY_MB": str(route.memory),
-    }
-    for config in (app_config, route.config):
-        for key, value in config.items():
-            env[env_name(key)] = value
-    return env
 
 
 def hot_container_spec(
