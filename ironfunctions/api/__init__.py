@@ -17,7 +17,8 @@ from werkzeug.exceptions import NotFound
 
 from ironfunctions.api import admin
 from ironfunctions.api.apps import AppsAPI
-from ironfunctions.api.calls import Canceller, store_canceller
+from ironfunctions.api.calls import store_canceller
+from ironfunctions.calls.interface import Canceller
 from ironfunctions.api.auth import bearer_token, verify_jwt
 from ironfunctions.api.errors import write_error
 from ironfunctions.api.http import json_response, klein_app

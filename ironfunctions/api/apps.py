@@ -5,7 +5,8 @@ from __future__ import annotations
 from twisted.web.iweb import IRequest
 
 from ironfunctions.api import schema
-from ironfunctions.api.calls import Canceller, CallsAPI
+from ironfunctions.api.calls import CallsAPI
+from ironfunctions.calls.interface import Canceller
 from ironfunctions.api.http import body_of, json_response, klein_app
 from ironfunctions.api.routes import RoutesAPI
 from ironfunctions.datastore.interface import IDatastore

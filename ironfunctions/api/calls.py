@@ -9,29 +9,27 @@ from __future__ import annotations
 import calendar
 import datetime
 import re
-from typing import Awaitable, Callable, Mapping
+from typing import Mapping
 
-import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from ironfunctions.calls.interface import ICallStore
+from ironfunctions.calls.interface import Canceller, ICallStore
 from ironfunctions.calls.model import (
-    CANCELLED,
     DEFAULT_PER_PAGE,
     MAX_PER_PAGE,
     STATUSES,
     CallRecord,
     CallQuery,
     call_json,
+    cancelled,
     decode_cursor,
 )
 from ironfunctions.api.http import json_response
 from ironfunctions.datastore.interface import IDatastore
-from ironfunctions.errors import CallCompleted, ValidationError
+from ironfunctions.errors import ValidationError
 from ironfunctions.paths import normalize_path
 
-Canceller = Callable[[str, str], Awaitable[CallRecord]]
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
@@ -104,17 +102,6 @@ def parse_call_query(app_name: str, args: Mapping[bytes, list[bytes]]) -> CallQu
         after=after,
         per_page=per_page,
     )
-
-
-def cancelled(now_ms: int) -> Callable[[CallRecord], CallRecord]:
-    """The change that cancels a queued or running call (pure); a finished call refuses."""
-
-    def change(call: CallRecord) -> CallRecord:
-        if call.terminal:
-            raise CallCompleted(f"Call already completed (status {call.status})")
-        return attrs.evolve(call, status=CANCELLED, reason="client_request", completed_at=now_ms)
-
-    return change
 
 
 def store_canceller(calls: ICallStore, clock: IReactorTime) -> Canceller:

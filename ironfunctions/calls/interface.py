@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Awaitable, Callable
 
 from zope.interface import Interface
 
 from ironfunctions.calls.model import CallRecord, CallPage, CallQuery
 
 CallChange = Callable[[CallRecord], CallRecord]
+# Cancels a call: (app name, call id) -> the cancelled record (see runner/cancel.py).
+Canceller = Callable[[str, str], Awaitable[CallRecord]]
 
 
 class ICallStore(Interface):

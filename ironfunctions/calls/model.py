@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from typing import Any
+from typing import Any, Callable
 
 import attrs
+
+from ironfunctions.errors import CallCompleted
 
 # Call statuses. Terminal ones never change again.
 QUEUED, RUNNING, SUCCESS, ERROR, TIMEOUT, CANCELLED = (
@@ -155,3 +157,14 @@ def call_json(call: CallRecord) -> dict[str, Any]:
     if call.type == "async":
         out["body"] = None if call.body is None else call.body.decode("utf-8", "replace")
     return out
+
+
+def cancelled(now_ms: int) -> Callable[[CallRecord], CallRecord]:
+    """The change that cancels a queued or running call (pure); a finished call refuses."""
+
+    def change(call: CallRecord) -> CallRecord:
+        if call.terminal:
+            raise CallCompleted(f"Call already completed (status {call.status})")
+        return attrs.evolve(call, status=CANCELLED, reason="client_request", completed_at=now_ms)
+
+    return change

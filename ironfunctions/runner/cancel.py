@@ -20,9 +20,8 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ironfunctions.api.calls import Canceller, cancelled
-from ironfunctions.calls.interface import ICallStore
-from ironfunctions.calls.model import CANCELLED, QUEUED, RUNNING, CallRecord
+from ironfunctions.calls.interface import Canceller, ICallStore
+from ironfunctions.calls.model import CANCELLED, QUEUED, RUNNING, CallRecord, cancelled
 from ironfunctions.models import Call
 from ironfunctions.runner.records import running_sync_record
 from ironfunctions.mq.interface import IMessageQueue
