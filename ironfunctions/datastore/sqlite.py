@@ -19,7 +19,7 @@ from zope.interface import implementer
 from ironfunctions.calls.sqlite import SqliteCallStore
 from ironfunctions.datastore import codec
 from ironfunctions.datastore.interface import AppChange, IDatastore, RouteChange
-from ironfunctions.datastore.sqlite_base import migrate, open_sqlite, transaction
+from ironfunctions.datastore.sqlite_base import migrate, open_sqlite, stop_pool, transaction
 from ironfunctions.errors import (
     AppAlreadyExists,
     AppHasRoutes,
@@ -42,6 +42,7 @@ class SqliteDatastore:
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="sqlite-datastore")
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
         self.calls = SqliteCallStore(self)
 
     async def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -51,13 +52,16 @@ class SqliteDatastore:
             raise DatastoreUnavailable()
         try:
             return await deferToThreadPool(self._reactor, self._pool, fn, self._conn, *args)
-        except sqlite3.OperationalError as e:
+        except sqlite3.DatabaseError as e:
+            # Locked, full disk, a damaged file...: the store's trouble, not the client's.
+            # (Integrity errors a caller can cause are translated inside ``fn``.)
             raise DatastoreUnavailable(f"datastore unavailable: {e}") from e
 
     async def start(self) -> None:
         if self._conn is not None:
             return
-        self._pool.start()
+        if not self._pool.started:
+            self._pool.start()  # once: a stopped ThreadPool cannot start again
 
         def connect() -> sqlite3.Connection:
             conn = open_sqlite(self._path)
@@ -65,17 +69,23 @@ class SqliteDatastore:
             return conn
 
         try:
-            self._conn = await deferToThreadPool(self._reactor, self._pool, connect)
+            conn = await deferToThreadPool(self._reactor, self._pool, connect)
         except (sqlite3.Error, OSError) as e:
-            self._pool.stop()
+            # The pool stays up: BackendService retries start() until it works.
             raise DatastoreUnavailable(f"datastore unavailable: {e}") from e
+        if self._closed:  # close() was called while we connected
+            await deferToThreadPool(self._reactor, self._pool, conn.close)
+            raise DatastoreUnavailable("datastore closed")
+        self._conn = conn
 
     async def close(self) -> None:
-        if self._conn is None:
-            return
+        self._closed = True
         conn, self._conn = self._conn, None
-        await deferToThreadPool(self._reactor, self._pool, conn.close)
-        self._pool.stop()
+        if conn is not None:
+            await deferToThreadPool(self._reactor, self._pool, conn.close)
+        if self._pool.started:
+            # Its thread is not a daemon thread: a pool left running blocks exit.
+            await stop_pool(self._reactor, self._pool)
 
     async def ping(self) -> None:
         await self.run_in_thread(lambda c: c.execute("SELECT 1").fetchone())

@@ -6,9 +6,28 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.python.threadpool import ThreadPool
+
 from ironfunctions.datastore.migrations import pending
+
+
+def stop_pool(reactor: IReactorFromThreads, pool: ThreadPool) -> Deferred[None]:
+    """Stop ``pool`` from a thread of its own: ``stop()`` joins the pool's threads,
+    waiting for work in flight (a connect may wait out a 10 s busy timeout), which must
+    not happen on the reactor thread nor on the reactor's shared pool."""
+    done: Deferred[None] = Deferred()
+
+    def stop() -> None:
+        pool.stop()
+        reactor.callFromThread(done.callback, None)
+
+    threading.Thread(target=stop, name=f"{pool.name}-stop", daemon=True).start()
+    return done
 
 
 def open_sqlite(path: str) -> sqlite3.Connection:
@@ -68,4 +87,19 @@ class transaction:
         self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        conn = self._conn
+        if exc_type is None:
+            try:
+                conn.execute("COMMIT")
+                return
+            except BaseException:
+                self._rollback()
+                raise
+        self._rollback()  # the original exception propagates
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (I/O error, full disk); a ROLLBACK then
+        # would raise and hide the real error. Never leave the shared connection inside
+        # a transaction: every later BEGIN would fail.
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")

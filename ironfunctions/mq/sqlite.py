@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ironfunctions.datastore.sqlite_base import migrate, open_sqlite, transaction
+from ironfunctions.datastore.sqlite_base import migrate, open_sqlite, stop_pool, transaction
 from ironfunctions.errors import LeaseLost, QueueUnavailable
 from ironfunctions.mq._waiting import Waiters, reserve_loop
 from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation, lease_of
@@ -68,9 +68,13 @@ class SqliteQueue:
             return conn
 
         try:
-            self._conn = await deferToThreadPool(self._reactor, self._pool, connect)
+            conn = await deferToThreadPool(self._reactor, self._pool, connect)
         except (sqlite3.Error, OSError) as e:
             raise QueueUnavailable(f"queue unavailable: {e}") from e
+        if self._closed:  # close() was called while we connected
+            await deferToThreadPool(self._reactor, self._pool, conn.close)
+            raise QueueUnavailable("queue closed")
+        self._conn = conn
 
     async def close(self) -> None:
         self._closed = True
@@ -79,7 +83,7 @@ class SqliteQueue:
         if conn is not None:
             await deferToThreadPool(self._reactor, self._pool, conn.close)
         if self._pool.started:
-            self._pool.stop()
+            await stop_pool(self._reactor, self._pool)
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())

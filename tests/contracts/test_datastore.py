@@ -237,3 +237,26 @@ async def test_extras_store_bytes_and_replace(datastore):
     assert await datastore.get_extra("k") == b"\x00\xffvalue"
     await datastore.put_extra("k", b"second")
     assert await datastore.get_extra("k") == b"second"
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_start_can_be_retried_after_a_failure(tmp_path):
+    """A failed start (here: the folder cannot be created) leaves the datastore able to
+    start later, as BackendService retries it; close always frees its thread."""
+    import os
+
+    from twisted.internet import reactor
+
+    from ironfunctions.datastore.sqlite import SqliteDatastore
+    from ironfunctions.errors import DatastoreUnavailable
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the folder should be")
+    ds = SqliteDatastore(str(blocker / "ds.db"), reactor)
+    with pytest.raises(DatastoreUnavailable):
+        await ds.start()
+    os.remove(blocker)
+    await ds.start()
+    await ds.ping()
+    await ds.close()
+    assert ds._pool.joined
