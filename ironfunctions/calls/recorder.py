@@ -51,10 +51,12 @@ class CallRecorder(Service):
         """Queue ``call`` (and its stderr) for writing. Never blocks, never raises."""
         self._pending.append((call, None if log is None else cap_log(log)))
         while len(self._pending) > self._max_buffer:
-            dropped, _ = self._pending.popleft()
-            self._metrics.count("calls.dropped", 1, app=dropped.app_name)
-            self.log.warn("CallRecord record buffer full: dropped {call_id}", call_id=dropped.id,
-                          app=dropped.app_name)
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        dropped, _ = self._pending.popleft()
+        self._metrics.count("calls.dropped", 1, app=dropped.app_name)
+        self.log.warn("Call record buffer full: dropped {call_id}", call_id=dropped.id, app=dropped.app_name)
 
     @property
     def pending(self) -> int:
@@ -83,7 +85,9 @@ class CallRecorder(Service):
     async def flush(self) -> None:
         """Write everything pending, a batch at a time; on failure keep it for later."""
         while self._pending:
-            batch = [self._pending[i] for i in range(min(self._max_batch, len(self._pending)))]
+            # Take the batch out first: record() may drop the oldest pending entries
+            # while we wait for the store, and must not drop these instead.
+            batch = [self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))]
             try:
                 await self._calls.put_calls([call for call, _ in batch])
                 for call, log in batch:
@@ -92,9 +96,10 @@ class CallRecorder(Service):
             except Exception as e:
                 self.log.warn("Could not write {count} call records yet: {error}",
                               count=len(batch), error=str(e))
+                self._pending.extendleft(reversed(batch))  # oldest first again
+                while len(self._pending) > self._max_buffer:
+                    self._drop_oldest()
                 return
-            for _ in batch:
-                self._pending.popleft()
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop the loop and make one last attempt to write what is pending."""

@@ -80,3 +80,29 @@ def test_stop_flushes_what_is_pending():
     recorder.record(CallRecord(id="c1", app_name="a", path="/p"))
     d = recorder.stopService()
     assert d.called and store.batches == [1]
+
+
+def test_records_arriving_during_a_slow_write_are_neither_lost_nor_miscounted():
+    """While a batch is being written, new records arrive: once the write succeeds,
+    every record is written and nothing was counted as dropped (the batch in flight is
+    out of the buffer, so it cannot be 'dropped' nor make others drop)."""
+    from twisted.internet.defer import Deferred as D
+
+    store, clock, metrics, recorder = make(max_batch=2, max_buffer=3)
+    gate = D()
+    written = []
+
+    async def slow_put(calls):
+        written.extend(c.id for c in calls)
+        await gate
+
+    store.put_calls = slow_put
+    for n in range(3):
+        recorder.record(CallRecord(id=f"c{n}", app_name="a", path="/p"))
+    clock.advance(0.2)  # flush takes c0, c1 and waits
+    recorder.record(CallRecord(id="c3", app_name="a", path="/p"))
+    recorder.record(CallRecord(id="c4", app_name="a", path="/p"))
+    gate.callback(None)
+    clock.advance(0.2)
+    assert written == ["c0", "c1", "c2", "c3", "c4"]
+    assert metrics.total("calls.dropped") == 0
