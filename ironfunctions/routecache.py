@@ -10,7 +10,7 @@ invocation path needs too) are cached the same way, with the same bound.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -31,7 +31,8 @@ class RouteCache:
         self._ttl = ttl
         # key -> (expires_at, Route or the exception to raise)
         self._entries: dict[tuple[str, str], tuple[float, Route | Exception]] = {}
-        self._pending: dict[tuple[str, str], list[Deferred[Any]]] = {}
+        self._pending: dict[tuple[str, str], Deferred[Route | Exception]] = {}
+        self._generation = 0  # bumped by every invalidate
         self._listeners: list[Callable[[str, str | None], None]] = []
         self._configs: dict[str, tuple[float, Mapping[str, str]]] = {}
 
@@ -40,27 +41,38 @@ class RouteCache:
         entry = self._entries.get(key)
         if entry is not None and entry[0] > self._clock.seconds():
             return _unwrap(entry[1])
-        waiters = self._pending.get(key)
-        if waiters is not None:
-            d: Deferred[Any] = Deferred()
-            waiters.append(d)
-            return _unwrap(await d)
-        self._pending[key] = []
-        try:
-            result: Route | Exception = await self._load(app_name, path)
-        except Exception as e:  # e.g. DatastoreUnavailable: not cached, shared with waiters
-            result = e
-            self._release(key, result)
-            raise
-        if len(self._entries) > 100_000:  # bound memory under path scans
-            self._entries.clear()
-        self._entries[key] = (self._clock.seconds() + self._ttl, result)
-        self._release(key, result)
-        return _unwrap(result)
+        shared = self._pending.get(key)
+        if shared is None:
+            shared = Deferred.fromCoroutine(self._load_shared(key))
+            if not shared.called:  # a store that answers at once leaves nothing pending
+                self._pending[key] = shared
+        # Each caller waits on its own Deferred: cancelling one caller (a client that
+        # went away) must not cancel the load the others wait for.
+        mine: Deferred[Route | Exception] = Deferred()
 
-    def _release(self, key: tuple[str, str], result: Route | Exception) -> None:
-        for d in self._pending.pop(key, []):
-            d.callback(result)
+        def hand_over(result: Route | Exception) -> Route | Exception:
+            if not mine.called:
+                mine.callback(result)
+            return result
+
+        shared.addCallback(hand_over)
+        return _unwrap(await mine)
+
+    async def _load_shared(self, key: tuple[str, str]) -> Route | Exception:
+        """Load ``key`` once for every caller waiting on it; never fails (an error is
+        the value). A load that an invalidate overtook is not cached."""
+        generation = self._generation
+        try:
+            result = await self._load(*key)
+        except Exception as e:  # e.g. DatastoreUnavailable: given to the callers, not cached
+            self._pending.pop(key, None)
+            return e
+        self._pending.pop(key, None)
+        if generation == self._generation:
+            if len(self._entries) > 100_000:  # bound memory under path scans
+                self._entries.clear()
+            self._entries[key] = (self._clock.seconds() + self._ttl, result)
+        return result
 
     async def _load(self, app_name: str, path: str) -> Route | Exception:
         try:
@@ -90,6 +102,7 @@ class RouteCache:
     def invalidate(self, app_name: str, path: str | None = None) -> None:
         """Forget what is cached for one route (or, with no path, a whole app) and tell
         listeners (e.g. hot-container pools, which retire the route's containers)."""
+        self._generation += 1
         self._configs.pop(app_name, None)
         if path is None:
             for key in [k for k in self._entries if k[0] == app_name]:

@@ -111,3 +111,43 @@ def test_app_configs_are_cached_within_the_bound_and_invalidated_with_the_app():
     cache.invalidate("a")
     assert run(cache.app_config("a")) == {"K": "3"}
     assert run(cache.app_config("ghost")) == {}
+
+
+def test_a_cancelled_caller_does_not_fail_the_others_waiting_on_the_same_load():
+    ds, clock, cache = setup()
+    gate = Deferred()
+    original = ds.get_route
+
+    async def slow(app, path):
+        await gate
+        return await original(app, path)
+
+    ds.get_route = slow
+    first = Deferred.fromCoroutine(cache.lookup("a", "/r"))
+    second = Deferred.fromCoroutine(cache.lookup("a", "/r"))
+    first.cancel()
+    first.addErrback(lambda f: None)
+    results = []
+    second.addCallback(results.append)
+    gate.callback(None)
+    assert [r.image for r in results] == ["img"]
+
+
+def test_a_load_overtaken_by_an_invalidate_is_not_cached():
+    ds, clock, cache = setup()
+    gate = Deferred()
+    original = ds.get_route
+
+    async def slow(app, path):
+        route = await original(app, path)
+        await gate
+        return route
+
+    ds.get_route = slow
+    pending = Deferred.fromCoroutine(cache.lookup("a", "/r"))  # read "img", now waits
+    ds.get_route = original
+    run(ds.update_route("a", "/r", lambda r: Route("a", "/r", "new")))
+    cache.invalidate("a", "/r")
+    gate.callback(None)
+    assert pending.result.image == "img"  # that caller got what it asked for
+    assert run(cache.lookup("a", "/r")).image == "new"  # but it was not cached
