@@ -102,6 +102,8 @@ class BackendService(Service):
             attempt += 1
             try:
                 await self._backend.start()
+            except CancelledError:  # stopService: stop trying (it is an Exception too)
+                raise
             except Exception as e:
                 self.log.warn(
                     "{backend} not available yet ({error}); retrying in {delay}s",
