@@ -219,7 +219,9 @@ class AsyncWorkerService(Service):
         lease = lease_for(route)
         await self._queue.renew(held, lease)
         record = running_record(record, held.attempt, now)
-        await self._calls.put_calls([record])
+        if not await self._write_unless_cancelled(record):
+            await self._ack(held)
+            return
         self._metrics.timing("queue.wait_time", record.wait_ms or 0, **fields)
 
         run = Deferred.fromCoroutine(self._run_call(Call(item.call_id, route, request, app_config)))
@@ -236,10 +238,6 @@ class AsyncWorkerService(Service):
         if item.call_id in self._abandoned:
             return
         now = self._now_ms()
-        current = await self._calls.get_call(item.app_name, item.call_id)
-        if current.status == CANCELLED:
-            await self._ack(held)
-            return
         if result is not None:
             final = finished_record(record, result, now, keep_body=True)
             # An async call's wait is its time in the queue plus its wait for a container.
@@ -258,8 +256,11 @@ class AsyncWorkerService(Service):
 
     async def _finish(self, held: Reservation, record: CallRecord, log: bytes | None,
                       ack: bool, delay: float = 0) -> None:
-        """Write the record (and log), then ack, or release for a retry."""
-        await self._calls.put_calls([record])
+        """Write the record (and log), then ack, or release for a retry. A call
+        cancelled meanwhile keeps its cancelled record and is acked."""
+        if not await self._write_unless_cancelled(record):
+            await self._ack(held)
+            return
         if log:
             await self._calls.put_log(record.app_name, record.id, cap_log(log))
         if ack:
@@ -271,6 +272,22 @@ class AsyncWorkerService(Service):
                 await self._queue.release(held, delay)
             except errors.LeaseLost:
                 self.log.warn("Lease of {call_id} lost before its retry was queued", call_id=held.call_id)
+
+    async def _write_unless_cancelled(self, record: CallRecord) -> bool:
+        """Replace the stored record by ``record`` in one atomic step, unless the call
+        was cancelled (by any node) since we read it; return whether it was written.
+        A read-then-put would let a cancel landing in between be overwritten."""
+
+        def change(current: CallRecord) -> CallRecord:
+            if current.status == CANCELLED:
+                raise errors.CallCompleted()
+            return record
+
+        try:
+            await self._calls.update_call(record.app_name, record.id, change)
+        except errors.CallCompleted:
+            return False
+        return True
 
     async def _ack(self, held: Reservation) -> None:
         try:
