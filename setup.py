@@ -30,6 +30,7 @@ setup(
         "attrs>=23.1",
         "zope.interface>=6",
         "PyJWT>=2.8,<3",
+        "httptools>=0.6,<1",  # llhttp (C) for parsing hot functions' responses on the hot path
     ],
     extras_require={
         "test": [
