@@ -19,7 +19,7 @@ from twisted.python import usage
 
 from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
-from ironfunctions.api.invoke import InvokeResource
+from ironfunctions.api.invoke import InvokeResource, Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import datastore_from_url
 from ironfunctions.drivers.docker import DockerDriver
@@ -200,9 +200,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
                 recorder.record(running_sync_record(call.id, call.route, int(began * 1000)))
 
     PeriodicService("running-sync-records", 1.0, record_long_sync_calls, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
-    invoke = InvokeResource(
+    invoker = Invoker(
         route_cache.lookup, route_cache.app_config, agent.run_call, CallIds(reactor.seconds),
-        submit=submitter.submit, record=recorder.record, clock=reactor,
+        submit=submitter.submit, record=recorder.record, clock=reactor, ready=lambda: datastore_service.ready,
     )
     tasks = TasksAPI(queue, datastore.calls, route_cache.lookup, route_cache.app_config, reactor)
 
@@ -216,11 +216,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         health_checks={"datastore": datastore.ping, "queue": queue.ping, "docker": driver.ping},
         render_metrics=prometheus.render,
         stats=agent.stats,
-        invoke=invoke,
+        invoke=InvokeResource(invoker),
         cancel=make_canceller(datastore.calls, queue, kill_call, reactor, agent.running_call),
         tasks=tasks.app.resource(),
     )
-    site = make_site(api, config.max_request_size, log_access=config.log_level == "debug")
+    site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",
+                     invoker=invoker, clock=reactor)
     listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
     listener.setName("http")
     listener.setServiceParent(root)

@@ -20,7 +20,6 @@ from ironfunctions.api.apps import AppsAPI
 from ironfunctions.api.calls import store_canceller
 from ironfunctions.calls.interface import Canceller
 from ironfunctions.api.auth import bearer_token, verify_jwt
-from ironfunctions.api.errors import write_error
 from ironfunctions.api.http import json_response, klein_app
 from ironfunctions.api.routes import AllRoutesAPI
 from ironfunctions.datastore.interface import IDatastore
@@ -119,31 +118,16 @@ class MainAPI:
         return self._v1.app.resource()
 
 
-class _ErrorResource(Resource):
-    isLeaf = True
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._status = status
-        self._message = message
-
-    def render(self, request: IRequest) -> bytes:
-        return write_error(request, self._status, self._message)
-
-
 class RootResource(Resource):
     """Sends ``/r/...`` to the invoke resource and the rest to Klein."""
 
-    def __init__(self, main: IResource, invoke: IResource | None, ready: Callable[[], bool]) -> None:
+    def __init__(self, main: IResource, invoke: IResource | None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._main = main
-        self._invoke = invoke
-        self._ready = ready
+        self._invoke = invoke  # answers 503 itself until the node is ready
 
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         if path == b"r" and self._invoke is not None:
-            if not self._ready():
-                return _ErrorResource(503, NotReady.message)
             return self._invoke
         # Klein routes on the whole path: give back the segment Twisted consumed.
         request.postpath.insert(0, request.prepath.pop())
@@ -180,4 +164,4 @@ def build_api(
         render_metrics,
         tasks,
     )
-    return RootResource(main.app.resource(), invoke, ready)
+    return RootResource(main.app.resource(), invoke)

@@ -10,9 +10,13 @@ from ironfunctions.errors import Unauthorized
 
 def bearer_token(request: IRequest) -> str | None:
     raw: bytes | None = request.getHeader(b"authorization")  # IRequest is unannotated
-    if not raw:
+    return parse_bearer(raw.decode("latin-1") if raw else None)
+
+
+def parse_bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else None."""
+    if not header:
         return None
-    header = raw.decode("latin-1")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

@@ -1,15 +1,22 @@
 """``ANY /r/{app}/{path}``: invoke a function (SPEC §4).
 
-A plain ``twisted.web`` resource, not Klein: this is the hot path, so per-request work
-is kept to parsing the path, one cached route lookup, the agent call and writing the
-answer. Every response carries ``Fn-Call-Id`` and ``Server-Timing`` (wait, start, run
-in ms); error bodies are ``{"request_id":id,"error":{"message":...}}``.
+``Invoker`` is the whole of it, independent of the HTTP server that parsed the request:
+it takes an ``Invocation`` (method, raw path, headers, body...) and gives back a
+``Reply`` (status, headers, body); it never raises. Two servers feed it: the lean
+channel of ``ironfunctions.fasthttp`` (the hot path: well-formed HTTP/1.1 requests to
+``/r/``) and ``InvokeResource``, a plain ``twisted.web`` resource, for everything the
+lean channel hands to twisted.web (chunked bodies, ``Expect``, HTTP/1.0, a connection
+that went to the management API first...).
+
+Per request the work is parsing the path, one cached route lookup, the agent call and
+building the answer. Every reply carries ``Fn-Call-Id`` and ``Server-Timing`` (wait,
+start, run in ms); error bodies are ``{"request_id":id,"error":{"message":...}}``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Mapping
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -20,7 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ironfunctions import errors
-from ironfunctions.api.auth import bearer_token, verify_jwt
+from ironfunctions.api.auth import parse_bearer, verify_jwt
 from ironfunctions.api.errors import status_for
 from ironfunctions.api.schema import dumps
 from ironfunctions.calls.model import CallRecord
@@ -42,8 +49,43 @@ _HOP_BY_HOP = frozenset({
     "upgrade", "content-length",
 })
 ROUTE_NOT_FOUND = "Route not found on that application"
+_JSON = b"application/json"
 
 log = Logger()
+
+
+class Invocation:
+    """One request to ``/r/``, as parsed by either server.
+
+    ``path`` is the raw (still percent-encoded) path, ``/r/{app}{route path}``, and
+    ``uri`` the raw request target (path and query); ``headers`` maps each header name,
+    in Twisted's canonical capitalisation, to its values; ``host`` is the Host header
+    (or the local address when there is none).
+    """
+
+    __slots__ = ("method", "path", "uri", "headers", "body", "host", "secure")
+
+    def __init__(self, method: str, path: bytes, uri: bytes, headers: dict[str, list[str]],
+                 body: bytes, host: str, secure: bool = False) -> None:
+        self.method = method
+        self.path = path
+        self.uri = uri
+        self.headers = headers
+        self.body = body
+        self.host = host
+        self.secure = secure
+
+
+class Reply:
+    """What to answer: status, header lines (lower-case names, one value each) and body."""
+
+    __slots__ = ("code", "headers", "body")
+
+    def __init__(self, code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.code = code
+        self.headers = headers
+        self.body = body
+
 
 def _status_for(exc: BaseException) -> int | None:
     """The one error map (``api/errors.py``), except that on ``/r/`` an invalid path
@@ -57,8 +99,11 @@ def _server_timing(wait_ms: int, start_ms: int, run_ms: int) -> bytes:
     return b"wait;dur=%d, start;dur=%d, run;dur=%d" % (wait_ms, start_ms, run_ms)
 
 
-class InvokeResource(Resource):
-    """The ``/r`` resource (mounted as the ``r`` child of the root).
+_NO_TIMING = _server_timing(0, 0, 0)
+
+
+class Invoker:
+    """Runs invocations; see the module docstring.
 
     :param lookup: ``await lookup(app, path)`` -> Route; raises ``AppNotFound`` /
         ``RouteNotFound`` (the cached ``RouteCache.lookup``).
@@ -70,9 +115,8 @@ class InvokeResource(Resource):
     :param record: ``record(call_record, stderr)`` keeps a sync call's record, written
         later off the request path (``CallRecorder.record``); None keeps none.
     :param clock: for the records' timestamps.
+    :param ready: false until the datastore has started: invocations answer 503.
     """
-
-    isLeaf = True
 
     def __init__(
         self,
@@ -83,8 +127,8 @@ class InvokeResource(Resource):
         submit: Submit | None = None,
         record: Record | None = None,
         clock: IReactorTime | None = None,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
         self._lookup = lookup
         self._app_config = app_config
         self._run_call = run_call
@@ -92,19 +136,23 @@ class InvokeResource(Resource):
         self._submit = submit
         self._record = record
         self._clock = clock
+        self._ready = ready
         self._paths: dict[bytes, str] = {}  # raw path -> normalised (pure, so cacheable)
 
-    def render(self, request: IRequest) -> Any:
+    async def invoke(self, invocation: Invocation) -> Reply:
+        """The reply to ``invocation``; errors become error replies."""
         call_id = self._call_ids()
-        request.setHeader(b"fn-call-id", call_id.encode())
-        d = Deferred.fromCoroutine(self._invoke(request, call_id))
-        d.addErrback(self._failed, request, call_id)
-        return NOT_DONE_YET
+        try:
+            return await self._invoke(invocation, call_id)
+        except Exception as e:
+            return self._error_reply(e, call_id)
 
-    async def _invoke(self, request: Any, call_id: str) -> None:
+    async def _invoke(self, invocation: Invocation, call_id: str) -> Reply:
+        if not self._ready():
+            raise errors.NotReady()
         # The raw (still percent-encoded) path, as the management API stores routes:
-        # Twisted's postpath is already unquoted, which would turn %2F into a "/".
-        app_raw, _, raw = request.path[3:].partition(b"/")  # after b"/r/"
+        # an unquoted one would turn %2F into a "/".
+        app_raw, _, raw = invocation.path[3:].partition(b"/")  # after b"/r/"
         if not app_raw:
             raise errors.AppNotFound()
         app_name = unquote_to_bytes(app_raw).decode("utf-8", "replace")
@@ -116,15 +164,16 @@ class InvokeResource(Resource):
             self._paths[raw] = path
         route = await self._lookup(app_name, path)
         if route.jwt_key:
-            verify_jwt(bearer_token(request), route.jwt_key)
+            authorization = invocation.headers.get("Authorization")
+            verify_jwt(parse_bearer(authorization[-1] if authorization else None), route.jwt_key)
         app_config = await self._app_config(app_name)
-        call = Call(call_id, route, _call_request(request), app_config)
+        call = Call(call_id, route, _call_request(invocation), app_config)
         if route.type == "async":
             if self._submit is None:
                 raise errors.QueueUnavailable("async calls are not enabled on this node")
             await self._submit(call)
-            self._write_accepted(request, call_id)
-            return
+            return Reply(202, [(b"fn-call-id", call_id.encode()), (b"server-timing", _NO_TIMING),
+                               (b"content-type", _JSON)], dumps({"call_id": call_id}))
         created_ms = self._now_ms()
         try:
             result = await self._run_call(call)
@@ -134,94 +183,122 @@ class InvokeResource(Resource):
             raise
         if self._record is not None:
             self._record(sync_record(call_id, route, created_ms, result, self._now_ms()), result.stderr)
-        if request._disconnected:
-            return
-        request.setHeader(b"server-timing", _server_timing(result.wait_ms, result.start_ms, result.run_ms))
+        timing = _server_timing(result.wait_ms, result.start_ms, result.run_ms)
         if result.status == CALL_SUCCESS:
-            self._write_success(request, route, result)
-        else:
-            # 502 also for a call cancelled through the calls API: no answer came back.
-            status = 504 if result.status == CALL_TIMEOUT else 502
-            self._write_error(request, call_id, status, result.error)
+            return _success(call_id, timing, route, result)
+        # 502 also for a call cancelled through the calls API: no answer came back.
+        status = 504 if result.status == CALL_TIMEOUT else 502
+        return _error(call_id, timing, status, result.error)
 
     def _now_ms(self) -> int:
         return 0 if self._clock is None else int(self._clock.seconds() * 1000)
 
-    def _write_accepted(self, request: Any, call_id: str) -> None:
-        body = dumps({"call_id": call_id})
-        request.setResponseCode(202)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.setHeader(b"server-timing", _server_timing(0, 0, 0))
-        request.write(body)
-        request.finish()
-
-    def _write_success(self, request: Any, route: Route, result: CallResult) -> None:
-        request.setResponseCode(result.status_code or 200)
-        headers = request.responseHeaders
-        for name, values in result.headers.items():
-            if name.lower() not in _HOP_BY_HOP:  # framing is ours to set, not the function's
-                headers.setRawHeaders(name, values)
-        for name, values in route.headers.items():
-            if values:
-                headers.setRawHeaders(name, values)
-        if not headers.hasHeader(b"content-type"):
-            headers.setRawHeaders(b"content-type", [DEFAULT_CONTENT_TYPE])
-        request.setHeader(b"content-length", b"%d" % len(result.body))
-        request.write(result.body)
-        request.finish()
-
-    def _write_error(self, request: Any, call_id: str, status: int, message: str, **headers: str) -> None:
-        body = dumps({"request_id": call_id, "error": {"message": message}})
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", b"%d" % len(body))
-        for name, value in headers.items():
-            request.setHeader(name.replace("_", "-").encode(), value.encode())
-        request.write(body)
-        request.finish()
-
-    def _failed(self, failure: Failure, request: Any, call_id: str) -> None:
-        if request._disconnected or request.finished:
-            return
-        exc = failure.value
-        assert exc is not None
+    def _error_reply(self, exc: Exception, call_id: str) -> Reply:
         status = _status_for(exc)
-        extra: dict[str, str] = {}
+        extra: list[tuple[bytes, bytes]] = []
         if status is None:
-            log.failure("Invocation {call_id} failed", failure, call_id=call_id)
+            log.failure("Invocation {call_id} failed", Failure(), call_id=call_id)
             status, message = 500, "Internal Server Error"
         else:
             message = str(exc)
-            if isinstance(exc, errors.RouteNotFound):
-                message = ROUTE_NOT_FOUND
-            elif isinstance(exc, errors.ValidationError):
+            if isinstance(exc, (errors.RouteNotFound, errors.ValidationError)):
                 message = ROUTE_NOT_FOUND
             elif isinstance(exc, errors.Unauthorized):
-                extra["WWW_Authenticate"] = "Bearer"
+                extra.append((b"www-authenticate", b"Bearer"))
             elif status == 503:
-                extra["Retry_After"] = str(getattr(exc, "retry_after", 1))
-        if not request.responseHeaders.hasHeader(b"server-timing"):
-            request.setHeader(b"server-timing", _server_timing(0, 0, 0))
-        self._write_error(request, call_id, status, message, **extra)
+                extra.append((b"retry-after", str(getattr(exc, "retry_after", 1)).encode()))
+        reply = _error(call_id, _NO_TIMING, status, message)
+        reply.headers.extend(extra)
+        return reply
 
 
-def _call_request(request: Any) -> CallRequest:
-    """The parts of a twisted.web request the runner needs."""
-    body = request.content.read() if request.content is not None else b""
-    method = request.method.decode("ascii", "replace")
+def _success(call_id: str, timing: bytes, route: Route, result: CallResult) -> Reply:
+    """The function's answer: its status and headers (not the framing ones: those are
+    ours to set), the route's headers over them, a default Content-Type."""
+    chosen: dict[str, tuple[str, list[str]]] = {}
+    for name, values in result.headers.items():
+        lower = name.lower()
+        if lower not in _HOP_BY_HOP:
+            chosen[lower] = (name, values)
+    for name, values in route.headers.items():
+        if values:
+            chosen[name.lower()] = (name, values)
+    headers = [(b"fn-call-id", call_id.encode()), (b"server-timing", timing)]
+    for name, values in chosen.values():
+        raw = name.encode("latin-1")
+        headers.extend((raw, v.encode("latin-1")) for v in values)
+    if "content-type" not in chosen:
+        headers.append((b"content-type", DEFAULT_CONTENT_TYPE))
+    return Reply(result.status_code or 200, headers, result.body)
+
+
+def _error(call_id: str, timing: bytes, status: int, message: str) -> Reply:
+    body = dumps({"request_id": call_id, "error": {"message": message}})
+    return Reply(status, [(b"fn-call-id", call_id.encode()), (b"server-timing", timing),
+                          (b"content-type", _JSON)], body)
+
+
+def _call_request(invocation: Invocation) -> CallRequest:
+    """The parts of the request the runner needs; a GET without body passes the
+    ``payload`` query parameter as the body."""
+    body = invocation.body
+    method = invocation.method
     if not body and method == "GET":
-        payload = request.args.get(b"payload")
-        if payload:
-            body = payload[0]
+        query = invocation.uri.partition(b"?")[2]
+        if query:
+            payload = parse_qs(query, keep_blank_values=True).get(b"payload")
+            if payload:
+                body = payload[0]
+    scheme = "https" if invocation.secure else "http"
+    url = f"{scheme}://{invocation.host}{invocation.uri.decode('latin-1')}"
+    return CallRequest(method=method, url=url, headers=invocation.headers, body=body)
+
+
+class InvokeResource(Resource):
+    """The ``/r`` resource (the ``r`` child of the root) for requests twisted.web
+    parsed: adapts them to ``invoker``."""
+
+    isLeaf = True
+
+    def __init__(self, invoker: Invoker) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.invoker = invoker
+
+    def render(self, request: IRequest) -> Any:
+        d = Deferred.fromCoroutine(self.invoker.invoke(_invocation(request)))
+        d.addCallback(_write_reply, request)
+        d.addErrback(_write_failed, request)
+        return NOT_DONE_YET
+
+
+def _invocation(request: Any) -> Invocation:
+    body = request.content.read() if request.content is not None else b""
     host = request.getHeader(b"host")
     if host is None:
         address = request.getHost()
         host = f"{address.host}:{address.port}".encode()
-    scheme = "https" if request.isSecure() else "http"
-    url = f"{scheme}://{host.decode('latin-1')}{request.uri.decode('latin-1')}"
     headers = {
         name.decode("latin-1"): [v.decode("latin-1") for v in values]
         for name, values in request.requestHeaders.getAllRawHeaders()
     }
-    return CallRequest(method=method, url=url, headers=headers, body=body)
+    return Invocation(request.method.decode("ascii", "replace"), request.path, request.uri, headers, body,
+                      host.decode("latin-1"), request.isSecure())
+
+
+def _write_reply(reply: Reply, request: Any) -> None:
+    if request._disconnected or request.finished:
+        return
+    request.setResponseCode(reply.code)
+    headers = request.responseHeaders
+    for name, value in reply.headers:
+        headers.addRawHeader(name, value)
+    headers.setRawHeaders(b"content-length", [b"%d" % len(reply.body)])
+    request.write(reply.body)
+    request.finish()
+
+
+def _write_failed(failure: Failure, request: Any) -> None:
+    """Only a bug gets here (``Invoker.invoke`` never raises): log it and close."""
+    log.failure("Writing an invocation's reply failed", failure)
+    if not request._disconnected and not request.finished:
+        request.loseConnection()

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from ironfunctions.api.invoke import InvokeResource
+from ironfunctions.api.invoke import InvokeResource, Invoker
 from ironfunctions.errors import AppNotFound, RouteNotFound
 from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import Route
@@ -55,7 +55,7 @@ class InvokeTests(SynchronousTestCase):
                                 wait_bound=1, max_waiting=0)
         self.agent.startService()
         root = Resource()
-        root.putChild(b"r", InvokeResource(lookup, app_config, self.agent.run_call, CallIds(self.clock.seconds)))
+        root.putChild(b"r", InvokeResource(Invoker(lookup, app_config, self.agent.run_call, CallIds(self.clock.seconds))))
         self.treq = StubTreq(root)
 
     def request(self, method: str, url: str, advance: float = 0, **kw):  # type: ignore[no-untyped-def]

@@ -1,0 +1,345 @@
+"""A lean HTTP/1.1 server channel for function invocations, in front of twisted.web.
+
+A hot call costs the daemon a few hundred microseconds of CPU, and twisted.web's
+general machinery (a line callback per header, a ``Request`` with its header objects,
+resource traversal, a producer per request) was a quarter of it. ``FastChannel``
+answers the common case itself: a well-formed HTTP/1.1 request to ``/r/`` with no body
+or a ``Content-Length`` one. It frames the request, hands it to the ``Invoker``
+(``api/invoke.py``, which ``InvokeResource`` shares) and writes the reply in one write.
+
+Everything else goes to twisted.web, untouched: the first request on a connection that
+is not that simple (another path, chunked, ``Expect``, ``Upgrade``, HTTP/1.0, a
+duplicate or odd ``Content-Length``, a body over ``MAX_REQUEST_SIZE``, an oversized
+or malformed head...) hands the connection over, from that request's first byte, to an
+ordinary twisted.web channel, which keeps it for good. So this code only ever decides
+*whether* a request is simple; what to answer to an unusual or bad one is twisted.web's.
+The framing it accepts is unambiguous by construction: CRLF line ends only, token
+header names, no folded lines, one all-digits ``Content-Length``, no
+``Transfer-Encoding``.
+
+Requests are answered one at a time per connection, in order (pipelining works);
+reading pauses while the transport's send buffer is full or too much is buffered, so a
+client that does not read cannot grow the daemon's memory.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport, ITCPTransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, datetimeToString
+from twisted.web.server import version as SERVER_VERSION
+
+from ironfunctions.api.invoke import Invocation, Reply
+from ironfunctions.writethrough import write_through
+
+if TYPE_CHECKING:
+    from ironfunctions.web import FastSite
+
+MAX_HEAD = 16 * 1024  # request line and headers; a longer head goes to twisted.web
+_TARGET = re.compile(rb"/r/[!-~]*")  # visible ASCII only
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HANDED_OFF = frozenset({"Transfer-Encoding", "Expect", "Upgrade", "Http2-Settings"})
+# Twisted's canonical capitalisation, for the few headers that are not Word-Word.
+_CASE = {
+    b"Content-Md5": b"Content-MD5", b"Dnt": b"DNT", b"Etag": b"ETag", b"P3p": b"P3P", b"Te": b"TE",
+    b"Www-Authenticate": b"WWW-Authenticate", b"X-Xss-Protection": b"X-XSS-Protection",
+}
+_MAX_NAMES = 10_000
+
+log = Logger()
+access_log = Logger(namespace="ironfunctions.access")
+
+_names: dict[bytes, bytes | None] = {}  # header name as sent -> canonical (None: invalid)
+
+
+def canonical_name(name: bytes) -> bytes | None:
+    """``content-type`` -> ``Content-Type`` as Twisted writes it; None if ``name`` is
+    not a token (cannot be a header name)."""
+    try:
+        return _names[name]
+    except KeyError:
+        pass
+    result: bytes | None = None
+    if _TOKEN.fullmatch(name):
+        result = b"-".join([word.capitalize() for word in name.split(b"-")])
+        result = _CASE.get(result, result)
+    if len(_names) < _MAX_NAMES:  # an attacker's random names cannot grow it
+        _names[name] = result
+    return result
+
+
+class HttpDate:
+    """The Date header's value at ``clock``'s time, formatted once a second."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._second = -1
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        now = int(self._clock.seconds())
+        if now != self._second:
+            self._second, self._value = now, datetimeToString(now)
+        return self._value
+
+
+def encode_reply(reply: Reply, date: bytes, head_only: bool, close: bool) -> bytes:
+    """The HTTP/1.1 response for ``reply``: header names capitalised as Twisted does,
+    values with CR/LF replaced (no header can be injected), ``Content-Length``, and
+    no body for a HEAD request."""
+    body = reply.body
+    lines = [b"HTTP/1.1 %d %s\r\n" % (reply.code, RESPONSES.get(reply.code, b"Unknown Status"))]
+    for name, value in reply.headers:
+        canonical = canonical_name(name)
+        if canonical is None:
+            continue
+        if b"\r" in value or b"\n" in value:
+            value = value.replace(b"\r", b" ").replace(b"\n", b" ")
+        lines.append(b"%s: %s\r\n" % (canonical, value))
+    lines.append(b"Content-Length: %d\r\nServer: %s\r\nDate: %s\r\n%s\r\n" % (
+        len(body), SERVER_VERSION, date, b"Connection: close\r\n" if close else b""))
+    if not head_only:
+        lines.append(body)
+    return b"".join(lines)
+
+
+class _Request:
+    """A framed request waiting for the rest of its body."""
+
+    __slots__ = ("method", "target", "headers", "host", "close", "body_start", "end")
+
+    def __init__(self, method: bytes, target: bytes, headers: dict[str, list[str]], host: str | None,
+                 close: bool, body_start: int, end: int) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.host = host
+        self.close = close
+        self.body_start = body_start
+        self.end = end
+
+
+class FastChannel(Protocol):
+    """One client connection; see the module docstring."""
+
+    def __init__(self, site: "FastSite", addr: IAddress | None) -> None:
+        self._site = site
+        self._addr = addr
+        self._buffer = bytearray()
+        self._pending: _Request | None = None  # head parsed, body incomplete
+        self._busy = False  # a request is being answered
+        self._processing = False  # inside _process (replies can come back synchronously)
+        self._send_paused = False  # the transport's send buffer is full
+        self._read_paused = False  # we stopped reading: enough is buffered
+        self._closing = False
+        self._inner: Protocol | None = None  # the twisted.web channel after a hand-over
+        self._local = ""
+        self._secure = False
+        self._last_active = 0.0
+        self._idle_call: Any = None
+
+    # -- connection
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        transport.registerProducer(self, True)
+        host = transport.getHost()
+        self._local = f"{host.host}:{host.port}" if hasattr(host, "port") else "localhost"
+        self._secure = ISSLTransport.providedBy(transport)
+        clock = self._site.clock
+        self._last_active = clock.seconds()
+        if self._site.timeOut is not None:
+            self._idle_call = clock.callLater(self._site.timeOut, self._check_idle)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.dataReceived(data)
+            return
+        if self._closing:
+            return
+        self._buffer += data
+        self._last_active = self._site.clock.seconds()
+        if self._busy or self._send_paused:
+            if len(self._buffer) > self._site.max_buffered and not self._read_paused:
+                self._read_paused = True
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+            return
+        self._process()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._closing = True
+        self._buffer = bytearray()
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        if self._inner is not None:
+            self._inner.connectionLost(reason)
+
+    def _check_idle(self) -> None:
+        self._idle_call = None
+        if self._inner is not None or self._closing:
+            return
+        timeout = self._site.timeOut
+        assert timeout is not None  # no timer without one
+        idle = self._site.clock.seconds() - self._last_active
+        if idle >= timeout and not self._busy:
+            self._closing = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._idle_call = self._site.clock.callLater(max(timeout - idle, 1.0), self._check_idle)
+
+    # -- IPushProducer: the transport's send buffer
+
+    def pauseProducing(self) -> None:
+        self._send_paused = True
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self._send_paused = False
+        if not self._read_paused:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._process()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is going away; connectionLost follows
+
+    # -- requests
+
+    def _process(self) -> None:
+        """Start answering buffered requests, one at a time."""
+        if self._processing:
+            return  # a reply came back synchronously: the loop below goes on
+        self._processing = True
+        try:
+            while (self._buffer and not self._busy and not self._send_paused and not self._closing
+                   and self._inner is None):
+                request = self._pending or self._frame()
+                if request is None:
+                    break
+                if len(self._buffer) < request.end:
+                    self._pending = request  # wait for the rest of the body
+                    break
+                self._pending = None
+                self._start(request)
+        finally:
+            self._processing = False
+        if self._read_paused and len(self._buffer) <= self._site.max_buffered and self._inner is None:
+            self._read_paused = False
+            if not self._send_paused and not self._closing:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _frame(self) -> _Request | None:
+        """The request at the front of the buffer, if this channel answers it; None if
+        its head is incomplete, or after handing the connection to twisted.web."""
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEAD:
+                self._hand_over()
+            return None
+        if end > MAX_HEAD:
+            self._hand_over()
+            return None
+        head = bytes(buffer[:end])
+        lines = head.split(b"\r\n")
+        # CRLF line ends only: a bare CR or LF anywhere means twisted.web decides.
+        if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
+            self._hand_over()
+            return None
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not _TARGET.fullmatch(parts[1]) \
+                or not _TOKEN.fullmatch(parts[0]):
+            self._hand_over()
+            return None
+        headers: dict[str, list[str]] = {}
+        length = -1
+        close = False
+        for line in lines[1:]:
+            raw_name, colon, raw_value = line.partition(b":")
+            name = canonical_name(raw_name) if colon else None
+            if name is None:  # no colon, a folded line, a space before the colon...
+                self._hand_over()
+                return None
+            value = raw_value.strip(b" \t").decode("latin-1")
+            key = name.decode("latin-1")
+            if key == "Content-Length":
+                if length >= 0 or not value.isdigit() or not value.isascii() \
+                        or int(value) > self._site.max_request_size:
+                    self._hand_over()
+                    return None
+                length = int(value)
+            elif key == "Connection":
+                close = "close" in [token.strip() for token in value.lower().split(",")]
+            elif key in _HANDED_OFF:
+                self._hand_over()
+                return None
+            values = headers.get(key)
+            if values is None:
+                headers[key] = [value]
+            else:
+                values.append(value)
+        host = headers.get("Host")
+        body_start = end + 4
+        return _Request(parts[0], parts[1], headers, host[-1] if host else None, close,
+                        body_start, body_start + max(length, 0))
+
+    def _start(self, request: _Request) -> None:
+        buffer = self._buffer
+        body = bytes(buffer[request.body_start:request.end]) if request.end > request.body_start else b""
+        del buffer[:request.end]
+        self._busy = True
+        method = request.method.decode("ascii")
+        target = request.target
+        path = target.partition(b"?")[0]
+        invocation = Invocation(method, path, target, request.headers, body,
+                                request.host or self._local, self._secure)
+        d = Deferred.fromCoroutine(self._site.invoker.invoke(invocation))
+        d.addCallback(self._reply, request, method)
+        d.addErrback(self._reply_failed)
+
+    def _reply(self, reply: Reply, request: _Request, method: str) -> None:
+        self._busy = False
+        if self._closing:
+            return
+        transport: Any = self.transport
+        write_through(transport, encode_reply(reply, self._site.date(), method == "HEAD", request.close))
+        if self._site.log_access:
+            access_log.debug("{method} {uri} {code}", method=method,
+                             uri=request.target.decode("latin-1"), code=reply.code)
+        if request.close:
+            self._closing = True
+            transport.loseConnection()
+            return
+        self._last_active = self._site.clock.seconds()
+        self._process()
+
+    def _reply_failed(self, failure: Failure) -> None:
+        """Only a bug gets here (``Invoker.invoke`` never raises): log it and close."""
+        log.failure("Answering an invocation failed", failure)
+        self._busy = False
+        self._closing = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _hand_over(self) -> None:
+        """Give the connection, from the front of the buffer on, to twisted.web."""
+        transport: Any = self.transport
+        transport.unregisterProducer()  # the twisted.web channel registers itself
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        inner = self._site.build_web_channel(self._addr)
+        self._inner = inner
+        inner.makeConnection(transport)
+        if self._read_paused:
+            self._read_paused = False
+            transport.resumeProducing()
+        data, self._buffer = bytes(self._buffer), bytearray()
+        inner.dataReceived(data)
