@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerStream
+from ironfunctions.writethrough import write_through
 
 BRIDGE_IN_CONTAINER = "/.ifbridge/ifbridge"
 SOCKET_DIR_IN_CONTAINER = "/.ifbridge/sock"
@@ -105,17 +106,7 @@ class SocketConnection(FileDescriptor):
     def write(self, data: bytes) -> None:
         """Write at once when nothing is queued (saves a trip through the reactor
         per call); queue the rest as any ``FileDescriptor`` does."""
-        if self.connected and not self._writeDisconnected and not self._tempDataBuffer \
-                and self.offset == len(self.dataBuffer):
-            try:
-                written = os.write(self._fd, data)
-            except BlockingIOError:
-                written = 0
-            except OSError:
-                return  # the read side will see the connection go
-            data = data[written:]
-        if data:
-            super().write(data)
+        write_through(self, data, super().write)
 
     def writeSomeData(self, data: bytes) -> Any:  # noqa: N802 (Twisted API)
         try:
