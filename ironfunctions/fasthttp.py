@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport, ITCPTransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES, datetimeToString
+from twisted.web.http import RESPONSES, HTTPChannel, datetimeToString
 from twisted.web.server import version as SERVER_VERSION
 
 from ironfunctions.api.invoke import Invocation, Reply
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ironfunctions.web import FastSite
 
 MAX_HEAD = 16 * 1024  # request line and headers; a longer head goes to twisted.web
+MAX_HEADERS = HTTPChannel.maxHeaders  # more: twisted.web's 400
 _TARGET = re.compile(rb"/r/[!-~]*")  # visible ASCII only
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HANDED_OFF = frozenset({"Transfer-Encoding", "Expect", "Upgrade", "Http2-Settings"})
@@ -174,7 +175,7 @@ class FastChannel(Protocol):
             return
         self._process()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 (Twisted API)
         self._closing = True
         self._buffer = bytearray()
         if self._idle_call is not None and self._idle_call.active():
@@ -250,6 +251,9 @@ class FastChannel(Protocol):
             return None
         head = bytes(buffer[:end])
         lines = head.split(b"\r\n")
+        if len(lines) > MAX_HEADERS + 1:
+            self._hand_over()
+            return None
         # CRLF line ends only: a bare CR or LF anywhere means twisted.web decides.
         if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
             self._hand_over()

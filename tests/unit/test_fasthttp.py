@@ -205,6 +205,13 @@ def test_an_oversized_head_goes_to_twisted_web() -> None:
     assert fast == exchange(data, fast=False)[0]
 
 
+def test_too_many_headers_go_to_twisted_web() -> None:
+    data = POST.replace(b"X-Thing: a\r\n", b"X-Thing: a\r\n" * 501)
+    fast, protocol = exchange(data)
+    assert protocol._inner is not None and fast == exchange(data, fast=False)[0]
+    assert fast[0][0] == 400
+
+
 def test_connection_close_is_honoured() -> None:
     clock = Clock()
     protocol, transport = connect(build(True, Functions(), clock))
