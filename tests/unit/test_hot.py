@@ -1,5 +1,6 @@
-"""Unit tests of hot-function pools and the ``http`` framing, with ``FakeDriver``, a
-scripted hot container and a ``Clock`` (no sockets, no reactor)."""
+"""Unit tests of hot-function pools, with ``FakeDriver``, a scripted hot container
+speaking the ``http`` format and a ``Clock`` (no sockets, no reactor). The format
+itself is tested in ``test_protocol.py``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import CALL_ERROR, CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, ContainerSpec, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot import HotRunner
-from ironfunctions.runner.protocol import ProtocolError, RequestEncoder, ResponseParser
 
 # A scripted function: request body -> raw bytes written back (or None: no answer).
 Script = Callable[[bytes], "bytes | None"]
@@ -226,39 +226,3 @@ class PoolTests(SynchronousTestCase):
 
         self.successResultOf(Deferred.fromCoroutine(self.runner.close()))
         assert self.live() == 0 and self.slots.in_use == 0
-
-
-class ProtocolTests(SynchronousTestCase):
-    def parse(self, *chunks: bytes, max_size: int = 100) -> list[tuple]:  # type: ignore[type-arg]
-        got: list[tuple] = []  # type: ignore[type-arg]
-        parser = ResponseParser(max_size, lambda *a: got.append(a))
-        parser.expect()
-        for chunk in chunks:
-            parser.feed(chunk)
-        return got
-
-    def test_request_carries_the_environment_as_canonical_headers(self) -> None:
-        route = Route("a", "/p", "img", format="http", config={"db-url": "x\r\nEvil: 1"})
-        call = Call("CID", route, CallRequest("PUT", "http://h:1/r/a/p?q=1", {"X-Thing": ["1", "2"]}, b"body"),
-                    {"app key": "skipped"})
-        raw = RequestEncoder(route, call.app_config).encode(call)
-        head, body = raw.split(b"\r\n\r\n", 1)
-        lines = head.split(b"\r\n")
-        assert lines[0] == b"PUT /r/a/p?q=1 HTTP/1.1" and body == b"body"
-        for line in [b"Method: PUT", b"Request_url: http://h:1/r/a/p?q=1", b"Route: /p", b"App_name: a",
-                     b"Db_url: x  Evil: 1", b"Header_x_thing: 1, 2", b"Fn-Call-Id: CID", b"Task-Id: CID",
-                     b"Content-Length: 4"]:
-            assert line in lines, line
-        assert not any(line.startswith(b"App key") for line in lines)
-
-    def test_response_split_anywhere_parses_the_same(self) -> None:
-        raw = b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello"
-        for cut in range(1, len(raw)):
-            got = self.parse(raw[:cut], raw[cut:])
-            assert got == [(201, {"X-A": ["1", "2"]}, b"hello", b"")], cut
-
-    def test_malformed_responses_are_protocol_errors(self) -> None:
-        for raw in [b"garbage", b"HTTP/1.1 200 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"HTTP/1.1 abc OK\r\n",
-                    b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 101\r\n\r\n"]:
-            self.assertRaises(ProtocolError, self.parse, raw)
