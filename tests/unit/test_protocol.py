@@ -9,7 +9,13 @@ from typing import Mapping
 import pytest
 
 from ironfunctions.models import Call, CallRequest, Route
-from ironfunctions.runner.protocol import OversizedResponse, ProtocolError, RequestEncoder, ResponseParser
+from ironfunctions.runner.protocol import (
+    MAX_HEAD_SIZE,
+    OversizedResponse,
+    ProtocolError,
+    RequestEncoder,
+    ResponseParser,
+)
 
 Got = tuple[int, Mapping[str, list[str]], bytes, bytes]
 
@@ -218,3 +224,83 @@ def test_an_announced_body_over_max_size_fails_before_it_is_read() -> None:
 def test_a_malformed_head_is_an_error(raw: bytes) -> None:
     with pytest.raises(ProtocolError):
         parse(raw)
+
+
+# -- what llhttp refuses, or reads differently, from the Twisted parser before it
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nhi",
+])
+def test_a_repeated_content_length_is_an_error_even_when_the_values_agree(raw: bytes) -> None:
+    """llhttp takes one Content-Length only (RFC 9110 §8.6 lets a recipient reject
+    duplicates or merge them; Twisted merged agreeing ones)."""
+    with pytest.raises(ProtocolError):
+        parse(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",  # obs-fold
+    b"HTTP/1.1 200 OK\r\nX-Ctl: a\x01b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Cr: a\rb\r\nContent-Length: 0\r\n\r\n",
+])
+def test_folded_header_lines_and_control_characters_are_errors(raw: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse(raw)
+
+
+@pytest.mark.parametrize("reads", [
+    (b"HTTP/2",), (b"HTTP/0.9 200 OK\r\n",), (b"HTTP/1.2 200 OK\r\n",),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",),
+])
+def test_only_http_1_0_and_1_1_answers_are_taken(reads: tuple[bytes, ...]) -> None:
+    with pytest.raises(ProtocolError):
+        parse(*reads)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n", "malformed status code"),
+    (b"HTTP/1.1 1000 OK\r\nContent-Length: 0\r\n\r\n", "malformed response"),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n", "101 Switching"),
+    (b"HTTP/1.1 150 Odd\r\nContent-Length: 3\r\n\r\nabc", "interim response with a body"),
+])
+def test_status_codes_that_cannot_answer_a_call_are_errors(raw: bytes, message: str) -> None:
+    """101 would switch the rest of the stream to another protocol: the daemon never
+    asks for that. An interim response carries no body."""
+    with pytest.raises(ProtocolError, match=message):
+        parse(raw)
+
+
+def test_204_and_304_answers_have_no_body_whatever_their_content_length() -> None:
+    """As any HTTP client reads them (RFC 9112 §6.3): bytes after the head are extra."""
+    assert parse(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n") == [(304, {}, b"", b"")]
+    assert parse(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello") == [(204, {}, b"", b"hello")]
+
+
+def test_a_head_over_max_head_size_is_an_error_however_it_is_cut() -> None:
+    """llhttp would buffer a header of any length."""
+    fine = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_HEAD_SIZE - 100) + b"\r\nContent-Length: 0\r\n\r\n"
+    assert parse(fine[:1000], fine[1000:])[0][1]["X-Big"] == ["a" * (MAX_HEAD_SIZE - 100)]
+    endless = [b"HTTP/1.1 200 OK\r\n"] + [b"X-H: %s\r\n" % (b"v" * 1000)] * 100
+    with pytest.raises(ProtocolError, match="head too large"):
+        parse(*endless)
+    with pytest.raises(ProtocolError, match="head too large"):
+        parse(b"HTTP/1.1 200 OK\r\nX-Long: ", *[b"w" * 4096] * 20)
+
+
+def test_after_a_protocol_error_the_next_expect_starts_afresh() -> None:
+    """The container is killed on the error; the parser would recover regardless."""
+    got: list[Got] = []
+    parser = ResponseParser(100, lambda *a: got.append(a))
+    for bad in [b"HTTP/1.1 200 OK\r\nno colon\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naEXTRA"]:
+        parser.expect()
+        try:
+            parser.feed(bad)
+        except ProtocolError:
+            pass
+        parser.expect()
+        parser.feed(OK)
+    assert [(body, rest) for _, _, body, rest in got] == [(b"hello", b""), (b"hello", b""), (b"a", b"EXTRA"),
+                                                          (b"hello", b"")]
