@@ -27,7 +27,7 @@ would fire too late), so a call on a warm container schedules nothing.
 from __future__ import annotations
 
 from collections import deque
-from typing import Mapping
+from typing import Callable, Mapping
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -151,8 +151,10 @@ class _Waiter:
 
     __slots__ = ("deferred", "queued_at", "timer")
 
-    def __init__(self, queued_at: float) -> None:
-        self.deferred: Deferred[HotContainer] = Deferred()
+    def __init__(self, queued_at: float, forget: "Callable[[_Waiter], None]") -> None:
+        # Cancelling the wait gives up the call's place in the queue: a container
+        # must not be handed to a call that is gone.
+        self.deferred: Deferred[HotContainer] = Deferred(lambda _: forget(self))
         self.queued_at = queued_at
         self.timer: IDelayedCall | None = None
 
@@ -216,11 +218,22 @@ class RoutePool:
     def _wait(self, queued_at: float) -> Deferred[HotContainer]:
         if len(self._waiters) >= self._runner._max_waiting:
             raise Overloaded(retry_after=max(1, self.route.timeout))
-        waiter = _Waiter(queued_at)
+        waiter = _Waiter(queued_at, self._forget)
         self._waiters.append(waiter)
         waiter.timer = self._clock.callLater(self.route.timeout, self._waited_too_long, waiter)
         self._maybe_start()
         return waiter.deferred
+
+    def _forget(self, waiter: _Waiter) -> None:
+        """A waiting call was cancelled: it leaves the queue."""
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+            waiter.timer = None
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            return
+        self._check_drained()
 
     def _waited_too_long(self, waiter: _Waiter) -> None:
         waiter.timer = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -148,6 +149,16 @@ class PoolTests(SynchronousTestCase):
         self.assertNoResult(first)  # its own timeout counts from when it got the container
         self.clock.advance(1)
         assert self.successResultOf(first).status == CALL_TIMEOUT
+
+    def test_a_cancelled_wait_gives_up_its_place_and_takes_no_container(self) -> None:
+        first = self.run_call(make_call(call_id="C1", max_concurrency=1))
+        second = self.run_call(make_call(call_id="C2", max_concurrency=1))
+        second.cancel()
+        self.failureResultOf(second, CancelledError)
+        assert self.finish(first).status == CALL_SUCCESS
+        third = self.run_call(make_call(b"3", call_id="C3", max_concurrency=1))
+        assert self.finish(third).body == b"3"  # the container went idle, not to C2
+        assert self.live() == 1 and len(self.driver.attached[list(self.driver.attached)[0]].requests) == 2
 
     def test_idle_container_is_removed_after_idle_timeout_and_its_slot_freed(self) -> None:
         self.finish(self.run_call(make_call(idle_timeout=10)))
