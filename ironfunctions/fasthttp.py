@@ -36,6 +36,7 @@ from twisted.web.http import RESPONSES, HTTPChannel, datetimeToString
 from twisted.web.server import version as SERVER_VERSION
 
 from ironfunctions.api.invoke import Invocation, Reply
+from ironfunctions.headers import TOKEN, canonical_name
 from ironfunctions.writethrough import write_through
 
 if TYPE_CHECKING:
@@ -44,36 +45,10 @@ if TYPE_CHECKING:
 MAX_HEAD = 16 * 1024  # request line and headers; a longer head goes to twisted.web
 MAX_HEADERS = HTTPChannel.maxHeaders  # more: twisted.web's 400
 _TARGET = re.compile(rb"/r/[!-~]*")  # visible ASCII only
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HANDED_OFF = frozenset({"Transfer-Encoding", "Expect", "Upgrade", "Http2-Settings"})
-# Twisted's canonical capitalisation, for the few headers that are not Word-Word.
-_CASE = {
-    b"Content-Md5": b"Content-MD5", b"Dnt": b"DNT", b"Etag": b"ETag", b"P3p": b"P3P", b"Te": b"TE",
-    b"Www-Authenticate": b"WWW-Authenticate", b"X-Xss-Protection": b"X-XSS-Protection",
-}
-_MAX_NAMES = 10_000
 
 log = Logger()
 access_log = Logger(namespace="ironfunctions.access")
-
-_names: dict[bytes, bytes | None] = {}  # header name as sent -> canonical (None: invalid)
-
-
-def canonical_name(name: bytes) -> bytes | None:
-    """``content-type`` -> ``Content-Type`` as Twisted writes it; None if ``name`` is
-    not a token (cannot be a header name)."""
-    try:
-        return _names[name]
-    except KeyError:
-        pass
-    result: bytes | None = None
-    if _TOKEN.fullmatch(name):
-        result = b"-".join([word.capitalize() for word in name.split(b"-")])
-        result = _CASE.get(result, result)
-    if len(_names) < _MAX_NAMES:  # an attacker's random names cannot grow it
-        _names[name] = result
-    return result
-
 
 class HttpDate:
     """The Date header's value at ``clock``'s time, formatted once a second."""
@@ -260,7 +235,7 @@ class FastChannel(Protocol):
             return None
         parts = lines[0].split(b" ")
         if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not _TARGET.fullmatch(parts[1]) \
-                or not _TOKEN.fullmatch(parts[0]):
+                or not TOKEN.fullmatch(parts[0]):
             self._hand_over()
             return None
         headers: dict[str, list[str]] = {}

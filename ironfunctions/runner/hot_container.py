@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerStream
 from ironfunctions.models import CALL_ERROR, CALL_SUCCESS, CALL_TIMEOUT, Call, CallResult
-from ironfunctions.runner.protocol import OversizedResponse, ProtocolError, ResponseParser
+from ironfunctions.runner.response import OversizedResponse, ProtocolError, ResponseParser
 
 if TYPE_CHECKING:
     from ironfunctions.runner.hot import RoutePool

@@ -21,7 +21,8 @@ from twisted.web.resource import Resource
 
 from ironfunctions.api.invoke import InvokeResource, Invoker, Reply
 from ironfunctions.errors import RouteNotFound
-from ironfunctions.fasthttp import FastChannel, canonical_name, encode_reply
+from ironfunctions.fasthttp import FastChannel, encode_reply
+from ironfunctions.headers import canonical_name
 from ironfunctions.models import CALL_SUCCESS, Call, CallResult, Route
 from ironfunctions.web import make_site
 

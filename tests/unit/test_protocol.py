@@ -9,13 +9,8 @@ from typing import Mapping
 import pytest
 
 from ironfunctions.models import Call, CallRequest, Route
-from ironfunctions.runner.protocol import (
-    MAX_HEAD_SIZE,
-    OversizedResponse,
-    ProtocolError,
-    RequestEncoder,
-    ResponseParser,
-)
+from ironfunctions.runner.protocol import RequestEncoder
+from ironfunctions.runner.response import MAX_HEAD_SIZE, OversizedResponse, ProtocolError, ResponseParser
 
 Got = tuple[int, Mapping[str, list[str]], bytes, bytes]
 
