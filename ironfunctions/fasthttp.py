@@ -32,7 +32,7 @@ from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport, I
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES, HTTPChannel, datetimeToString
+from twisted.web.http import NO_BODY_CODES, RESPONSES, HTTPChannel, datetimeToString
 from twisted.web.server import version as SERVER_VERSION
 
 from ironfunctions.api.invoke import Invocation, Reply
@@ -49,6 +49,7 @@ _HANDED_OFF = frozenset({"Transfer-Encoding", "Expect", "Upgrade", "Http2-Settin
 
 log = Logger()
 access_log = Logger(namespace="ironfunctions.access")
+
 
 class HttpDate:
     """The Date header's value at ``clock``'s time, formatted once a second."""
@@ -68,7 +69,7 @@ class HttpDate:
 def encode_reply(reply: Reply, date: bytes, head_only: bool, close: bool) -> bytes:
     """The HTTP/1.1 response for ``reply``: header names capitalised as Twisted does,
     values with CR/LF replaced (no header can be injected), ``Content-Length``, and
-    no body for a HEAD request."""
+    no body for a HEAD request or a 204/304 (as twisted.web does)."""
     body = reply.body
     lines = [b"HTTP/1.1 %d %s\r\n" % (reply.code, RESPONSES.get(reply.code, b"Unknown Status"))]
     for name, value in reply.headers:
@@ -80,7 +81,7 @@ def encode_reply(reply: Reply, date: bytes, head_only: bool, close: bool) -> byt
         lines.append(b"%s: %s\r\n" % (canonical, value))
     lines.append(b"Content-Length: %d\r\nServer: %s\r\nDate: %s\r\n%s\r\n" % (
         len(body), SERVER_VERSION, date, b"Connection: close\r\n" if close else b""))
-    if not head_only:
+    if not head_only and reply.code not in NO_BODY_CODES:
         lines.append(body)
     return b"".join(lines)
 
