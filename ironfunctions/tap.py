@@ -162,6 +162,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size)
     hot = HotRunner(driver, slots, reactor, config.node_id, metrics, config.docker_network, config.max_response_size)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
+    slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot stops an idle hot container
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots)
     # Sync call records are batched off the request path; the recorder stops after the
     # agent has drained, so the last calls' records are written too.

@@ -5,12 +5,15 @@ A call that cannot get a slot within ``wait_bound`` seconds, or that finds
 503 + Retry-After): the node never accepts work it cannot run and its memory stays
 bounded however many clients pile up. Slots are handed to waiters in FIFO order.
 Cold calls hold a slot for one container run; hot pools (issue 6) hold one per live
-container, so both share the node's ``MAX_CONCURRENCY``.
+container, so both share the node's ``MAX_CONCURRENCY``. A call that has to wait asks
+the ``on_pressure`` hooks to free a slot: the hot runner then stops its longest idle
+container rather than keep it until its idle timeout.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -28,6 +31,12 @@ class Slots:
         self._max_waiting = max_waiting
         self._wait_bound = wait_bound
         self._waiters: deque[Deferred[None]] = deque()
+        self._pressure: list[Callable[[], bool]] = []
+
+    def on_pressure(self, reclaim: Callable[[], bool]) -> None:
+        """Call ``reclaim()`` when a caller has to wait for a slot; it returns True if
+        it is freeing one (released once that container is gone)."""
+        self._pressure.append(reclaim)
 
     @property
     def waiting(self) -> int:
@@ -43,6 +52,9 @@ class Slots:
         waiter: Deferred[None] = Deferred()
         self._waiters.append(waiter)
         waiter.addTimeout(self._wait_bound, self._clock)
+        for reclaim in self._pressure:
+            if reclaim():
+                break
         try:
             await waiter
         except (TimeoutError, CancelledError):

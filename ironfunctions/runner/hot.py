@@ -118,6 +118,21 @@ class HotRunner:
                     return True
         return False
 
+    def reclaim_idle(self) -> bool:
+        """Stop the hot container idle the longest, of any route, so its slot can go to
+        a call waiting for one (a ``Slots.on_pressure`` hook): idle containers must not
+        keep cold calls and other routes out until their ``idle_timeout``. False if
+        none is idle."""
+        oldest: tuple[float, RoutePool] | None = None
+        for pool in self._pools.values():
+            since = pool.least_recently_used()
+            if since is not None and (oldest is None or since < oldest[0]):
+                oldest = (since, pool)
+        if oldest is None:
+            return False
+        oldest[1].reclaim()
+        return True
+
     def retire(self, app_name: str, path: str | None = None) -> None:
         """Retire the pools of a route (or, with no path, of every route of an app):
         their containers finish the calls they were given and are removed. A
@@ -329,6 +344,17 @@ class RoutePool:
         else:
             self._idle.append(container)
             container.went_idle()
+
+    def least_recently_used(self) -> float | None:
+        """When the container idle the longest went idle; None if none is."""
+        return self._idle[0].idle_since if self._idle else None
+
+    def reclaim(self) -> None:
+        """Stop the container idle the longest: a call elsewhere needs its slot."""
+        container = self._idle[0]
+        log.debug("Hot container {container_id} stopped: its slot is needed",
+                  container_id=container.container_id, **self._fields)
+        self._kill(container)
 
     def expired(self, container: HotContainer) -> None:
         """``container`` was idle for the route's ``idle_timeout``."""

@@ -165,6 +165,11 @@ class HotContainer:
 
     # -- timer: one per container, moved only when it would fire too late
 
+    @property
+    def idle_since(self) -> float:
+        """When its last call ended (or it started)."""
+        return self._idle_since
+
     def went_idle(self) -> None:
         now = self._clock.seconds()
         self._idle_since = now

@@ -276,3 +276,22 @@ def test_a_function_that_exits_at_once_is_a_quick_502_not_a_restart_loop(hot):
     assert error_of(reply) in ("Function exited unexpectedly",
                                "Invalid function response: output is not an HTTP response")
     assert time.monotonic() - began < 10
+
+
+def test_an_idle_hot_container_gives_its_slot_to_a_cold_call(test_images, daemon_factory):  # noqa: F811
+    """With one container slot on the node, an idle hot container (idle_timeout 300 s)
+    must not keep a cold call out: the cold call stops it and runs."""
+    daemon = daemon_factory(env={"NODE_ID": NODE, "MAX_CONCURRENCY": "1"})
+    reply = daemon.post("/v1/apps/hotapp/routes", {"route": {
+        "path": "/hot", "image": image_tag("hotfn"), "format": "http", "idle_timeout": 300}})
+    assert reply.status == 200, reply.body
+    reply = daemon.post("/v1/apps/hotapp/routes", {"route": {"path": "/cold", "image": image_tag("cat")}})
+    assert reply.status == 200, reply.body
+    assert daemon.post("/r/hotapp/hot", "warm").status == 200
+    assert len(hot_containers("/hot")) == 1
+    began = time.monotonic()
+    reply = daemon.post("/r/hotapp/cold", "cold body")
+    assert reply.status == 200 and reply.body == b"cold body"
+    assert time.monotonic() - began < 5  # not the 10 s admission bound, nor the idle timeout
+    wait_for(lambda: not hot_containers("/hot"))
+    assert daemon.post("/r/hotapp/hot", "again").status == 200  # and the route still works

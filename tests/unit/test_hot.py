@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -87,10 +87,11 @@ class HotFakeDriver(FakeDriver):
         return container
 
 
-def make_call(body: bytes = b"hi", call_id: str = "C1", **route_kw: object) -> Call:
+def make_call(body: bytes = b"hi", call_id: str = "C1", path_suffix: bool = False, **route_kw: object) -> Call:
     fields: dict[str, object] = {"format": "http", "max_concurrency": 2, "timeout": 5, "idle_timeout": 10}
     fields.update(route_kw)
-    route = Route(app_name="a", path="/hot", image="hotimg", **fields)  # type: ignore[arg-type]
+    path = "/hot2" if path_suffix else "/hot"
+    route = Route(app_name="a", path=path, image="hotimg", **fields)  # type: ignore[arg-type]
     return Call(call_id, route, CallRequest(method="POST", url="http://h/r/a/hot", body=body))
 
 
@@ -159,6 +160,24 @@ class PoolTests(SynchronousTestCase):
         third = self.run_call(make_call(b"3", call_id="C3", max_concurrency=1))
         assert self.finish(third).body == b"3"  # the container went idle, not to C2
         assert self.live() == 1 and len(self.driver.attached[list(self.driver.attached)[0]].requests) == 2
+
+    def test_a_call_waiting_for_a_slot_stops_the_longest_idle_container(self) -> None:
+        slots = Slots(2, self.clock, 100, 10.0)
+        runner = HotRunner(self.driver, slots, self.clock, "node1", self.metrics)
+        slots.on_pressure(runner.reclaim_idle)
+        older = Deferred.fromCoroutine(runner.run(make_call(b"a", "A")))
+        self.clock.advance(0.01)
+        newer = Deferred.fromCoroutine(runner.run(make_call(b"b", "B", path_suffix=True)))
+        self.clock.advance(0.01)
+        assert self.successResultOf(older).body == b"a" and self.successResultOf(newer).body == b"b"
+        assert slots.in_use == 2 and self.live() == 2
+        cold = Deferred.fromCoroutine(slots.acquire())  # e.g. a cold call: no slot is free
+        self.clock.advance(0)
+        self.successResultOf(cold)
+        assert self.live() == 1 and slots.in_use == 2
+        assert runner.containers() == {("a", "/hot"): 0, ("a", "/hot2"): 1}  # the longest idle went
+        assert runner.reclaim_idle() is True and self.live() == 0
+        assert runner.reclaim_idle() is False
 
     def test_idle_container_is_removed_after_idle_timeout_and_its_slot_freed(self) -> None:
         self.finish(self.run_call(make_call(idle_timeout=10)))
