@@ -44,12 +44,18 @@ _BATCH_KEYS = frozenset({"metric_batch", "count"})
 
 def logfmt_value(value: Any) -> str:
     """A logfmt value: bare when safe, else double-quoted with escapes."""
-    if isinstance(value, bool):
+    if type(value) is str:  # the common case first: a field of a log line or metric
+        text = value
+    elif isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    elif isinstance(value, (int, float)):
         return str(value)
-    text = str(value)
-    if text and not any(c in text for c in ' ="\\') and text.isprintable():
+    else:
+        text = str(value)
+    # Four substring tests, not a generator over the characters: this runs for every
+    # field of every metric line.
+    if (text and " " not in text and "=" not in text and '"' not in text and "\\" not in text
+            and text.isprintable()):
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     escaped = escaped.replace("\r", "\\r").replace("\t", "\\t")
@@ -83,7 +89,11 @@ def format_logfmt(event: dict[str, Any]) -> str:
     head = _timestamp(stamp) + " level=" + _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "info")
     lines = event.get("metric_lines")
     if lines is not None:  # already rendered by metrics.LogMetrics
-        return "\n".join(f"{head} {line}" for line in lines)
+        if not lines:
+            return ""
+        # One join that puts the head before every line, rather than a string per line.
+        head += " "
+        return head + ("\n" + head).join(lines)
     batch = event.get("metric_batch")
     if batch is not None:
         tail = " ".join(_fields(event, _BATCH_KEYS))

@@ -99,3 +99,23 @@ def test_with_a_clock_batches_are_coalesced_into_one_event():
         "metric=run.requests value=1 type=count app=a call_id=C2",
         "metric=run.a.requests value=1 type=count app=a call_id=C2",
     ]
+
+
+def test_values_need_quotes_for_each_unsafe_character_and_unprintable_text():
+    for text in ["a b", "a=b", 'a"b', "a\\b", "a\x00b", "a\u2028b"]:
+        assert logfmt_value(text).startswith('"'), text
+    assert logfmt_value("ünï-01ABC/path.x") == "ünï-01ABC/path.x"
+
+    class Name(str):
+        def __str__(self) -> str:
+            return "its str"
+
+    assert logfmt_value(Name("x")) == '"its str"'
+
+
+def test_rendered_metric_lines_each_get_time_and_level():
+    head = "time=1970-01-01T00:00:00.500Z level=info "
+    event = {"log_level": LogLevel.info, "log_time": 0.5, "log_format": "{count} metric lines"}
+    assert format_logfmt({**event, "metric_lines": ["metric=a value=1 type=count", "metric=b value=2 type=time"],
+                          "count": 2}) == f"{head}metric=a value=1 type=count\n{head}metric=b value=2 type=time"
+    assert format_logfmt({**event, "metric_lines": [], "count": 0}) == ""
