@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -66,7 +66,9 @@ class LogMetrics:
         self._clock = clock
         self._coalesce = coalesce
         self._pending: list[str] = []
-        self._heads: dict[tuple[str, str, Any], list[tuple[str, str]]] = {}
+        # app -> name -> (kind, ("metric=<name> value=", ...), " type=<kind>")
+        self._heads: dict[str | None, dict[str, tuple[str, tuple[str, ...], str]]] = {}
+        self._fragments: dict[tuple[str, str], str] = {}  # (key, value) -> " key=<logfmt value>"
 
     def flush(self) -> None:
         """Emit the lines waiting to be coalesced now (also done at daemon stop)."""
@@ -96,6 +98,9 @@ class LogMetrics:
     def many(self, samples: Sequence[tuple[str, str, int]], **fields: Any) -> None:
         """One log event carrying every figure (the observer prints one line each):
         on the hot path one event per call costs far less than ten."""
+        self._many(samples, fields)
+
+    def _many(self, samples: Sequence[tuple[str, str, int]], fields: dict[str, Any]) -> None:
         if self._clock is None:
             batch = [
                 (metric, int(value), kind)
@@ -104,23 +109,48 @@ class LogMetrics:
             ]
             self.log.info("{count} metrics", metric_batch=batch, count=len(batch), **fields)
             return
-        tail = "".join(f" {key}={logfmt_value(value)}" for key, value in fields.items())
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             self._clock.callLater(self._coalesce, self._flush)
+        # " key=value" of each field, cached but for call ids (unique by design).
+        tail = ""
+        fragments = self._fragments
+        for key, field in fields.items():
+            if type(field) is str and key != "call_id":
+                fragment = fragments.get((key, field))
+                if fragment is None:
+                    if len(fragments) >= 10_000:
+                        fragments.clear()
+                    fragment = fragments[(key, field)] = f" {key}={logfmt_value(field)}"
+                tail += fragment
+            else:
+                tail += f" {key}={logfmt_value(field)}"
         app = fields.get("app")
-        heads = self._heads
-        append = self._pending.append
+        # "metric=<name> value=" per statsd name, cached per app and name: the same few
+        # figures of the same few apps, call after call. Apps other than strings (never
+        # sent in practice) are not cached: True and 1 would share a dict key.
+        if type(app) is str or app is None:
+            heads = self._heads.get(app)
+            if heads is None:
+                if len(self._heads) >= 10_000:
+                    self._heads.clear()
+                heads = self._heads[app] = {}
+        else:
+            heads = {}
+        append = pending.append
         for kind, name, value in samples:
-            key = (kind, name, app)
-            pair = heads.get(key)
-            if pair is None:  # "metric=<name> ... type=<kind>" around the value, per name and app
-                if len(heads) > 10_000:
+            head = heads.get(name)
+            if head is None or head[0] != kind:
+                if len(heads) >= 1_000:
                     heads.clear()
-                pair = heads[key] = [
-                    (f"metric={metric} value=", f" type={kind}") for metric in statsd_names(name, fields)
-                ]
-            for before, after in pair:
-                append(f"{before}{int(value)}{after}{tail}")
+                head = heads[name] = (
+                    kind, tuple([f"metric={metric} value=" for metric in statsd_names(name, fields)]), f" type={kind}",
+                )
+            if type(value) is not int:
+                value = int(value)
+            rest = f"{value}{head[2]}{tail}"  # the same for the overall and the per-app name
+            for before in head[1]:
+                append(before + rest)
 
 
 @attrs.frozen
@@ -176,10 +206,13 @@ class StatsdMetrics:
         self._prefix = prefix
 
     def _send(self, kind: str, name: str, value: int, fields: dict[str, Any]) -> None:
-        self.many([(kind, name, value)], **fields)
+        self._many([(kind, name, value)], fields)
 
     def many(self, samples: Sequence[tuple[str, str, int]], **fields: Any) -> None:
         """One datagram, one metric per line (statsd's multi-metric packets)."""
+        self._many(samples, fields)
+
+    def _many(self, samples: Sequence[tuple[str, str, int]], fields: dict[str, Any]) -> None:
         data = "\n".join(
             f"{self._prefix}{metric}:{int(value)}|{self._TYPES[kind]}"
             for kind, name, value in samples
@@ -214,6 +247,9 @@ class PrometheusMetrics:
     def __init__(self, namespace: str = "ironfunctions") -> None:
         self._namespace = namespace
         self._series: dict[tuple[str, str, str], list[int]] = {}
+        # app -> name -> (kind, the list in _series): what ``many`` updates, call after
+        # call, without building a key per figure.
+        self._by_app: dict[str, dict[str, tuple[str, list[int]]]] = {}
 
     def _key(self, kind: str, name: str, fields: dict[str, Any]) -> tuple[str, str, str]:
         return (kind, name, str(fields.get("app", "")))
@@ -223,7 +259,8 @@ class PrometheusMetrics:
         series[0] += int(value)
 
     def gauge(self, name: str, value: int, **fields: Any) -> None:
-        self._series[self._key(GAUGE, name, fields)] = [int(value)]
+        # In place: _by_app holds on to the list.
+        self._series.setdefault(self._key(GAUGE, name, fields), [0])[0] = int(value)
 
     def timing(self, name: str, ms: int, **fields: Any) -> None:
         series = self._series.setdefault(self._key(TIME, name, fields), [0, 0])
@@ -231,22 +268,30 @@ class PrometheusMetrics:
         series[1] += 1
 
     def many(self, samples: Sequence[tuple[str, str, int]], **fields: Any) -> None:
-        app = str(fields.get("app", ""))
-        series = self._series
+        self._many(samples, fields)
+
+    def _many(self, samples: Sequence[tuple[str, str, int]], fields: dict[str, Any]) -> None:
+        app = fields.get("app", "")
+        if type(app) is not str:
+            app = str(app)
+        by_name = self._by_app.get(app)
+        if by_name is None:
+            by_name = self._by_app[app] = {}
         for kind, name, value in samples:
-            key = (kind, name, app)
+            if type(value) is not int:
+                value = int(value)
+            entry = by_name.get(name)
+            if entry is None or entry[0] != kind:
+                # Counts and gauges hold [value], times [sum, count] (as any other kind).
+                empty = [0] if kind == COUNT or kind == GAUGE else [0, 0]
+                entry = by_name[name] = (kind, self._series.setdefault((kind, name, app), empty))
+            found = entry[1]
             if kind == GAUGE:
-                series[key] = [int(value)]
+                found[0] = value
             elif kind == COUNT:
-                found = series.get(key)
-                if found is None:
-                    found = series[key] = [0]
-                found[0] += int(value)
+                found[0] += value
             else:
-                found = series.get(key)
-                if found is None:
-                    found = series[key] = [0, 0]
-                found[0] += int(value)
+                found[0] += value
                 found[1] += 1
 
     def render(self) -> str:
@@ -283,6 +328,12 @@ class FanoutMetrics:
 
     def __init__(self, sinks: Iterable[IMetrics]) -> None:
         self._sinks = list(sinks)
+        # The sinks of this module take the fields as the dict they are: passing
+        # ``**fields`` on would build a new dict per sink, per call.
+        self._manys: list[_ManyFields] = [
+            sink._many if type(sink) in _FIELDS_DICT_SINKS else _many_fields(sink)  # type: ignore[attr-defined]
+            for sink in self._sinks
+        ]
 
     def count(self, name: str, value: int = 1, **fields: Any) -> None:
         for sink in self._sinks:
@@ -297,5 +348,18 @@ class FanoutMetrics:
             sink.timing(name, ms, **fields)
 
     def many(self, samples: Sequence[tuple[str, str, int]], **fields: Any) -> None:
-        for sink in self._sinks:
-            sink.many(samples, **fields)
+        for many in self._manys:
+            many(samples, fields)
+
+
+_ManyFields = Callable[[Sequence[tuple[str, str, int]], dict[str, Any]], None]
+_FIELDS_DICT_SINKS = (LogMetrics, PrometheusMetrics, StatsdMetrics)
+
+
+def _many_fields(sink: IMetrics) -> _ManyFields:
+    """``sink.many`` taking the fields as a dict."""
+
+    def many(samples: Sequence[tuple[str, str, int]], fields: dict[str, Any]) -> None:
+        sink.many(samples, **fields)
+
+    return many
