@@ -249,31 +249,33 @@ class Agent(Service):
         if self._ready is not None and not self._ready.called:
             await self.when_ready()
         route = call.route
-        fields: dict[str, Any] = {"app": route.app_name, "path": route.path, "call_id": call.id}
+        call_id = call.id
         runner = self._runners.get(route.format) or self._runners["default"]
         self._in_flight += 1
-        self._calls[call.id] = (call, self._clock.seconds())
+        self._calls[call_id] = (call, self._clock.seconds())
         try:
             result = await runner.run(call)
         except Exception as e:
-            self._cancelled.discard(call.id)
-            self._metrics.many(_FAILED_TO_RUN, **fields)
-            self.log.info("Call {call_id} failed to run: {error}", error=str(e), **fields)
+            self._cancelled.discard(call_id)
+            self._metrics.many(_FAILED_TO_RUN, app=route.app_name, path=route.path, call_id=call_id)
+            self.log.info("Call {call_id} failed to run: {error}", error=str(e),
+                          app=route.app_name, path=route.path, call_id=call_id)
             raise
         finally:
             self._in_flight -= 1
-            del self._calls[call.id]
+            del self._calls[call_id]
             self.complete += 1
             if not self._in_flight and self._idle:
                 idle, self._idle = self._idle, []
                 for d in idle:
                     d.callback(None)
-        if call.id in self._cancelled:
-            self._cancelled.discard(call.id)
+        if call_id in self._cancelled:
+            self._cancelled.discard(call_id)
             result = attrs.evolve(result, status=CALL_CANCELLED, error=CANCELLED_MESSAGE, body=b"")
         if result.stderr:
-            self._log_stderr(result.stderr, fields)
-        # All of a call's figures in one go: one log event per call, not ten.
+            self._log_stderr(result.stderr, {"app": route.app_name, "path": route.path, "call_id": call_id})
+        # All of a call's figures in one go: one log event per call, not ten. The fields
+        # as keywords, not **fields: that would build the same dict twice.
         self._metrics.many(
             [
                 ("count", "run.requests", 1),
@@ -282,7 +284,7 @@ class Agent(Service):
                 ("time", "run.start_time", result.start_ms),
                 ("time", "run.exec_time", result.run_ms),
             ],
-            **fields,
+            app=route.app_name, path=route.path, call_id=call_id,
         )
         return result
 
