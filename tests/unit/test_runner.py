@@ -44,6 +44,23 @@ class CallIdsTests(SynchronousTestCase):
         first, second = ids(), ids()
         assert second > first
 
+    def test_ids_are_the_ulid_encoding_of_time_and_random_bits(self) -> None:
+        """Time in ms as 10 Crockford base32 chars, then the 80 random bits as 16."""
+        import base64
+        import random
+
+        crockford = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+
+        def reference(ms: int, rand: bytes) -> str:
+            time_part = base64.b32encode(ms.to_bytes(10, "big")).translate(crockford).decode()[-10:]
+            return time_part + base64.b32encode(rand).translate(crockford).decode()
+
+        rng = random.Random(7)
+        for ms in [0, 1, 1_700_000_000_123, 2**48 - 1, *(rng.randrange(2**48) for _ in range(50))]:
+            rand = rng.randbytes(10) if ms > 1 else bytes([0xFF * ms] * 10)
+            ids = CallIds(lambda: ms / 1000 + 0.0001, random_bytes=lambda n: rand)
+            assert ids() == reference(ms, rand)
+
 
 class PlanTests(SynchronousTestCase):
     def test_environment_has_call_variables_config_headers_and_params(self) -> None:
