@@ -22,12 +22,20 @@ ROUTE_TYPES = ("sync", "async")
 ROUTE_FORMATS = ("default", "http")
 
 
+# Converters: each value holds its own copy. Most are empty (no config, no headers),
+# and these run for every call, so an empty one costs no more than a new dict.
+
+
 def _frozen_str_map(value: Mapping[str, str] | None) -> Mapping[str, str]:
-    return dict(value or {})
+    if not value:
+        return {}
+    return dict(value)
 
 
 def _frozen_headers(value: Mapping[str, list[str]] | None) -> Mapping[str, list[str]]:
-    return {k: list(v) for k, v in (value or {}).items()}
+    if not value:
+        return {}
+    return {k: [*v] for k, v in value.items()}
 
 
 @attrs.frozen

@@ -1,0 +1,23 @@
+"""Domain values hold their own copies of the mappings they are given."""
+
+from ironfunctions.models import App, CallRequest, CallResult
+
+
+def test_values_copy_headers_and_maps_so_later_changes_do_not_leak_in():
+    headers = {"A": ["1"], "B": []}
+    params = {"x": "y"}
+    request = CallRequest("GET", "http://h/r/a/p", headers=headers, params=params)
+    result = CallResult("c", "success", headers=headers)
+    headers["A"].append("2")
+    headers["C"] = ["3"]
+    params["z"] = "w"
+    assert request.headers == result.headers == {"A": ["1"], "B": []}
+    assert request.params == {"x": "y"}
+
+
+def test_missing_or_empty_mappings_become_new_empty_dicts():
+    empty: dict[str, list[str]] = {}
+    request = CallRequest("GET", "u", headers=empty, params=None)
+    assert request.headers == {} and request.headers is not empty and request.params == {}
+    assert CallResult("c", "success").headers == {} and App("a", config=None).config == {}
+    assert CallResult("c", "success").headers is not CallResult("c", "success").headers
