@@ -226,6 +226,20 @@ def test_sync_record_equals_the_two_step_record():
             new_record("c1", ROUTE, 100), result, 200, keep_body=False)
 
 
+def test_sync_record_puts_every_value_in_its_field():
+    """sync_record passes CallRecord's fields by position: a reordering must show here."""
+    from ironfunctions.calls.model import CallRecord
+    from ironfunctions.runner.records import sync_record
+
+    route = Route(app_name="app", path="/path", image="image", type="sync", format="http")
+    result = CallResult("c1", CALL_ERROR, error="oops", exit_code=7, wait_ms=11, start_ms=13, run_ms=17)
+    assert sync_record("c1", route, 1000, result, 2000) == CallRecord(
+        id="c1", app_name="app", path="/path", image="image", type="sync", format="http", status="error",
+        reason="bad_exit", created_at=1000, started_at=1983, completed_at=2000, attempt=1, exit_code=7,
+        error="oops", wait_ms=11, start_ms=13, run_ms=17, body=None, priority=0,
+    )
+
+
 def test_async_wait_includes_the_time_in_the_queue():
     h = Harness()
     h.submit()
