@@ -328,8 +328,8 @@ class FanoutMetrics:
 
     def __init__(self, sinks: Iterable[IMetrics]) -> None:
         self._sinks = list(sinks)
-        # The sinks of this module take the fields as the dict they are: passing
-        # ``**fields`` on would build a new dict per sink, per call.
+        # The sinks of this module take the fields as the dict they are (and only read
+        # it): passing ``**fields`` on would build a new dict per sink, per call.
         self._manys: list[_ManyFields] = [
             sink._many if type(sink) in _FIELDS_DICT_SINKS else _many_fields(sink)  # type: ignore[attr-defined]
             for sink in self._sinks
