@@ -7,31 +7,27 @@ its stdin and stdout and execs the function. The function's stdout then reaches 
 daemon without the engine's attach relay; its stderr still comes through the engine
 (an attach with stderr only), so per-call logs keep working.
 
-The connection is read and written with plain ``os.read``/``os.write`` on a
-``FileDescriptor``: Twisted's UNIX transport reads with ``recvmsg`` and parses ancillary
-data on every read, which costs more per call than the bytes themselves.
+The connection is a ``drivers.connection.SocketConnection`` (plain reads and writes).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import socket
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import main
 from twisted.internet.abstract import FileDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ironfunctions.drivers.connection import SocketConnection
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerStream
-from ironfunctions.writethrough import write_through
 
 BRIDGE_IN_CONTAINER = "/.ifbridge/ifbridge"
 SOCKET_DIR_IN_CONTAINER = "/.ifbridge/sock"
 SOCKET_NAME = "s"
-_READ_SIZE = 65536
 
 
 class SocketDirs:
@@ -72,62 +68,6 @@ def listen(directory: str) -> socket.socket:
     finally:
         os.close(dir_fd)
     return listener
-
-
-class SocketConnection(FileDescriptor):
-    """The accepted connection from the bridge: the function's stdin and stdout.
-    ``on_close`` is called once the connection is gone."""
-
-    def __init__(
-        self, sock: socket.socket, stream: IContainerStream, on_close: Callable[[], None], reactor: Any
-    ) -> None:
-        super().__init__(reactor)
-        self._sock = sock
-        self._fd = sock.fileno()
-        self._stream = stream
-        self._on_close = on_close
-        self.connected = 1
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def doRead(self) -> Any:  # noqa: N802 (Twisted API)
-        try:
-            data = os.read(self._fd, _READ_SIZE)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return main.CONNECTION_LOST
-        if not data:
-            return main.CONNECTION_DONE
-        self._stream.stdout_received(data)
-        return None
-
-    def write(self, data: bytes) -> None:
-        """Write at once when nothing is queued (saves a trip through the reactor
-        per call); queue the rest as any ``FileDescriptor`` does."""
-        write_through(self, data, super().write)
-
-    def writeSomeData(self, data: bytes) -> Any:  # noqa: N802 (Twisted API)
-        try:
-            return os.write(self._fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError as e:
-            if e.errno in (errno.EINTR, errno.EAGAIN):
-                return 0
-            return main.CONNECTION_LOST
-
-    def _closeWriteConnection(self) -> None:  # noqa: N802 (Twisted API)
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (Twisted API)
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
-        self._sock.close()
-        self._on_close()
 
 
 class _Listener(FileDescriptor):
@@ -191,7 +131,7 @@ class BridgedContainer:
         if self._connection is not None:
             self._connection.loseWriteConnection()  # type: ignore[no-untyped-call]
 
-    # -- the stderr attach stream (an IContainerStream for AttachProtocol)
+    # -- the stderr attach stream (an IContainerStream for the attach connection)
 
     def stdout_received(self, data: bytes) -> None:
         pass  # stdout goes through the socket; the attach asks for stderr only

@@ -29,14 +29,14 @@ import docker.utils
 import requests.exceptions
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads, IReactorSocket
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ironfunctions import bridge
-from ironfunctions.drivers.attach import AttachedContainer, AttachProtocol, OneProtocolFactory
+from ironfunctions.drivers.attach import AttachedContainer, adopt
 from ironfunctions.drivers.bridged import (
     BRIDGE_IN_CONTAINER, SOCKET_DIR_IN_CONTAINER, SOCKET_NAME, BridgedContainer, SocketDirs, listen,
 )
@@ -200,7 +200,7 @@ class DockerDriver(Service):
             self._run_pool, lambda deliver: deliver(self._start_attached_blocking(spec))
         )
         try:
-            return AttachedContainer(container_id, self._adopt(sock, stream))
+            return AttachedContainer(container_id, adopt(sock, stream, self._reactor))
         except BaseException:
             await self.remove(container_id)
             raise
@@ -235,7 +235,7 @@ class DockerDriver(Service):
             raise
         handle.container_id = container_id
         try:
-            self._adopt(sock, handle)  # stderr only
+            adopt(sock, handle, self._reactor)  # stderr only
         except BaseException:
             handle.discard()
             await self.remove(container_id)
@@ -456,19 +456,6 @@ class DockerDriver(Service):
                 raise DockerUnavailable(f"image {image} has neither an entrypoint nor a command")
             self._argv_of_image[image_id] = argv
         return image_id, argv
-
-    # -- the reactor side of a long-lived container
-
-    def _adopt(self, sock: socket.socket, stream: IContainerStream) -> AttachProtocol:
-        family = sock.family
-        fd = sock.detach()  # the requests response still references the socket object
-        try:
-            protocol = AttachProtocol(stream)
-            reactor: IReactorSocket = self._reactor
-            reactor.adoptStreamConnection(fd, family, OneProtocolFactory(protocol))  # type: ignore[arg-type]
-        finally:
-            os.close(fd)  # the reactor holds its own duplicate
-        return protocol
 
 
 def _ms(seconds: float) -> int:

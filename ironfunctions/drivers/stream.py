@@ -24,6 +24,11 @@ class Demuxer:
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add ``data``; return every frame completed by it, in order."""
         buffer = self._buffer
+        if not buffer and len(data) >= _HEADER.size:
+            # The usual case on a hot path: one whole frame per read, nothing held back.
+            kind, size = _HEADER.unpack_from(data)
+            if len(data) == _HEADER.size + size:
+                return [(kind, data[_HEADER.size:])]
         buffer += data
         frames: list[tuple[int, bytes]] = []
         offset = 0
