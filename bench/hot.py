@@ -1,7 +1,8 @@
 """Hot-function benchmark (issue 6). Same run, same machine, one daemon
 (LOG_LEVEL=info, access log off, DOCKER_NETWORK=none, memory:// datastore):
 
-1. ``GET /version`` p50 over one keep-alive connection: the framework's floor.
+1. ``GET /version`` p50 over one keep-alive connection: the framework's floor (Klein
+   on twisted.web); ``POST /r/bench/none`` (404), the floor of the ``/r/`` channel.
 2. Sequential ``POST /r/bench/hot`` (static C function ``iftest/hotfn:1``), keep-alive:
    p50, p99, and the daemon's CPU per call.
 3. ``wrk -t2 -c8 -d10s`` POST to the hot route with max_concurrency 2: req/s, p50, p99;
@@ -76,7 +77,7 @@ def processes() -> dict[int, str]:
 
 
 
-def sequential(port: int, method: str, path: str, body: bytes | None, n: int) -> list[float]:
+def sequential(port: int, method: str, path: str, body: bytes | None, n: int, status: int = 200) -> list[float]:
     conn = http.client.HTTPConnection("127.0.0.1", port)
     times = []
     for _ in range(n):
@@ -85,7 +86,7 @@ def sequential(port: int, method: str, path: str, body: bytes | None, n: int) ->
         reply = conn.getresponse()
         reply.read()
         times.append((time.perf_counter() - began) * 1000)
-        assert reply.status == 200, reply.status
+        assert reply.status == status, reply.status
     conn.close()
     return times
 
@@ -208,6 +209,9 @@ def bench_daemon(transport: str) -> None:
             version = sequential(daemon.port, "GET", "/version", None, n)
             print(f"GET /version (floor), n={n}: p50 {statistics.median(version):.3f} ms  "
                   f"p99 {percentile(version, 99):.3f} ms")
+            missing = sequential(daemon.port, "POST", "/r/bench/none", b"hello", n, status=404)
+            print(f"POST /r/ to a missing route (the /r/ channel and route cache, no container), n={n}: "
+                  f"p50 {statistics.median(missing):.3f} ms  p99 {percentile(missing, 99):.3f} ms")
             before = cpu_seconds(pid)
             hot = sequential(daemon.port, "POST", "/r/bench/hot", b"hello", n)
             used = cpu_seconds(pid) - before
