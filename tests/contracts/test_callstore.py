@@ -41,6 +41,25 @@ async def test_put_replaces_by_id(datastore):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_large_batch_is_written_whole_and_in_order(datastore):
+    """A recorder's batch (here 345 records, and one id twice: the later one wins)."""
+    batch = [call(n, status="success", run_ms=n) for n in range(345)]
+    batch.append(attrs.evolve(call(7), status="error", run_ms=7000))
+    await datastore.calls.put_calls(batch)
+    seen, after = [], None
+    while True:
+        page = await datastore.calls.list_calls(CallQuery("a", per_page=100, after=after))
+        seen.extend(page.calls)
+        if page.next_cursor is None:
+            break
+        after = decode_cursor(page.next_cursor)
+    assert sorted(c.id for c in seen) == [f"call{n:04d}" for n in range(345)]
+    assert all(c.run_ms == int(c.id[4:]) for c in seen if c.id != "call0007")
+    got = await datastore.calls.get_call("a", "call0007")
+    assert (got.status, got.run_ms) == ("error", 7000)
+
+
+@pytest_twisted.ensureDeferred
 async def test_get_missing_or_other_apps_call_fails_with_CallNotFound(datastore):
     await datastore.calls.put_calls([call(1, app="a")])
     with pytest.raises(CallNotFound):
