@@ -83,11 +83,17 @@ class CallRecorder(Service):
         return None
 
     async def flush(self) -> None:
-        """Write everything pending, a batch at a time; on failure keep it for later."""
-        while self._pending:
+        """Write what is pending now, a batch at a time; on failure keep it for later.
+        Records that arrive meanwhile wait for the next flush: chasing them would mean a
+        transaction (and an fsync) for every few calls under load instead of one per
+        ``max_batch`` records."""
+        left = len(self._pending)
+        while left > 0 and self._pending:
             # Take the batch out first: record() may drop the oldest pending entries
             # while we wait for the store, and must not drop these instead.
-            batch = [self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))]
+            size = min(self._max_batch, left, len(self._pending))
+            left -= size
+            batch = [self._pending.popleft() for _ in range(size)]
             try:
                 await self._calls.put_calls([call for call, _ in batch])
                 for call, log in batch:

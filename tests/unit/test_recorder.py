@@ -4,7 +4,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from ironfunctions.calls.memory import MemoryCallStore
-from ironfunctions.calls.model import LOG_TRUNCATED_MARKER, CallRecord
+from ironfunctions.calls.model import LOG_TRUNCATED_MARKER, CallQuery, CallRecord
 from ironfunctions.calls.recorder import CallRecorder
 from ironfunctions.errors import DatastoreUnavailable
 from ironfunctions.metrics import MemoryMetrics
@@ -106,3 +106,45 @@ def test_records_arriving_during_a_slow_write_are_neither_lost_nor_miscounted():
     clock.advance(0.2)
     assert written == ["c0", "c1", "c2", "c3", "c4"]
     assert metrics.total("calls.dropped") == 0
+
+
+class GatedStore(MemoryCallStore):
+    """Each write waits for ``open_gate()``, as a real store's round trip does."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+        self.gates = []
+
+    async def put_calls(self, calls):
+        self.batches.append(len(calls))
+        gate = Deferred()
+        self.gates.append(gate)
+        await gate
+        await super().put_calls(calls)
+
+    def open_gate(self):
+        self.gates.pop(0).callback(None)
+
+
+def test_records_arriving_during_a_write_wait_for_the_next_tick():
+    """Under load a flush must not chase newcomers with a transaction every few calls."""
+    store, clock = GatedStore(), Clock()
+    recorder = CallRecorder(store, clock, MemoryMetrics(), interval=0.2, max_batch=4)
+    recorder.startService()
+    for n in range(6):
+        recorder.record(CallRecord(id=f"c{n}", app_name="a", path="/p"))
+    clock.advance(0.2)
+    assert store.batches == [4]
+    for n in range(6, 9):  # arrive while the first batch is being written
+        recorder.record(CallRecord(id=f"c{n}", app_name="a", path="/p"))
+    store.open_gate()
+    assert store.batches == [4, 2]  # the rest of what was pending at the tick
+    recorder.record(CallRecord(id="c9", app_name="a", path="/p"))
+    store.open_gate()
+    assert store.batches == [4, 2] and recorder.pending == 4  # newcomers wait
+    clock.advance(0.2)
+    assert store.batches == [4, 2, 4]
+    store.open_gate()
+    assert recorder.pending == 0
+    assert sorted(c.id for c in run(store.list_calls(CallQuery("a", per_page=20))).calls) == [f"c{n}" for n in range(10)]
