@@ -1,10 +1,13 @@
 """Hot-function benchmark (issue 6). Same run, same machine, one daemon
-(LOG_LEVEL=info, access log off, DOCKER_NETWORK=none, memory:// datastore):
+(LOG_LEVEL=info, access log off, DOCKER_NETWORK=none, the embedded SQLite store, so
+every call's record is written as in production; ``--db memory`` for memory://, whose
+call records stay in the daemon's memory and so count in its RSS):
 
 1. ``GET /version`` p50 over one keep-alive connection: the framework's floor (Klein
    on twisted.web); ``POST /r/bench/none`` (404), the floor of the ``/r/`` channel.
 2. Sequential ``POST /r/bench/hot`` (static C function ``iftest/hotfn:1``), keep-alive:
-   p50, p99, and the daemon's CPU per call.
+   p50, p99, and the daemon's CPU per call; with http.client, then again with a minimal
+   raw-socket client (http.client's own parsing costs ~0.1 ms of each round trip).
 3. ``wrk -t2 -c8 -d10s`` POST to the hot route with max_concurrency 2: req/s, p50, p99;
    the daemon's peak RSS; CPU split (daemon, dockerd, containerd shims, containerd,
    the function containers) from /proc/<pid>/stat deltas over the wrk run.
@@ -17,7 +20,7 @@ both: a fresh daemon each).
 
 Targets: sequential hot p50 <= 0.5 ms; >= 3,500 hot calls/s at 8 connections.
 
-    PYTHONPATH=. python bench/hot.py [--transport attach|socket|both] [--no-floor]
+    PYTHONPATH=. python bench/hot.py [--transport attach|socket|both] [--no-floor] [--db sqlite|memory]
 """
 
 from __future__ import annotations
@@ -88,6 +91,35 @@ def sequential(port: int, method: str, path: str, body: bytes | None, n: int, st
         times.append((time.perf_counter() - began) * 1000)
         assert reply.status == status, reply.status
     conn.close()
+    return times
+
+
+def raw_sequential(port: int, path: str, body: bytes, n: int) -> list[float]:
+    """Like ``sequential`` with a minimal client: one prepared request written to a
+    TCP_NODELAY socket, the answer framed by its Content-Length. http.client's own
+    header parsing (email.parser) costs ~0.1 ms per call on the client's side."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s" % (
+        path.encode(), len(body), body)
+    times = []
+    for _ in range(n):
+        began = time.perf_counter()
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("connection closed")
+            data += chunk
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", data[:end]).group(1))  # type: ignore[union-attr]
+                if len(data) >= end + 4 + length:
+                    break
+        times.append((time.perf_counter() - began) * 1000)
+        assert data.startswith(b"HTTP/1.1 200 "), data[:40]
+    sock.close()
     return times
 
 
@@ -179,21 +211,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Hot-function benchmark (issue 6)")
     parser.add_argument("--transport", choices=["attach", "socket", "both"], default="both")
     parser.add_argument("--no-floor", action="store_true", help="skip the relay-alone comparison")
+    parser.add_argument("--db", choices=["sqlite", "memory"], default="sqlite",
+                        help="datastore: the embedded default, or memory://")
     args = parser.parse_args()
     ensure_dockerd()
     build_test_images()
     ensure_bridge()
     for transport in (["attach", "socket"] if args.transport == "both" else [args.transport]):
         print(f"== HOT_TRANSPORT={transport}")
-        bench_daemon(transport)
+        bench_daemon(transport, args.db)
     if not args.no_floor:
         print("== the engine's relay alone vs the bridge (no daemon)")
         relay_floor()
 
 
-def bench_daemon(transport: str) -> None:
+def bench_daemon(transport: str, db: str) -> None:
     with tempfile.TemporaryDirectory() as workdir:
-        daemon = Daemon(workdir, env={"DOCKER_NETWORK": "none", "DB_URL": "memory://", "MQ_URL": "memory://",
+        datastore = {"DB_URL": "memory://"} if db == "memory" else {}
+        daemon = Daemon(workdir, env={**datastore, "DOCKER_NETWORK": "none", "MQ_URL": "memory://",
                                       "LOG_LEVEL": "info", "MAX_CONCURRENCY": "8",
                                       "HOT_TRANSPORT": transport}).start()
         # The daemon logs a line per event (metrics included) to daemon.log, as in production.
@@ -218,6 +253,9 @@ def bench_daemon(transport: str) -> None:
             print(f"sequential hot calls, n={n}: p50 {statistics.median(hot):.3f} ms  "
                   f"p99 {percentile(hot, 99):.3f} ms  (target p50 <= 0.5 ms); "
                   f"daemon CPU {used / n * 1000:.3f} ms/call")
+            raw = raw_sequential(daemon.port, "/r/bench/hot", b"hello", n)
+            print(f"sequential hot calls, minimal client, n={n}: p50 {statistics.median(raw):.3f} ms  "
+                  f"p99 {percentile(raw, 99):.3f} ms")
 
             with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
                 script.write('wrk.method = "POST"\nwrk.body = "hello"\n')
