@@ -46,6 +46,7 @@ MAX_HEAD = 16 * 1024  # request line and headers; a longer head goes to twisted.
 MAX_HEADERS = HTTPChannel.maxHeaders  # more: twisted.web's 400
 _TARGET = re.compile(rb"/r/[!-~]*")  # visible ASCII only
 _HANDED_OFF = frozenset({"Transfer-Encoding", "Expect", "Upgrade", "Http2-Settings"})
+_FRAMING = frozenset({b"Content-Length", b"Transfer-Encoding", b"Connection", b"Date", b"Server"})
 
 log = Logger()
 access_log = Logger(namespace="ironfunctions.access")
@@ -74,7 +75,7 @@ def encode_reply(reply: Reply, date: bytes, head_only: bool, close: bool) -> byt
     lines = [b"HTTP/1.1 %d %s\r\n" % (reply.code, RESPONSES.get(reply.code, b"Unknown Status"))]
     for name, value in reply.headers:
         canonical = canonical_name(name)
-        if canonical is None:
+        if canonical is None or canonical in _FRAMING:  # framing is ours alone
             continue
         if b"\r" in value or b"\n" in value:
             value = value.replace(b"\r", b" ").replace(b"\n", b" ")
@@ -169,9 +170,17 @@ class FastChannel(Protocol):
         idle = self._site.clock.seconds() - self._last_active
         if idle >= timeout and not self._busy:
             self._closing = True
+            self._buffer = bytearray()
             self.transport.loseConnection()  # type: ignore[union-attr]
+            # As twisted.web: a client that reads nothing would keep a polite close
+            # waiting on its send buffer for ever.
+            self._idle_call = self._site.clock.callLater(HTTPChannel.abortTimeout, self._abort)
             return
         self._idle_call = self._site.clock.callLater(max(timeout - idle, 1.0), self._check_idle)
+
+    def _abort(self) -> None:
+        self._idle_call = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     # -- IPushProducer: the transport's send buffer
 
@@ -208,7 +217,9 @@ class FastChannel(Protocol):
                 self._start(request)
         finally:
             self._processing = False
-        if self._read_paused and len(self._buffer) <= self._site.max_buffered and self._inner is None:
+        # Reading pauses only while a call is in flight (or the send buffer is full):
+        # with neither, the request at the front may need more bytes, so read on.
+        if self._read_paused and not self._busy and self._inner is None:
             self._read_paused = False
             if not self._send_paused and not self._closing:
                 self.transport.resumeProducing()  # type: ignore[union-attr]
@@ -230,8 +241,8 @@ class FastChannel(Protocol):
         if len(lines) > MAX_HEADERS + 1:
             self._hand_over()
             return None
-        # CRLF line ends only: a bare CR or LF anywhere means twisted.web decides.
-        if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
+        # CRLF line ends only, and no NUL (RFC 9110 §5.5): else twisted.web decides.
+        if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1 or b"\0" in head:
             self._hand_over()
             return None
         parts = lines[0].split(b" ")
@@ -257,7 +268,7 @@ class FastChannel(Protocol):
                     return None
                 length = int(value)
             elif key == "Connection":
-                close = "close" in [token.strip() for token in value.lower().split(",")]
+                close = close or "close" in [token.strip() for token in value.lower().split(",")]
             elif key in _HANDED_OFF:
                 self._hand_over()
                 return None

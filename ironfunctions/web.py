@@ -120,7 +120,7 @@ class FastSite(ApiSite):
         super().__init__(resource, **kw)  # type: ignore[no-untyped-call]
         self.invoker = invoker
         self.max_request_size = max_request_size
-        self.max_buffered = max_request_size + MAX_HEAD
+        self.max_buffered = max_request_size + MAX_HEAD + 4  # the largest request it frames
         self.clock = clock
         self.date = HttpDate(clock)
 

@@ -48,6 +48,10 @@ _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
     "upgrade", "content-length",
 })
+# Headers the daemon sets on every answer: a function's or route's own would be a
+# second, conflicting value.
+_OURS = frozenset({"date", "server", "fn-call-id", "server-timing"})
+_NOT_PASSED_ON = _HOP_BY_HOP | _OURS
 ROUTE_NOT_FOUND = "Route not found on that application"
 _JSON = b"application/json"
 
@@ -213,16 +217,17 @@ class Invoker:
 
 
 def _success(call_id: str, timing: bytes, route: Route, result: CallResult) -> Reply:
-    """The function's answer: its status and headers (not the framing ones: those are
-    ours to set), the route's headers over them, a default Content-Type."""
+    """The function's answer: its status and headers, the route's headers over them, a
+    default Content-Type; never framing headers or those the daemon sets itself."""
     chosen: dict[str, tuple[str, list[str]]] = {}
     for name, values in result.headers.items():
         lower = name.lower()
-        if lower not in _HOP_BY_HOP:
+        if lower not in _NOT_PASSED_ON:
             chosen[lower] = (name, values)
     for name, values in route.headers.items():
-        if values:
-            chosen[name.lower()] = (name, values)
+        lower = name.lower()
+        if values and lower not in _NOT_PASSED_ON:
+            chosen[lower] = (name, values)
     headers = [(b"fn-call-id", call_id.encode()), (b"server-timing", timing)]
     for name, values in chosen.values():
         raw = name.encode("latin-1")

@@ -17,6 +17,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 
 from ironfunctions.api.invoke import InvokeResource, Invoker, Reply
@@ -27,6 +28,10 @@ from ironfunctions.models import CALL_SUCCESS, Call, CallResult, Route
 from ironfunctions.web import make_site
 
 ROUTE = Route(app_name="app", path="/echo", image="img", headers={"X-Route": ["r"]})
+# A route whose headers try to set the framing, and a function answering headers the
+# daemon sets itself (as Go's net/http does with Date).
+HOSTILE = Route(app_name="app", path="/hostile", image="img",
+                headers={"Content-Length": ["0"], "Transfer-Encoding": ["chunked"], "Server": ["route"]})
 
 
 class Functions:
@@ -39,6 +44,8 @@ class Functions:
     async def lookup(self, app: str, path: str) -> Route:
         if app == "app" and path in ("/echo", "/hold"):
             return ROUTE
+        if app == "app" and path == "/hostile":
+            return HOSTILE
         raise RouteNotFound()
 
     async def app_config(self, app: str) -> dict[str, str]:
@@ -50,6 +57,10 @@ class Functions:
             d: Deferred[CallResult] = Deferred()
             self.held.append(d)
             return await d
+        if call.route is HOSTILE:
+            return CallResult(call.id, CALL_SUCCESS, body=b"hello", status_code=200, headers={
+                "Date": ["Mon, 01 Jan 2024 00:00:00 GMT"], "Server": ["fn"], "Fn-Call-Id": ["forged"],
+                "Server-Timing": ["forged"]})
         summary = {"method": call.request.method, "url": call.request.url,
                    "headers": {k: v for k, v in call.request.headers.items() if k != "Content-Length"}}
         return CallResult(call.id, CALL_SUCCESS, body=json.dumps(summary).encode() + b"|" + call.request.body,
@@ -146,6 +157,7 @@ REQUESTS = [
     b"POST /r/ HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
     b"PUT /r/app/%2e%2e/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
     b"POST /r/app/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",  # no Host: the local address
+    b"GET /r/app/hostile HTTP/1.1\r\nHost: h\r\n\r\n",
 ]
 
 
@@ -181,6 +193,7 @@ HANDED_OVER = [
     b"POST /r/app/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000,
     b"GARBAGE\r\n\r\n",
     b"\r\nPOST /r/app/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    b"GET /r/app/echo HTTP/1.1\r\nHost: h\r\nX-A: a\x00b\r\n\r\n",  # NUL: twisted.web's 400
 ]
 
 
@@ -285,3 +298,55 @@ def test_header_names_are_capitalised_as_twisted_does() -> None:
     assert canonical_name(b"content-type") == b"Content-Type"
     assert canonical_name(b"www-authenticate") == b"WWW-Authenticate"
     assert canonical_name(b"x y") is None and canonical_name(b"") is None
+
+
+def raw_exchange(data: bytes) -> bytes:
+    clock = Clock()
+    protocol, transport = connect(build(True, Functions(), clock))
+    protocol.dataReceived(data)
+    return transport.value()
+
+
+def test_no_framing_or_daemon_header_comes_from_a_function_or_route() -> None:
+    """One Content-Length, one Date, one Server, our Fn-Call-Id: a route or function
+    setting them would split or confuse the response."""
+    head = raw_exchange(b"GET /r/app/hostile HTTP/1.1\r\nHost: h\r\n\r\n").split(b"\r\n\r\n")[0].lower()
+    lines = head.split(b"\r\n")
+    for name in (b"content-length", b"date", b"server", b"fn-call-id", b"server-timing"):
+        assert len([line for line in lines if line.startswith(name + b":")]) == 1, name
+    assert b"transfer-encoding" not in head and b"forged" not in head
+    assert b"content-length: 5" in lines and b"server: route" not in lines
+
+
+def test_connection_close_then_keep_alive_still_closes() -> None:
+    data = POST.replace(b"Host: h:1", b"Host: h:1\r\nConnection: close\r\nConnection: keep-alive")
+    fast, _ = exchange(data + POST)
+    web, _ = exchange(data + POST, fast=False)
+    assert len(fast) == 1 and fast == web
+
+
+def test_an_idle_client_that_reads_nothing_is_aborted() -> None:
+    clock = Clock()
+    site = build(True, Functions(), clock)
+    protocol, transport = connect(site)
+    clock.advance(site.timeOut + 1)
+    assert transport.disconnecting and not transport.disconnected  # a polite close first
+    clock.advance(HTTPChannel.abortTimeout)
+    assert transport.disconnected  # then, as twisted.web does, an abort
+
+
+def test_reading_resumes_for_the_last_bytes_of_a_largest_request() -> None:
+    """A request of the largest size the channel frames, pipelined behind a call in
+    flight, must not leave reading paused a few bytes short."""
+    clock = Clock()
+    functions = Functions()
+    protocol, transport = connect(build(True, functions, clock, max_request_size=100))
+    protocol.dataReceived(b"POST /r/app/hold HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+    head = b"POST /r/app/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\nX-Pad: "
+    head += b"p" * (16 * 1024 - len(head)) + b"\r\n\r\n"  # its end at exactly MAX_HEAD
+    assert len(head) == 16 * 1024 + 4
+    protocol.dataReceived(head + b"b" * 97)  # all but the last 3 bytes of the body
+    functions.release()
+    assert transport.producerState == "producing"
+    protocol.dataReceived(b"bbb")
+    assert [a[0] for a in responses(transport.value())] == [200, 201]
