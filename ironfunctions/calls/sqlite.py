@@ -50,7 +50,10 @@ class SqliteCallStore:
         def put(c: sqlite3.Connection) -> None:
             with transaction(c):
                 start = 0
+                most = c.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // sql.N_COLUMNS  # 999 before 3.32
                 for rows in _CHUNKS:
+                    if rows > most:
+                        continue
                     while len(calls) - start >= rows:
                         chunk = calls[start:start + rows]
                         c.execute(_UPSERTS[rows], [p for call in chunk for p in sql.call_params(call)])

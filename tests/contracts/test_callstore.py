@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import attrs
 import pytest
 import pytest_twisted
@@ -57,6 +59,18 @@ async def test_a_large_batch_is_written_whole_and_in_order(datastore):
     assert all(c.run_ms == int(c.id[4:]) for c in seen if c.id != "call0007")
     got = await datastore.calls.get_call("a", "call0007")
     assert (got.status, got.run_ms) == ("error", 7000)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_batch_fits_an_old_sqlite_variable_limit(datastore):
+    """SQLite before 3.32 allows 999 parameters a statement (not 32,766)."""
+    if not hasattr(datastore, "run_in_thread"):  # SQLite only: the others have no such limit
+        return
+    await datastore.run_in_thread(lambda c: c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
+    await datastore.calls.put_calls([call(n) for n in range(300)])
+    page = await datastore.calls.list_calls(CallQuery("a", per_page=100))
+    assert len(page.calls) == 100 and page.next_cursor is not None
+    assert (await datastore.calls.get_call("a", "call0299")).id == "call0299"
 
 
 @pytest_twisted.ensureDeferred
