@@ -17,8 +17,11 @@ from typing import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from ironfunctions.errors import Overloaded
+
+log = Logger()
 
 
 class Slots:
@@ -52,9 +55,12 @@ class Slots:
         waiter: Deferred[None] = Deferred()
         self._waiters.append(waiter)
         waiter.addTimeout(self._wait_bound, self._clock)
-        for reclaim in self._pressure:
-            if reclaim():
-                break
+        try:
+            for reclaim in self._pressure:
+                if reclaim():
+                    break
+        except Exception:  # a bug in a hook must not strand this waiter in the queue
+            log.failure("Freeing a container slot failed")
         try:
             await waiter
         except (TimeoutError, CancelledError):

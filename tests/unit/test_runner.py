@@ -116,6 +116,22 @@ class SlotsTests(SynchronousTestCase):
         self.failureResultOf(third, Overloaded)
         assert slots.waiting == 0 and slots.in_use == 1
 
+    def test_a_failing_pressure_hook_leaves_the_waiter_queued_normally(self) -> None:
+        clock = Clock()
+        slots = Slots(1, clock, max_waiting=2, wait_bound=5)
+
+        def broken() -> bool:
+            raise RuntimeError("bug")
+
+        slots.on_pressure(broken)
+        self.successResultOf(Deferred.fromCoroutine(slots.acquire()))
+        second = Deferred.fromCoroutine(slots.acquire())
+        self.assertNoResult(second)  # waiting, not failed by the hook's bug
+        assert len(self.flushLoggedErrors(RuntimeError)) == 1
+        slots.release()
+        self.successResultOf(second)
+        assert slots.waiting == 0
+
 
 class AgentTests(SynchronousTestCase):
     def setUp(self) -> None:
