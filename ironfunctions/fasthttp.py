@@ -262,8 +262,8 @@ class FastChannel(Protocol):
             value = raw_value.strip(b" \t").decode("latin-1")
             key = name.decode("latin-1")
             if key == "Content-Length":
-                if length >= 0 or not value.isdigit() or not value.isascii() \
-                        or int(value) > self._site.max_request_size:
+                if length >= 0 or not value.isdigit() or not value.isascii() or len(value) > 15 \
+                        or int(value) > self._site.max_request_size:  # (int() refuses 4,300+ digits)
                     self._hand_over()
                     return None
                 length = int(value)
