@@ -1,4 +1,9 @@
-"""Call records in process memory (the ``memory://`` datastore's ``calls``)."""
+"""Call records in process memory (the ``memory://`` datastore's ``calls``).
+
+Only the newest ``max_calls`` records (and their logs) are kept: a daemon on memory://
+records every call, and at thousands of calls a second an unbounded store would grow
+by megabytes a second until the process is killed.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,21 @@ from ironfunctions.errors import CallNotFound
 
 @implementer(ICallStore)
 class MemoryCallStore:
-    """Calls and logs in dicts; lost with the process."""
+    """Calls and logs in dicts, the newest ``max_calls``; lost with the process."""
 
-    def __init__(self) -> None:
-        self._calls: dict[str, CallRecord] = {}
+    def __init__(self, max_calls: int = 100_000) -> None:
+        self._max_calls = max_calls
+        self._calls: dict[str, CallRecord] = {}  # in the order first stored: oldest first
         self._logs: dict[str, bytes] = {}
 
     async def put_calls(self, calls: list[CallRecord]) -> None:
+        stored = self._calls
         for call in calls:
-            self._calls[call.id] = call
+            stored[call.id] = call
+        while len(stored) > self._max_calls:
+            oldest = next(iter(stored))
+            del stored[oldest]
+            self._logs.pop(oldest, None)
 
     def _get(self, app_name: str, call_id: str) -> CallRecord:
         call = self._calls.get(call_id)
