@@ -219,19 +219,21 @@ class Invoker:
 def _success(call_id: str, timing: bytes, route: Route, result: CallResult) -> Reply:
     """The function's answer: its status and headers, the route's headers over them, a
     default Content-Type; never framing headers or those the daemon sets itself."""
-    chosen: dict[str, tuple[str, list[str]]] = {}
+    # The function's values are its bytes as read (latin-1 round-trips them); a route's
+    # come from JSON and may hold any character: UTF-8, as twisted.web encodes them.
+    chosen: dict[str, tuple[str, list[str], str]] = {}
     for name, values in result.headers.items():
         lower = name.lower()
         if lower not in _NOT_PASSED_ON:
-            chosen[lower] = (name, values)
+            chosen[lower] = (name, values, "latin-1")
     for name, values in route.headers.items():
         lower = name.lower()
         if values and lower not in _NOT_PASSED_ON:
-            chosen[lower] = (name, values)
+            chosen[lower] = (name, values, "utf-8")
     headers = [(b"fn-call-id", call_id.encode()), (b"server-timing", timing)]
-    for name, values in chosen.values():
+    for name, values, encoding in chosen.values():
         raw = name.encode("latin-1")
-        headers.extend((raw, v.encode("latin-1")) for v in values)
+        headers.extend((raw, v.encode(encoding)) for v in values)
     if "content-type" not in chosen:
         headers.append((b"content-type", DEFAULT_CONTENT_TYPE))
     return Reply(result.status_code or 200, headers, result.body)

@@ -27,7 +27,7 @@ from ironfunctions.headers import canonical_name
 from ironfunctions.models import CALL_SUCCESS, Call, CallResult, Route
 from ironfunctions.web import make_site
 
-ROUTE = Route(app_name="app", path="/echo", image="img", headers={"X-Route": ["r"]})
+ROUTE = Route(app_name="app", path="/echo", image="img", headers={"X-Route": ["r"], "X-Price": ["5 €"]})
 # A route whose headers try to set the framing, and a function answering headers the
 # daemon sets itself (as Go's net/http does with Date).
 HOSTILE = Route(app_name="app", path="/hostile", image="img",
@@ -145,6 +145,7 @@ def test_a_simple_call_is_answered_by_the_lean_channel() -> None:
     assert json.loads(summary) == {"method": "POST", "url": "http://h:1/r/app/echo?x=1",
                                    "headers": {"Host": ["h:1"], "X-Thing": ["a", "b"]}}
     assert headers["x-fn"] == "f" and headers["x-route"] == "r"
+    assert headers["x-price"].encode("latin-1") == "5 €".encode()  # a route's value, in UTF-8
     assert "connection" not in headers  # the function's framing headers are not passed on
     assert len(headers["fn-call-id"]) == 26 and headers["server-timing"].startswith("wait;dur=")
 
