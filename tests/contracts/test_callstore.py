@@ -61,11 +61,10 @@ async def test_a_large_batch_is_written_whole_and_in_order(datastore):
     assert (got.status, got.run_ms) == ("error", 7000)
 
 
+@pytest.mark.parametrize("datastore", ["sqlite"], indirect=True)  # the others have no such limit
 @pytest_twisted.ensureDeferred
 async def test_a_large_batch_fits_an_old_sqlite_variable_limit(datastore):
     """SQLite before 3.32 allows 999 parameters a statement (not 32,766)."""
-    if not hasattr(datastore, "run_in_thread"):  # SQLite only: the others have no such limit
-        return
     await datastore.run_in_thread(lambda c: c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
     await datastore.calls.put_calls([call(n) for n in range(300)])
     page = await datastore.calls.list_calls(CallQuery("a", per_page=100))
