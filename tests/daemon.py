@@ -116,6 +116,13 @@ class Daemon:
     def post(self, path: str, body: Any = None, **kw: Any) -> Reply:
         return self.request("POST", path, body, **kw)
 
+    def add_route(self, app: str, path: str, image: str, **fields: Any) -> Reply:
+        """Create route ``path`` of ``app`` (made if missing) running ``image``; the
+        test fails unless the daemon answers 200."""
+        reply = self.post(f"/v1/apps/{app}/routes", {"route": {"path": path, "image": image, **fields}})
+        assert reply.status == 200, reply.body
+        return reply
+
     def log(self) -> str:
         try:
             with open(self.log_path, "rb") as f:

@@ -9,7 +9,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 
 from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
 from tests.servers import start_redis_server, stop_redis_server
@@ -22,13 +21,7 @@ def make_fn(daemon_factory, **env):
     settings.update({k: str(v) for k, v in env.items()})
     daemon = daemon_factory(env=settings)
 
-    def route(path, image, **fields):
-        body = {"route": {"path": path, "image": image_tag(image), **fields}}
-        reply = daemon.post("/v1/apps/myapp/routes", body)
-        assert reply.status == 200, reply.body
-        return reply
-
-    daemon.route = route
+    daemon.route = lambda path, image, **fields: daemon.add_route("myapp", path, image_tag(image), **fields)
     return daemon
 
 

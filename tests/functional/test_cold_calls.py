@@ -3,7 +3,6 @@ the real Docker engine, with the test images built locally FROM scratch."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +18,7 @@ def fn(test_images, daemon_factory):  # noqa: F811
     """A daemon with Docker and the test images; ``fn.route(path, image, **fields)``."""
     daemon = daemon_factory(env={"NODE_ID": "fn-test-node", "MAX_CONCURRENCY": "8"})
 
-    def route(path: str, image: str, **fields):  # type: ignore[no-untyped-def]
-        body = {"route": {"path": path, "image": image_tag(image), **fields}}
-        reply = daemon.post("/v1/apps/myapp/routes", body)
-        assert reply.status == 200, reply.body
-        return reply
-
-    daemon.route = route
+    daemon.route = lambda path, image, **fields: daemon.add_route("myapp", path, image_tag(image), **fields)
     return daemon
 
 
@@ -150,10 +143,7 @@ def test_oversized_response_is_502(fn_small_response):
 def fn_small_response(test_images, daemon_factory):  # noqa: F811
     daemon = daemon_factory(env={"MAX_RESPONSE_SIZE": "100000"})
 
-    def route(path: str, image: str, **fields):  # type: ignore[no-untyped-def]
-        reply = daemon.post("/v1/apps/myapp/routes", {"route": {"path": path, "image": image_tag(image), **fields}})
-        assert reply.status == 200, reply.body
-    daemon.route = route
+    daemon.route = lambda path, image, **fields: daemon.add_route("myapp", path, image_tag(image), **fields)
     return daemon
 
 

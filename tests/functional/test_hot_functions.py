@@ -27,13 +27,8 @@ def hot(request, test_images, bridge_binary, daemon_factory):  # noqa: F811
                                  "HOT_TRANSPORT": request.param})
     daemon.transport = request.param
 
-    def route(path: str, image: str = "hotfn", **fields):  # type: ignore[no-untyped-def]
-        body = {"route": {"path": path, "image": image_tag(image), "format": "http", **fields}}
-        reply = daemon.post("/v1/apps/hotapp/routes", body)
-        assert reply.status == 200, reply.body
-        return reply
-
-    daemon.route = route
+    daemon.route = lambda path, image="hotfn", **fields: daemon.add_route(
+        "hotapp", path, image_tag(image), format="http", **fields)
     return daemon
 
 
@@ -282,11 +277,8 @@ def test_an_idle_hot_container_gives_its_slot_to_a_cold_call(test_images, daemon
     """With one container slot on the node, an idle hot container (idle_timeout 300 s)
     must not keep a cold call out: the cold call stops it and runs."""
     daemon = daemon_factory(env={"NODE_ID": NODE, "MAX_CONCURRENCY": "1"})
-    reply = daemon.post("/v1/apps/hotapp/routes", {"route": {
-        "path": "/hot", "image": image_tag("hotfn"), "format": "http", "idle_timeout": 300}})
-    assert reply.status == 200, reply.body
-    reply = daemon.post("/v1/apps/hotapp/routes", {"route": {"path": "/cold", "image": image_tag("cat")}})
-    assert reply.status == 200, reply.body
+    daemon.add_route("hotapp", "/hot", image_tag("hotfn"), format="http", idle_timeout=300)
+    daemon.add_route("hotapp", "/cold", image_tag("cat"))
     assert daemon.post("/r/hotapp/hot", "warm").status == 200
     assert len(hot_containers("/hot")) == 1
     began = time.monotonic()
