@@ -30,6 +30,24 @@ def run(coro):
     return results[0]
 
 
+def hold_route_reads(ds, read_first=False):
+    """Route reads wait for the returned Deferred: before reading the route, or (with
+    ``read_first``) after it, so a change made meanwhile is not in the value read."""
+    gate = Deferred()
+    original = ds.get_route
+
+    async def held(app, path):
+        if read_first:
+            route = await original(app, path)
+            await gate
+            return route
+        await gate
+        return await original(app, path)
+
+    ds.get_route = held
+    return gate
+
+
 def setup():
     ds = CountingDatastore()
     run(ds.insert_app(App("a")))
@@ -83,14 +101,7 @@ def test_invalidate_is_immediate_and_tells_listeners():
 
 def test_concurrent_misses_share_one_query():
     ds, clock, cache = setup()
-    gate = Deferred()
-    original = ds.get_route
-
-    async def slow(app, path):
-        await gate
-        return await original(app, path)
-
-    ds.get_route = slow
+    gate = hold_route_reads(ds)
     results = []
     for _ in range(3):
         Deferred.fromCoroutine(cache.lookup("a", "/r")).addCallback(results.append)
@@ -115,14 +126,7 @@ def test_app_configs_are_cached_within_the_bound_and_invalidated_with_the_app():
 
 def test_a_cancelled_caller_does_not_fail_the_others_waiting_on_the_same_load():
     ds, clock, cache = setup()
-    gate = Deferred()
-    original = ds.get_route
-
-    async def slow(app, path):
-        await gate
-        return await original(app, path)
-
-    ds.get_route = slow
+    gate = hold_route_reads(ds)
     first = Deferred.fromCoroutine(cache.lookup("a", "/r"))
     second = Deferred.fromCoroutine(cache.lookup("a", "/r"))
     first.cancel()
@@ -135,15 +139,7 @@ def test_a_cancelled_caller_does_not_fail_the_others_waiting_on_the_same_load():
 
 def test_a_load_overtaken_by_an_invalidate_is_not_cached():
     ds, clock, cache = setup()
-    gate = Deferred()
-    original = ds.get_route
-
-    async def slow(app, path):
-        route = await original(app, path)
-        await gate
-        return route
-
-    ds.get_route = slow
+    gate = hold_route_reads(ds, read_first=True)
     pending = Deferred.fromCoroutine(cache.lookup("a", "/r"))  # read "img", now waits
     ds.get_route = original
     run(ds.update_route("a", "/r", lambda r: Route("a", "/r", "new")))
