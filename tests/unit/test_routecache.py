@@ -139,6 +139,7 @@ def test_a_cancelled_caller_does_not_fail_the_others_waiting_on_the_same_load():
 
 def test_a_load_overtaken_by_an_invalidate_is_not_cached():
     ds, clock, cache = setup()
+    original = ds.get_route
     gate = hold_route_reads(ds, read_first=True)
     pending = Deferred.fromCoroutine(cache.lookup("a", "/r"))  # read "img", now waits
     ds.get_route = original
