@@ -34,8 +34,8 @@ from ironfunctions.runner.async_worker import AsyncWorkerService
 from ironfunctions.runner.cancel import make_canceller
 from ironfunctions.runner.records import running_sync_record
 from ironfunctions.runner.submit import AsyncSubmitter
-from ironfunctions.runner.admission import Slots
-from ironfunctions.runner.agent import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Agent, ColdRunner
+from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
+from ironfunctions.runner.agent import Agent, ColdRunner
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
 from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService, PeriodicService
