@@ -5,10 +5,11 @@ A call that cannot get a slot within ``wait_bound`` seconds, or that finds
 503 + Retry-After): the node never accepts work it cannot run and its memory stays
 bounded however many clients pile up. Slots are handed to waiters in FIFO order
 (a ``WaitQueue``, the same queue the hot pools use).
-Cold calls hold a slot for one container run; hot pools (issue 6) hold one per live
-container, so both share the node's ``MAX_CONCURRENCY``. A call that has to wait asks
-the ``on_pressure`` hooks to free a slot: the hot runner then stops its longest idle
-container rather than keep it until its idle timeout.
+
+Cold calls hold a slot for one container run; hot pools (``runner/hot_pool.py``) hold
+one per live container, so both share the node's ``MAX_CONCURRENCY``. A call that has
+to wait asks the ``on_pressure`` hooks to free a slot: the hot runner then stops its
+longest idle container rather than keep it until its idle timeout.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Slots:
 
     @property
     def waiting(self) -> int:
+        """Calls waiting for a slot now (``/stats``' ``Queue``)."""
         return len(self._waiters)
 
     async def acquire(self) -> None:
