@@ -127,16 +127,21 @@ class BackendService(Service):
 
 
 class PeriodicService(Service):
-    """Calls ``fn`` every ``interval`` seconds (e.g. the ``queue.depth`` gauge). Errors
-    are logged and the loop goes on: a LoopingCall dies on its first uncaught one."""
+    """Calls ``fn`` every ``interval`` seconds (e.g. the ``queue.depth`` gauge), and
+    once at start too if ``now``. Errors are logged and the loop goes on: a
+    LoopingCall dies on its first uncaught one."""
 
     log = Logger()
 
-    def __init__(self, name: str, interval: float, fn: Callable[[], Awaitable[None]], clock: IReactorTime) -> None:
+    def __init__(
+        self, name: str, interval: float, fn: Callable[[], Awaitable[None]], clock: IReactorTime,
+        now: bool = False,
+    ) -> None:
         self.name = name
         self._interval = interval
         self._fn = fn
         self._clock = clock
+        self._now = now
         self._loop: LoopingCall | None = None
 
     async def _tick(self) -> None:
@@ -149,7 +154,7 @@ class PeriodicService(Service):
         super().startService()  # type: ignore[no-untyped-call]
         self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self._tick()))
         self._loop.clock = self._clock
-        self._loop.start(self._interval, now=False).addErrback(
+        self._loop.start(self._interval, now=self._now).addErrback(
             lambda f: self.log.failure("{name} loop died", f, name=self.name)
         )
 

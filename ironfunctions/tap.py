@@ -32,13 +32,13 @@ from ironfunctions.calls.recorder import CallRecorder
 from ironfunctions.mq import queue_from_url
 from ironfunctions.runner.async_worker import AsyncWorkerService
 from ironfunctions.runner.cancel import make_canceller
-from ironfunctions.runner.records import running_sync_record
 from ironfunctions.runner.submit import AsyncSubmitter
-from ironfunctions.runner.admission import Slots
-from ironfunctions.runner.agent import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Agent, ColdRunner
+from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
+from ironfunctions.runner.agent import Agent, ColdRunner
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
-from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService, PeriodicService
+from ironfunctions.runner.reports import NodeGaugesService, RunningSyncRecordsService
+from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService
 from ironfunctions.web import make_site
 
 # (option name, env var, help). Defaults are resolved in Config.from_sources.
@@ -182,25 +182,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         )
         workers.setServiceParent(root)  # type: ignore[no-untyped-call]
 
-    async def report_node_gauges() -> None:
-        metrics.gauge("containers.running", slots.in_use)
-        metrics.gauge("queue.depth", await queue.depth())
-
-    PeriodicService("node-gauges", 5.0, report_node_gauges, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
-
+    NodeGaugesService(metrics, reactor, slots, queue.depth, hot.containers).setServiceParent(root)  # type: ignore[no-untyped-call]
     # A sync call's record is written when it ends; one still running after a second
     # gets a "running" record too, so it can be listed and cancelled meanwhile.
-    recorded_running: set[str] = set()
-
-    async def record_long_sync_calls() -> None:
-        running = agent.calls_running(older_than=1.0)
-        recorded_running.intersection_update(call.id for call, _ in running)
-        for call, began in running:
-            if call.route.type == "sync" and call.id not in recorded_running:
-                recorded_running.add(call.id)
-                recorder.record(running_sync_record(call.id, call.route, int(began * 1000)))
-
-    PeriodicService("running-sync-records", 1.0, record_long_sync_calls, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
+    RunningSyncRecordsService(agent.calls_running, recorder.record, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     invoker = Invoker(
         route_cache.lookup, route_cache.app_config, agent.run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor, ready=lambda: datastore_service.ready,

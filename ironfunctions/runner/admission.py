@@ -3,23 +3,29 @@
 A call that cannot get a slot within ``wait_bound`` seconds, or that finds
 ``max_waiting`` calls already waiting, is refused with ``Overloaded`` (the API answers
 503 + Retry-After): the node never accepts work it cannot run and its memory stays
-bounded however many clients pile up. Slots are handed to waiters in FIFO order.
-Cold calls hold a slot for one container run; hot pools (issue 6) hold one per live
-container, so both share the node's ``MAX_CONCURRENCY``. A call that has to wait asks
-the ``on_pressure`` hooks to free a slot: the hot runner then stops its longest idle
-container rather than keep it until its idle timeout.
+bounded however many clients pile up. Slots are handed to waiters in FIFO order
+(a ``WaitQueue``, the same queue the hot pools use).
+
+Cold calls hold a slot for one container run; hot pools (``runner/hot_pool.py``) hold
+one per live container, so both share the node's ``MAX_CONCURRENCY``. A call that has
+to wait asks the ``on_pressure`` hooks to free a slot: the hot runner then stops its
+longest idle container rather than keep it until its idle timeout.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Callable
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ironfunctions.errors import Overloaded
+from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING, WaitQueue
+
+__all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT_BOUND_S", "Slots"]
+
+DEFAULT_WAIT_BOUND_S = 10.0
 
 log = Logger()
 
@@ -30,10 +36,8 @@ class Slots:
     def __init__(self, limit: int, clock: IReactorTime, max_waiting: int, wait_bound: float) -> None:
         self.limit = limit
         self.in_use = 0
-        self._clock = clock
-        self._max_waiting = max_waiting
         self._wait_bound = wait_bound
-        self._waiters: deque[Deferred[None]] = deque()
+        self._waiters: WaitQueue[None] = WaitQueue(clock, max_waiting)
         self._pressure: list[Callable[[], bool]] = []
 
     def on_pressure(self, reclaim: Callable[[], bool]) -> None:
@@ -43,6 +47,7 @@ class Slots:
 
     @property
     def waiting(self) -> int:
+        """Calls waiting for a slot now (``/stats``' ``Queue``)."""
         return len(self._waiters)
 
     async def acquire(self) -> None:
@@ -50,11 +55,7 @@ class Slots:
         if self.in_use < self.limit and not self._waiters:
             self.in_use += 1
             return
-        if len(self._waiters) >= self._max_waiting:
-            raise Overloaded(retry_after=max(1, int(self._wait_bound)))
-        waiter: Deferred[None] = Deferred()
-        self._waiters.append(waiter)
-        waiter.addTimeout(self._wait_bound, self._clock)
+        waiter = self._waiters.wait(self._wait_bound)  # Overloaded when full
         try:
             for reclaim in self._pressure:
                 if reclaim():
@@ -62,22 +63,11 @@ class Slots:
         except Exception:  # a bug in a hook must not strand this waiter in the queue
             log.failure("Freeing a container slot failed")
         try:
-            await waiter
-        except (TimeoutError, CancelledError):
-            self._discard(waiter)
+            await waiter  # Overloaded after wait_bound
+        except CancelledError:
             raise Overloaded(retry_after=1) from None
-
-    def _discard(self, waiter: Deferred[None]) -> None:
-        try:
-            self._waiters.remove(waiter)
-        except ValueError:
-            pass
 
     def release(self) -> None:
         """Give a slot back (to the longest waiter, if any)."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.called:
-                waiter.callback(None)  # the slot passes on; in_use is unchanged
-                return
-        self.in_use -= 1
+        if not self._waiters.give(None):  # else the slot passes on; in_use is unchanged
+            self.in_use -= 1

@@ -4,8 +4,8 @@ It owns what every way of running a call shares: refusing work while stopping,
 counters for ``/stats``, per-call metrics (SPEC §6), logging the function's stderr with
 its call id, and draining in-flight calls at stop. *How* a call runs is a
 ``CallRunner`` chosen by the route's format: ``ColdRunner`` here (one container per
-call); the hot-function pools of issue 6 register a runner for format ``http`` next to
-it. Container admission (``Slots``) is shared between runners so cold and hot
+call) for ``default``, and ``runner.hot.HotRunner`` (pools of hot containers) for
+``http``. Container admission (``Slots``) is shared between runners so cold and hot
 containers together stay within the node's ``MAX_CONCURRENCY``.
 
 At start the agent removes containers that a crashed previous run of this node (same
@@ -37,11 +37,9 @@ from ironfunctions.models import (
     CallResult,
     ContainerResult,
 )
-from ironfunctions.runner.admission import Slots
+from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
 from ironfunctions.runner.plan import container_spec
 
-DEFAULT_WAIT_BOUND_S = 10.0
-DEFAULT_MAX_WAITING = 1000
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 CLEANUP_TIMEOUT_S = 30.0
 
@@ -167,7 +165,8 @@ class Agent(Service):
         wait_bound: float = DEFAULT_WAIT_BOUND_S,
         max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> "Agent":
-        """An agent with the cold runner for every format (until hot pools exist)."""
+        """An agent with the cold runner for every format, hot ones included (a node
+        or a test that wants no hot pools)."""
         slots = Slots(max_concurrency, clock, max_waiting, wait_bound)
         cold = ColdRunner(driver, slots, clock, node_id, network_mode, max_response_size)
         return cls(driver, clock, node_id, metrics, {"default": cold}, slots)

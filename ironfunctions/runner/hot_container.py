@@ -1,23 +1,27 @@
-"""One hot container of a ``RoutePool`` (see ``runner/hot.py``): serves one call at a
-time over its attached stdin/stdout, and is killed and replaced by its pool the moment
-it misbehaves (dies, answers garbage or more than one response, overruns the timeout).
+"""One hot container of a ``RoutePool`` (see ``runner/hot_pool.py``): serves one call
+at a time over its attached stdin/stdout, and is killed and replaced by its pool the
+moment it misbehaves (dies, answers garbage or more than one response, overruns the
+timeout).
+
+The container owns its call in flight, its output parsing and its one timer; it
+reports what happens to it through ``ContainerOwner`` (``runner/hot_owner.py``), and
+its pool decides what follows.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerStream
 from ironfunctions.models import CALL_ERROR, CALL_SUCCESS, CALL_TIMEOUT, Call, CallResult
+from ironfunctions.runner.hot_owner import ContainerOwner
+from ironfunctions.runner.protocol import RequestEncoder
 from ironfunctions.runner.response import OversizedResponse, ProtocolError, ResponseParser
-
-if TYPE_CHECKING:
-    from ironfunctions.runner.hot import RoutePool
 
 STDERR_LIMIT = 1024 * 1024
 
@@ -29,29 +33,51 @@ log = Logger()
 
 
 def ms(seconds: float) -> int:
+    """Seconds as whole milliseconds (how call times are reported)."""
     return int(round(seconds * 1000))
 
 
 @implementer(IContainerStream)
 class HotContainer:
-    """One hot container: its attached stream, the call in flight, its timer."""
+    """One hot container: its attached stream, the call in flight, its timer.
 
-    def __init__(self, pool: RoutePool, began: float) -> None:
-        self._pool = pool
-        self._clock = pool._clock
-        self.attached: IAttachedContainer | None = None
-        self.start_ms = 0
-        self.calls = 0
-        self.dead = False
-        self.removed: Deferred[None] = Deferred()
-        self._parser = ResponseParser(pool.max_response_size, self._response)
+    :param owner: its pool, told when it is available, misbehaves, exits or expires.
+    :param clock: times calls and idleness.
+    :param encoder: writes a call's request in the route's format.
+    :param idle_timeout: seconds idle after which the owner is told to stop it.
+    :param max_response_size: largest response body the function may announce.
+    :param log_fields: fields of every log event about it (app, path).
+    :param began: when its start began (it counts as idle from then).
+    """
+
+    def __init__(
+        self,
+        owner: ContainerOwner[HotContainer],
+        clock: IReactorTime,
+        encoder: RequestEncoder,
+        idle_timeout: float,
+        max_response_size: int,
+        log_fields: Mapping[str, str],
+        began: float,
+    ) -> None:
+        self._owner = owner
+        self._clock = clock
+        self._encoder = encoder
+        self._idle_timeout = idle_timeout
+        self._fields = log_fields
+        self._attached: IAttachedContainer | None = None
+        self._start_ms = 0
+        self._calls = 0
+        self._dead = False
+        self._removed: Deferred[None] = Deferred()
+        self._parser = ResponseParser(max_response_size, self._response)
         self._call: Call | None = None
+        self._call_start_ms = 0
         # stdout and stderr reach us through two pipes: stderr a call wrote may arrive
         # just after its answer. Until the next call starts it is logged with this id.
         self._last_call_id = ""
         self._done: Deferred[CallResult] | None = None
         self._wait_ms = 0
-        self._start_ms = 0
         self._began = 0.0
         self._deadline = 0.0
         self._idle_since = began
@@ -61,17 +87,52 @@ class HotContainer:
 
     @property
     def container_id(self) -> str:
-        return self.attached.container_id if self.attached is not None else ""
+        return self._attached.container_id if self._attached is not None else ""
+
+    @property
+    def calls(self) -> int:
+        """Calls it was given so far."""
+        return self._calls
+
+    @property
+    def start_ms(self) -> int:
+        """How long its start took."""
+        return self._start_ms
+
+    @property
+    def dead(self) -> bool:
+        """Whether it is out of service (exited, or being killed)."""
+        return self._dead
+
+    @property
+    def removed(self) -> Deferred[None]:
+        """Fires once its pool has removed it (``mark_removed``)."""
+        return self._removed
+
+    # -- its pool's side
+
+    def started(self, attached: IAttachedContainer, start_ms: int) -> None:
+        """Its start is done: calls go to ``attached``."""
+        self._attached = attached
+        self._start_ms = start_ms
+
+    def stop_serving(self) -> None:
+        """Take no more calls and ignore its output: its pool is killing it."""
+        self._dead = True
+
+    def mark_removed(self) -> None:
+        """Its pool has removed it (or given up trying)."""
+        self._removed.callback(None)
 
     # -- a call
 
     def serve(self, call: Call, wait_ms: int, start_ms: int) -> Deferred[CallResult]:
         """Write ``call``'s request; the Deferred fires with its result."""
-        assert self.attached is not None and self._call is None and not self.dead
+        assert self._attached is not None and self._call is None and not self._dead
         self._call = call
-        self.calls += 1
+        self._calls += 1
         self._wait_ms = wait_ms
-        self._start_ms = start_ms
+        self._call_start_ms = start_ms
         now = self._clock.seconds()
         self._began = now
         self._deadline = deadline = now + call.route.timeout
@@ -81,7 +142,7 @@ class HotContainer:
         d: Deferred[CallResult] = Deferred()
         self._done = d
         self._parser.expect()
-        self.attached.write(self._pool.encoder.encode(call))
+        self._attached.write(self._encoder.encode(call))
         return d
 
     def _response(self, code: int, headers: Mapping[str, list[str]], body: bytes, rest: bytes) -> None:
@@ -102,7 +163,7 @@ class HotContainer:
             status_code=code,
             headers=headers,
             wait_ms=self._wait_ms,
-            start_ms=self._start_ms,
+            start_ms=self._call_start_ms,
             run_ms=ms(self._clock.seconds() - self._began),
         )
         done = self._done
@@ -111,7 +172,7 @@ class HotContainer:
         self._last_call_id = call.id
         # Hand the container on first, so the next call's request is on its way
         # while this call's answer is written.
-        self._pool.available(self)
+        self._owner.available(self)
         done.callback(result)
 
     def _take_stderr(self) -> bytes:
@@ -130,7 +191,7 @@ class HotContainer:
             return
         result = CallResult(
             call_id=call.id, status=status, error=error, stderr=self._take_stderr(),
-            wait_ms=self._wait_ms, start_ms=self._start_ms,
+            wait_ms=self._wait_ms, start_ms=self._call_start_ms,
             run_ms=ms(self._clock.seconds() - self._began),
         )
         done.callback(result)
@@ -146,8 +207,8 @@ class HotContainer:
         """The container is out of step: kill it; the call in flight gets ``error``."""
         call = self._call
         log.warn("Killing hot container {container_id}: {error}", container_id=self.container_id,
-                 error=error, call_id=call.id if call else None, **self._pool._fields)
-        self._pool._kill(self)
+                 error=error, call_id=call.id if call else None, **self._fields)
+        self._owner.kill(self)
         self._end_call(CALL_ERROR, error)
 
     def _timed_out(self) -> None:
@@ -155,8 +216,8 @@ class HotContainer:
         call = self._call
         assert call is not None
         log.info("Call {call_id} timed out; killing hot container {container_id}",
-                 call_id=call.id, container_id=self.container_id, **self._pool._fields)
-        removed = self._pool._kill(self)
+                 call_id=call.id, container_id=self.container_id, **self._fields)
+        removed = self._owner.kill(self)
 
         def answer(_: object) -> None:
             self._end_call(CALL_TIMEOUT, TIMED_OUT)
@@ -171,9 +232,10 @@ class HotContainer:
         return self._idle_since
 
     def went_idle(self) -> None:
+        """Its pool keeps it idle: it expires ``idle_timeout`` s from now."""
         now = self._clock.seconds()
         self._idle_since = now
-        at = now + self._pool.route.idle_timeout
+        at = now + self._idle_timeout
         timer = self._timer
         if timer is None or timer.getTime() > at:
             self._arm(at)
@@ -186,13 +248,14 @@ class HotContainer:
             self._timer.reset(delay)
 
     def cancel_timer(self) -> None:
+        """It is leaving its pool: no more timeouts nor expiry."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _tick(self) -> None:
         self._timer = None
-        if self.dead:
+        if self._dead:
             return
         now = self._clock.seconds()
         if self._call is not None:
@@ -201,16 +264,16 @@ class HotContainer:
             else:
                 self._arm(self._deadline)
         else:
-            expires = self._idle_since + self._pool.route.idle_timeout
+            expires = self._idle_since + self._idle_timeout
             if now >= expires:
-                self._pool.expired(self)
+                self._owner.idle_expired(self)
             else:
                 self._arm(expires)
 
     # -- IContainerStream
 
     def stdout_received(self, data: bytes) -> None:
-        if self.dead:
+        if self._dead:
             return
         try:
             self._parser.feed(data)
@@ -224,22 +287,22 @@ class HotContainer:
             if self._stderr_size < STDERR_LIMIT:
                 self._stderr.append(data[: STDERR_LIMIT - self._stderr_size])
                 self._stderr_size += len(data)
-        elif not self.dead:
-            fields = dict(self._pool._fields)
+        elif not self._dead:
+            fields = dict(self._fields)
             if self._last_call_id:
                 fields["call_id"] = self._last_call_id
             for line in data.decode("utf-8", "replace").splitlines():
                 log.info("{line}", line=line, stream="stderr", container_id=self.container_id, **fields)
 
     def stream_closed(self) -> None:
-        if self.dead:
+        if self._dead:
             return  # we are removing it
-        self.dead = True
-        if self.attached is None:
+        self._dead = True
+        if self._attached is None:
             return  # still starting; the pool removes it once started
         if self._call is not None:
             log.warn("Hot container {container_id} exited during call {call_id}",
-                     container_id=self.container_id, call_id=self._call.id, **self._pool._fields)
-        self._pool._lost(self)
+                     container_id=self.container_id, call_id=self._call.id, **self._fields)
+        self._owner.exited(self)
         self._end_call(CALL_ERROR, EXITED)
 

@@ -256,3 +256,38 @@ class PoolTests(SynchronousTestCase):
 
         self.successResultOf(Deferred.fromCoroutine(self.runner.close()))
         assert self.live() == 0 and self.slots.in_use == 0
+
+    def test_cancel_kills_the_container_serving_that_call_only(self) -> None:
+        self.driver.script = lambda body: None if body == b"hang" else ok(body)
+        hung = self.run_call(make_call(b"hang", "HUNG"))
+        other = self.run_call(make_call(b"hang", "OTHER"))
+        self.clock.advance(0)
+        assert self.live() == 2
+        assert self.successResultOf(Deferred.fromCoroutine(self.runner.cancel("HUNG"))) is True
+        result = self.successResultOf(hung)
+        assert (result.status, result.error) == (CALL_ERROR, "Call cancelled")
+        self.assertNoResult(other)
+        assert self.live() == 1
+        assert self.successResultOf(Deferred.fromCoroutine(self.runner.cancel("NOPE"))) is False
+
+    def test_calls_beyond_the_routes_waiting_bound_are_refused_at_once(self) -> None:
+        runner = HotRunner(self.driver, self.slots, self.clock, "node1", self.metrics, max_waiting=1)
+        self.driver.script = lambda body: None
+        first = Deferred.fromCoroutine(runner.run(make_call(call_id="C1", max_concurrency=1, timeout=7)))
+        self.clock.advance(0)  # C1 runs
+        second = Deferred.fromCoroutine(runner.run(make_call(call_id="C2", max_concurrency=1, timeout=7)))
+        third = Deferred.fromCoroutine(runner.run(make_call(call_id="C3", max_concurrency=1, timeout=7)))
+        assert self.failureResultOf(third, Overloaded).value.retry_after == 7
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+
+    def test_a_retired_pool_counts_until_its_last_container_is_gone(self) -> None:
+        busy = self.run_call(make_call(b"1", "C1"))
+        self.clock.advance(0)
+        self.runner.retire("a")
+        assert self.runner.containers() == {("a", "/hot"): 1}
+        fresh = self.run_call(make_call(b"2", "C2"))  # a new pool for the same route
+        self.clock.advance(0.01)
+        assert self.successResultOf(busy).body == b"1" and self.successResultOf(fresh).body == b"2"
+        assert self.runner.containers() == {("a", "/hot"): 1}  # the retired pool's went
+        assert len(self.driver.started_specs) == 2

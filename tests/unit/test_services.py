@@ -56,3 +56,24 @@ def test_backend_service_retries_until_ready():
     assert service.ready and ready.called and backend.started == 3
     service.stopService()
     assert backend.closed
+
+
+def test_periodic_service_runs_at_start_if_asked_and_survives_errors():
+    from ironfunctions.services import PeriodicService
+
+    clock, runs = Clock(), []
+
+    async def tick():
+        runs.append(clock.seconds())
+        if len(runs) == 2:
+            raise RuntimeError("flaky")
+
+    service = PeriodicService("ticks", 2.0, tick, clock, now=True)
+    service.startService()
+    assert runs == [0]
+    clock.advance(2)
+    clock.advance(2)  # the failure at 2 s is logged; the loop goes on
+    assert runs == [0, 2, 4]
+    service.stopService()
+    clock.advance(2)
+    assert runs == [0, 2, 4]

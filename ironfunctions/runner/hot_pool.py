@@ -1,0 +1,316 @@
+"""The hot containers of one route on this node (SPEC §4 "Hot functions").
+
+A ``RoutePool`` holds up to the route's ``max_concurrency`` containers
+(``HotContainer``), each serving one call at a time: a call takes an idle container,
+else a new one is started if the pool is below its limit, else the call waits its
+turn (a ``WaitQueue``: FIFO, at most the route's timeout, counted as wait time). Each
+live container holds one ``Slots`` slot, so cold and hot containers together stay
+within ``MAX_CONCURRENCY``.
+
+Containers report to their pool through ``ContainerOwner`` (``runner/hot_owner.py``):
+one that finished a call goes to the longest waiting call or becomes idle; one that
+died, misbehaved or expired is removed (its slot released) and, if calls wait,
+replaced. What the pools of a node share (driver, slots, clock, limits...) is one
+frozen ``HotContext``.
+
+A *retired* pool (its route changed) takes no new calls; its containers finish the
+calls already given to it and are then removed, and the pool tells its runner it is
+drained.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ironfunctions.drivers.interface import IContainerDriver
+from ironfunctions.errors import Overloaded
+from ironfunctions.metrics import IMetrics
+from ironfunctions.models import CALL_ERROR, Call, CallResult, Route
+from ironfunctions.runner.admission import Slots
+from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
+from ironfunctions.runner.protocol import RequestEncoder, hot_container_spec
+from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING, WaitQueue
+
+REMOVE_TIMEOUT_S = 30.0
+log = Logger()
+
+
+@attrs.frozen
+class HotContext:
+    """What every hot pool of a node shares.
+
+    :param driver: starts and removes the containers (``start_attached``/``remove``).
+    :param slots: the node's container admission, shared with the cold runner.
+    :param clock: time for waits, timeouts and idle expiry.
+    :param node_id: labels the containers (crash and stop cleanup).
+    :param metrics: receives the ``hot.containers`` gauge per route when it changes.
+    :param network_mode: the containers' network.
+    :param max_response_size: largest response body a function may announce.
+    :param max_waiting: calls that may wait for a container of one route.
+    """
+
+    driver: IContainerDriver
+    slots: Slots
+    clock: IReactorTime
+    node_id: str
+    metrics: IMetrics
+    network_mode: str = "bridge"
+    max_response_size: int = 6 * 1024 * 1024
+    max_waiting: int = DEFAULT_MAX_WAITING
+
+
+class _ExitedAtStart(Exception):
+    """A new hot container's function exited before it could take a call."""
+
+
+class RoutePool:
+    """The hot containers of one route on this node (see the module doc).
+
+    :param context: what the node's pools share.
+    :param route: the route (and ``app_config`` its app's config) the pool serves.
+    :param on_drained: called with the pool once it is retired and empty.
+    """
+
+    def __init__(
+        self,
+        context: HotContext,
+        route: Route,
+        app_config: Mapping[str, str],
+        on_drained: Callable[[RoutePool], None],
+    ) -> None:
+        self._context = context
+        self._clock = context.clock
+        self._on_drained = on_drained
+        self.route = route
+        self.app_config = app_config
+        self._encoder = RequestEncoder(route, app_config)
+        self._spec = hot_container_spec(route, app_config, context.node_id, context.network_mode)
+        self._live: set[HotContainer] = set()
+        self._idle: list[HotContainer] = []  # a stack: the most recently used first,
+        # so that when load drops the others go idle long enough to expire.
+        self._starting = 0
+        self._waiters: WaitQueue[HotContainer] = WaitQueue(
+            context.clock, context.max_waiting,
+            expired_message="No hot container of this route became free within its timeout",
+            on_leave=self._check_drained,
+        )
+        self._retired = False
+        self._fields = {"app": route.app_name, "path": route.path}
+
+    @property
+    def size(self) -> int:
+        """Live containers (starting ones not included)."""
+        return len(self._live)
+
+    @property
+    def retired(self) -> bool:
+        """Whether it takes no new calls (its route changed, or the node stops)."""
+        return self._retired
+
+    def serves(self, call: Call) -> bool:
+        """Whether ``call`` may run here: same route and app config as the pool's
+        (a changed value means the route changed, perhaps through another node)."""
+        if call.route is not self.route:
+            if call.route != self.route:
+                return False
+            self.route = call.route  # equal: compare by identity next time
+        if call.app_config is not self.app_config:
+            if call.app_config != self.app_config:
+                return False
+            self.app_config = call.app_config
+        return not self._retired
+
+    async def run(self, call: Call) -> CallResult:
+        """Run ``call`` on one of the pool's containers. Raise ``Overloaded`` when none
+        frees up within the route's timeout, ``ImageNotFound``/``DockerUnavailable``
+        when the one started for it cannot start."""
+        if self._idle:
+            return await self._idle.pop().serve(call, 0, 0)
+        queued_at = self._clock.seconds()
+        try:
+            container = await self._wait()
+        except _ExitedAtStart:
+            return CallResult(call.id, CALL_ERROR, error=EXITED, wait_ms=ms(self._clock.seconds() - queued_at))
+        waited = self._clock.seconds() - queued_at
+        start_ms = 0
+        if container.calls == 0:  # started for the waiting calls: part of the wait was its start
+            start_ms = min(container.start_ms, ms(waited))
+        return await container.serve(call, max(0, ms(waited) - start_ms), start_ms)
+
+    def cancel_call(self, call_id: str) -> bool:
+        """Kill the container serving ``call_id``, if one of this pool's does (the call
+        ends at once with an error result)."""
+        for container in list(self._live):
+            if container.cancel_call(call_id):
+                return True
+        return False
+
+    # -- waiting and starting
+
+    def _wait(self) -> Deferred[HotContainer]:
+        waiter = self._waiters.wait(self.route.timeout)  # Overloaded when full
+        self._maybe_start()
+        return waiter
+
+    def _maybe_start(self) -> None:
+        """Start a container if calls wait that the starting ones will not take and
+        the route's limit allows."""
+        while (
+            self._starting < len(self._waiters)
+            and len(self._live) + self._starting < self.route.max_concurrency
+        ):
+            self._starting += 1
+            d = Deferred.fromCoroutine(self._start())
+            d.addErrback(self._start_crashed)
+
+    async def _start(self) -> None:
+        context = self._context
+        began = self._clock.seconds()
+        try:
+            await context.slots.acquire()
+        except Exception as e:
+            self._starting -= 1
+            self._start_failed(e)
+            return
+        container = HotContainer(
+            self, self._clock, self._encoder, self.route.idle_timeout, context.max_response_size,
+            self._fields, began,
+        )
+        try:
+            attached = await context.driver.start_attached(self._spec, container)
+        except Exception as e:
+            self._starting -= 1
+            context.slots.release()
+            self._start_failed(e)
+            return
+        self._starting -= 1
+        container.started(attached, ms(self._clock.seconds() - began))
+        self._live.add(container)
+        self._gauge()
+        log.debug("Started hot container {container_id}", container_id=attached.container_id, **self._fields)
+        if container.dead:
+            # Its function exited while it started: the call it was started for gets
+            # the 502 (starting another for the same call would loop until timeout).
+            self._start_failed(_ExitedAtStart())
+            self._lost(container)
+            return
+        self.available(container)
+
+    def _start_crashed(self, failure: Failure) -> None:
+        log.failure("Starting a hot container failed", failure,
+                    app=self.route.app_name, path=self.route.path)
+
+    def _start_failed(self, error: Exception) -> None:
+        """The start for the oldest waiting call failed: that call fails with it
+        (``ImageNotFound``, ``DockerUnavailable``, ``Overloaded``)."""
+        if not self._waiters.fail_oldest(error):
+            log.warn("Could not start a hot container: {error}", error=str(error), **self._fields)
+        self._maybe_start()
+        self._check_drained()
+
+    # -- ContainerOwner: what its containers report
+
+    def available(self, container: HotContainer) -> None:
+        """``container`` finished a call (or started): give it to the longest waiting
+        call, else keep it idle (or remove it, when the pool is retired)."""
+        if self._waiters.give(container):
+            return
+        if self._retired:
+            self.kill(container)
+        else:
+            self._idle.append(container)
+            container.went_idle()
+
+    def kill(self, container: HotContainer) -> Deferred[None]:
+        """Take ``container`` out of service and remove it (kill, then rm); the
+        Deferred fires when it is gone."""
+        container.stop_serving()
+        return self._lost(container)
+
+    def exited(self, container: HotContainer) -> None:
+        """``container``'s function exited: remove it (and replace it if calls wait)."""
+        self._lost(container)
+
+    def idle_expired(self, container: HotContainer) -> None:
+        """``container`` was idle for the route's ``idle_timeout``."""
+        log.debug("Hot container {container_id} idle for {idle_timeout}s: stopping",
+                  container_id=container.container_id, idle_timeout=self.route.idle_timeout,
+                  **self._fields)
+        self.kill(container)
+
+    # -- containers going
+
+    def least_recently_used(self) -> float | None:
+        """When the container idle the longest went idle; None if none is."""
+        return self._idle[0].idle_since if self._idle else None
+
+    def reclaim(self) -> None:
+        """Stop the container idle the longest: a call elsewhere needs its slot."""
+        container = self._idle[0]
+        log.debug("Hot container {container_id} stopped: its slot is needed",
+                  container_id=container.container_id, **self._fields)
+        self.kill(container)
+
+    def _lost(self, container: HotContainer) -> Deferred[None]:
+        """``container`` serves no more calls (dead or being killed): remove it,
+        release its slot, and start a replacement if calls are waiting."""
+        if container not in self._live:
+            return container.removed
+        self._live.discard(container)
+        try:
+            self._idle.remove(container)
+        except ValueError:
+            pass
+        container.cancel_timer()
+        self._gauge()
+        d = Deferred.fromCoroutine(self._remove(container))
+        self._maybe_start()
+        return d
+
+    async def _remove(self, container: HotContainer) -> None:
+        context = self._context
+        container_id = container.container_id
+        try:
+            d = Deferred.fromCoroutine(context.driver.remove(container_id))
+            d.addTimeout(REMOVE_TIMEOUT_S, self._clock)
+            await d
+        except Exception as e:
+            log.error("Could not remove hot container {container_id}: {error}",
+                      container_id=container_id, error=str(e), **self._fields)
+        finally:
+            context.slots.release()
+            container.mark_removed()
+            self._check_drained()
+
+    def _gauge(self) -> None:
+        self._context.metrics.gauge("hot.containers", len(self._live), **self._fields)
+
+    # -- retirement
+
+    def retire(self) -> None:
+        """Take no new calls; remove idle containers now, busy ones after their call
+        (calls already waiting here are still served)."""
+        if self._retired:
+            return
+        self._retired = True
+        if not self._waiters:
+            for container in list(self._idle):
+                self.kill(container)
+        self._check_drained()
+
+    def close(self) -> list[Deferred[None]]:
+        """Remove every container now, busy or not; fail waiting calls."""
+        self._retired = True
+        while self._waiters.fail_oldest(Overloaded("node is stopping", retry_after=1)):
+            pass
+        return [self.kill(container) for container in list(self._live)]
+
+    def _check_drained(self) -> None:
+        if self._retired and not self._live and not self._starting and not self._waiters:
+            self._on_drained(self)
