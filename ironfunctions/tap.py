@@ -39,7 +39,7 @@ from ironfunctions.runner.agent import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
 from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService, PeriodicService
-from ironfunctions.web import make_site
+from ironfunctions.http.site import make_site
 
 # (option name, env var, help). Defaults are resolved in Config.from_sources.
 SETTINGS = [

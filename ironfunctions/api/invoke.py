@@ -3,7 +3,7 @@
 ``Invoker`` is the whole of it, independent of the HTTP server that parsed the request:
 it takes an ``Invocation`` (method, raw path, headers, body...) and gives back a
 ``Reply`` (status, headers, body); it never raises. Two servers feed it: the lean
-channel of ``ironfunctions.fasthttp`` (the hot path: well-formed HTTP/1.1 requests to
+channel of ``ironfunctions.http.channel`` (the hot path: well-formed HTTP/1.1 requests to
 ``/r/``) and ``InvokeResource``, a plain ``twisted.web`` resource, for everything the
 lean channel hands to twisted.web (chunked bodies, ``Expect``, HTTP/1.0, a connection
 that went to the management API first...).

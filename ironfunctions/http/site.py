@@ -1,5 +1,5 @@
 """The HTTP server side: a ``Site`` whose requests refuse oversized bodies, and whose
-connections start on the lean ``/r/`` channel of ``ironfunctions.fasthttp``.
+connections start on the lean ``/r/`` channel of ``ironfunctions.http.channel``.
 
 A body larger than ``MAX_REQUEST_SIZE`` (by Content-Length, or counted while a chunked
 body arrives) is not buffered: its bytes are read and dropped, then the client gets a
@@ -10,7 +10,7 @@ the answer instead of a connection reset; a body over 16x the limit closes the c
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, overload
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -20,7 +20,7 @@ from twisted.web.server import Request, Site
 
 from ironfunctions.api.errors import error_body
 from ironfunctions.api.invoke import Invoker
-from ironfunctions.fasthttp import MAX_HEAD, FastChannel, HttpDate
+from ironfunctions.http.channel import MAX_HEAD, FastChannel, HttpDate
 
 _ABORT_FACTOR = 16
 
@@ -106,9 +106,14 @@ class ApiSite(Site):
 
 
 class FastSite(ApiSite):
-    """A Site whose connections start on a ``FastChannel`` (``ironfunctions.fasthttp``):
+    """A Site whose connections start on a ``FastChannel`` (``ironfunctions.http.channel``):
     it answers simple ``/r/`` requests itself and hands anything else to an ordinary
     twisted.web channel of this site.
+
+    It provides what its channels need of it (``channel.ChannelSite``), and counts
+    them: ``open_connections`` is the number of client connections open now (those
+    handed to twisted.web included), kept by the channels as they open and close, so
+    reading it costs nothing.
 
     :param invoker: answers ``/r/`` requests (the one ``InvokeResource`` uses).
     :param max_request_size: bodies larger than this go to twisted.web (its 413).
@@ -123,6 +128,7 @@ class FastSite(ApiSite):
         self.max_buffered = max_request_size + MAX_HEAD + 4  # the largest request it frames
         self.clock = clock
         self.date = HttpDate(clock)
+        self.open_connections = 0
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:  # type: ignore[override]  # noqa: N802
         return FastChannel(self, addr)
@@ -133,8 +139,18 @@ class FastSite(ApiSite):
         return channel
 
 
+@overload
+def make_site(resource: IResource, max_request_size: int, log_access: bool = False, *,
+              invoker: Invoker, clock: IReactorTime) -> FastSite: ...
+
+
+@overload
 def make_site(resource: IResource, max_request_size: int, log_access: bool = False,
-              invoker: Invoker | None = None, clock: IReactorTime | None = None) -> Site:
+              invoker: None = None, clock: IReactorTime | None = None) -> ApiSite: ...
+
+
+def make_site(resource: IResource, max_request_size: int, log_access: bool = False,
+              invoker: Invoker | None = None, clock: IReactorTime | None = None) -> ApiSite:
     """A Site for ``resource`` whose requests are bounded by ``max_request_size``; with
     ``invoker`` (and ``clock``), a ``FastSite`` that answers simple ``/r/`` requests
     on its own lean channel."""
