@@ -19,7 +19,8 @@ from twisted.python import usage
 
 from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
-from ironfunctions.api.invoke import InvokeResource, Invoker
+from ironfunctions.api.invoke import InvokeResource
+from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import datastore_from_url
 from ironfunctions.drivers.docker import DockerDriver

@@ -5,7 +5,7 @@ general machinery (a line callback per header, a ``Request`` with its header obj
 resource traversal, a producer per request) was a quarter of it. ``FastChannel``
 answers the common case itself: a well-formed HTTP/1.1 request to ``/r/`` with no body
 or a ``Content-Length`` one. It frames the request, hands it to the ``Invoker``
-(``api/invoke.py``, which ``InvokeResource`` shares) and writes the reply in one write.
+(``runner/invoker.py``, which ``InvokeResource`` shares) and writes the reply in one write.
 
 Everything else goes to twisted.web, untouched: the first request on a connection that
 is not that simple (another path, chunked, ``Expect``, ``Upgrade``, HTTP/1.0, a
@@ -38,9 +38,9 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES, HTTPChannel, datetimeToString
 from twisted.web.server import version as SERVER_VERSION
 
-from ironfunctions.api.invoke import Invocation, Invoker, Reply
 from ironfunctions.http.headers import TOKEN, canonical_name
 from ironfunctions.http.writethrough import write_through
+from ironfunctions.runner.invoker import Invocation, Invoker, Reply
 
 MAX_HEAD = 16 * 1024  # request line and headers; a longer head goes to twisted.web
 MAX_HEADERS = HTTPChannel.maxHeaders  # more: twisted.web's 400

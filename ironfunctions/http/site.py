@@ -3,8 +3,9 @@ connections start on the lean ``/r/`` channel of ``ironfunctions.http.channel``.
 
 A body larger than ``MAX_REQUEST_SIZE`` (by Content-Length, or counted while a chunked
 body arrives) is not buffered: its bytes are read and dropped, then the client gets a
-413 JSON error. Reading it to the end, rather than closing at once, lets the client see
-the answer instead of a connection reset; a body over 16x the limit closes the connection.
+413 JSON error (from the one error map, ``http/errors.py``). Reading it to the end,
+rather than closing at once, lets the client see the answer instead of a connection
+reset; a body over 16x the limit closes the connection.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from typing import Any, overload
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.web.http import RESPONSES
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from ironfunctions.api.errors import error_body
-from ironfunctions.api.invoke import Invoker
+from ironfunctions.errors import PayloadTooLarge
 from ironfunctions.http.channel import MAX_HEAD, FastChannel, HttpDate
+from ironfunctions.http.errors import ErrorAnswer, answer_for
+from ironfunctions.runner.invoker import Invoker
 
 _ABORT_FACTOR = 16
 
@@ -65,24 +68,30 @@ class LimitedRequest(Request):
         if self.channel.transport is not None:
             self.channel.transport.loseConnection()
 
+    def _too_large_answer(self) -> ErrorAnswer:
+        answer = answer_for(PayloadTooLarge(f"Request body too large (limit {self.max_request_size} bytes)"))
+        assert answer is not None  # in the map
+        return answer
+
     def _refuse(self) -> None:
         """Answer 413 now and close: the client announced far too much to read it all."""
-        body = error_body(f"Request body too large (limit {self.max_request_size} bytes)")
         transport = self.channel.transport
         if transport is None:  # already disconnected
             return
-        transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        status, headers, body = self._too_large_answer()
+        head = b"".join([b"%s: %s\r\n" % header for header in headers])
+        transport.write(b"HTTP/1.1 %d %s\r\n%sconnection: close\r\ncontent-length: %d\r\n\r\n%s" % (
+            status, RESPONSES[status], head, len(body), body))
         transport.loseConnection()
 
     def process(self) -> None:
         if getattr(self, "_too_large", False):
-            self.setResponseCode(413)
-            self.setHeader(b"content-type", b"application/json")  # type: ignore[no-untyped-call]
+            status, headers, body = self._too_large_answer()
+            self.setResponseCode(status)
+            for name, value in headers:
+                self.setHeader(name, value)  # type: ignore[no-untyped-call]
             self.setHeader(b"connection", b"close")  # type: ignore[no-untyped-call]
-            self.write(error_body(f"Request body too large (limit {self.max_request_size} bytes)"))  # type: ignore[no-untyped-call]
+            self.write(body)  # type: ignore[no-untyped-call]
             self.finish()  # type: ignore[no-untyped-call]
             return
         super().process()  # type: ignore[no-untyped-call]

@@ -22,7 +22,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 
-from ironfunctions.api.invoke import InvokeResource, Invoker, Reply
+from ironfunctions.api.invoke import InvokeResource
+from ironfunctions.runner.invoker import Invoker, Reply
 from ironfunctions.errors import RouteNotFound
 from ironfunctions.http.channel import FastChannel, encode_reply
 from ironfunctions.http.headers import canonical_name
