@@ -61,22 +61,28 @@ def error_body(message: str, request_id: str | None = None) -> bytes:
     return dumps({"request_id": request_id, "error": {"message": message}})
 
 
-def error_answer(status: int, message: str, request_id: str | None = None, retry_after: int = 1) -> ErrorAnswer:
-    """An error answer: JSON content type, and for a 503 ``Retry-After`` (seconds)."""
-    headers: Headers = [(b"content-type", JSON)]
+def error_answer(status: int, message: str, request_id: str | None = None, retry_after: int = 1,
+                 headers: Headers | None = None) -> ErrorAnswer:
+    """An error answer: JSON content type, and for a 503 ``Retry-After`` (seconds).
+    Its headers follow ``headers`` (the caller's own, e.g. an invocation's call id),
+    in that list."""
+    if headers is None:
+        headers = []
+    headers.append((b"content-type", JSON))
     if status == 503:
         headers.append((b"retry-after", b"%d" % retry_after))
     return status, headers, error_body(message, request_id)
 
 
-def internal_error(request_id: str | None = None) -> ErrorAnswer:
+def internal_error(request_id: str | None = None, headers: Headers | None = None) -> ErrorAnswer:
     """The answer to a bug of ours (after logging it): 500 with a generic message."""
-    return error_answer(500, INTERNAL_ERROR, request_id)
+    return error_answer(500, INTERNAL_ERROR, request_id, headers=headers)
 
 
-def answer_for(exc: BaseException, call_id: str | None = None) -> ErrorAnswer | None:
+def answer_for(exc: BaseException, call_id: str | None = None, headers: Headers | None = None) -> ErrorAnswer | None:
     """The answer to the domain exception ``exc``; None if it is not a client-facing
-    one (a bug: log it and answer ``internal_error()``).
+    one (a bug: log it and answer ``internal_error()``). Its headers follow
+    ``headers``, as in ``error_answer``.
 
     With ``call_id``, the answer to an invocation (``/r/``, SPEC §4): its body names
     the call; an invalid route path is a 404 like a missing route (it cannot name
@@ -86,12 +92,10 @@ def answer_for(exc: BaseException, call_id: str | None = None) -> ErrorAnswer | 
     status = status_for(exc)
     if status is None:
         return None
-    message = str(exc)
-    if call_id is None:
-        return error_answer(status, message, None, getattr(exc, "retry_after", 1))
-    if isinstance(exc, (errors.RouteNotFound, errors.ValidationError)):
-        status, message = 404, ROUTE_NOT_FOUND
-    answer = error_answer(status, message, call_id, getattr(exc, "retry_after", 1))
-    if status == 401:
+    if call_id is not None and isinstance(exc, (errors.RouteNotFound, errors.ValidationError)):
+        return error_answer(404, ROUTE_NOT_FOUND, call_id, headers=headers)
+    retry_after = getattr(exc, "retry_after", 1) if status == 503 else 1
+    answer = error_answer(status, str(exc), call_id, retry_after, headers)
+    if status == 401 and call_id is not None:
         answer[1].append((b"www-authenticate", b"Bearer"))
     return answer

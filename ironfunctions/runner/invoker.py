@@ -186,12 +186,12 @@ class Invoker:
         return 0 if self._clock is None else int(self._clock.seconds() * 1000)
 
     def _error_reply(self, exc: Exception, call_id: str) -> Reply:
-        answer = answer_for(exc, call_id)
+        ours = [(b"fn-call-id", call_id.encode()), (b"server-timing", _NO_TIMING)]
+        answer = answer_for(exc, call_id, ours)
         if answer is None:
             log.failure("Invocation {call_id} failed", Failure(), call_id=call_id)
-            answer = internal_error(call_id)
-        status, headers, body = answer
-        return Reply(status, [(b"fn-call-id", call_id.encode()), (b"server-timing", _NO_TIMING), *headers], body)
+            answer = internal_error(call_id, ours)
+        return Reply(*answer)
 
 
 def _success(call_id: str, timing: bytes, route: Route, result: CallResult) -> Reply:
@@ -219,8 +219,8 @@ def _success(call_id: str, timing: bytes, route: Route, result: CallResult) -> R
 
 def _error(call_id: str, timing: bytes, status: int, message: str) -> Reply:
     """A call that ran but gave no answer (502, 504): ``message`` says why."""
-    status, headers, body = error_answer(status, message, call_id)
-    return Reply(status, [(b"fn-call-id", call_id.encode()), (b"server-timing", timing), *headers], body)
+    return Reply(*error_answer(status, message, call_id, headers=[(b"fn-call-id", call_id.encode()),
+                                                                (b"server-timing", timing)]))
 
 
 def _call_request(invocation: Invocation) -> CallRequest:
