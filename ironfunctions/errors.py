@@ -1,5 +1,5 @@
 """Domain exceptions. They say what went wrong, never how to answer it over HTTP:
-``api/errors.py`` holds the one map from these to status codes and bodies."""
+``http/errors.py`` holds the one map from these to status codes and bodies."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ from twisted.python import usage
 
 from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
-from ironfunctions.api.invoke import InvokeResource, Invoker
+from ironfunctions.api.invoke import InvokeResource
+from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import datastore_from_url
 from ironfunctions.drivers.docker import DockerDriver
@@ -39,7 +40,7 @@ from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
 from ironfunctions.runner.reports import NodeGaugesService, RunningSyncRecordsService
 from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService
-from ironfunctions.web import make_site
+from ironfunctions.http.site import make_site
 
 # (option name, env var, help). Defaults are resolved in Config.from_sources.
 SETTINGS = [
@@ -182,10 +183,6 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         )
         workers.setServiceParent(root)  # type: ignore[no-untyped-call]
 
-    NodeGaugesService(metrics, reactor, slots, queue.depth, hot.containers).setServiceParent(root)  # type: ignore[no-untyped-call]
-    # A sync call's record is written when it ends; one still running after a second
-    # gets a "running" record too, so it can be listed and cancelled meanwhile.
-    RunningSyncRecordsService(agent.calls_running, recorder.record, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     invoker = Invoker(
         route_cache.lookup, route_cache.app_config, agent.run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor, ready=lambda: datastore_service.ready,
@@ -208,6 +205,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     )
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",
                      invoker=invoker, clock=reactor)
+    # A sync call's record is written when it ends; one still running after a second
+    # gets a "running" record too, so it can be listed and cancelled meanwhile.
+    RunningSyncRecordsService(agent.calls_running, recorder.record, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
+    NodeGaugesService(
+        metrics, reactor, slots, queue.depth, hot.containers, connections=lambda: site.open_connections,
+    ).setServiceParent(root)  # type: ignore[no-untyped-call]
     listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
     listener.setName("http")
     listener.setServiceParent(root)

@@ -19,7 +19,8 @@ from ironfunctions.api import admin
 from ironfunctions.api.apps import AppsAPI
 from ironfunctions.api.calls import store_canceller
 from ironfunctions.calls.interface import Canceller
-from ironfunctions.api.auth import bearer_token, verify_jwt
+from ironfunctions.api.auth import bearer_token
+from ironfunctions.http.bearer import verify_jwt
 from ironfunctions.api.http import json_response, klein_app
 from ironfunctions.api.routes import AllRoutesAPI
 from ironfunctions.datastore.interface import IDatastore

@@ -1,34 +1,14 @@
-"""Bearer JWT (HS256) checks: the API key for ``/v1/*`` and a route's ``jwt_key``."""
+"""The API key of ``/v1/*``: the Bearer token of a twisted.web request (the checks
+themselves are ``ironfunctions.http.bearer``'s, shared with ``/r/``)."""
 
 from __future__ import annotations
 
-import jwt
 from twisted.web.iweb import IRequest
 
-from ironfunctions.errors import Unauthorized
+from ironfunctions.http.bearer import parse_bearer
 
 
 def bearer_token(request: IRequest) -> str | None:
+    """The Bearer token of ``request``'s ``Authorization`` header, else None."""
     raw: bytes | None = request.getHeader(b"authorization")  # IRequest is unannotated
     return parse_bearer(raw.decode("latin-1") if raw else None)
-
-
-def parse_bearer(header: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header value, else None."""
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def verify_jwt(token: str | None, key: str, message: str | None = None) -> None:
-    """Raise ``Unauthorized`` unless ``token`` is an HS256 JWT signed with ``key`` whose
-    exp/nbf/iat (when present) are valid now. ``message`` replaces the reason if given."""
-    if token is None:
-        raise Unauthorized(message or "Missing Bearer token")
-    try:
-        jwt.decode(token, key, algorithms=["HS256"], options={"require": []})
-    except jwt.InvalidTokenError as e:
-        raise Unauthorized(message or f"Invalid token: {e}") from None

@@ -9,7 +9,7 @@ from werkzeug.routing import BaseConverter
 from twisted.web.iweb import IRequest
 
 from ironfunctions.api.errors import install_error_handler
-from ironfunctions.api.schema import dumps
+from ironfunctions.http.jsonbody import dumps
 
 
 class AnyPathConverter(BaseConverter):

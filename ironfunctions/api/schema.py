@@ -291,7 +291,3 @@ def route_json(route: Route) -> dict[str, Any]:
         "jwt_key": route.jwt_key,
     }
 
-
-def dumps(value: Any) -> bytes:
-    """A JSON body: compact, UTF-8, ending in a newline (as the Go server's encoder)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"

@@ -5,14 +5,14 @@ External runners poll ``GET /tasks`` for the next async call and ``DELETE /tasks
 handed out is reserved with a lease covering its route's timeout: a runner that never
 comes back loses it and the call is delivered again (to a runner or to a node's own
 workers). The protocol carries no result, so a deleted task is recorded as ``success``
-with reason ``external_runner``; no task waiting -> ``{}``.
+with reason ``external_runner``; no task waiting -> ``{}``. The runner's side of it
+(reservations, leases, records) is ``runner/external.py``; this is the HTTP side.
 """
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
-import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
@@ -20,17 +20,13 @@ from ironfunctions import errors
 from ironfunctions.api.http import body_of, json_response, klein_app
 from ironfunctions.api.schema import parse_json_object
 from ironfunctions.calls.interface import ICallStore
-from ironfunctions.calls.model import SUCCESS, rfc3339
-from ironfunctions.models import Call, Route
+from ironfunctions.calls.model import rfc3339
+from ironfunctions.models import Route
 from ironfunctions.mq.interface import IMessageQueue
-from ironfunctions.runner.async_worker import FIRST_LEASE_S, lease_for
-from ironfunctions.runner.plan import call_env
-from ironfunctions.runner.records import request_from_payload, running_record
+from ironfunctions.runner.external import RunnerTask, complete_for_runner, reserve_for_runner
 
 RouteLookup = Callable[[str, str], Awaitable[Route]]
 AppConfigLookup = Callable[[str], Awaitable[Mapping[str, str]]]
-
-_MAX_SKIPS = 10  # stale deliveries (cancelled, done) acked per GET before answering {}
 
 
 class TasksAPI:
@@ -48,43 +44,8 @@ class TasksAPI:
 
     @app.route("/", methods=["GET"])
     async def next_task(self, request: IRequest) -> bytes:
-        for _ in range(_MAX_SKIPS):
-            held = await self._queue.reserve(FIRST_LEASE_S, 0)
-            if held is None:
-                break
-            item = held.item
-            try:
-                record = await self._calls.get_call(item.app_name, item.call_id)
-                route = await self._lookup(item.app_name, item.path)
-            except (errors.CallNotFound, errors.AppNotFound, errors.RouteNotFound):
-                await self._queue.ack(held)
-                continue
-            if record.terminal:
-                await self._queue.ack(held)
-                continue
-            await self._queue.renew(held, lease_for(route))
-            record = running_record(record, held.attempt, int(self._clock.seconds() * 1000))
-            await self._calls.put_calls([record])
-            call_request = request_from_payload(item.payload)
-            env = call_env(Call(item.call_id, route, call_request, await self._app_config(item.app_name)))
-            return json_response(request, {
-                "id": item.call_id,
-                "app_name": route.app_name,
-                "path": route.path,
-                "image": route.image,
-                "payload": call_request.body.decode("utf-8", "replace"),
-                "priority": item.priority,
-                "timeout": route.timeout,
-                "idle_timeout": route.idle_timeout,
-                "memory": route.memory,
-                "format": route.format,
-                "env_vars": env,
-                "status": "running",
-                "created_at": rfc3339(record.created_at),
-                "started_at": rfc3339(record.started_at),
-                "attempt": held.attempt,
-            }, status=202)
-        return json_response(request, {}, status=202)
+        task = await reserve_for_runner(self._queue, self._calls, self._lookup, self._app_config, self._clock)
+        return json_response(request, {} if task is None else task_json(task), status=202)
 
     @app.route("/", methods=["DELETE"])
     async def delete_task(self, request: IRequest) -> bytes:
@@ -94,13 +55,27 @@ class TasksAPI:
             raise errors.ValidationError("Missing task id")
         if not isinstance(app_name, str) or not app_name:
             raise errors.ValidationError("Missing task app_name")
-        record = await self._calls.get_call(app_name, call_id)
-        if not await self._queue.remove(call_id) and not record.terminal:
-            raise errors.ValidationError("Task is not reserved")
-        if not record.terminal:
-            now = int(self._clock.seconds() * 1000)
-            await self._calls.put_calls([attrs.evolve(
-                record, status=SUCCESS, reason="external_runner", completed_at=now,
-                run_ms=None if record.started_at is None else now - record.started_at,
-            )])
+        await complete_for_runner(self._queue, self._calls, app_name, call_id, self._clock)
         return json_response(request, {"message": "Task deleted", "id": call_id}, status=202)
+
+
+def task_json(task: RunnerTask) -> dict[str, Any]:
+    """A task as IronFunctions' runner reads it."""
+    route, record = task.route, task.record
+    return {
+        "id": task.call_id,
+        "app_name": route.app_name,
+        "path": route.path,
+        "image": route.image,
+        "payload": task.request.body.decode("utf-8", "replace"),
+        "priority": task.priority,
+        "timeout": route.timeout,
+        "idle_timeout": route.idle_timeout,
+        "memory": route.memory,
+        "format": route.format,
+        "env_vars": dict(task.env),
+        "status": "running",
+        "created_at": rfc3339(record.created_at),
+        "started_at": rfc3339(record.started_at),
+        "attempt": task.attempt,
+    }

@@ -19,7 +19,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.python.failure import Failure
 
 from ironfunctions.drivers.interface import IContainerStream
-from ironfunctions.writethrough import write_through
+from ironfunctions.http.writethrough import write_through
 
 _READ_SIZE = 65536
 

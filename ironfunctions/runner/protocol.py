@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ironfunctions.headers import TOKEN
+from ironfunctions.http.headers import TOKEN
 from ironfunctions.models import LABEL_APP, LABEL_KIND, LABEL_NODE, LABEL_PATH, Call, ContainerSpec, Route
 from ironfunctions.runner.plan import route_env
 

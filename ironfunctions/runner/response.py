@@ -21,7 +21,7 @@ from typing import Callable, Final, Mapping
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from ironfunctions.headers import canonical_name
+from ironfunctions.http.headers import canonical_name
 
 
 class ProtocolError(Exception):

@@ -10,7 +10,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from ironfunctions.api.invoke import InvokeResource, Invoker
+from ironfunctions.api.invoke import InvokeResource
+from ironfunctions.runner.invoker import Invoker
 from ironfunctions.errors import AppNotFound, RouteNotFound
 from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import Route

@@ -5,7 +5,7 @@ general machinery (a line callback per header, a ``Request`` with its header obj
 resource traversal, a producer per request) was a quarter of it. ``FastChannel``
 answers the common case itself: a well-formed HTTP/1.1 request to ``/r/`` with no body
 or a ``Content-Length`` one. It frames the request, hands it to the ``Invoker``
-(``api/invoke.py``, which ``InvokeResource`` shares) and writes the reply in one write.
+(``runner/invoker.py``, which ``InvokeResource`` shares) and writes the reply in one write.
 
 Everything else goes to twisted.web, untouched: the first request on a connection that
 is not that simple (another path, chunked, ``Expect``, ``Upgrade``, HTTP/1.0, a
@@ -20,12 +20,15 @@ header names, no folded lines, one all-digits ``Content-Length``, no
 Requests are answered one at a time per connection, in order (pipelining works);
 reading pauses while the transport's send buffer is full or too much is buffered, so a
 client that does not read cannot grow the daemon's memory.
+
+The channel knows its site only through ``ChannelSite`` (what ``http/site.py``'s
+``FastSite`` provides), so this module does not import the site's.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport, ITCPTransport
@@ -35,12 +38,9 @@ from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES, HTTPChannel, datetimeToString
 from twisted.web.server import version as SERVER_VERSION
 
-from ironfunctions.api.invoke import Invocation, Reply
-from ironfunctions.headers import TOKEN, canonical_name
-from ironfunctions.writethrough import write_through
-
-if TYPE_CHECKING:
-    from ironfunctions.web import FastSite
+from ironfunctions.http.headers import TOKEN, canonical_name
+from ironfunctions.http.writethrough import write_through
+from ironfunctions.runner.invoker import Invocation, Invoker, Reply
 
 MAX_HEAD = 16 * 1024  # request line and headers; a longer head goes to twisted.web
 MAX_HEADERS = HTTPChannel.maxHeaders  # more: twisted.web's 400
@@ -87,6 +87,48 @@ def encode_reply(reply: Reply, date: bytes, head_only: bool, close: bool) -> byt
     return b"".join(lines)
 
 
+class ChannelSite(TypingProtocol):
+    """What a ``FastChannel`` needs of the site that built it (``FastSite``).
+
+    ``open_connections`` is the site's count of open connections: the channel adds
+    one when its connection opens and takes it back when it closes, whether or not
+    the connection was handed to twisted.web in between.
+    """
+
+    open_connections: int
+
+    @property
+    def invoker(self) -> Invoker:
+        """Answers the requests the channel frames."""
+
+    @property
+    def clock(self) -> IReactorTime:
+        """For the idle timeout and the time of activity."""
+
+    @property
+    def date(self) -> Callable[[], bytes]:
+        """The Date header's value now."""
+
+    @property
+    def timeOut(self) -> float | None:  # noqa: N802 (Site's name)
+        """Close a connection idle this long (seconds); None: never."""
+
+    @property
+    def max_request_size(self) -> int:
+        """A larger body goes to twisted.web (its 413)."""
+
+    @property
+    def max_buffered(self) -> int:
+        """Stop reading beyond this many buffered bytes while a call runs."""
+
+    @property
+    def log_access(self) -> bool:
+        """Log each request at debug level."""
+
+    def build_web_channel(self, addr: IAddress | None) -> Protocol:
+        """An ordinary twisted.web channel of the site, for a connection handed over."""
+
+
 class _Request:
     """A framed request waiting for the rest of its body."""
 
@@ -106,7 +148,7 @@ class _Request:
 class FastChannel(Protocol):
     """One client connection; see the module docstring."""
 
-    def __init__(self, site: "FastSite", addr: IAddress | None) -> None:
+    def __init__(self, site: ChannelSite, addr: IAddress | None) -> None:
         self._site = site
         self._addr = addr
         self._buffer = bytearray()
@@ -121,10 +163,13 @@ class FastChannel(Protocol):
         self._secure = False
         self._last_active = 0.0
         self._idle_call: Any = None
+        self._counted = False  # in the site's open_connections
 
     # -- connection
 
     def connectionMade(self) -> None:
+        self._site.open_connections += 1
+        self._counted = True
         transport: Any = self.transport
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
@@ -155,6 +200,9 @@ class FastChannel(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 (Twisted API)
         self._closing = True
         self._buffer = bytearray()
+        if self._counted:
+            self._counted = False
+            self._site.open_connections -= 1
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None

@@ -1,26 +1,29 @@
 """The HTTP server side: a ``Site`` whose requests refuse oversized bodies, and whose
-connections start on the lean ``/r/`` channel of ``ironfunctions.fasthttp``.
+connections start on the lean ``/r/`` channel of ``ironfunctions.http.channel``.
 
 A body larger than ``MAX_REQUEST_SIZE`` (by Content-Length, or counted while a chunked
 body arrives) is not buffered: its bytes are read and dropped, then the client gets a
-413 JSON error. Reading it to the end, rather than closing at once, lets the client see
-the answer instead of a connection reset; a body over 16x the limit closes the connection.
+413 JSON error (from the one error map, ``http/errors.py``). Reading it to the end,
+rather than closing at once, lets the client see the answer instead of a connection
+reset; a body over 16x the limit closes the connection.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, overload
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.web.http import RESPONSES
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from ironfunctions.api.errors import error_body
-from ironfunctions.api.invoke import Invoker
-from ironfunctions.fasthttp import MAX_HEAD, FastChannel, HttpDate
+from ironfunctions.errors import PayloadTooLarge
+from ironfunctions.http.channel import MAX_HEAD, FastChannel, HttpDate
+from ironfunctions.http.errors import ErrorAnswer, answer_for
+from ironfunctions.runner.invoker import Invoker
 
 _ABORT_FACTOR = 16
 
@@ -65,24 +68,30 @@ class LimitedRequest(Request):
         if self.channel.transport is not None:
             self.channel.transport.loseConnection()
 
+    def _too_large_answer(self) -> ErrorAnswer:
+        answer = answer_for(PayloadTooLarge(f"Request body too large (limit {self.max_request_size} bytes)"))
+        assert answer is not None  # in the map
+        return answer
+
     def _refuse(self) -> None:
         """Answer 413 now and close: the client announced far too much to read it all."""
-        body = error_body(f"Request body too large (limit {self.max_request_size} bytes)")
         transport = self.channel.transport
         if transport is None:  # already disconnected
             return
-        transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        status, headers, body = self._too_large_answer()
+        head = b"".join([b"%s: %s\r\n" % header for header in headers])
+        transport.write(b"HTTP/1.1 %d %s\r\n%sconnection: close\r\ncontent-length: %d\r\n\r\n%s" % (
+            status, RESPONSES[status], head, len(body), body))
         transport.loseConnection()
 
     def process(self) -> None:
         if getattr(self, "_too_large", False):
-            self.setResponseCode(413)
-            self.setHeader(b"content-type", b"application/json")  # type: ignore[no-untyped-call]
+            status, headers, body = self._too_large_answer()
+            self.setResponseCode(status)
+            for name, value in headers:
+                self.setHeader(name, value)  # type: ignore[no-untyped-call]
             self.setHeader(b"connection", b"close")  # type: ignore[no-untyped-call]
-            self.write(error_body(f"Request body too large (limit {self.max_request_size} bytes)"))  # type: ignore[no-untyped-call]
+            self.write(body)  # type: ignore[no-untyped-call]
             self.finish()  # type: ignore[no-untyped-call]
             return
         super().process()  # type: ignore[no-untyped-call]
@@ -106,9 +115,14 @@ class ApiSite(Site):
 
 
 class FastSite(ApiSite):
-    """A Site whose connections start on a ``FastChannel`` (``ironfunctions.fasthttp``):
+    """A Site whose connections start on a ``FastChannel`` (``ironfunctions.http.channel``):
     it answers simple ``/r/`` requests itself and hands anything else to an ordinary
     twisted.web channel of this site.
+
+    It provides what its channels need of it (``channel.ChannelSite``), and counts
+    them: ``open_connections`` is the number of client connections open now (those
+    handed to twisted.web included), kept by the channels as they open and close, so
+    reading it costs nothing.
 
     :param invoker: answers ``/r/`` requests (the one ``InvokeResource`` uses).
     :param max_request_size: bodies larger than this go to twisted.web (its 413).
@@ -123,6 +137,7 @@ class FastSite(ApiSite):
         self.max_buffered = max_request_size + MAX_HEAD + 4  # the largest request it frames
         self.clock = clock
         self.date = HttpDate(clock)
+        self.open_connections = 0
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:  # type: ignore[override]  # noqa: N802
         return FastChannel(self, addr)
@@ -133,8 +148,18 @@ class FastSite(ApiSite):
         return channel
 
 
+@overload
+def make_site(resource: IResource, max_request_size: int, log_access: bool = False, *,
+              invoker: Invoker, clock: IReactorTime) -> FastSite: ...
+
+
+@overload
 def make_site(resource: IResource, max_request_size: int, log_access: bool = False,
-              invoker: Invoker | None = None, clock: IReactorTime | None = None) -> Site:
+              invoker: None = None, clock: IReactorTime | None = None) -> ApiSite: ...
+
+
+def make_site(resource: IResource, max_request_size: int, log_access: bool = False,
+              invoker: Invoker | None = None, clock: IReactorTime | None = None) -> ApiSite:
     """A Site for ``resource`` whose requests are bounded by ``max_request_size``; with
     ``invoker`` (and ``clock``), a ``FastSite`` that answers simple ``/r/`` requests
     on its own lean channel."""

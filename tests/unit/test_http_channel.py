@@ -1,4 +1,4 @@
-"""The lean ``/r/`` channel (``ironfunctions.fasthttp``) over a ``StringTransport``.
+"""The lean ``/r/`` channel (``ironfunctions.http.channel``) over a ``StringTransport``.
 
 The same requests go to a ``FastSite`` and to a plain twisted.web site serving the same
 ``Invoker`` through ``InvokeResource``: the answers must agree (bar Date), whichever
@@ -15,17 +15,20 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 
-from ironfunctions.api.invoke import InvokeResource, Invoker, Reply
+from ironfunctions.api.invoke import InvokeResource
+from ironfunctions.runner.invoker import Invoker, Reply
 from ironfunctions.errors import RouteNotFound
-from ironfunctions.fasthttp import FastChannel, encode_reply
-from ironfunctions.headers import canonical_name
+from ironfunctions.http.channel import FastChannel, encode_reply
+from ironfunctions.http.headers import canonical_name
 from ironfunctions.models import CALL_SUCCESS, Call, CallResult, Route
-from ironfunctions.web import make_site
+from ironfunctions.http.site import make_site
 
 ROUTE = Route(app_name="app", path="/echo", image="img", headers={"X-Route": ["r"], "X-Price": ["5 €"]})
 # A route whose headers try to set the framing, and a function answering headers the
@@ -351,3 +354,17 @@ def test_reading_resumes_for_the_last_bytes_of_a_largest_request() -> None:
     assert transport.producerState == "producing"
     protocol.dataReceived(b"bbb")
     assert [a[0] for a in responses(transport.value())] == [200, 201]
+
+
+def test_the_site_counts_its_open_connections_handed_over_or_not() -> None:
+    site = build(True, Functions(), Clock())
+    assert site.open_connections == 0
+    lean, _ = connect(site)
+    handed, _ = connect(site)
+    handed.dataReceived(HANDED_OVER[0])
+    assert handed._inner is not None and site.open_connections == 2
+    handed.connectionLost(Failure(ConnectionDone()))
+    assert site.open_connections == 1
+    lean.connectionLost(Failure(ConnectionDone()))
+    lean.connectionLost(Failure(ConnectionDone()))  # told twice: counted once
+    assert site.open_connections == 0

@@ -1,0 +1,101 @@
+"""Async calls run by external runners: the runner's side of IronFunctions' ``/tasks``.
+
+An external runner (the original Go runner, polling ``GET /tasks``) takes a queued
+async call as a task and, when it has run it, deletes it (``DELETE /tasks``).
+``api/tasks.py`` is the HTTP side; this module is all it needs of the runner, so the
+leases and the container environment stay the runner's own:
+
+- ``reserve_for_runner`` reserves the next live call like this node's workers do
+  (``async_worker.py``): a first lease until the route is known, then one covering the
+  route's timeout, so a runner that never comes back loses it and the call is
+  delivered again. Stale deliveries (a cancelled or finished call, a deleted route)
+  are acked and skipped.
+- ``complete_for_runner`` acknowledges a task that is reserved right now. The
+  protocol carries no result, so the call is recorded as ``success`` with reason
+  ``external_runner``.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Mapping
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from ironfunctions import errors
+from ironfunctions.calls.interface import ICallStore
+from ironfunctions.calls.model import SUCCESS, CallRecord
+from ironfunctions.models import Call, CallRequest, Route
+from ironfunctions.mq.interface import IMessageQueue
+from ironfunctions.runner.async_worker import FIRST_LEASE_S, lease_for
+from ironfunctions.runner.plan import call_env
+from ironfunctions.runner.records import request_from_payload, running_record
+
+RouteLookup = Callable[[str, str], Awaitable[Route]]
+AppConfigLookup = Callable[[str], Awaitable[Mapping[str, str]]]
+
+MAX_SKIPS = 10  # stale deliveries acked per reservation before answering "none"
+
+
+@attrs.frozen
+class RunnerTask:
+    """A call reserved for an external runner: what it needs to run it.
+
+    ``env`` is the container environment the call would get on this node
+    (``plan.call_env``); ``record`` is its ``running`` record as stored;
+    ``priority`` and ``attempt`` are its queue item's and delivery's.
+    """
+
+    call_id: str
+    route: Route
+    request: CallRequest
+    env: Mapping[str, str]
+    record: CallRecord
+    priority: int
+    attempt: int
+
+
+async def reserve_for_runner(queue: IMessageQueue, calls: ICallStore, lookup: RouteLookup,
+                             app_config: AppConfigLookup, clock: IReactorTime) -> RunnerTask | None:
+    """Reserve the next live async call for an external runner and record it
+    ``running``; None when no call is waiting (or only stale ones, up to
+    ``MAX_SKIPS``). Fails as the queue and the call store do (``QueueUnavailable``,
+    ``DatastoreUnavailable``...)."""
+    for _ in range(MAX_SKIPS):
+        held = await queue.reserve(FIRST_LEASE_S, 0)
+        if held is None:
+            break
+        item = held.item
+        try:
+            record = await calls.get_call(item.app_name, item.call_id)
+            route = await lookup(item.app_name, item.path)
+        except (errors.CallNotFound, errors.AppNotFound, errors.RouteNotFound):
+            await queue.ack(held)
+            continue
+        if record.terminal:
+            await queue.ack(held)
+            continue
+        await queue.renew(held, lease_for(route))
+        record = running_record(record, held.attempt, int(clock.seconds() * 1000))
+        await calls.put_calls([record])
+        request = request_from_payload(item.payload)
+        env = call_env(Call(item.call_id, route, request, await app_config(item.app_name)))
+        return RunnerTask(item.call_id, route, request, env, record, item.priority, held.attempt)
+    return None
+
+
+async def complete_for_runner(queue: IMessageQueue, calls: ICallStore, app_name: str, call_id: str,
+                              clock: IReactorTime) -> None:
+    """Acknowledge the task ``call_id`` of ``app_name`` that an external runner ran,
+    and record it ``success`` (reason ``external_runner``) unless its record is final
+    already. Raise ``CallNotFound``, or ``ValidationError`` if the call is not reserved
+    now (a call nobody reserved is never marked done)."""
+    record = await calls.get_call(app_name, call_id)
+    if not await queue.remove(call_id) and not record.terminal:
+        raise errors.ValidationError("Task is not reserved")
+    if not record.terminal:
+        now = int(clock.seconds() * 1000)
+        await calls.put_calls([attrs.evolve(
+            record, status=SUCCESS, reason="external_runner", completed_at=now,
+            run_ms=None if record.started_at is None else now - record.started_at,
+        )])
