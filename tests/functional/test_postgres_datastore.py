@@ -16,9 +16,11 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.task import deferLater
 
-from ironfunctions.datastore import datastore_from_url
-from ironfunctions.datastore.migrations import migrations
+from ironfunctions.calls.postgres import PostgresCallStore
+from ironfunctions.datastore import stores_from_url
 from ironfunctions.datastore.postgres import PostgresDatastore
+from ironfunctions.storage.migrations import migrations
+from ironfunctions.storage.postgres import PostgresDatabase
 from ironfunctions.errors import (
     AppAlreadyExists,
     AppHasRoutes,
@@ -48,7 +50,7 @@ def make_datastore():
     made = []
 
     def make(url, **kwargs):
-        ds = PostgresDatastore(url, _reactor(), **kwargs)
+        ds = PostgresDatastore(PostgresDatabase(url, _reactor(), **kwargs))
         made.append(ds)
         return ds
 
@@ -98,13 +100,15 @@ async def _timed(coro):
 
 
 def test_postgres_url_is_routed_to_PostgresDatastore(postgres_url):
-    assert isinstance(datastore_from_url(postgres_url, _reactor()), PostgresDatastore)
-    assert isinstance(datastore_from_url("postgresql://u@h/db?sslmode=require", _reactor()), PostgresDatastore)
+    for url in (postgres_url, "postgresql://u@h/db?sslmode=require"):
+        stores = stores_from_url(url, _reactor())
+        assert isinstance(stores.datastore, PostgresDatastore)
+        assert isinstance(stores.calls, PostgresCallStore)
 
 
 def test_unparseable_url_is_a_ConfigError():
     with pytest.raises(ConfigError, match="DB_URL"):
-        PostgresDatastore("postgres://u@h/db?nosuchparameter=1", _reactor())
+        PostgresDatabase("postgres://u@h/db?nosuchparameter=1", _reactor())
 
 
 @pytest_twisted.ensureDeferred
