@@ -20,8 +20,8 @@ from ironfunctions import errors
 from ironfunctions.api.http import body_of, json_response, klein_app
 from ironfunctions.api.schema import parse_json_object
 from ironfunctions.calls.interface import ICallStore
-from ironfunctions.calls.model import SUCCESS, rfc3339
-from ironfunctions.models import Call, Route
+from ironfunctions.calls.model import rfc3339
+from ironfunctions.models import Call, CallStatus, Route
 from ironfunctions.mq.interface import IMessageQueue
 from ironfunctions.runner.async_worker import FIRST_LEASE_S, lease_for
 from ironfunctions.runner.plan import call_env
@@ -79,7 +79,7 @@ class TasksAPI:
                 "memory": route.memory,
                 "format": route.format,
                 "env_vars": env,
-                "status": "running",
+                "status": CallStatus.RUNNING,
                 "created_at": rfc3339(record.created_at),
                 "started_at": rfc3339(record.started_at),
                 "attempt": held.attempt,
@@ -100,7 +100,7 @@ class TasksAPI:
         if not record.terminal:
             now = int(self._clock.seconds() * 1000)
             await self._calls.put_calls([attrs.evolve(
-                record, status=SUCCESS, reason="external_runner", completed_at=now,
+                record, status=CallStatus.SUCCESS, reason="external_runner", completed_at=now,
                 run_ms=None if record.started_at is None else now - record.started_at,
             )])
         return json_response(request, {"message": "Task deleted", "id": call_id}, status=202)
