@@ -3,14 +3,16 @@
 ``PostgresDatabase`` is what the Postgres datastore and the Postgres call store stand
 on: queries run on a small txpostgres pool (``pgpool.PostgresPool``): no threads for
 queries, never blocking the reactor, a deadline on every call, dead connections
-re-opened in the background. The URL goes to libpq unchanged, so every libpq parameter
-(``sslmode``, ``sslrootcert``, ``connect_timeout``, ``application_name``, ...) works as
-a query parameter. psycopg2 errors become domain exceptions here (or in the stores'
-error maps) and nowhere above.
+re-opened in the background, host names resolved on a thread of the pool's own before
+every (re)connection (``pghosts``). The URL goes to libpq unchanged (plus ``hostaddr``),
+so every libpq parameter (``sslmode``, ``sslrootcert``, ``connect_timeout``,
+``application_name``, ...) works as a query parameter. psycopg2 errors become domain
+exceptions here (or in the stores' error maps) and nowhere above.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import psycopg2
@@ -20,6 +22,7 @@ from twisted.logger import Logger
 
 from ironfunctions.errors import ConfigError, DatastoreUnavailable, IronFunctionsError, ValidationError
 from ironfunctions.storage.migrations import migrations, pending
+from ironfunctions.storage.pghosts import GetAddrInfo, Resolver
 from ironfunctions.storage.pgpool import PostgresPool, describe
 
 log = Logger()
@@ -60,7 +63,8 @@ class PostgresDatabase:
     ``pool_size`` connections (each node needs few: calls are short and the invocation
     path reads routes from a cache); ``timeout`` bounds every call, ``connect_timeout``
     every connection attempt, ``migrate_timeout`` the schema migration at start.
-    Raise ``ConfigError`` if libpq cannot parse ``url``.
+    ``getaddrinfo`` looks host names up (on the pool's resolver thread; a test may
+    pass a fake). Raise ``ConfigError`` if libpq cannot parse ``url``.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class PostgresDatabase:
         connect_timeout: float = 5.0,
         migrate_timeout: float = 60.0,
         max_reconnect_delay: float = 5.0,
+        getaddrinfo: GetAddrInfo = socket.getaddrinfo,
     ) -> None:
         self._url = url
         self._connect_kwargs = connect_kwargs(url)
@@ -82,6 +87,7 @@ class PostgresDatabase:
         self._connect_timeout = connect_timeout
         self._migrate_timeout = migrate_timeout
         self._max_reconnect_delay = max_reconnect_delay
+        self._getaddrinfo = getaddrinfo
         self._pool: PostgresPool | None = None
 
     async def open(self) -> None:
@@ -96,6 +102,7 @@ class PostgresDatabase:
             connect_timeout=self._connect_timeout,
             max_reconnect_delay=self._max_reconnect_delay,
             connect_kwargs=self._connect_kwargs,
+            resolver=Resolver(self._reactor, self._getaddrinfo),
         )
         try:
             await pool.open()
@@ -103,10 +110,10 @@ class PostgresDatabase:
                 lambda conn: conn.runInteraction(_interaction(_migrate)), self._migrate_timeout
             )
         except defer.CancelledError:
-            pool.close()  # the service is stopping while we start
+            await pool.close()  # the service is stopping while we start
             raise
         except Exception as e:
-            pool.close()
+            await pool.close()
             log.error("Cannot start the Postgres datastore: {error}", error=describe(e))
             raise DatastoreUnavailable() from None
         log.info("Postgres datastore ready, schema version {version}", version=version)
@@ -116,7 +123,7 @@ class PostgresDatabase:
         """Close every connection; the database is unusable afterwards."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.close()
+            await pool.close()
 
     async def _run(self, work: Callable[[Any], defer.Deferred[T]], errors: ErrorMap | None = None) -> T:
         """Run ``work(connection)`` on the pool, translating psycopg2 errors."""

@@ -112,6 +112,30 @@ def test_unparseable_url_is_a_ConfigError():
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_host_name_works_and_reaches_libpq_as_hostaddr(postgres_db, make_datastore):
+    """``localhost`` (resolved off the reactor thread; libpq tries each address, as it
+    would after its own look-up) works; so does a name only our resolver knows, which
+    proves libpq connected by the ``hostaddr`` we passed and looked nothing up."""
+    import socket
+    import threading
+
+    ds = make_datastore(postgres_db.replace("@127.0.0.1:", "@localhost:"))
+    await ds.start()
+    await ds.insert_app(App("by-name"))
+
+    looked_up = []
+
+    def only_we_know(name, port, family, kind):
+        looked_up.append((name, threading.current_thread().name))
+        return [(socket.AF_INET, kind, 6, "", ("127.0.0.1", 0))]
+
+    unknown = make_datastore(postgres_db.replace("@127.0.0.1:", "@db.invalid:"), getaddrinfo=only_we_know)
+    await unknown.start()
+    assert await unknown.get_app("by-name") == App("by-name")
+    assert looked_up and all(n == "db.invalid" and "postgres-resolve" in t for n, t in looked_up)
+
+
+@pytest_twisted.ensureDeferred
 async def test_concurrent_starts_on_an_empty_database_migrate_once(postgres_db, make_datastore):
     """Several nodes starting together take turns on the advisory lock: all start, the
     schema is applied exactly once, and every node sees the same data."""
