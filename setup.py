@@ -16,7 +16,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
-    package_data={"ironfunctions": ["datastore/schema/*/*.sql", "py.typed", "bridge/ifbridge.c", "bridge/ifbridge"]},
+    package_data={"ironfunctions": ["storage/schema/*/*.sql", "py.typed", "bridge/ifbridge.c", "bridge/ifbridge"]},
     include_package_data=True,
     zip_safe=False,
     install_requires=[

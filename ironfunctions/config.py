@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ironfunctions.errors import ConfigError
+from ironfunctions.storage.urls import sqlite_path
 
 MIB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -235,9 +236,8 @@ def _mq_url(name: str, value: str) -> str:
 
 
 def _checked_sqlite(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme == "sqlite" and (parts.netloc or parts.path in ("", "/")):
-        raise ConfigError(f"{name}: expected sqlite:///path/to/file.db, got {redact(value)!r}")
+    if urlsplit(value).scheme == "sqlite":
+        sqlite_path(redact(value), name)  # raises ConfigError naming ``name``
     return value
 
 

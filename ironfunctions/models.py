@@ -6,6 +6,7 @@ compared in tests. Serialisation to the wire lives in ``api/schema.py``.
 
 from __future__ import annotations
 
+import enum
 from typing import Mapping
 
 import attrs
@@ -158,15 +159,34 @@ class Call:
     app_config: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_str_map)
 
 
-CALL_SUCCESS = "success"
-CALL_ERROR = "error"
-CALL_TIMEOUT = "timeout"
-CALL_CANCELLED = "cancelled"  # stopped through DELETE /v1/apps/{app}/calls/{id}
+class CallStatus(enum.StrEnum):
+    """Where a call is (SPEC §3 Calls). The values are the wire and database strings,
+    and a member *is* its string (``CallStatus.SUCCESS == "success"``, JSON and SQL
+    see the string). ``success``, ``error``, ``timeout`` and ``cancelled`` end a call:
+    a record in one of them never changes again; a ``CallResult`` is always in one."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"  # stopped through DELETE /v1/apps/{app}/calls/{id}
+
+    @property
+    def terminal(self) -> bool:
+        """Whether a call in this status has ended for good."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {CallStatus.SUCCESS, CallStatus.ERROR, CallStatus.TIMEOUT, CallStatus.CANCELLED}
+)
 
 
 @attrs.frozen
 class CallResult:
-    """How a call ended. ``status`` is ``success``, ``error`` or ``timeout``; ``error``
+    """How a call ended. ``status`` is ``success``, ``error``, ``timeout`` or
+    ``cancelled``; ``error``
     is the client-facing message (``exit code 3``, ``out of memory``, ``Timed out``).
     ``status_code``/``headers`` are set by functions that answer HTTP themselves
     (hot, format ``http``); cold functions leave them None/empty.
@@ -174,7 +194,8 @@ class CallResult:
     running it."""
 
     call_id: str
-    status: str
+    # The converter keeps a result's status a member even when given its string.
+    status: CallStatus = attrs.field(converter=CallStatus)
     body: bytes = b""
     stderr: bytes = b""
     error: str = ""

@@ -22,7 +22,7 @@ from ironfunctions.api import build_api
 from ironfunctions.api.invoke import InvokeResource
 from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
-from ironfunctions.datastore import datastore_from_url
+from ironfunctions.datastore import stores_from_url
 from ironfunctions.drivers.docker import DockerDriver
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
@@ -144,7 +144,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         sinks.append(StatsdMetrics(parts.hostname or "127.0.0.1", parts.port or 8125))
     metrics = FanoutMetrics(sinks)
 
-    datastore = datastore_from_url(config.db_url, reactor)
+    stores = stores_from_url(config.db_url, reactor)
+    datastore = stores.datastore
     datastore_service = BackendService("datastore", datastore, reactor)
     datastore_service.setServiceParent(root)  # type: ignore[no-untyped-call]
     route_cache = RouteCache(datastore, reactor)
@@ -167,7 +168,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots)
     # Sync call records are batched off the request path; the recorder stops after the
     # agent has drained, so the last calls' records are written too.
-    recorder = CallRecorder(datastore.calls, reactor, metrics)
+    recorder = CallRecorder(stores.calls, reactor, metrics)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
 
@@ -175,10 +176,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # agent), cancellable wherever they are.
     kill_call = agent.cancel  # stops a call running on this node, cold or hot
 
-    submitter = AsyncSubmitter(queue, datastore.calls, reactor, metrics)
+    submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics)
     if config.num_async:
         workers = AsyncWorkerService(
-            queue, datastore.calls, route_cache.lookup, route_cache.app_config, agent.run_call, kill_call,
+            queue, stores.calls, route_cache.lookup, route_cache.app_config, agent.run_call, kill_call,
             reactor, metrics, config.num_async, config.async_max_attempts, config.async_retry_delay,
         )
         workers.setServiceParent(root)  # type: ignore[no-untyped-call]
@@ -187,11 +188,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         route_cache.lookup, route_cache.app_config, agent.run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor, ready=lambda: datastore_service.ready,
     )
-    tasks = TasksAPI(queue, datastore.calls, route_cache.lookup, route_cache.app_config, reactor)
+    tasks = TasksAPI(queue, stores.calls, route_cache.lookup, route_cache.app_config, reactor)
 
     api = build_api(
         datastore,
         route_cache,
+        calls=stores.calls,
         clock=reactor,
         host_memory_mb=config.host_memory_mb,
         jwt_auth_key=config.jwt_auth_key,
@@ -200,7 +202,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         render_metrics=prometheus.render,
         stats=agent.stats,
         invoke=InvokeResource(invoker),
-        cancel=make_canceller(datastore.calls, queue, kill_call, reactor, agent.running_call),
+        cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call),
         tasks=tasks.app.resource(),
     )
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",

@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from ironfunctions.datastore import datastore_from_url
+from ironfunctions.datastore import stores_from_url
 from ironfunctions.mq import queue_from_url
 from tests.daemon import daemon, daemon_factory  # noqa: F401 (fixtures)
 from tests.servers import postgres_cluster, postgres_db, postgres_url, redis_server  # noqa: F401 (fixtures)
@@ -24,8 +24,8 @@ def _block(coro):
 
 
 @pytest.fixture(params=DATASTORE_KINDS)
-def datastore(request, tmp_path):
-    """A started, empty datastore of every kind the project has."""
+def stores(request, tmp_path):
+    """Started, empty stores (datastore and call store) of every kind the project has."""
     from twisted.internet import reactor
 
     kind = request.param
@@ -38,10 +38,22 @@ def datastore(request, tmp_path):
         url = request.getfixturevalue("postgres_db")
     else:  # pragma: no cover
         raise AssertionError(kind)
-    ds = datastore_from_url(url, reactor)
-    _block(ds.start())
-    yield ds
-    _block(ds.close())
+    stores = stores_from_url(url, reactor)
+    _block(stores.datastore.start())
+    yield stores
+    _block(stores.datastore.close())
+
+
+@pytest.fixture
+def datastore(stores):
+    """A started, empty datastore of every kind (from ``stores``)."""
+    return stores.datastore
+
+
+@pytest.fixture
+def calls(stores):
+    """A started, empty call store of every kind (from ``stores``)."""
+    return stores.calls
 
 
 def queue_url(kind, request, tmp_path):

@@ -18,7 +18,7 @@ from werkzeug.exceptions import NotFound
 from ironfunctions.api import admin
 from ironfunctions.api.apps import AppsAPI
 from ironfunctions.api.calls import store_canceller
-from ironfunctions.calls.interface import Canceller
+from ironfunctions.calls.interface import Canceller, ICallStore
 from ironfunctions.api.auth import bearer_token
 from ironfunctions.http.bearer import verify_jwt
 from ironfunctions.api.http import json_response, klein_app
@@ -36,18 +36,20 @@ class V1API:
     def __init__(
         self,
         datastore: IDatastore,
+        calls: ICallStore,
         routes: RouteCache,
         host_memory_mb: int,
         cancel: Canceller,
     ) -> None:
         self._datastore = datastore
+        self._calls = calls
         self._routes = routes
         self._host_memory_mb = host_memory_mb
         self._cancel = cancel
 
     @app.route("/apps", branch=True)
     def apps(self, request: IRequest) -> IResource:
-        return AppsAPI(self._datastore, self._routes, self._host_memory_mb, self._cancel).app.resource()
+        return AppsAPI(self._datastore, self._calls, self._routes, self._host_memory_mb, self._cancel).app.resource()
 
     @app.route("/routes", branch=True)
     def routes(self, request: IRequest) -> IResource:
@@ -142,6 +144,7 @@ def build_api(
     datastore: IDatastore,
     routes: RouteCache,
     *,
+    calls: ICallStore,
     clock: IReactorTime,
     host_memory_mb: int,
     jwt_auth_key: str = "",
@@ -153,9 +156,10 @@ def build_api(
     cancel: Canceller | None = None,
     tasks: IResource | None = None,
 ) -> IResource:
-    """The whole HTTP API as one resource for a ``Site``. ``cancel`` stops a call
-    (default: mark its record cancelled, see ``api.calls.store_canceller``)."""
-    v1 = V1API(datastore, routes, host_memory_mb, cancel or store_canceller(datastore.calls, clock))
+    """The whole HTTP API as one resource for a ``Site``. ``calls`` is the call store
+    beside ``datastore``; ``cancel`` stops a call (default: mark its record cancelled,
+    see ``api.calls.store_canceller``)."""
+    v1 = V1API(datastore, calls, routes, host_memory_mb, cancel or store_canceller(calls, clock))
     main = MainAPI(
         v1,
         jwt_auth_key,

@@ -6,7 +6,7 @@ from twisted.web.iweb import IRequest
 
 from ironfunctions.api import schema
 from ironfunctions.api.calls import CallsAPI
-from ironfunctions.calls.interface import Canceller
+from ironfunctions.calls.interface import Canceller, ICallStore
 from ironfunctions.api.http import body_of, json_response, klein_app
 from ironfunctions.api.routes import RoutesAPI
 from ironfunctions.datastore.interface import IDatastore
@@ -19,9 +19,11 @@ class AppsAPI:
     app = klein_app()
 
     def __init__(
-        self, datastore: IDatastore, routes: RouteCache, host_memory_mb: int, cancel: Canceller
+        self, datastore: IDatastore, calls: ICallStore, routes: RouteCache, host_memory_mb: int,
+        cancel: Canceller,
     ) -> None:
         self._datastore = datastore
+        self._calls = calls
         self._routes = routes
         self._host_memory_mb = host_memory_mb
         self._cancel = cancel
@@ -87,7 +89,7 @@ class AppsAPI:
         return await self._routes_of(name).delete_route(request)
 
     def _calls_of(self, name: str) -> CallsAPI:
-        return CallsAPI(self._datastore, self._datastore.calls, self._cancel, name)
+        return CallsAPI(self._datastore, self._calls, self._cancel, name)
 
     @app.route("/<string:name>/calls", methods=["GET"])
     async def list_calls(self, request: IRequest, name: str) -> bytes:

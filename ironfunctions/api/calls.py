@@ -18,7 +18,6 @@ from ironfunctions.calls.interface import Canceller, ICallStore
 from ironfunctions.calls.model import (
     DEFAULT_PER_PAGE,
     MAX_PER_PAGE,
-    STATUSES,
     CallRecord,
     CallQuery,
     call_json,
@@ -28,6 +27,7 @@ from ironfunctions.calls.model import (
 from ironfunctions.api.http import json_response
 from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.errors import ValidationError
+from ironfunctions.models import CallStatus
 from ironfunctions.paths import normalize_path
 
 
@@ -63,6 +63,16 @@ def parse_time(name: str, value: str) -> int:
     return seconds * 1000 + ms
 
 
+def _status(text: str | None) -> CallStatus | None:
+    """The ``status`` filter: one of the call statuses, or none. Raise ValidationError."""
+    if text is None:
+        return None
+    try:
+        return CallStatus(text)
+    except ValueError:
+        raise ValidationError(f"Invalid status: use one of {', '.join(CallStatus)}") from None
+
+
 def parse_call_query(app_name: str, args: Mapping[bytes, list[bytes]]) -> CallQuery:
     """The list query string -> CallQuery. Raise ``ValidationError``."""
 
@@ -74,9 +84,7 @@ def parse_call_query(app_name: str, args: Mapping[bytes, list[bytes]]) -> CallQu
         return text or None
 
     path = arg("path")
-    status = arg("status")
-    if status is not None and status not in STATUSES:
-        raise ValidationError(f"Invalid status: use one of {', '.join(STATUSES)}")
+    status = _status(arg("status"))
     per_page = DEFAULT_PER_PAGE
     if arg("per_page") is not None:
         try:

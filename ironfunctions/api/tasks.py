@@ -21,7 +21,7 @@ from ironfunctions.api.http import body_of, json_response, klein_app
 from ironfunctions.api.schema import parse_json_object
 from ironfunctions.calls.interface import ICallStore
 from ironfunctions.calls.model import rfc3339
-from ironfunctions.models import Route
+from ironfunctions.models import CallStatus, Route
 from ironfunctions.mq.interface import IMessageQueue
 from ironfunctions.runner.external import RunnerTask, complete_for_runner, reserve_for_runner
 
@@ -74,7 +74,7 @@ def task_json(task: RunnerTask) -> dict[str, Any]:
         "memory": route.memory,
         "format": route.format,
         "env_vars": dict(task.env),
-        "status": "running",
+        "status": CallStatus.RUNNING,
         "created_at": rfc3339(record.created_at),
         "started_at": rfc3339(record.started_at),
         "attempt": task.attempt,

@@ -1,5 +1,6 @@
-"""``ICallStore``: call records and logs. Every datastore provides one as its
-``calls`` attribute (same database, same connection), and every provider passes
+"""``ICallStore``: call records and logs. ``datastore.stores_from_url`` builds one
+beside each datastore, over the same database (same connection or pool); the
+datastore's ``start``/``close`` open and close it. Every provider passes
 ``tests/contracts/test_callstore.py``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Call records in process memory (the ``memory://`` datastore's ``calls``).
+"""Call records in process memory (the call store of ``memory://``).
 
 Only the newest ``max_calls`` records (and their logs) are kept: a daemon on memory://
 records every call, and at thousands of calls a second an unbounded store would grow

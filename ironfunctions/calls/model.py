@@ -10,13 +10,7 @@ from typing import Any, Callable
 import attrs
 
 from ironfunctions.errors import CallCompleted
-
-# Call statuses. Terminal ones never change again.
-QUEUED, RUNNING, SUCCESS, ERROR, TIMEOUT, CANCELLED = (
-    "queued", "running", "success", "error", "timeout", "cancelled"
-)
-STATUSES = (QUEUED, RUNNING, SUCCESS, ERROR, TIMEOUT, CANCELLED)
-TERMINAL = frozenset({SUCCESS, ERROR, TIMEOUT, CANCELLED})
+from ironfunctions.models import TERMINAL_STATUSES, CallStatus
 
 MAX_PER_PAGE = 100
 DEFAULT_PER_PAGE = 50
@@ -34,7 +28,7 @@ class CallRecord:
     image: str = ""
     type: str = "sync"
     format: str = "default"
-    status: str = QUEUED
+    status: CallStatus = CallStatus.QUEUED
     reason: str = ""
     created_at: int = 0
     started_at: int | None = None
@@ -50,7 +44,7 @@ class CallRecord:
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL
+        return self.status in TERMINAL_STATUSES
 
 
 @attrs.frozen
@@ -61,7 +55,7 @@ class CallQuery:
 
     app_name: str
     path: str | None = None
-    status: str | None = None
+    status: CallStatus | None = None
     from_ms: int | None = None
     to_ms: int | None = None
     after: tuple[int, str] | None = None
@@ -165,6 +159,6 @@ def cancelled(now_ms: int) -> Callable[[CallRecord], CallRecord]:
     def change(call: CallRecord) -> CallRecord:
         if call.terminal:
             raise CallCompleted(f"Call already completed (status {call.status})")
-        return attrs.evolve(call, status=CANCELLED, reason="client_request", completed_at=now_ms)
+        return attrs.evolve(call, status=CallStatus.CANCELLED, reason="client_request", completed_at=now_ms)
 
     return change

@@ -1,8 +1,9 @@
-"""Call records in the Postgres datastore's database, on its pool (``PostgresDatastore.calls``)."""
+"""Call records in the Postgres database the datastore keeps its apps and routes in,
+on the same pool (``storage.postgres.PostgresDatabase``, opened by the datastore)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zope.interface import implementer
 
@@ -10,9 +11,7 @@ from ironfunctions.calls import sql
 from ironfunctions.calls.interface import CallChange, ICallStore
 from ironfunctions.calls.model import CallRecord, CallPage, CallQuery, encode_cursor
 from ironfunctions.errors import CallNotFound
-
-if TYPE_CHECKING:
-    from ironfunctions.datastore.postgres import PostgresDatastore
+from ironfunctions.storage.postgres import PostgresDatabase
 
 _COLUMNS = [c.strip() for c in sql.CALL_COLUMNS.split(",")]
 _UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS[1:])
@@ -28,27 +27,27 @@ def _upsert(n_rows: int) -> str:
 
 @implementer(ICallStore)
 class PostgresCallStore:
-    """Shares the datastore's pool, deadlines and error mapping."""
+    """Shares the datastore's database: its pool, deadlines and error mapping."""
 
-    def __init__(self, datastore: "PostgresDatastore") -> None:
-        self._ds = datastore
+    def __init__(self, database: PostgresDatabase) -> None:
+        self._db = database
 
     async def put_calls(self, calls: list[CallRecord]) -> None:
         # One statement cannot touch a row twice: keep the last record of each id.
         latest = list({call.id: call for call in calls}.values())
         if latest:
             params = [p for call in latest for p in sql.call_params(call)]
-            await self._ds.query(_upsert(len(latest)) + " RETURNING id", params)
+            await self._db.query(_upsert(len(latest)) + " RETURNING id", params)
 
     async def get_call(self, app_name: str, call_id: str) -> CallRecord:
-        rows = await self._ds.query(_SELECT, (call_id, app_name))
+        rows = await self._db.query(_SELECT, (call_id, app_name))
         if not rows:
             raise CallNotFound()
         return sql.call_from_row(rows[0])
 
     async def list_calls(self, query: CallQuery) -> CallPage:
         statement, params = sql.list_sql(query, "%s")
-        calls = [sql.call_from_row(r) for r in await self._ds.query(statement, params)]
+        calls = [sql.call_from_row(r) for r in await self._db.query(statement, params)]
         more = len(calls) > query.per_page
         calls = calls[: query.per_page]
         return CallPage(calls, encode_cursor(calls[-1]) if more and calls else None)
@@ -63,11 +62,11 @@ class PostgresCallStore:
             await cur.execute(_upsert(1), sql.call_params(new))
             return new
 
-        new: CallRecord = await self._ds.transaction(update)
+        new: CallRecord = await self._db.transaction(update)
         return new
 
     async def put_log(self, app_name: str, call_id: str, log: bytes) -> None:
-        await self._ds.query(
+        await self._db.query(
             "INSERT INTO call_logs (id, app_name, log) VALUES (%s, %s, %s) "
             "ON CONFLICT (id) DO UPDATE SET app_name = EXCLUDED.app_name, log = EXCLUDED.log "
             "RETURNING id",
@@ -75,7 +74,7 @@ class PostgresCallStore:
         )
 
     async def get_log(self, app_name: str, call_id: str) -> bytes:
-        rows = await self._ds.query(
+        rows = await self._db.query(
             "SELECT l.log FROM calls c LEFT JOIN call_logs l ON l.id = c.id"
             " WHERE c.id = %s AND c.app_name = %s",
             (call_id, app_name),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ironfunctions.calls.model import CallRecord, CallQuery
+from ironfunctions.models import CallStatus
 
 CALL_COLUMNS = (
     "id, app_name, path, image, type, format, status, reason, created_at, started_at, "
@@ -29,7 +30,7 @@ def call_from_row(row: Sequence[Any]) -> CallRecord:
     body = row[17]
     return CallRecord(
         id=row[0], app_name=row[1], path=row[2], image=row[3], type=row[4], format=row[5],
-        status=row[6], reason=row[7], created_at=int(row[8]), started_at=row[9],
+        status=CallStatus(row[6]), reason=row[7], created_at=int(row[8]), started_at=row[9],
         completed_at=row[10], attempt=int(row[11]), exit_code=row[12], error=row[13],
         wait_ms=row[14], start_ms=row[15], run_ms=row[16],
         body=None if body is None else bytes(body), priority=int(row[18]),

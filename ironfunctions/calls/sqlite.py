@@ -1,20 +1,21 @@
-"""Call records in the SQLite datastore's file, on its thread (``SqliteDatastore.calls``)."""
+"""Call records in a SQLite file, on its database's thread.
+
+The ``SqliteDatabase`` is the one the SQLite datastore opens and closes
+(``datastore.sqlite.sqlite_database``): one connection, one thread, so call writes and
+route writes never interleave.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 
 from ironfunctions.calls import sql
 from ironfunctions.calls.interface import CallChange, ICallStore
 from ironfunctions.calls.model import CallRecord, CallPage, CallQuery, encode_cursor
-from ironfunctions.datastore.sqlite_base import transaction
 from ironfunctions.errors import CallNotFound
-
-if TYPE_CHECKING:
-    from ironfunctions.datastore.sqlite import SqliteDatastore
+from ironfunctions.storage.sqlite import SqliteDatabase, transaction
 
 _ROW = f"({', '.join('?' * sql.N_COLUMNS)})"
 # Many rows per statement, not ``executemany``: the sqlite3 module gives up and takes
@@ -41,10 +42,11 @@ def _get(c: sqlite3.Connection, app_name: str, call_id: str) -> CallRecord:
 
 @implementer(ICallStore)
 class SqliteCallStore:
-    """Shares the datastore's connection and thread, so its transactions never interleave."""
+    """Shares the datastore's database (connection and thread), so its transactions
+    never interleave with the datastore's. Errors are ``DatastoreUnavailable``."""
 
-    def __init__(self, datastore: "SqliteDatastore") -> None:
-        self._ds = datastore
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._db = database
 
     async def put_calls(self, calls: list[CallRecord]) -> None:
         def put(c: sqlite3.Connection) -> None:
@@ -60,10 +62,10 @@ class SqliteCallStore:
                         start += rows
 
         if calls:
-            await self._ds.run_in_thread(put)
+            await self._db.run(put)
 
     async def get_call(self, app_name: str, call_id: str) -> CallRecord:
-        return await self._ds.run_in_thread(_get, app_name, call_id)
+        return await self._db.run(_get, app_name, call_id)
 
     async def list_calls(self, query: CallQuery) -> CallPage:
         def select(c: sqlite3.Connection) -> CallPage:
@@ -73,7 +75,7 @@ class SqliteCallStore:
             calls = calls[: query.per_page]
             return CallPage(calls, encode_cursor(calls[-1]) if more and calls else None)
 
-        return await self._ds.run_in_thread(select)
+        return await self._db.run(select)
 
     async def update_call(self, app_name: str, call_id: str, change: CallChange) -> CallRecord:
         def update(c: sqlite3.Connection) -> CallRecord:
@@ -82,10 +84,10 @@ class SqliteCallStore:
                 c.execute(_UPSERT, sql.call_params(new))
             return new
 
-        return await self._ds.run_in_thread(update)
+        return await self._db.run(update)
 
     async def put_log(self, app_name: str, call_id: str, log: bytes) -> None:
-        await self._ds.run_in_thread(
+        await self._db.run(
             lambda c: c.execute(
                 "INSERT OR REPLACE INTO call_logs (id, app_name, log) VALUES (?, ?, ?)",
                 (call_id, app_name, bytes(log)),
@@ -98,4 +100,4 @@ class SqliteCallStore:
             row = c.execute("SELECT log FROM call_logs WHERE id = ?", (call_id,)).fetchone()
             return b"" if row is None else bytes(row[0])
 
-        return await self._ds.run_in_thread(select)
+        return await self._db.run(select)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
 
 from ironfunctions.models import App, Route
 
@@ -19,13 +19,14 @@ RouteChange = Callable[[Route], Route]
 
 
 class IDatastore(Interface):
-    """Where apps and routes live. Shared by every node of a cluster."""
-
-    calls = Attribute("An ICallStore over the same database: call records and logs.")
+    """Where apps and routes live. Shared by every node of a cluster. (Call records
+    live in an ``ICallStore`` over the same database, built alongside it by
+    ``datastore.stores_from_url``; ``start`` and ``close`` open and close both.)"""
 
     async def start() -> None:
-        """Connect and bring the schema up to date. Called once, by the datastore's
-        service, before any other method. Raise ``DatastoreUnavailable``."""
+        """Connect and bring the schema (the call store's too) up to date. Called
+        once, by the datastore's service, before any other method of this store or
+        of its call store. Raise ``DatastoreUnavailable``."""
 
     async def ping() -> None:
         """Return when the backend answers; raise ``DatastoreUnavailable`` otherwise."""
@@ -83,4 +84,5 @@ class IDatastore(Interface):
         """Return the value stored under ``key``, or None."""
 
     async def close() -> None:
-        """Release connections and threads. The datastore is unusable afterwards."""
+        """Release connections and threads. The datastore (and its call store) is
+        unusable afterwards."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import attrs
 from zope.interface import implementer
 
-from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.datastore.interface import AppChange, IDatastore, RouteChange
 from ironfunctions.errors import (
     AppAlreadyExists,
@@ -26,7 +25,6 @@ class MemoryDatastore:
         self._apps: dict[str, App] = {}
         self._routes: dict[tuple[str, str], Route] = {}
         self._extras: dict[str, bytes] = {}
-        self.calls = MemoryCallStore()
 
     async def start(self) -> None:
         return None

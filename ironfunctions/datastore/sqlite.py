@@ -1,25 +1,22 @@
 """``sqlite:///path``: the embedded default datastore.
 
-One connection, used only from one dedicated thread (a ThreadPool of size 1), so the
-reactor never blocks on disk and transactions never interleave. WAL mode lets readers
-in other processes (backups, the sqlite3 shell) work while the daemon writes.
+Apps and routes in a ``storage.sqlite.SqliteDatabase``: one connection on one dedicated
+thread, so the reactor never blocks on disk and transactions never interleave. WAL mode
+lets readers in other processes (backups, the sqlite3 shell) work while the daemon
+writes. The call store (``calls.sqlite``) shares the same database object; this
+datastore opens it at ``start`` and closes it at ``close``.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, TypeVar
 
 import attrs
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ironfunctions.calls.sqlite import SqliteCallStore
-from ironfunctions.datastore import codec
+import ironfunctions.datastore.codec as codec
 from ironfunctions.datastore.interface import AppChange, IDatastore, RouteChange
-from ironfunctions.datastore.sqlite_base import migrate, open_sqlite, stop_pool, transaction
 from ironfunctions.errors import (
     AppAlreadyExists,
     AppHasRoutes,
@@ -29,66 +26,30 @@ from ironfunctions.errors import (
     RouteNotFound,
 )
 from ironfunctions.models import App, Route
+from ironfunctions.storage.sqlite import SqliteDatabase, transaction
 
-T = TypeVar("T")
+
+def sqlite_database(path: str, reactor: IReactorFromThreads) -> SqliteDatabase:
+    """The database a SQLite datastore and its call store share (not opened yet)."""
+    return SqliteDatabase(path, reactor, what="datastore", unavailable=DatastoreUnavailable, dialect="sqlite")
 
 
 @implementer(IDatastore)
 class SqliteDatastore:
-    """Apps and routes in a SQLite file, on a thread of its own."""
+    """Apps and routes in a SQLite file, on the database's thread. ``database`` comes
+    from ``sqlite_database`` (the ``sqlite`` schema, ``DatastoreUnavailable`` errors)."""
 
-    def __init__(self, path: str, reactor: IReactorFromThreads) -> None:
-        self._path = path
-        self._reactor = reactor
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="sqlite-datastore")
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-        self.calls = SqliteCallStore(self)
-
-    async def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(connection, *args)`` on the database thread (for stores that share
-        this file, such as ``calls``)."""
-        if self._conn is None:
-            raise DatastoreUnavailable()
-        try:
-            return await deferToThreadPool(self._reactor, self._pool, fn, self._conn, *args)
-        except sqlite3.DatabaseError as e:
-            # Locked, full disk, a damaged file...: the store's trouble, not the client's.
-            # (Integrity errors a caller can cause are translated inside ``fn``.)
-            raise DatastoreUnavailable(f"datastore unavailable: {e}") from e
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._db = database
 
     async def start(self) -> None:
-        if self._conn is not None:
-            return
-        if not self._pool.started:
-            self._pool.start()  # once: a stopped ThreadPool cannot start again
-
-        def connect() -> sqlite3.Connection:
-            conn = open_sqlite(self._path)
-            migrate(conn, "sqlite")
-            return conn
-
-        try:
-            conn = await deferToThreadPool(self._reactor, self._pool, connect)
-        except (sqlite3.Error, OSError) as e:
-            # The pool stays up: BackendService retries start() until it works.
-            raise DatastoreUnavailable(f"datastore unavailable: {e}") from e
-        if self._closed:  # close() was called while we connected
-            await deferToThreadPool(self._reactor, self._pool, conn.close)
-            raise DatastoreUnavailable("datastore closed")
-        self._conn = conn
+        await self._db.open()
 
     async def close(self) -> None:
-        self._closed = True
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await deferToThreadPool(self._reactor, self._pool, conn.close)
-        if self._pool.started:
-            # Its thread is not a daemon thread: a pool left running blocks exit.
-            await stop_pool(self._reactor, self._pool)
+        await self._db.close()
 
     async def ping(self) -> None:
-        await self.run_in_thread(lambda c: c.execute("SELECT 1").fetchone())
+        await self._db.run(lambda c: c.execute("SELECT 1").fetchone())
 
     async def insert_app(self, app: App) -> App:
         def insert(c: sqlite3.Connection) -> None:
@@ -100,18 +61,18 @@ class SqliteDatastore:
             except sqlite3.IntegrityError:
                 raise AppAlreadyExists() from None
 
-        await self.run_in_thread(insert)
+        await self._db.run(insert)
         return app
 
     async def get_app(self, name: str) -> App:
-        return await self.run_in_thread(_get_app, name)
+        return await self._db.run(_get_app, name)
 
     async def get_apps(self) -> list[App]:
         def select(c: sqlite3.Connection) -> list[App]:
             rows = c.execute("SELECT name, config FROM apps ORDER BY name").fetchall()
             return [codec.app_from_row(r) for r in rows]
 
-        return await self.run_in_thread(select)
+        return await self._db.run(select)
 
     async def update_app(self, name: str, change: AppChange) -> App:
         def update(c: sqlite3.Connection) -> App:
@@ -123,7 +84,7 @@ class SqliteDatastore:
                 )
                 return new
 
-        return await self.run_in_thread(update)
+        return await self._db.run(update)
 
     async def remove_app(self, name: str) -> None:
         def remove(c: sqlite3.Connection) -> None:
@@ -133,7 +94,7 @@ class SqliteDatastore:
                     raise AppHasRoutes()
                 c.execute("DELETE FROM apps WHERE name = ?", (name,))
 
-        await self.run_in_thread(remove)
+        await self._db.run(remove)
 
     async def insert_route(self, route: Route) -> Route:
         def insert(c: sqlite3.Connection) -> None:
@@ -144,7 +105,7 @@ class SqliteDatastore:
                 except sqlite3.IntegrityError:
                     raise RouteAlreadyExists() from None
 
-        await self.run_in_thread(insert)
+        await self._db.run(insert)
         return route
 
     async def put_route(self, route: Route) -> tuple[Route, bool]:
@@ -157,10 +118,10 @@ class SqliteDatastore:
                 c.execute(_INSERT_ROUTE.replace("INSERT", "INSERT OR REPLACE"), codec.route_params(route))
                 return existed is None
 
-        return route, await self.run_in_thread(put)
+        return route, await self._db.run(put)
 
     async def get_route(self, app_name: str, path: str) -> Route:
-        return await self.run_in_thread(_get_route, app_name, path)
+        return await self._db.run(_get_route, app_name, path)
 
     async def get_routes(self, app_name: str | None = None, image: str | None = None) -> list[Route]:
         def select(c: sqlite3.Connection) -> list[Route]:
@@ -177,7 +138,7 @@ class SqliteDatastore:
             sql += " ORDER BY app_name, path"
             return [codec.route_from_row(r) for r in c.execute(sql, params).fetchall()]
 
-        return await self.run_in_thread(select)
+        return await self._db.run(select)
 
     async def update_route(self, app_name: str, path: str, change: RouteChange) -> Route:
         def update(c: sqlite3.Connection) -> Route:
@@ -187,7 +148,7 @@ class SqliteDatastore:
                 c.execute(_INSERT_ROUTE, codec.route_params(new))
                 return new
 
-        return await self.run_in_thread(update)
+        return await self._db.run(update)
 
     async def remove_route(self, app_name: str, path: str) -> None:
         def remove(c: sqlite3.Connection) -> None:
@@ -195,10 +156,10 @@ class SqliteDatastore:
             if cur.rowcount == 0:
                 raise RouteNotFound()
 
-        await self.run_in_thread(remove)
+        await self._db.run(remove)
 
     async def put_extra(self, key: str, value: bytes) -> None:
-        await self.run_in_thread(
+        await self._db.run(
             lambda c: c.execute(
                 "INSERT OR REPLACE INTO extras (key, value) VALUES (?, ?)", (key, bytes(value))
             )
@@ -209,11 +170,10 @@ class SqliteDatastore:
             row = c.execute("SELECT value FROM extras WHERE key = ?", (key,)).fetchone()
             return None if row is None else bytes(row[0])
 
-        return await self.run_in_thread(select)
+        return await self._db.run(select)
 
 
 _INSERT_ROUTE = f"INSERT INTO routes ({codec.ROUTE_COLUMNS}) VALUES ({', '.join('?' * 12)})"
-
 
 
 def _get_app(c: sqlite3.Connection, name: str) -> App:

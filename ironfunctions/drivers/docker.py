@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import uuid
 from typing import Any, Callable, Mapping
 
@@ -38,6 +37,7 @@ from ironfunctions.drivers.bridged import (
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerDriver, IContainerStream
 from ironfunctions.errors import ContainerNotFound, DockerUnavailable, ImageNotFound
 from ironfunctions.models import ContainerResult, ContainerSpec
+from ironfunctions.threads import stop_pools
 
 # Engine API 1.41 (Docker 20.10) is served by every engine since; pinning it avoids a
 # version request (blocking I/O) when the client is built.
@@ -110,17 +110,8 @@ class DockerDriver(Service):
     def stopService(self) -> Deferred[None]:
         """Fires when every engine call in flight (including removals) has finished."""
         super().stopService()  # type: ignore[no-untyped-call]
-        done: Deferred[None] = Deferred()
-
-        def stop_pools() -> None:
-            self._run_pool.stop()
-            self._control_pool.stop()
-            if self._socket_dirs is not None:
-                self._socket_dirs.wipe()
-            self._reactor.callFromThread(done.callback, None)
-
-        threading.Thread(target=stop_pools, name="docker-driver-stop", daemon=True).start()
-        return done
+        wipe = self._socket_dirs.wipe if self._socket_dirs is not None else None
+        return stop_pools(self._reactor, self._run_pool, self._control_pool, then=wipe, name="docker-driver-stop")
 
     # -- plumbing
 

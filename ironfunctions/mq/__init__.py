@@ -19,8 +19,8 @@ def queue_from_url(url: str, reactor: Any) -> IMessageQueue:
 
         return MemoryQueue(reactor)
     if scheme == "sqlite":
-        from ironfunctions.datastore import sqlite_path
         from ironfunctions.mq.sqlite import SqliteQueue
+        from ironfunctions.storage.urls import sqlite_path
 
         return SqliteQueue(sqlite_path(url, "MQ_URL"), reactor)
     if scheme == "redis":

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ironfunctions.errors import ConfigError, LeaseLost, QueueUnavailable
-from ironfunctions.mq import redis_scripts as lua
+import ironfunctions.mq.redis_scripts as lua
 from ironfunctions.mq._waiting import Waiters, reserve_loop
 from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation, lease_of
 

@@ -1,8 +1,8 @@
 """``sqlite:///path``: the embedded default queue, persistent across restarts.
 
-One connection, used only from one dedicated thread (a ThreadPool of size 1), as the
-SQLite datastore does: the reactor never blocks on disk and transactions never
-interleave. WAL mode; the schema is ``datastore/schema/sqlite_mq/``, versioned in its
+One connection on one dedicated thread (``storage.sqlite.SqliteDatabase``), as the
+SQLite datastore has: the reactor never blocks on disk and transactions never
+interleave. WAL mode; the schema is ``storage/schema/sqlite_mq/``, versioned in its
 own ``mq_schema_migrations`` table so queue and datastore may share one file.
 
 A waiting ``reserve`` is woken in-process by pushes and releases on this queue object;
@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from typing import Any, Callable, TypeVar
+from typing import Any
 
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ironfunctions.datastore.sqlite_base import migrate, open_sqlite, stop_pool, transaction
 from ironfunctions.errors import LeaseLost, QueueUnavailable
 from ironfunctions.mq._waiting import Waiters, reserve_loop
 from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation, lease_of
-
-T = TypeVar("T")
+from ironfunctions.storage.sqlite import SqliteDatabase, transaction
 
 
 @implementer(IMessageQueue)
@@ -34,59 +30,25 @@ class SqliteQueue:
     def __init__(self, path: str, reactor: Any, poll_interval: float = 5.0) -> None:
         """``reactor`` provides IReactorTime (leases, delays: its ``seconds()`` is
         stored, so it must be wall-clock time) and IReactorFromThreads."""
-        self._path = path
         self._reactor = reactor
         self._poll_interval = poll_interval
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="sqlite-queue")
-        self._conn: sqlite3.Connection | None = None
+        self._db = SqliteDatabase(
+            path, reactor, what="queue", unavailable=QueueUnavailable,
+            dialect="sqlite_mq", migrations_table="mq_schema_migrations",
+        )
         self._waiters = Waiters(reactor)
         self._closed = False
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._conn is None:
-            raise QueueUnavailable("queue not started" if not self._closed else "queue closed")
-        try:
-            return await deferToThreadPool(self._reactor, self._pool, fn, self._conn, *args)
-        except sqlite3.Error as e:
-            raise QueueUnavailable(f"queue unavailable: {e}") from e
-
     async def start(self) -> None:
-        if self._closed:
-            raise QueueUnavailable("queue closed")
-        if self._conn is not None:
-            return
-        if not self._pool.started:
-            self._pool.start()
-
-        def connect() -> sqlite3.Connection:
-            conn = open_sqlite(self._path)
-            try:
-                migrate(conn, "sqlite_mq", table="mq_schema_migrations")
-            except BaseException:
-                conn.close()
-                raise
-            return conn
-
-        try:
-            conn = await deferToThreadPool(self._reactor, self._pool, connect)
-        except (sqlite3.Error, OSError) as e:
-            raise QueueUnavailable(f"queue unavailable: {e}") from e
-        if self._closed:  # close() was called while we connected
-            await deferToThreadPool(self._reactor, self._pool, conn.close)
-            raise QueueUnavailable("queue closed")
-        self._conn = conn
+        await self._db.open()
 
     async def close(self) -> None:
         self._closed = True
         self._waiters.wake_all()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await deferToThreadPool(self._reactor, self._pool, conn.close)
-        if self._pool.started:
-            await stop_pool(self._reactor, self._pool)
+        await self._db.close()
 
     async def ping(self) -> None:
-        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+        await self._db.run(lambda c: c.execute("SELECT 1").fetchone())
 
     async def push(self, item: QueueItem, delay: float = 0) -> bool:
         visible_at = self._reactor.seconds() + max(0.0, delay)
@@ -98,7 +60,7 @@ class SqliteQueue:
             )
             return cur.rowcount == 1
 
-        added = await self._run(insert)
+        added = await self._db.run(insert)
         if added:
             self._waiters.wake_all()
         return added
@@ -127,11 +89,10 @@ class SqliteQueue:
             item = QueueItem.from_json(text)
             return Reservation(item, Lease(item.call_id, token), attempts + 1), None
 
-        return await self._run(take)
+        return await self._db.run(take)
 
     async def reserve(self, lease_seconds: float, timeout: float = 0) -> Reservation | None:
-        if self._conn is None:
-            raise QueueUnavailable("queue not started" if not self._closed else "queue closed")
+        self._db.check_open()
         return await reserve_loop(
             lambda: self._try_reserve(lease_seconds),
             self._waiters,
@@ -153,7 +114,7 @@ class SqliteQueue:
                 (*params, lease.call_id, lease.token, now),
             ).rowcount
 
-        if await self._run(update) != 1:
+        if await self._db.run(update) != 1:
             raise LeaseLost()
 
     async def ack(self, held: Reservation | Lease) -> None:
@@ -172,7 +133,7 @@ class SqliteQueue:
         def delete(c: sqlite3.Connection) -> bool:
             return c.execute("DELETE FROM mq_items WHERE call_id = ?", (call_id,)).rowcount == 1
 
-        return await self._run(delete)
+        return await self._db.run(delete)
 
     async def depth(self) -> int:
         now = self._reactor.seconds()
@@ -183,4 +144,4 @@ class SqliteQueue:
             ).fetchone()
             return int(row[0])
 
-        return await self._run(count)
+        return await self._db.run(count)

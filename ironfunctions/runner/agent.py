@@ -27,14 +27,11 @@ from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import NotReady
 from ironfunctions.metrics import IMetrics
 from ironfunctions.models import (
-    CALL_ERROR,
-    CALL_SUCCESS,
-    CALL_TIMEOUT,
-    CALL_CANCELLED,
     LABEL_CALL,
     LABEL_NODE,
     Call,
     CallResult,
+    CallStatus,
     ContainerResult,
 )
 from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
@@ -61,19 +58,19 @@ class CallRunner(Protocol):
 def cold_outcome(call_id: str, result: ContainerResult, wait_ms: int) -> CallResult:
     """How a cold call ended, from how its container ended (pure)."""
     if result.timed_out:
-        status, error = CALL_TIMEOUT, "Timed out"
+        status, error = CallStatus.TIMEOUT, "Timed out"
     elif result.stdout_truncated:
-        status, error = CALL_ERROR, "Function response too large"
+        status, error = CallStatus.ERROR, "Function response too large"
     elif result.oom_killed:
-        status, error = CALL_ERROR, "out of memory"
+        status, error = CallStatus.ERROR, "out of memory"
     elif result.exit_code != 0:
-        status, error = CALL_ERROR, f"exit code {result.exit_code}"
+        status, error = CallStatus.ERROR, f"exit code {result.exit_code}"
     else:
-        status, error = CALL_SUCCESS, ""
+        status, error = CallStatus.SUCCESS, ""
     return CallResult(
         call_id=call_id,
         status=status,
-        body=result.stdout if status == CALL_SUCCESS else b"",
+        body=result.stdout if status == CallStatus.SUCCESS else b"",
         stderr=result.stderr,
         error=error,
         exit_code=None if result.timed_out else result.exit_code,
@@ -270,7 +267,7 @@ class Agent(Service):
                     d.callback(None)
         if call_id in self._cancelled:
             self._cancelled.discard(call_id)
-            result = attrs.evolve(result, status=CALL_CANCELLED, error=CANCELLED_MESSAGE, body=b"")
+            result = attrs.evolve(result, status=CallStatus.CANCELLED, error=CANCELLED_MESSAGE, body=b"")
         if result.stderr:
             self._log_stderr(result.stderr, {"app": route.app_name, "path": route.path, "call_id": call_id})
         # All of a call's figures in one go: one log event per call, not ten. The fields
@@ -318,8 +315,8 @@ class Agent(Service):
 
 CANCELLED_MESSAGE = "Call cancelled"
 _STATUS_METRIC = {
-    CALL_SUCCESS: "run.succeeded", CALL_ERROR: "run.error", CALL_TIMEOUT: "run.timeout",
-    CALL_CANCELLED: "run.cancelled",
+    CallStatus.SUCCESS: "run.succeeded", CallStatus.ERROR: "run.error", CallStatus.TIMEOUT: "run.timeout",
+    CallStatus.CANCELLED: "run.cancelled",
 }
 _FAILED_TO_RUN = [("count", "run.requests", 1), ("count", "run.error", 1)]
 

@@ -29,9 +29,9 @@ from twisted.logger import Logger
 
 from ironfunctions import errors
 from ironfunctions.calls.interface import ICallStore
-from ironfunctions.calls.model import CANCELLED, ERROR, QUEUED, SUCCESS, CallRecord, cap_log
+from ironfunctions.calls.model import CallRecord, cap_log
 from ironfunctions.metrics import IMetrics
-from ironfunctions.models import Call, CallResult, Route
+from ironfunctions.models import Call, CallResult, CallStatus, Route
 from ironfunctions.mq.interface import IMessageQueue, Reservation
 from ironfunctions.runner.records import (
     failed_record,
@@ -245,11 +245,11 @@ class AsyncWorkerService(Service):
             log = result.stderr
         else:
             final, log = failed_record(record, error, now), None
-        if final.status == SUCCESS or held.attempt >= self._max_attempts:
+        if final.status == CallStatus.SUCCESS or held.attempt >= self._max_attempts:
             await self._finish(held, final, log, ack=True)
         else:
             delay = retry_delay(self._retry_base, held.attempt)
-            retrying = attrs.evolve(final, status=QUEUED, reason="retry")
+            retrying = attrs.evolve(final, status=CallStatus.QUEUED, reason="retry")
             await self._finish(held, retrying, log, ack=False, delay=delay)
             self.log.info("Async call {call_id} failed ({error}); retry in {delay}s",
                           error=final.error, delay=delay, **fields)
@@ -265,7 +265,7 @@ class AsyncWorkerService(Service):
             await self._calls.put_log(record.app_name, record.id, cap_log(log))
         if ack:
             await self._ack(held)
-            if record.status == ERROR:
+            if record.status == CallStatus.ERROR:
                 self._metrics.count("async.dead", 1, app=record.app_name, path=record.path, call_id=record.id)
         else:
             try:
@@ -279,7 +279,7 @@ class AsyncWorkerService(Service):
         A read-then-put would let a cancel landing in between be overwritten."""
 
         def change(current: CallRecord) -> CallRecord:
-            if current.status == CANCELLED:
+            if current.status == CallStatus.CANCELLED:
                 raise errors.CallCompleted()
             return record
 
@@ -314,7 +314,7 @@ class AsyncWorkerService(Service):
                 except Exception as e:  # a passing outage: try again next tick
                     self.log.warn("Could not renew {call_id}: {error}", call_id=record.id, error=str(e))
                     continue
-                if current.status == CANCELLED:
+                if current.status == CallStatus.CANCELLED:
                     self.log.info("Call {call_id} cancelled while running; stopping it", call_id=record.id)
                     try:
                         await self._kill_call(record.id)

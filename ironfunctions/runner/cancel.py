@@ -21,8 +21,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ironfunctions.calls.interface import Canceller, ICallStore
-from ironfunctions.calls.model import CANCELLED, QUEUED, RUNNING, CallRecord, cancelled
-from ironfunctions.models import Call
+from ironfunctions.calls.model import CallRecord, cancelled
+from ironfunctions.models import Call, CallStatus
 from ironfunctions.runner.records import running_sync_record
 from ironfunctions.mq.interface import IMessageQueue
 
@@ -46,14 +46,14 @@ def make_canceller(
             now = int(clock.seconds() * 1000)
             return attrs.evolve(
                 running_sync_record(call_id, local.route, now),
-                status=CANCELLED, reason="client_request", completed_at=now,
+                status=CallStatus.CANCELLED, reason="client_request", completed_at=now,
             )
         before = await calls.get_call(app_name, call_id)
         record = await calls.update_call(app_name, call_id, cancelled(int(clock.seconds() * 1000)))
         try:
-            if before.status == QUEUED:
+            if before.status == CallStatus.QUEUED:
                 await queue.remove(call_id)
-            elif before.status == RUNNING:
+            elif before.status == CallStatus.RUNNING:
                 await kill_call(call_id)
         except Exception as e:  # the record says cancelled: workers will honour it
             log.warn("Cancelled {call_id}, but could not stop it yet: {error}", call_id=call_id, error=str(e))

@@ -24,8 +24,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions import errors
 from ironfunctions.calls.interface import ICallStore
-from ironfunctions.calls.model import SUCCESS, CallRecord
-from ironfunctions.models import Call, CallRequest, Route
+from ironfunctions.calls.model import CallRecord
+from ironfunctions.models import Call, CallRequest, CallStatus, Route
 from ironfunctions.mq.interface import IMessageQueue
 from ironfunctions.runner.async_worker import FIRST_LEASE_S, lease_for
 from ironfunctions.runner.plan import call_env
@@ -96,6 +96,6 @@ async def complete_for_runner(queue: IMessageQueue, calls: ICallStore, app_name:
     if not record.terminal:
         now = int(clock.seconds() * 1000)
         await calls.put_calls([attrs.evolve(
-            record, status=SUCCESS, reason="external_runner", completed_at=now,
+            record, status=CallStatus.SUCCESS, reason="external_runner", completed_at=now,
             run_ms=None if record.started_at is None else now - record.started_at,
         )])

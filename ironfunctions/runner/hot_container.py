@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerStream
-from ironfunctions.models import CALL_ERROR, CALL_SUCCESS, CALL_TIMEOUT, Call, CallResult
+from ironfunctions.models import Call, CallResult, CallStatus
 from ironfunctions.runner.hot_owner import ContainerOwner
 from ironfunctions.runner.protocol import RequestEncoder
 from ironfunctions.runner.response import OversizedResponse, ProtocolError, ResponseParser
@@ -157,7 +157,7 @@ class HotContainer:
             return
         result = CallResult(
             call_id=call.id,
-            status=CALL_SUCCESS,
+            status=CallStatus.SUCCESS,
             body=body,
             stderr=self._take_stderr(),
             status_code=code,
@@ -209,7 +209,7 @@ class HotContainer:
         log.warn("Killing hot container {container_id}: {error}", container_id=self.container_id,
                  error=error, call_id=call.id if call else None, **self._fields)
         self._owner.kill(self)
-        self._end_call(CALL_ERROR, error)
+        self._end_call(CallStatus.ERROR, error)
 
     def _timed_out(self) -> None:
         """The call overran its timeout: kill the container, then answer 504."""
@@ -220,7 +220,7 @@ class HotContainer:
         removed = self._owner.kill(self)
 
         def answer(_: object) -> None:
-            self._end_call(CALL_TIMEOUT, TIMED_OUT)
+            self._end_call(CallStatus.TIMEOUT, TIMED_OUT)
 
         removed.addBoth(answer)
 
@@ -304,5 +304,5 @@ class HotContainer:
             log.warn("Hot container {container_id} exited during call {call_id}",
                      container_id=self.container_id, call_id=self._call.id, **self._fields)
         self._owner.exited(self)
-        self._end_call(CALL_ERROR, EXITED)
+        self._end_call(CallStatus.ERROR, EXITED)
 

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import Overloaded
 from ironfunctions.metrics import IMetrics
-from ironfunctions.models import CALL_ERROR, Call, CallResult, Route
+from ironfunctions.models import Call, CallResult, CallStatus, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
 from ironfunctions.runner.protocol import RequestEncoder, hot_container_spec
@@ -136,7 +136,7 @@ class RoutePool:
         try:
             container = await self._wait()
         except _ExitedAtStart:
-            return CallResult(call.id, CALL_ERROR, error=EXITED, wait_ms=ms(self._clock.seconds() - queued_at))
+            return CallResult(call.id, CallStatus.ERROR, error=EXITED, wait_ms=ms(self._clock.seconds() - queued_at))
         waited = self._clock.seconds() - queued_at
         start_ms = 0
         if container.calls == 0:  # started for the waiting calls: part of the wait was its start

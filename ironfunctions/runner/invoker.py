@@ -29,7 +29,7 @@ from ironfunctions.calls.model import CallRecord
 from ironfunctions.http.bearer import parse_bearer, verify_jwt
 from ironfunctions.http.errors import JSON, answer_for, error_answer, internal_error
 from ironfunctions.http.jsonbody import dumps
-from ironfunctions.models import CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, CallResult, Route
+from ironfunctions.models import Call, CallRequest, CallResult, CallStatus, Route
 from ironfunctions.paths import normalize_path
 from ironfunctions.runner.records import failed_record, new_record, sync_record
 
@@ -176,10 +176,10 @@ class Invoker:
         if self._record is not None:
             self._record(sync_record(call_id, route, created_ms, result, self._now_ms()), result.stderr)
         timing = _server_timing(result.wait_ms, result.start_ms, result.run_ms)
-        if result.status == CALL_SUCCESS:
+        if result.status == CallStatus.SUCCESS:
             return _success(call_id, timing, route, result)
         # 502 also for a call cancelled through the calls API: no answer came back.
-        status = 504 if result.status == CALL_TIMEOUT else 502
+        status = 504 if result.status == CallStatus.TIMEOUT else 502
         return _error(call_id, timing, status, result.error)
 
     def _now_ms(self) -> int:

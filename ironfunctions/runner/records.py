@@ -11,15 +11,25 @@ from typing import Any, Mapping
 
 import attrs
 
-from ironfunctions.calls.model import CANCELLED, ERROR, QUEUED, RUNNING, SUCCESS, TIMEOUT, CallRecord
-from ironfunctions.models import CALL_CANCELLED, CALL_SUCCESS, CALL_TIMEOUT, CallRequest, CallResult, Route
+from ironfunctions.calls.model import CallRecord
+from ironfunctions.models import CallRequest, CallResult, CallStatus, Route
 
-_STATUS = {CALL_SUCCESS: SUCCESS, CALL_TIMEOUT: TIMEOUT, CALL_CANCELLED: CANCELLED}
-# Machine-usable reasons, as IronFunctions' Task model named them.
-_REASON = {SUCCESS: "", TIMEOUT: "timeout", CANCELLED: "client_request", ERROR: "bad_exit"}
+# Machine-usable reasons of the statuses a call ends in, as IronFunctions' Task model
+# named them.
+_REASON = {
+    CallStatus.SUCCESS: "", CallStatus.TIMEOUT: "timeout", CallStatus.CANCELLED: "client_request",
+    CallStatus.ERROR: "bad_exit",
+}
 
 
-def new_record(call_id: str, route: Route, created_ms: int, status: str = QUEUED) -> CallRecord:
+def _ended(result: CallResult) -> CallStatus:
+    """The status a result ends its call in (one that does not end a call is an error)."""
+    return result.status if result.status in _REASON else CallStatus.ERROR
+
+
+def new_record(
+    call_id: str, route: Route, created_ms: int, status: CallStatus = CallStatus.QUEUED
+) -> CallRecord:
     """The record of a call that was just accepted."""
     return CallRecord(
         id=call_id, app_name=route.app_name, path=route.path, image=route.image,
@@ -30,7 +40,7 @@ def new_record(call_id: str, route: Route, created_ms: int, status: str = QUEUED
 def finished_record(record: CallRecord, result: CallResult, now_ms: int, keep_body: bool) -> CallRecord:
     """``record`` updated with how its call ended. ``keep_body``: store the output
     (async calls; sync callers already got it)."""
-    status = _STATUS.get(result.status, ERROR)
+    status = _ended(result)
     return attrs.evolve(
         record,
         status=status,
@@ -42,7 +52,7 @@ def finished_record(record: CallRecord, result: CallResult, now_ms: int, keep_bo
         wait_ms=result.wait_ms,
         start_ms=result.start_ms,
         run_ms=result.run_ms,
-        body=result.body if keep_body and status == SUCCESS else record.body,
+        body=result.body if keep_body and status == CallStatus.SUCCESS else record.body,
     )
 
 
@@ -50,7 +60,7 @@ def sync_record(call_id: str, route: Route, created_ms: int, result: CallResult,
     """The record of a finished sync call, built in one go (it is on the request path:
     ``finished_record(new_record(...))`` gives the same value for twice the work).
     CallRecord's fields by position: a third cheaper than by keyword."""
-    status = _STATUS.get(result.status, ERROR)
+    status = _ended(result)
     run_ms = result.run_ms
     return CallRecord(
         call_id, route.app_name, route.path, route.image, route.type, route.format, status, _REASON[status],
@@ -64,17 +74,17 @@ def running_sync_record(call_id: str, route: Route, created_ms: int) -> CallReco
     they can be listed and cancelled; the finished record replaces it)."""
     return CallRecord(
         id=call_id, app_name=route.app_name, path=route.path, image=route.image,
-        type=route.type, format=route.format, status=RUNNING, created_at=created_ms,
+        type=route.type, format=route.format, status=CallStatus.RUNNING, created_at=created_ms,
     )
 
 
 def failed_record(record: CallRecord, error: str, now_ms: int, reason: str = "killed") -> CallRecord:
     """``record`` of a call that could not run at all (image missing, engine down...)."""
-    return attrs.evolve(record, status=ERROR, reason=reason, error=error, completed_at=now_ms)
+    return attrs.evolve(record, status=CallStatus.ERROR, reason=reason, error=error, completed_at=now_ms)
 
 
 def running_record(record: CallRecord, attempt: int, now_ms: int) -> CallRecord:
-    return attrs.evolve(record, status=RUNNING, attempt=attempt, started_at=now_ms,
+    return attrs.evolve(record, status=CallStatus.RUNNING, attempt=attempt, started_at=now_ms,
                         wait_ms=max(0, now_ms - record.created_at))
 
 

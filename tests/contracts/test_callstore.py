@@ -1,4 +1,7 @@
-"""The call store contract: every datastore's ``calls`` behaves exactly like this."""
+"""The call store contract: every ICallStore provider behaves exactly like this.
+
+Run against memory, SQLite and Postgres (the ``calls`` fixture in conftest.py is the call
+store ``stores_from_url`` builds beside each kind of datastore)."""
 
 from __future__ import annotations
 
@@ -18,75 +21,86 @@ def call(n: int, app: str = "a", **kw) -> CallRecord:
     return CallRecord(id=f"call{n:04d}", app_name=app, path=kw.pop("path", "/p"), created_at=1_000 + n, **kw)
 
 
-def test_provides_ICallStore(datastore):
-    assert verifyObject(ICallStore, datastore.calls)
+def test_provides_ICallStore(calls):
+    assert verifyObject(ICallStore, calls)
 
 
 @pytest_twisted.ensureDeferred
-async def test_every_field_round_trips(datastore):
+async def test_every_field_round_trips(calls):
     full = CallRecord(
         id="01JABCDEF", app_name="a", path="/deep/p", image="img:1", type="async", format="http",
         status="success", reason="", created_at=1700000000123, started_at=1700000000200,
         completed_at=1700000000300, attempt=2, exit_code=0, error="", wait_ms=5, start_ms=170,
         run_ms=100, body=b"\x00result\xff", priority=2,
     )
-    await datastore.calls.put_calls([full])
-    assert await datastore.calls.get_call("a", "01JABCDEF") == full
+    await calls.put_calls([full])
+    assert await calls.get_call("a", "01JABCDEF") == full
 
 
 @pytest_twisted.ensureDeferred
-async def test_put_replaces_by_id(datastore):
-    await datastore.calls.put_calls([call(1)])
-    await datastore.calls.put_calls([attrs.evolve(call(1), status="running", started_at=5)])
-    got = await datastore.calls.get_call("a", "call0001")
+async def test_put_replaces_by_id(calls):
+    await calls.put_calls([call(1)])
+    await calls.put_calls([attrs.evolve(call(1), status="running", started_at=5)])
+    got = await calls.get_call("a", "call0001")
     assert (got.status, got.started_at) == ("running", 5)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_large_batch_is_written_whole_and_in_order(datastore):
+async def test_a_large_batch_is_written_whole_and_in_order(calls):
     """A recorder's batch (here 345 records, and one id twice: the later one wins)."""
     batch = [call(n, status="success", run_ms=n) for n in range(345)]
     batch.append(attrs.evolve(call(7), status="error", run_ms=7000))
-    await datastore.calls.put_calls(batch)
+    await calls.put_calls(batch)
     seen, after = [], None
     while True:
-        page = await datastore.calls.list_calls(CallQuery("a", per_page=100, after=after))
+        page = await calls.list_calls(CallQuery("a", per_page=100, after=after))
         seen.extend(page.calls)
         if page.next_cursor is None:
             break
         after = decode_cursor(page.next_cursor)
     assert sorted(c.id for c in seen) == [f"call{n:04d}" for n in range(345)]
     assert all(c.run_ms == int(c.id[4:]) for c in seen if c.id != "call0007")
-    got = await datastore.calls.get_call("a", "call0007")
+    got = await calls.get_call("a", "call0007")
     assert (got.status, got.run_ms) == ("error", 7000)
 
 
-@pytest.mark.parametrize("datastore", ["sqlite"], indirect=True)  # the others have no such limit
 @pytest_twisted.ensureDeferred
-async def test_a_large_batch_fits_an_old_sqlite_variable_limit(datastore):
-    """SQLite before 3.32 allows 999 parameters a statement (not 32,766)."""
-    await datastore.run_in_thread(lambda c: c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
-    await datastore.calls.put_calls([call(n) for n in range(300)])
-    page = await datastore.calls.list_calls(CallQuery("a", per_page=100))
-    assert len(page.calls) == 100 and page.next_cursor is not None
-    assert (await datastore.calls.get_call("a", "call0299")).id == "call0299"
+async def test_a_large_batch_fits_an_old_sqlite_variable_limit(tmp_path):
+    """SQLite before 3.32 allows 999 parameters a statement (not 32,766). (SQLite only:
+    the others have no such limit.)"""
+    from twisted.internet import reactor
+
+    from ironfunctions.calls.sqlite import SqliteCallStore
+    from ironfunctions.datastore.sqlite import sqlite_database
+
+    database = sqlite_database(str(tmp_path / "ds.db"), reactor)
+    await database.open()
+    try:
+        await database.run(lambda c: c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
+        calls = SqliteCallStore(database)
+        await calls.put_calls([call(n) for n in range(300)])
+        page = await calls.list_calls(CallQuery("a", per_page=100))
+        assert len(page.calls) == 100 and page.next_cursor is not None
+        assert (await calls.get_call("a", "call0299")).id == "call0299"
+    finally:
+        await database.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_get_missing_or_other_apps_call_fails_with_CallNotFound(datastore):
-    await datastore.calls.put_calls([call(1, app="a")])
+async def test_get_missing_or_other_apps_call_fails_with_CallNotFound(calls):
+    await calls.put_calls([call(1, app="a")])
     with pytest.raises(CallNotFound):
-        await datastore.calls.get_call("b", "call0001")
+        await calls.get_call("b", "call0001")
     with pytest.raises(CallNotFound):
-        await datastore.calls.get_call("a", "nope")
+        await calls.get_call("a", "nope")
 
 
 @pytest_twisted.ensureDeferred
-async def test_list_is_newest_first_and_paginates_with_cursor(datastore):
-    await datastore.calls.put_calls([call(n) for n in range(7)] + [call(100, app="other")])
+async def test_list_is_newest_first_and_paginates_with_cursor(calls):
+    await calls.put_calls([call(n) for n in range(7)] + [call(100, app="other")])
     seen, after = [], None
     while True:
-        page = await datastore.calls.list_calls(CallQuery("a", per_page=3, after=after))
+        page = await calls.list_calls(CallQuery("a", per_page=3, after=after))
         seen.extend(c.id for c in page.calls)
         if page.next_cursor is None:
             break
@@ -95,55 +109,55 @@ async def test_list_is_newest_first_and_paginates_with_cursor(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_list_filters_by_path_status_and_time(datastore):
-    await datastore.calls.put_calls([
+async def test_list_filters_by_path_status_and_time(calls):
+    await calls.put_calls([
         call(1, path="/x", status="success"), call(2, path="/y", status="error"),
         call(3, path="/x", status="error"), call(4, path="/x", status="queued"),
     ])
     ids = lambda page: [c.id for c in page.calls]  # noqa: E731
-    assert ids(await datastore.calls.list_calls(CallQuery("a", path="/x"))) == ["call0004", "call0003", "call0001"]
-    assert ids(await datastore.calls.list_calls(CallQuery("a", status="error"))) == ["call0003", "call0002"]
-    assert ids(await datastore.calls.list_calls(CallQuery("a", from_ms=1002, to_ms=1003))) == ["call0003", "call0002"]
-    assert (await datastore.calls.list_calls(CallQuery("a", path="/x", status="error"))).next_cursor is None
+    assert ids(await calls.list_calls(CallQuery("a", path="/x"))) == ["call0004", "call0003", "call0001"]
+    assert ids(await calls.list_calls(CallQuery("a", status="error"))) == ["call0003", "call0002"]
+    assert ids(await calls.list_calls(CallQuery("a", from_ms=1002, to_ms=1003))) == ["call0003", "call0002"]
+    assert (await calls.list_calls(CallQuery("a", path="/x", status="error"))).next_cursor is None
 
 
 @pytest_twisted.ensureDeferred
-async def test_same_created_at_pages_by_id(datastore):
+async def test_same_created_at_pages_by_id(calls):
     same = [CallRecord(id=f"id{n}", app_name="a", path="/p", created_at=5) for n in range(5)]
-    await datastore.calls.put_calls(same)
-    first = await datastore.calls.list_calls(CallQuery("a", per_page=2))
-    second = await datastore.calls.list_calls(CallQuery("a", per_page=10, after=decode_cursor(first.next_cursor)))
+    await calls.put_calls(same)
+    first = await calls.list_calls(CallQuery("a", per_page=2))
+    second = await calls.list_calls(CallQuery("a", per_page=10, after=decode_cursor(first.next_cursor)))
     assert [c.id for c in first.calls + second.calls] == ["id4", "id3", "id2", "id1", "id0"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_update_call_is_atomic_and_may_abort(datastore):
-    await datastore.calls.put_calls([call(1)])
-    new = await datastore.calls.update_call("a", "call0001", lambda c: attrs.evolve(c, status="cancelled"))
+async def test_update_call_is_atomic_and_may_abort(calls):
+    await calls.put_calls([call(1)])
+    new = await calls.update_call("a", "call0001", lambda c: attrs.evolve(c, status="cancelled"))
     assert new.status == "cancelled"
 
     def refuse(c):
         raise CallCompleted()
 
     with pytest.raises(CallCompleted):
-        await datastore.calls.update_call("a", "call0001", refuse)
-    assert (await datastore.calls.get_call("a", "call0001")).status == "cancelled"
+        await calls.update_call("a", "call0001", refuse)
+    assert (await calls.get_call("a", "call0001")).status == "cancelled"
     with pytest.raises(CallNotFound):
-        await datastore.calls.update_call("a", "nope", lambda c: c)
+        await calls.update_call("a", "nope", lambda c: c)
 
 
 @pytest_twisted.ensureDeferred
-async def test_logs_store_bytes_per_call(datastore):
-    await datastore.calls.put_calls([call(1), call(2)])
-    assert await datastore.calls.get_log("a", "call0002") == b""
-    await datastore.calls.put_log("a", "call0001", b"line 1\nline \xff2\n")
-    assert await datastore.calls.get_log("a", "call0001") == b"line 1\nline \xff2\n"
+async def test_logs_store_bytes_per_call(calls):
+    await calls.put_calls([call(1), call(2)])
+    assert await calls.get_log("a", "call0002") == b""
+    await calls.put_log("a", "call0001", b"line 1\nline \xff2\n")
+    assert await calls.get_log("a", "call0001") == b"line 1\nline \xff2\n"
     with pytest.raises(CallNotFound):
-        await datastore.calls.get_log("b", "call0001")
+        await calls.get_log("b", "call0001")
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_batch_with_an_id_twice_keeps_the_last(datastore):
+async def test_one_batch_with_an_id_twice_keeps_the_last(calls):
     """The recorder may hand over a call's 'running' and final records together."""
-    await datastore.calls.put_calls([call(1, status="running"), call(2), call(1, status="success")])
-    assert (await datastore.calls.get_call("a", "call0001")).status == "success"
+    await calls.put_calls([call(1, status="running"), call(2), call(1, status="success")])
+    assert (await calls.get_call("a", "call0001")).status == "success"

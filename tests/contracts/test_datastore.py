@@ -247,16 +247,17 @@ async def test_sqlite_start_can_be_retried_after_a_failure(tmp_path):
 
     from twisted.internet import reactor
 
-    from ironfunctions.datastore.sqlite import SqliteDatastore
+    from ironfunctions.datastore.sqlite import SqliteDatastore, sqlite_database
     from ironfunctions.errors import DatastoreUnavailable
 
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the folder should be")
-    ds = SqliteDatastore(str(blocker / "ds.db"), reactor)
+    database = sqlite_database(str(blocker / "ds.db"), reactor)
+    ds = SqliteDatastore(database)
     with pytest.raises(DatastoreUnavailable):
         await ds.start()
     os.remove(blocker)
     await ds.start()
     await ds.ping()
     await ds.close()
-    assert ds._pool.joined
+    assert database.stopped

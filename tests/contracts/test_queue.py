@@ -369,11 +369,11 @@ async def test_redis_queues_with_different_prefixes_do_not_share_items(redis_ser
 
 @pytest_twisted.ensureDeferred
 async def test_sqlite_queue_and_datastore_can_share_one_file(tmp_path):
-    from ironfunctions.datastore import datastore_from_url
+    from ironfunctions.datastore import stores_from_url
     from ironfunctions.models import App
 
     url = f"sqlite:///{tmp_path}/one.db"
-    datastore = datastore_from_url(url, reactor)
+    datastore = stores_from_url(url, reactor).datastore
     queue = queue_from_url(url, reactor)
     await datastore.start()
     await queue.start()

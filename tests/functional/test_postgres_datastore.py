@@ -16,9 +16,11 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.internet.task import deferLater
 
-from ironfunctions.datastore import datastore_from_url
-from ironfunctions.datastore.migrations import migrations
+from ironfunctions.calls.postgres import PostgresCallStore
+from ironfunctions.datastore import stores_from_url
 from ironfunctions.datastore.postgres import PostgresDatastore
+from ironfunctions.storage.migrations import migrations
+from ironfunctions.storage.postgres import PostgresDatabase
 from ironfunctions.errors import (
     AppAlreadyExists,
     AppHasRoutes,
@@ -48,7 +50,7 @@ def make_datastore():
     made = []
 
     def make(url, **kwargs):
-        ds = PostgresDatastore(url, _reactor(), **kwargs)
+        ds = PostgresDatastore(PostgresDatabase(url, _reactor(), **kwargs))
         made.append(ds)
         return ds
 
@@ -98,13 +100,39 @@ async def _timed(coro):
 
 
 def test_postgres_url_is_routed_to_PostgresDatastore(postgres_url):
-    assert isinstance(datastore_from_url(postgres_url, _reactor()), PostgresDatastore)
-    assert isinstance(datastore_from_url("postgresql://u@h/db?sslmode=require", _reactor()), PostgresDatastore)
+    for url in (postgres_url, "postgresql://u@h/db?sslmode=require"):
+        stores = stores_from_url(url, _reactor())
+        assert isinstance(stores.datastore, PostgresDatastore)
+        assert isinstance(stores.calls, PostgresCallStore)
 
 
 def test_unparseable_url_is_a_ConfigError():
     with pytest.raises(ConfigError, match="DB_URL"):
-        PostgresDatastore("postgres://u@h/db?nosuchparameter=1", _reactor())
+        PostgresDatabase("postgres://u@h/db?nosuchparameter=1", _reactor())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_name_works_and_reaches_libpq_as_hostaddr(postgres_db, make_datastore):
+    """``localhost`` (resolved off the reactor thread; libpq tries each address, as it
+    would after its own look-up) works; so does a name only our resolver knows, which
+    proves libpq connected by the ``hostaddr`` we passed and looked nothing up."""
+    import socket
+    import threading
+
+    ds = make_datastore(postgres_db.replace("@127.0.0.1:", "@localhost:"))
+    await ds.start()
+    await ds.insert_app(App("by-name"))
+
+    looked_up = []
+
+    def only_we_know(name, port, family, kind):
+        looked_up.append((name, threading.current_thread().name))
+        return [(socket.AF_INET, kind, 6, "", ("127.0.0.1", 0))]
+
+    unknown = make_datastore(postgres_db.replace("@127.0.0.1:", "@db.invalid:"), getaddrinfo=only_we_know)
+    await unknown.start()
+    assert await unknown.get_app("by-name") == App("by-name")
+    assert looked_up and all(n == "db.invalid" and "postgres-resolve" in t for n, t in looked_up)
 
 
 @pytest_twisted.ensureDeferred

@@ -6,6 +6,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
 from ironfunctions.api import build_api
+from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.datastore.memory import MemoryDatastore
 from ironfunctions.routecache import RouteCache
 
@@ -13,7 +14,7 @@ from ironfunctions.routecache import RouteCache
 def client(ds=None, **kw):
     ds = ds or MemoryDatastore()
     clock = Clock()
-    return StubTreq(build_api(ds, RouteCache(ds, clock), clock=clock, host_memory_mb=1024, **kw))
+    return StubTreq(build_api(ds, RouteCache(ds, clock), calls=MemoryCallStore(), clock=clock, host_memory_mb=1024, **kw))
 
 
 def call(treq, method, path, body=None):

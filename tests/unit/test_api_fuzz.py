@@ -8,6 +8,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
 from ironfunctions.api import build_api
+from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.datastore.memory import MemoryDatastore
 from ironfunctions.routecache import RouteCache
 
@@ -40,7 +41,7 @@ def test_random_bodies_and_paths_never_get_a_500():
     rng = random.Random(1234)
     ds = MemoryDatastore()
     clock = Clock()
-    treq = StubTreq(build_api(ds, RouteCache(ds, clock), clock=clock, host_memory_mb=2048))
+    treq = StubTreq(build_api(ds, RouteCache(ds, clock), calls=MemoryCallStore(), clock=clock, host_memory_mb=2048))
     targets = [
         ("POST", "/v1/apps", "app"), ("PATCH", "/v1/apps/fz", "app"), ("POST", "/v1/apps/fz/routes", "route"),
         ("PUT", "/v1/apps/fz/routes/r", "route"), ("PATCH", "/v1/apps/fz/routes/r", "route"),

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from ironfunctions import errors
 from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.metrics import MemoryMetrics
-from ironfunctions.models import CALL_ERROR, CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, CallResult, Route
+from ironfunctions.models import Call, CallRequest, CallResult, CallStatus, Route
 from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.runner.async_worker import AsyncWorkerService, retry_delay
 from ironfunctions.runner.submit import AsyncSubmitter
@@ -54,20 +54,20 @@ class Harness:
 
     async def run_call(self, call):
         self.started.append(call)
-        outcome = self.outcomes.pop(0) if self.outcomes else CALL_SUCCESS
+        outcome = self.outcomes.pop(0) if self.outcomes else CallStatus.SUCCESS
         if outcome == "hang":
             self.pending = Deferred()
             return await self.pending
         if isinstance(outcome, Exception):
             raise outcome
         return CallResult(call.id, outcome, body=b"out:" + call.request.body, stderr=b"err line\n",
-                          error="" if outcome == CALL_SUCCESS else "exit code 1",
-                          exit_code=0 if outcome == CALL_SUCCESS else 1, run_ms=5)
+                          error="" if outcome == CallStatus.SUCCESS else "exit code 1",
+                          exit_code=0 if outcome == CallStatus.SUCCESS else 1, run_ms=5)
 
     async def kill(self, call_id):
         self.killed.append(call_id)
         if self.pending is not None:
-            self.pending.callback(CallResult(call_id, CALL_ERROR, error="exit code 137", exit_code=137))
+            self.pending.callback(CallResult(call_id, CallStatus.ERROR, error="exit code 137", exit_code=137))
 
     def submit(self, call_id="c1", body=b"in"):
         call = Call(call_id, ROUTE, CallRequest("POST", "http://x/r/a/job", body=body))
@@ -91,7 +91,7 @@ def test_submitted_call_is_queued_then_run_and_recorded_with_body_and_log():
 
 
 def test_failures_retry_with_doubling_delay_then_stay_error():
-    h = Harness([CALL_ERROR, CALL_ERROR, CALL_ERROR])
+    h = Harness([CallStatus.ERROR, CallStatus.ERROR, CallStatus.ERROR])
     h.submit()
     h.worker.startService()
     assert len(h.started) == 1 and h.record().status == "queued" and h.record().reason == "retry"
@@ -112,7 +112,7 @@ def test_failures_retry_with_doubling_delay_then_stay_error():
 
 
 def test_retry_then_success():
-    h = Harness([CALL_TIMEOUT, CALL_SUCCESS])
+    h = Harness([CallStatus.TIMEOUT, CallStatus.SUCCESS])
     h.submit()
     h.worker.startService()
     h.clock.advance(1.01)
@@ -163,7 +163,7 @@ def test_lease_is_renewed_while_a_long_call_runs():
     for _ in range(30):  # far past the 20 s lease (timeout 10 + 10 margin)
         h.clock.advance(5)
     assert len(h.started) == 1  # never redelivered
-    h.pending.callback(CallResult("c1", CALL_SUCCESS, body=b"late"))
+    h.pending.callback(CallResult("c1", CallStatus.SUCCESS, body=b"late"))
     assert h.record().status == "success"
     h.worker.stopService()
 
@@ -220,7 +220,7 @@ def test_retry_delay_doubles():
 def test_sync_record_equals_the_two_step_record():
     from ironfunctions.runner.records import finished_record, new_record, sync_record
 
-    for status in (CALL_SUCCESS, CALL_ERROR, CALL_TIMEOUT):
+    for status in (CallStatus.SUCCESS, CallStatus.ERROR, CallStatus.TIMEOUT):
         result = CallResult("c1", status, body=b"b", error="e", exit_code=1, wait_ms=1, start_ms=2, run_ms=3)
         assert sync_record("c1", ROUTE, 100, result, 200) == finished_record(
             new_record("c1", ROUTE, 100), result, 200, keep_body=False)
@@ -232,7 +232,7 @@ def test_sync_record_puts_every_value_in_its_field():
     from ironfunctions.runner.records import sync_record
 
     route = Route(app_name="app", path="/path", image="image", type="sync", format="http")
-    result = CallResult("c1", CALL_ERROR, error="oops", exit_code=7, wait_ms=11, start_ms=13, run_ms=17)
+    result = CallResult("c1", CallStatus.ERROR, error="oops", exit_code=7, wait_ms=11, start_ms=13, run_ms=17)
     assert sync_record("c1", route, 1000, result, 2000) == CallRecord(
         id="c1", app_name="app", path="/path", image="image", type="sync", format="http", status="error",
         reason="bad_exit", created_at=1000, started_at=1983, completed_at=2000, attempt=1, exit_code=7,

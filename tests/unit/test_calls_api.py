@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 
 from ironfunctions.api import build_api
 from ironfunctions.api.calls import parse_time
+from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.calls.model import CallRecord
 from ironfunctions.datastore.memory import MemoryDatastore
 from ironfunctions.errors import ValidationError
@@ -23,17 +24,17 @@ def run(coro):
 
 
 def setup():
-    ds = MemoryDatastore()
+    ds, store = MemoryDatastore(), MemoryCallStore()
     run(ds.insert_app(App("a")))
     calls = [CallRecord(id=f"c{n}", app_name="a", path="/p" if n % 2 else "/q", type="async" if n == 3 else "sync",
                   status="error" if n in (2, 4) else "success", created_at=1_700_000_000_000 + n * 1000,
                   body=b"out" if n == 3 else None) for n in range(1, 6)]
     calls.append(CallRecord(id="queued1", app_name="a", path="/p", type="async", status="queued", created_at=1))
-    run(ds.calls.put_calls(calls))
-    run(ds.calls.put_log("a", "c1", b"stderr line\n"))
+    run(store.put_calls(calls))
+    run(store.put_log("a", "c1", b"stderr line\n"))
     clock = Clock()
     clock.advance(1_800_000_000)
-    return StubTreq(build_api(ds, RouteCache(ds, clock), clock=clock, host_memory_mb=1024))
+    return StubTreq(build_api(ds, RouteCache(ds, clock), calls=store, clock=clock, host_memory_mb=1024))
 
 
 def call(treq, method, path):

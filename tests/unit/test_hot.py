@@ -15,7 +15,7 @@ from ironfunctions.drivers.fake import FakeDriver
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerStream
 from ironfunctions.errors import ImageNotFound, Overloaded
 from ironfunctions.metrics import MemoryMetrics
-from ironfunctions.models import CALL_ERROR, CALL_SUCCESS, CALL_TIMEOUT, Call, CallRequest, ContainerSpec, Route
+from ironfunctions.models import Call, CallRequest, CallStatus, ContainerSpec, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot import HotRunner
 
@@ -118,7 +118,7 @@ class PoolTests(SynchronousTestCase):
     def test_calls_reuse_one_idle_container(self) -> None:
         results = [self.finish(self.run_call(make_call(b"n%d" % i, f"C{i}"))) for i in range(5)]
         assert [r.body for r in results] == [b"n%d" % i for i in range(5)]
-        assert all(r.status == CALL_SUCCESS and r.status_code == 200 for r in results)
+        assert all(r.status == CallStatus.SUCCESS and r.status_code == 200 for r in results)
         assert results[0].headers["X-Fn"] == ["yes"]
         assert self.live() == 1 and len(self.driver.started_specs) == 1
         assert self.slots.in_use == 1
@@ -149,14 +149,14 @@ class PoolTests(SynchronousTestCase):
         self.failureResultOf(second, Overloaded)
         self.assertNoResult(first)  # its own timeout counts from when it got the container
         self.clock.advance(1)
-        assert self.successResultOf(first).status == CALL_TIMEOUT
+        assert self.successResultOf(first).status == CallStatus.TIMEOUT
 
     def test_a_cancelled_wait_gives_up_its_place_and_takes_no_container(self) -> None:
         first = self.run_call(make_call(call_id="C1", max_concurrency=1))
         second = self.run_call(make_call(call_id="C2", max_concurrency=1))
         second.cancel()
         self.failureResultOf(second, CancelledError)
-        assert self.finish(first).status == CALL_SUCCESS
+        assert self.finish(first).status == CallStatus.SUCCESS
         third = self.run_call(make_call(b"3", call_id="C3", max_concurrency=1))
         assert self.finish(third).body == b"3"  # the container went idle, not to C2
         assert self.live() == 1 and len(self.driver.attached[list(self.driver.attached)[0]].requests) == 2
@@ -196,7 +196,7 @@ class PoolTests(SynchronousTestCase):
         d = self.run_call(make_call(b"hang", "C2", timeout=3))
         self.clock.advance(3)
         result = self.successResultOf(d)
-        assert (result.status, result.error) == (CALL_TIMEOUT, "Timed out")
+        assert (result.status, result.error) == (CallStatus.TIMEOUT, "Timed out")
         assert self.live() == 0 and len(self.driver.removed) == 1
         after = self.finish(self.run_call(make_call(b"next", "C3", timeout=3)))
         assert after.body == b"next" and len(self.driver.started_specs) == 2
@@ -205,7 +205,7 @@ class PoolTests(SynchronousTestCase):
         for bad, message in [(b"garbage", "output is not an HTTP response"),
                              (b"extra", "more than one response to a request")]:
             result = self.finish(self.run_call(make_call(bad, "BAD")))
-            assert result.status == CALL_ERROR and message in result.error
+            assert result.status == CallStatus.ERROR and message in result.error
             assert self.live() == 0
             assert self.finish(self.run_call(make_call(b"ok", "OK"))).body == b"ok"
 
@@ -216,7 +216,7 @@ class PoolTests(SynchronousTestCase):
         (container,) = self.driver.attached.values()
         container.die()
         result = self.successResultOf(d)
-        assert (result.status, result.error) == (CALL_ERROR, "Function exited unexpectedly")
+        assert (result.status, result.error) == (CallStatus.ERROR, "Function exited unexpectedly")
         self.driver.script = scripted
         assert self.finish(self.run_call(make_call(b"x", "C2"))).body == b"x"
 
@@ -265,7 +265,7 @@ class PoolTests(SynchronousTestCase):
         assert self.live() == 2
         assert self.successResultOf(Deferred.fromCoroutine(self.runner.cancel("HUNG"))) is True
         result = self.successResultOf(hung)
-        assert (result.status, result.error) == (CALL_ERROR, "Call cancelled")
+        assert (result.status, result.error) == (CallStatus.ERROR, "Call cancelled")
         self.assertNoResult(other)
         assert self.live() == 1
         assert self.successResultOf(Deferred.fromCoroutine(self.runner.cancel("NOPE"))) is False

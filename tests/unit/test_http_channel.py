@@ -27,7 +27,7 @@ from ironfunctions.runner.invoker import Invoker, Reply
 from ironfunctions.errors import RouteNotFound
 from ironfunctions.http.channel import FastChannel, encode_reply
 from ironfunctions.http.headers import canonical_name
-from ironfunctions.models import CALL_SUCCESS, Call, CallResult, Route
+from ironfunctions.models import Call, CallResult, CallStatus, Route
 from ironfunctions.http.site import make_site
 
 ROUTE = Route(app_name="app", path="/echo", image="img", headers={"X-Route": ["r"], "X-Price": ["5 €"]})
@@ -61,16 +61,16 @@ class Functions:
             self.held.append(d)
             return await d
         if call.route is HOSTILE:
-            return CallResult(call.id, CALL_SUCCESS, body=b"hello", status_code=200, headers={
+            return CallResult(call.id, CallStatus.SUCCESS, body=b"hello", status_code=200, headers={
                 "Date": ["Mon, 01 Jan 2024 00:00:00 GMT"], "Server": ["fn"], "Fn-Call-Id": ["forged"],
                 "Server-Timing": ["forged"]})
         summary = {"method": call.request.method, "url": call.request.url,
                    "headers": {k: v for k, v in call.request.headers.items() if k != "Content-Length"}}
-        return CallResult(call.id, CALL_SUCCESS, body=json.dumps(summary).encode() + b"|" + call.request.body,
+        return CallResult(call.id, CallStatus.SUCCESS, body=json.dumps(summary).encode() + b"|" + call.request.body,
                           status_code=201, headers={"X-Fn": ["f"], "Connection": ["close"]})
 
     def release(self) -> None:
-        self.held.pop(0).callback(CallResult("x", CALL_SUCCESS, body=b"held"))
+        self.held.pop(0).callback(CallResult("x", CallStatus.SUCCESS, body=b"held"))
 
 
 class Web(Resource):

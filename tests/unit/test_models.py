@@ -21,3 +21,21 @@ def test_missing_or_empty_mappings_become_new_empty_dicts():
     assert request.headers == {} and request.headers is not empty and request.params == {}
     assert CallResult("c", "success").headers == {} and App("a", config=None).config == {}
     assert CallResult("c", "success").headers is not CallResult("c", "success").headers
+
+
+def test_call_status_values_are_the_wire_strings():
+    """One vocabulary for call statuses; JSON, SQL and f-strings see the plain string."""
+    import json
+
+    from ironfunctions.models import CallStatus
+
+    assert [s.value for s in CallStatus] == ["queued", "running", "success", "error", "timeout", "cancelled"]
+    assert json.dumps({"status": CallStatus.TIMEOUT}) == '{"status": "timeout"}'
+    assert f"{CallStatus.ERROR}" == "error" and CallStatus.SUCCESS == "success"
+    assert [s for s in CallStatus if s.terminal] == ["success", "error", "timeout", "cancelled"]
+
+
+def test_call_result_status_is_a_member_even_when_given_its_string():
+    from ironfunctions.models import CallStatus
+
+    assert CallResult("c", "success").status is CallStatus.SUCCESS

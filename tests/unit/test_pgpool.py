@@ -6,7 +6,7 @@ import psycopg2
 from twisted.internet.defer import FirstError
 from twisted.python.failure import Failure
 
-from ironfunctions.datastore.pgpool import describe
+from ironfunctions.storage.pgpool import describe
 
 
 def test_describe_takes_the_first_line_of_libpq_messages():

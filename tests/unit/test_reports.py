@@ -9,10 +9,10 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from ironfunctions.calls.model import RUNNING, CallRecord
+from ironfunctions.calls.model import CallRecord
 from ironfunctions.errors import QueueUnavailable
 from ironfunctions.metrics import MemoryMetrics
-from ironfunctions.models import Call, CallRequest, Route
+from ironfunctions.models import Call, CallRequest, CallStatus, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.reports import NodeGaugesService, RunningSyncRecordsService
 
@@ -115,7 +115,7 @@ class RunningSyncRecordsTests(SynchronousTestCase):
         clock.advance(1)
         assert asked == [1.0]
         assert [(r.id, r.status, r.created_at, r.app_name, r.path) for r in records] == [
-            ("S1", RUNNING, 99500, "a", "/p")]
+            ("S1", CallStatus.RUNNING, 99500, "a", "/p")]
         clock.advance(1)
         assert len(records) == 1  # once per call
         running[:] = [(sync_call("S2"), 101.0)]

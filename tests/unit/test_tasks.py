@@ -16,9 +16,9 @@ from twisted.internet.task import Clock
 from ironfunctions import errors
 from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.memory import MemoryCallStore
-from ironfunctions.calls.model import CANCELLED, RUNNING, SUCCESS, CallRecord
+from ironfunctions.calls.model import CallRecord
 from ironfunctions.metrics import MemoryMetrics
-from ironfunctions.models import Call, CallRequest, Route
+from ironfunctions.models import Call, CallRequest, CallStatus, Route
 from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.runner.async_worker import LEASE_MARGIN_S
 from ironfunctions.runner.submit import AsyncSubmitter
@@ -90,7 +90,7 @@ def test_a_task_handed_out_is_running_with_its_environment() -> None:
         "status": "running", "attempt": 1}
     assert task["env_vars"]["CALL_ID"] == "c1" and task["env_vars"]["APP_KEY"] == "v"
     assert task["env_vars"]["ROUTE_KEY"] == "r" and task["env_vars"]["METHOD"] == "POST"
-    assert node.record().status == RUNNING and node.record().attempt == 1
+    assert node.record().status == CallStatus.RUNNING and node.record().attempt == 1
 
 
 def test_a_task_is_leased_for_its_route_timeout_then_delivered_again() -> None:
@@ -110,7 +110,7 @@ def test_deleting_a_reserved_task_records_success_by_an_external_runner() -> Non
     _, task = node.request("GET")
     assert node.delete(task) == (202, {"message": "Task deleted", "id": "c1"})
     record = node.record()
-    assert record.status == SUCCESS and record.reason == "external_runner"
+    assert record.status == CallStatus.SUCCESS and record.reason == "external_runner"
     assert node.request("GET") == (202, {})  # acknowledged: not delivered again
     assert node.delete(task)[0] == 202  # a repeated delete of a finished call is harmless
 
@@ -138,7 +138,7 @@ def test_stale_deliveries_are_acked_and_skipped() -> None:
     node.submit("cancelled")
     node.submit("gone", path="/gone")
     node.submit("live")
-    run(node.calls.put_calls([attrs.evolve(node.record("cancelled"), status=CANCELLED, reason="client_request")]))
+    run(node.calls.put_calls([attrs.evolve(node.record("cancelled"), status=CallStatus.CANCELLED, reason="client_request")]))
     del node.routes[("a", "/gone")]
     code, task = node.request("GET")
     assert task["id"] == "live"

@@ -20,7 +20,7 @@ class Migration:
 
 def migrations(dialect: str) -> list[Migration]:
     """Every migration of ``dialect``, in version order."""
-    folder = resources.files("ironfunctions.datastore") / "schema" / dialect
+    folder = resources.files("ironfunctions.storage") / "schema" / dialect
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):

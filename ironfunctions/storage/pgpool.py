@@ -5,8 +5,9 @@ every call.
 txpostgres is untyped, and its ``ConnectionPool`` builds connections without a
 ``DeadConnectionDetector``, hands out dead connections as readily as live ones, has no
 timeouts, and only closes idle connections. ``PostgresPool`` keeps its connection set
-and semaphore and fixes those four things. This module and ``postgres.py`` are the only
-places that import txpostgres or psycopg2.
+and semaphore and fixes those four things; its connections also resolve host names off
+the reactor thread (``pghosts``). The ``storage`` modules (and the Postgres stores'
+error maps) are the only places that import txpostgres or psycopg2.
 
 Failure modes: ``PostgresPool.run`` fails with ``DatastoreUnavailable`` when the server
 cannot be reached, a connection is being re-established, or the deadline passes; SQL
@@ -28,6 +29,7 @@ from twisted.python.failure import Failure
 from txpostgres import reconnection, txpostgres
 
 from ironfunctions.errors import DatastoreUnavailable
+from ironfunctions.storage.pghosts import Resolver
 
 log = Logger()
 
@@ -156,8 +158,37 @@ class _Detector(reconnection.DeadConnectionDetector):  # type: ignore[misc]
 
 
 class _Connection(txpostgres.Connection):  # type: ignore[misc]
-    """A txpostgres connection whose socket errors go to its detector instead of
-    escaping ``doRead``/``doWrite`` (where the reactor logs them as unhandled)."""
+    """A txpostgres connection that resolves host names off the reactor thread before
+    each connection attempt (``pghosts``), and whose socket errors go to its detector
+    instead of escaping ``doRead``/``doWrite`` (where the reactor logs them as
+    unhandled)."""
+
+    def __init__(self, reactor: Any, cooperator: Any, detector: _Detector, resolver: Resolver) -> None:
+        super().__init__(reactor, cooperator, detector=detector)
+        self._resolver = resolver
+        self._attempts = 0  # bumped by every connect and close: a stale attempt gives up
+
+    def connect(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        """Resolve, then connect with ``hostaddr``. The detector keeps the names, not the
+        addresses, so every reconnection resolves again (a failover may move a name)."""
+        self._attempts += 1
+        attempt = self._attempts
+
+        async def resolve_then_connect() -> Any:
+            extra = await self._resolver.connect_params(args, kwargs)
+            if attempt != self._attempts:
+                raise defer.CancelledError("closed while resolving the host name")
+            connected = txpostgres.Connection.connect(self, *args, **{**kwargs, **extra})
+            if self.detector is not None:
+                self.detector.setReconnectable(self, *args, **kwargs)
+            return await connected
+
+        return defer.Deferred.fromCoroutine(resolve_then_connect())
+
+    def close(self) -> None:
+        self._attempts += 1
+        if self._connection is not None:  # None: never connected (e.g. still resolving)
+            super().close()
 
     def doRead(self) -> None:
         self._guarded(super().doRead)
@@ -177,7 +208,9 @@ class _Connection(txpostgres.Connection):  # type: ignore[misc]
 
 class PostgresPool(txpostgres.ConnectionPool):  # type: ignore[misc]
     """``size`` connections to ``dsn``; each call runs on one of them within ``timeout``
-    seconds. ``connect_kwargs`` are extra libpq parameters (they override the DSN)."""
+    seconds. ``connect_kwargs`` are extra libpq parameters (they override the DSN).
+    Host names are looked up by ``resolver`` (default: ``getaddrinfo`` on a small
+    thread pool of its own), started by ``open`` and stopped by ``close``."""
 
     def __init__(
         self,
@@ -189,34 +222,39 @@ class PostgresPool(txpostgres.ConnectionPool):  # type: ignore[misc]
         connect_timeout: float,
         max_reconnect_delay: float = 5.0,
         connect_kwargs: dict[str, Any] | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.reactor = reactor
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._max_reconnect_delay = max_reconnect_delay
+        self._resolver = resolver or Resolver(reactor)
         super().__init__(None, dsn, min=size, **(connect_kwargs or {}))
         self._all = list(self.connections)
 
     def connectionFactory(self, reactor: Any, cooperator: Any) -> Any:
         detector = _Detector(reactor, self._connect_timeout, self._max_reconnect_delay)
-        return _Connection(reactor, cooperator, detector=detector)
+        return _Connection(reactor, cooperator, detector, self._resolver)
 
     async def open(self) -> None:
         """Connect every connection; fail (leaving nothing open) if any cannot."""
+        self._resolver.start()
         try:
             await with_deadline(self.start(), self._connect_timeout, self.reactor, lambda: None)
         except BaseException:
-            self.close()
+            await self.close()
             raise
 
-    def close(self) -> None:
-        """Close every connection, busy or idle, and stop reconnecting."""
+    async def close(self) -> None:
+        """Close every connection, busy or idle, stop reconnecting, and stop the
+        resolver's threads (waiting for a look-up in flight, off the reactor thread)."""
         for conn in self._all:
             conn.detector.stop()
             try:
                 conn.close()
             except Exception:
                 pass  # never opened
+        await self._resolver.stop()
 
     def run(
         self, work: Callable[[Any], defer.Deferred[T]], timeout: float | None = None

@@ -1,0 +1,52 @@
+"""``stop_pools``: the one way our thread pools stop (off the reactor thread)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ironfunctions.threads import stop_pools
+
+
+class QueuedReactor:
+    """``callFromThread`` hands the call to the test thread through a queue."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue = queue.Queue()
+
+    def callFromThread(self, fn, *args):  # noqa: N802 (Twisted's name)
+        self.calls.put((fn, args))
+
+    def run_one(self) -> None:
+        fn, args = self.calls.get(timeout=10)
+        fn(*args)
+
+
+class FakePool:
+    def __init__(self, name: str, log: list, fail: bool = False) -> None:
+        self.name, self._log, self._fail = name, log, fail
+
+    def stop(self) -> None:
+        self._log.append((self.name, threading.current_thread().name))
+        if self._fail:
+            raise RuntimeError("stuck")
+
+
+class StopPoolsTests(SynchronousTestCase):
+    def test_pools_stop_in_order_on_another_thread_then_the_cleanup_runs(self):
+        reactor, log = QueuedReactor(), []
+        d = stop_pools(reactor, FakePool("a", log), FakePool("b", log), then=lambda: log.append(("then", None)))
+        reactor.run_one()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual([name for name, _ in log], ["a", "b", "then"])
+        self.assertEqual(log[0][1], "a-stop")
+        self.assertNotEqual(log[0][1], threading.current_thread().name)
+
+    def test_a_failing_stop_fails_the_deferred_instead_of_never_firing(self):
+        reactor, log = QueuedReactor(), []
+        d = stop_pools(reactor, FakePool("x", log, fail=True), FakePool("y", log), name="custom-stop")
+        reactor.run_one()
+        self.failureResultOf(d, RuntimeError)
+        self.assertEqual(log, [("x", "custom-stop")])
