@@ -25,7 +25,7 @@ from ironfunctions.datastore import datastore_from_url
 from ironfunctions.drivers.docker import DockerDriver
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
-from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
+from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
 from ironfunctions.routecache import RouteCache
 from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.recorder import CallRecorder
@@ -133,14 +133,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     log_metrics = LogMetrics(reactor)
     FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
-    sinks: list[Any] = [log_metrics]
     prometheus = PrometheusMetrics()
-    sinks.append(prometheus)
-    if config.statsd_url:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(config.statsd_url)
-        sinks.append(StatsdMetrics(parts.hostname or "127.0.0.1", parts.port or 8125))
+    sinks: list[IMetrics] = [log_metrics, prometheus]
+    if config.statsd_host:
+        statsd = StatsdMetrics(reactor, config.statsd_host, config.statsd_port)
+        statsd.setServiceParent(root)  # type: ignore[no-untyped-call]
+        sinks.append(statsd)
     metrics = FanoutMetrics(sinks)
 
     datastore = datastore_from_url(config.db_url, reactor)
@@ -215,7 +213,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         jwt_auth_key=config.jwt_auth_key,
         ready=lambda: datastore_service.ready,
         health_checks={"datastore": datastore.ping, "queue": queue.ping, "docker": driver.ping},
-        render_metrics=prometheus.render,
+        render_metrics=prometheus.exposition,
         stats=agent.stats,
         invoke=InvokeResource(invoker),
         cancel=make_canceller(datastore.calls, queue, kill_call, reactor, agent.running_call),

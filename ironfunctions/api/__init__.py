@@ -69,7 +69,7 @@ class MainAPI:
         ready: Callable[[], bool],
         health_checks: Mapping[str, admin.HealthCheck],
         stats: Callable[[], Mapping[str, int]],
-        render_metrics: Callable[[], str],
+        render_metrics: Callable[[], bytes],
         tasks: IResource | None,
     ) -> None:
         self._v1 = v1
@@ -147,7 +147,7 @@ def build_api(
     ready: Callable[[], bool] = lambda: True,
     health_checks: Mapping[str, Callable[[], Awaitable[None]]] | None = None,
     stats: Callable[[], Mapping[str, int]] = lambda: {},
-    render_metrics: Callable[[], str] = lambda: "",
+    render_metrics: Callable[[], bytes] = lambda: b"",
     invoke: IResource | None = None,
     cancel: Canceller | None = None,
     tasks: IResource | None = None,

@@ -9,6 +9,8 @@ from twisted.web.iweb import IRequest
 from ironfunctions import __version__
 from ironfunctions.api.http import json_response
 
+PROMETHEUS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
 HealthCheck = Callable[[], Awaitable[None]]
 
 
@@ -51,6 +53,7 @@ def stats(request: IRequest, stats: Callable[[], Mapping[str, int]]) -> bytes:
     )
 
 
-def metrics(request: IRequest, render: Callable[[], str]) -> bytes:
-    request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-    return render().encode("utf-8")
+def metrics(request: IRequest, exposition: Callable[[], bytes]) -> bytes:
+    """The Prometheus text exposition (``PrometheusMetrics.exposition``)."""
+    request.setHeader(b"content-type", PROMETHEUS_CONTENT_TYPE)
+    return exposition()

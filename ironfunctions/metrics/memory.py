@@ -12,6 +12,8 @@ from ironfunctions.metrics.interface import COUNT, GAUGE, TIME, IMetrics
 
 @attrs.frozen
 class Sample:
+    """One figure as ``MemoryMetrics`` recorded it."""
+
     kind: str
     name: str
     value: int

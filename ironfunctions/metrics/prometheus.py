@@ -1,98 +1,202 @@
-"""``PrometheusMetrics``: the figures for ``GET /metrics``."""
+"""``PrometheusMetrics``: the figures for ``GET /metrics``, through ``prometheus_client``.
+
+The library owns the data structures and the text exposition; this module owns what is
+ours: the names, the labels and the buckets (docs/operating/metrics.md lists them).
+
+- A count ``a.b`` is the counter ``ironfunctions_a_b_total{app,path}``.
+- A time ``a.b`` (integer ms) is the histogram ``ironfunctions_a_b_seconds{app,path}``
+  (``_bucket{le=...}``, ``_sum``, ``_count``), in seconds as Prometheus expects, so
+  ``histogram_quantile(0.99, sum by (le) (rate(ironfunctions_run_wait_time_seconds_bucket[5m])))``
+  reads the p99 wait, the seed's scaling signal.
+- A gauge keeps its last value. A figure a node reports node-wide and per route gets
+  one family each, as a family has one label set: node-wide ``ironfunctions_a_b``,
+  per route ``ironfunctions_a_b_route{app,path}``, per app ``ironfunctions_a_b_app{app}``.
+
+Counters and histograms carry ``app`` and ``path`` (empty when the figure has none,
+which Prometheus reads as no label); call ids are never labels. The node gauges are
+declared up front, so a fresh node's first scrape has them at 0, and the registry (one
+per object: no global default registry) also holds the process, platform and GC
+collectors.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from ironfunctions.metrics.interface import COUNT, GAUGE, TIME, IMetrics
 
+NAMESPACE = "ironfunctions"
+
+# Upper bounds (seconds) of the wait, start and exec time histograms. FaaS latencies
+# span four orders of magnitude: a hot call's exec time and an idle node's wait are a
+# millisecond or two, a cold start is 0.1-1 s, a busy node's wait grows into seconds
+# (ADMISSION_WAIT is 10 s), and a function runs up to its timeout (30 s by default, 60 s
+# at most in practice). Roughly 1-2.5-5 per decade from 1 ms to 10 s, then 30 s and
+# 60 s; beyond 60 s only +Inf. 15 buckets (+Inf) per series keeps a route's histograms
+# cheap while p99 stays within one bucket's width.
+TIME_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+
+# Node gauges a scrape must show from a fresh node's first one (0 until reported).
+NODE_GAUGES = {
+    "containers.running": "Containers this node runs now, cold and hot",
+    "hot.containers": "Hot containers on this node",
+    "queue.depth": "Async calls waiting in the queue, as this node last read it",
+    "connections": "Client connections open on this node",
+}
+
+HELP = {
+    "run.requests": "Calls run on this node",
+    "run.succeeded": "Calls that succeeded",
+    "run.error": "Calls that failed (function error or failure to run)",
+    "run.timeout": "Calls that timed out",
+    "run.cancelled": "Calls cancelled while running",
+    "run.wait_time": "Time a call waited for a container slot before starting (the scaling signal)",
+    "run.start_time": "Time to start a call's container, or to hand the call to a hot one",
+    "run.exec_time": "Time the function ran",
+    "queue.wait_time": "Time an async call waited in the queue before running",
+    "async.submitted": "Async calls accepted",
+    "async.dead": "Async calls that ran out of attempts",
+    "calls.dropped": "Call records or logs dropped because the record buffer was full",
+    "hot.containers.route": "Hot containers of one route on this node",
+}
+
 _PROM_NAME = re.compile(r"[^a-zA-Z0-9_]")
+_CALL_LABELS = ("app", "path")
+_GAUGE_SUFFIX = {(): "", ("app",): "_app", ("app", "path"): "_route", ("path",): "_path"}
+_CACHE_LIMIT = 10_000
+
+_Update = Callable[[float], None]
+_Family = Counter | Gauge | Histogram
 
 
 @implementer(IMetrics)
 class PrometheusMetrics:
-    """Aggregates metrics for ``GET /metrics`` (Prometheus text format 0.0.4).
+    """Aggregates metrics in its own ``CollectorRegistry`` for ``GET /metrics``.
 
-    Counts become counters, gauges keep their last value, times become summaries
-    (``_sum`` in ms and ``_count``). The ``app`` field becomes a label; other fields
-    (call ids, paths) are dropped to keep cardinality bounded."""
+    The hot path is ``many`` (the figures of each call): per (app, path) it keeps the
+    label children's bound ``inc``/``observe``/``set``, so a call costs a dict lookup
+    and the library's own update per figure, no object built per call.
+    A figure whose name cannot be registered (the same name as a gauge and a counter)
+    is dropped and logged once: metric calls never raise.
+    """
 
-    def __init__(self, namespace: str = "ironfunctions") -> None:
+    log = Logger(namespace="ironfunctions.metrics")
+
+    def __init__(self, namespace: str = NAMESPACE, process_metrics: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
         self._namespace = namespace
-        self._series: dict[tuple[str, str, str], list[int]] = {}
-        # app -> name -> (kind, the list in _series): what ``many`` updates, call after
-        # call, without building a key per figure.
-        self._by_app: dict[str, dict[str, tuple[str, list[int]]]] = {}
+        self._families: dict[tuple[str, str, tuple[str, ...]], _Family | None] = {}
+        # (app, path) -> name -> (kind, update); None for app/path means "absent".
+        self._updates: dict[tuple[str | None, str | None], dict[str, tuple[str, _Update]]] = {}
+        for name in NODE_GAUGES:
+            self._family(GAUGE, name, ())
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
 
-    def _key(self, kind: str, name: str, fields: dict[str, Any]) -> tuple[str, str, str]:
-        return (kind, name, str(fields.get("app", "")))
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition (format 0.0.4)."""
+        return generate_latest(self.registry)
+
+    def render(self) -> str:
+        """``exposition`` as text."""
+        return self.exposition().decode("utf-8")
+
+    # -- IMetrics
 
     def count(self, name: str, value: int = 1, **fields: Any) -> None:
-        series = self._series.setdefault(self._key(COUNT, name, fields), [0])
-        series[0] += int(value)
+        self._many(((COUNT, name, value),), fields)
 
     def gauge(self, name: str, value: int, **fields: Any) -> None:
-        # In place: _by_app holds on to the list.
-        self._series.setdefault(self._key(GAUGE, name, fields), [0])[0] = int(value)
+        self._many(((GAUGE, name, value),), fields)
 
     def timing(self, name: str, ms: int, **fields: Any) -> None:
-        series = self._series.setdefault(self._key(TIME, name, fields), [0, 0])
-        series[0] += int(ms)
-        series[1] += 1
+        self._many(((TIME, name, ms),), fields)
 
     def many(self, samples: Sequence[tuple[str, str, int]], **fields: Any) -> None:
         self._many(samples, fields)
 
     def _many(self, samples: Sequence[tuple[str, str, int]], fields: dict[str, Any]) -> None:
-        app = fields.get("app", "")
-        if type(app) is not str:
+        app = fields.get("app")
+        path = fields.get("path")
+        if app is not None and type(app) is not str:
             app = str(app)
-        by_name = self._by_app.get(app)
-        if by_name is None:
-            by_name = self._by_app[app] = {}
+        if path is not None and type(path) is not str:
+            path = str(path)
+        key = (app or None, path or None)
+        updates = self._updates.get(key)
+        if updates is None:
+            if len(self._updates) >= _CACHE_LIMIT:
+                self._updates.clear()  # only the cache: the series stay in the registry
+            updates = self._updates[key] = {}
         for kind, name, value in samples:
+            entry = updates.get(name)
+            if entry is None or entry[0] != kind:
+                entry = updates[name] = (kind, self._update_of(kind, name, key))
             if type(value) is not int:
                 value = int(value)
-            entry = by_name.get(name)
-            if entry is None or entry[0] != kind:
-                # Counts and gauges hold [value], times [sum, count] (as any other kind).
-                empty = [0] if kind == COUNT or kind == GAUGE else [0, 0]
-                entry = by_name[name] = (kind, self._series.setdefault((kind, name, app), empty))
-            found = entry[1]
-            if kind == GAUGE:
-                found[0] = value
-            elif kind == COUNT:
-                found[0] += value
-            else:
-                found[0] += value
-                found[1] += 1
+            try:
+                entry[1](value / 1000 if kind == TIME else value)
+            except ValueError:
+                pass  # a negative count: prometheus_client refuses it, and metrics never raise
 
-    def render(self) -> str:
-        """The exposition text."""
-        lines: list[str] = []
-        typed: set[str] = set()
-        for (kind, name, app), values in sorted(self._series.items()):
-            base = f"{self._namespace}_{_PROM_NAME.sub('_', name)}"
-            labels = '{app="%s"}' % app.replace("\\", "\\\\").replace('"', '\\"') if app else ""
+    # -- families and children
+
+    def _update_of(self, kind: str, name: str, key: tuple[str | None, str | None]) -> _Update:
+        """The bound update of the series ``name`` with the labels of ``key``."""
+        app, path = key
+        if kind == GAUGE:
+            labelnames = tuple(label for label, v in zip(_CALL_LABELS, key) if v is not None)
+            values = [v for v in key if v is not None]
+        else:
+            labelnames, values = _CALL_LABELS, [app or "", path or ""]
+        family = self._family(kind, name, labelnames)
+        if family is None:
+            return _ignore
+        child = family.labels(*values) if labelnames else family
+        if isinstance(child, Counter):
+            return child.inc
+        if isinstance(child, Gauge):
+            return child.set
+        return child.observe
+
+    def _family(self, kind: str, name: str, labelnames: tuple[str, ...]) -> _Family | None:
+        key = (kind, name, labelnames)
+        if key in self._families:
+            return self._families[key]
+        base = f"{self._namespace}_{_PROM_NAME.sub('_', name)}"
+        family: _Family | None
+        try:
             if kind == COUNT:
-                metric = base + "_total"
-                _type_line(lines, typed, metric, "counter")
-                lines.append(f"{metric}{labels} {values[0]}")
+                family = Counter(base, HELP.get(name, name), labelnames, registry=self.registry)
             elif kind == GAUGE:
-                _type_line(lines, typed, base, "gauge")
-                lines.append(f"{base}{labels} {values[0]}")
+                suffix = _GAUGE_SUFFIX.get(labelnames, "_" + "_".join(labelnames))
+                documentation = NODE_GAUGES.get(name) if not labelnames else HELP.get(name + suffix.replace("_", "."))
+                family = Gauge(base + suffix, documentation or name, labelnames, registry=self.registry)
             else:
-                metric = base + "_ms"
-                _type_line(lines, typed, metric, "summary")
-                lines.append(f"{metric}_sum{labels} {values[0]}")
-                lines.append(f"{metric}_count{labels} {values[1]}")
-        return "\n".join(lines) + "\n"
+                family = Histogram(
+                    base + "_seconds", HELP.get(name, name) + " (seconds)", labelnames,
+                    registry=self.registry, buckets=TIME_BUCKETS,
+                )
+        except ValueError as e:
+            self.log.warn("Metric {metric} ({type}) not exported to Prometheus: {error}",
+                          metric=name, type=kind, error=str(e))
+            family = None
+        self._families[key] = family
+        return family
 
 
-def _type_line(lines: list[str], typed: set[str], metric: str, kind: str) -> None:
-    if metric not in typed:
-        typed.add(metric)
-        lines.append(f"# TYPE {metric} {kind}")
+def _ignore(value: float) -> None:
+    pass
