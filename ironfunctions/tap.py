@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
+from ironfunctions.api.admin import HealthChecks
 from ironfunctions.api.invoke import InvokeResource, Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import datastore_from_url
@@ -212,7 +213,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         host_memory_mb=config.host_memory_mb,
         jwt_auth_key=config.jwt_auth_key,
         ready=lambda: datastore_service.ready,
-        health_checks={"datastore": datastore.ping, "queue": queue.ping, "docker": driver.ping},
+        health_checks=HealthChecks(
+            node={"docker": driver.probe}, shared={"datastore": datastore.ping, "queue": queue.ping}
+        ),
         render_metrics=prometheus.exposition,
         stats=agent.stats,
         invoke=InvokeResource(invoker),

@@ -8,7 +8,7 @@ Until ``ready()`` is true (the datastore is started), ``/v1`` and ``/r`` answer 
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
@@ -67,7 +67,8 @@ class MainAPI:
         v1: V1API,
         jwt_auth_key: str,
         ready: Callable[[], bool],
-        health_checks: Mapping[str, admin.HealthCheck],
+        health_checks: admin.HealthChecks,
+        clock: IReactorTime,
         stats: Callable[[], Mapping[str, int]],
         render_metrics: Callable[[], bytes],
         tasks: IResource | None,
@@ -77,6 +78,7 @@ class MainAPI:
         self._jwt_auth_key = jwt_auth_key
         self._ready = ready
         self._health_checks = health_checks
+        self._clock = clock
         self._stats = stats
         self._render_metrics = render_metrics
 
@@ -94,7 +96,7 @@ class MainAPI:
 
     @app.route("/health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
-        return await admin.health(request, self._health_checks)
+        return await admin.health(request, self._health_checks, self._clock)
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
@@ -145,7 +147,7 @@ def build_api(
     host_memory_mb: int,
     jwt_auth_key: str = "",
     ready: Callable[[], bool] = lambda: True,
-    health_checks: Mapping[str, Callable[[], Awaitable[None]]] | None = None,
+    health_checks: admin.HealthChecks | None = None,
     stats: Callable[[], Mapping[str, int]] = lambda: {},
     render_metrics: Callable[[], bytes] = lambda: b"",
     invoke: IResource | None = None,
@@ -153,13 +155,16 @@ def build_api(
     tasks: IResource | None = None,
 ) -> IResource:
     """The whole HTTP API as one resource for a ``Site``. ``cancel`` stops a call
-    (default: mark its record cancelled, see ``api.calls.store_canceller``)."""
+    (default: mark its record cancelled, see ``api.calls.store_canceller``).
+    ``health_checks`` default to the datastore's ping as a shared backend;
+    ``render_metrics`` gives ``/metrics``' Prometheus text."""
     v1 = V1API(datastore, routes, host_memory_mb, cancel or store_canceller(datastore.calls, clock))
     main = MainAPI(
         v1,
         jwt_auth_key,
         ready,
-        health_checks or {"datastore": datastore.ping},
+        health_checks or admin.HealthChecks(shared={"datastore": datastore.ping}),
+        clock,
         stats,
         render_metrics,
         tasks,
