@@ -147,7 +147,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     datastore_service.setServiceParent(root)  # type: ignore[no-untyped-call]
     route_cache = RouteCache(datastore, reactor)
     queue = queue_from_url(config.mq_url, reactor)
-    BackendService("queue", queue, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
+    queue_service = BackendService("queue", queue, reactor)
+    queue_service.setServiceParent(root)  # type: ignore[no-untyped-call]
 
     # Containers: the driver's pools start first and stop last; the agent cleans up
     # this node's leftover containers at start and drains in-flight calls at stop.
@@ -214,7 +215,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         jwt_auth_key=config.jwt_auth_key,
         ready=lambda: datastore_service.ready,
         health_checks=HealthChecks(
-            node={"docker": driver.probe}, shared={"datastore": datastore.ping, "queue": queue.ping}
+            node={"docker": driver.probe}, shared={"datastore": datastore.ping, "queue": queue.ping},
+            started=lambda: datastore_service.ready and queue_service.ready,
         ),
         render_metrics=prometheus.exposition,
         stats=agent.stats,

@@ -35,10 +35,14 @@ class HealthChecks:
 
     A check is an async callable that is down when it raises or returns ``False``;
     each gets ``timeout`` seconds, after which it counts as down and is cancelled.
+    ``started`` is false until the node has started (its datastore and queue have
+    answered once): a node that answers 503 to ``/v1`` and ``/r`` meanwhile must not
+    get traffic, so ``/health`` is 503 ``starting`` too.
     """
 
     node: Mapping[str, HealthCheck] = attrs.field(factory=dict)
     shared: Mapping[str, HealthCheck] = attrs.field(factory=dict)
+    started: Callable[[], bool] = lambda: True
     timeout: float = CHECK_TIMEOUT_S
 
 
@@ -78,9 +82,11 @@ def version(request: IRequest) -> bytes:
 
 
 async def health(request: IRequest, checks: HealthChecks, clock: IReactorTime) -> bytes:
-    """503 naming what is down when a part of this node is; 200 ``degraded`` listing
-    the shared backends that are down; 200 ``ok`` otherwise."""
+    """503 naming what is down when a part of this node is (or ``starting``); 200
+    ``degraded`` listing the shared backends that are down; 200 ``ok`` otherwise."""
     node_down, shared_down = await check_health(checks, clock)
+    if not checks.started():
+        node_down.insert(0, "starting")
     if node_down:
         request.setHeader(b"retry-after", b"1")
         return json_response(

@@ -101,6 +101,18 @@ def test_health_is_200_degraded_when_only_a_shared_backend_is_down():
     assert call(client(health_checks=checks), "GET", "/health") == (200, {"status": "degraded", "down": ["queue"]})
 
 
+def test_health_is_503_starting_until_the_node_has_started():
+    """Until its datastore and queue have answered once, the node answers 503 to /v1
+    and /r: the balancer must not send it traffic yet."""
+    started = []
+    checks = HealthChecks(node={"docker": up}, shared={"datastore": down}, started=lambda: bool(started))
+    treq = client(health_checks=checks)
+    status, body = call(treq, "GET", "/health")
+    assert (status, body["down"], body["error"]) == (503, ["starting", "datastore"], {"message": "unavailable: starting"})
+    started.append(True)
+    assert call(treq, "GET", "/health") == (200, {"status": "degraded", "down": ["datastore"]})
+
+
 def test_a_check_answering_false_is_down():
     async def no():
         return False
