@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from ironfunctions.config import HOT_TRANSPORTS
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerDriver, IContainerStream
-from ironfunctions.drivers.probe import SingleFlightProbe
+from ironfunctions.drivers.probe import PROBE_TIMEOUT_S, SingleFlightProbe
 from ironfunctions.errors import DockerUnavailable, ImageNotFound
 from ironfunctions.models import ContainerResult, ContainerSpec
 
@@ -86,7 +86,7 @@ class FakeDriver(Service):
         self.removed: list[str] = []
         self.started_specs: list[ContainerSpec] = []
         self.down = False
-        self.hung = False  # ping (and so probe) never answers, as a hung engine
+        self.hung = False  # pings time out, as against a hung engine
         self.pings = 0  # engine calls made by ping and probe
         self._probe = SingleFlightProbe(lambda: Deferred.fromCoroutine(self.ping()), clock)
         self._ids = itertools.count(1)
@@ -112,7 +112,9 @@ class FakeDriver(Service):
     async def ping(self) -> None:
         self.pings += 1
         if self.hung:
-            await Deferred()  # never fires (cancellable)
+            # The real driver's ping gives up on its socket timeout.
+            await deferLater(self._clock, PROBE_TIMEOUT_S)
+            raise DockerUnavailable("container engine error: fake engine did not answer")
         self._check_up()
 
     def probe(self) -> Deferred[bool]:

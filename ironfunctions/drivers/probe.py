@@ -26,9 +26,9 @@ class SingleFlightProbe:
     :param check: the engine call; it must bound itself (a socket timeout), because a
         thread cannot be cancelled: the probe stays in flight until it returns.
     :param clock: for ``timeout``.
-    :param timeout: the answer is ``False`` (down) if ``check`` has not returned
-        within this many seconds; the check itself stays in flight (so a hung engine
-        gets no second one) until it returns.
+    :param timeout: each caller's answer is ``False`` (down) if the check has not
+        returned within this many seconds of its asking; the check itself stays in
+        flight (so a hung engine gets no second one) until it returns.
     """
 
     log = Logger()
@@ -38,8 +38,7 @@ class SingleFlightProbe:
         self._clock = clock
         self._timeout = timeout
         self._in_flight = False
-        self._timer: IDelayedCall | None = None
-        self._waiters: list[Deferred[bool]] = []
+        self._waiters: dict[Deferred[bool], IDelayedCall] = {}
         self.checks = 0  # how many checks ran (for tests and operators)
 
     @property
@@ -52,17 +51,21 @@ class SingleFlightProbe:
         not answer within the timeout; never fails. Cancelling it drops only this
         caller's interest, not the check."""
         waiter: Deferred[bool] = Deferred(canceller=self._forget)
-        self._waiters.append(waiter)
+        self._waiters[waiter] = self._clock.callLater(self._timeout, self._give_up, waiter)
         if not self._in_flight:
             self._in_flight = True
             self.checks += 1
-            self._timer = self._clock.callLater(self._timeout, self._answer, False)
             maybeDeferred(self._check).addCallbacks(self._finished_up, self._finished_down)
         return waiter
 
     def _forget(self, waiter: Deferred[bool]) -> None:
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
+        timer = self._waiters.pop(waiter, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _give_up(self, waiter: Deferred[bool]) -> None:
+        if self._waiters.pop(waiter, None) is not None:
+            waiter.callback(False)
 
     def _finished_up(self, _: object) -> None:
         self._finished(True)
@@ -73,12 +76,8 @@ class SingleFlightProbe:
 
     def _finished(self, up: bool) -> None:
         self._in_flight = False
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._answer(up)
-
-    def _answer(self, up: bool) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
+        waiters, self._waiters = self._waiters, {}
+        for waiter, timer in waiters.items():
+            if timer.active():
+                timer.cancel()
             waiter.callback(up)
