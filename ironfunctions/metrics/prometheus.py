@@ -89,12 +89,16 @@ class PrometheusMetrics:
     and the library's own update per figure, no object built per call.
     A figure whose name cannot be registered (the same name as a gauge and a counter)
     is dropped and logged once: metric calls never raise.
+
+    :param namespace: the prefix of our metric names.
+    :param process_metrics: also register the process, platform and GC collectors
+        (``process_*``, ``python_*``) on the registry.
     """
 
     log = Logger(namespace="ironfunctions.metrics")
 
     def __init__(self, namespace: str = NAMESPACE, process_metrics: bool = True) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         self._namespace = namespace
         self._families: dict[tuple[str, str, tuple[str, ...]], _Family | None] = {}
         # (app, path) -> name -> (kind, update); None for app/path means "absent".
