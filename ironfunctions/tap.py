@@ -134,7 +134,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     log_metrics = LogMetrics(reactor)
     FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
-    prometheus = PrometheusMetrics()
+    prometheus = PrometheusMetrics(reactor=reactor)
     sinks: list[IMetrics] = [log_metrics, prometheus]
     if config.statsd_host:
         statsd = StatsdMetrics(reactor, config.statsd_host, config.statsd_port)
@@ -218,7 +218,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
             node={"docker": driver.probe}, shared={"datastore": datastore.ping, "queue": queue.ping},
             started=lambda: datastore_service.ready and queue_service.ready,
         ),
-        render_metrics=prometheus.exposition,
+        render_metrics=prometheus.scrape,
         stats=agent.stats,
         invoke=InvokeResource(invoker),
         cancel=make_canceller(datastore.calls, queue, kill_call, reactor, agent.running_call),

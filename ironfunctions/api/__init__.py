@@ -8,8 +8,9 @@ Until ``ready()`` is true (the datastore is started), ``/v1`` and ``/r`` answer 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
@@ -70,7 +71,7 @@ class MainAPI:
         health_checks: admin.HealthChecks,
         clock: IReactorTime,
         stats: Callable[[], Mapping[str, int]],
-        render_metrics: Callable[[], bytes],
+        render_metrics: Callable[[], Awaitable[bytes]],
         tasks: IResource | None,
     ) -> None:
         self._v1 = v1
@@ -99,8 +100,8 @@ class MainAPI:
         return await admin.health(request, self._health_checks, self._clock)
 
     @app.route("/metrics", methods=["GET"])
-    def metrics(self, request: IRequest) -> bytes:
-        return admin.metrics(request, self._render_metrics)
+    async def metrics(self, request: IRequest) -> bytes:
+        return await admin.metrics(request, self._render_metrics)
 
     @app.route("/tasks", branch=True)
     def tasks(self, request: IRequest) -> IResource:
@@ -149,7 +150,7 @@ def build_api(
     ready: Callable[[], bool] = lambda: True,
     health_checks: admin.HealthChecks | None = None,
     stats: Callable[[], Mapping[str, int]] = lambda: {},
-    render_metrics: Callable[[], bytes] = lambda: b"",
+    render_metrics: Callable[[], Awaitable[bytes]] = lambda: succeed(b""),
     invoke: IResource | None = None,
     cancel: Canceller | None = None,
     tasks: IResource | None = None,

@@ -111,7 +111,8 @@ def stats(request: IRequest, stats: Callable[[], Mapping[str, int]]) -> bytes:
     )
 
 
-def metrics(request: IRequest, exposition: Callable[[], bytes]) -> bytes:
-    """The Prometheus text exposition (``PrometheusMetrics.exposition``)."""
+async def metrics(request: IRequest, exposition: Callable[[], Awaitable[bytes]]) -> bytes:
+    """The Prometheus text exposition (``PrometheusMetrics.scrape``)."""
+    body = await exposition()
     request.setHeader(b"content-type", PROMETHEUS_CONTENT_TYPE)
-    return exposition()
+    return body

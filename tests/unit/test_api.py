@@ -221,7 +221,7 @@ def test_cancelling_one_probe_leaves_the_others_waiting():
 def test_metrics_serves_the_prometheus_text():
     metrics = PrometheusMetrics()
     metrics.many([("time", "run.wait_time", 3)], app="a", path="/p")
-    out = request(client(render_metrics=metrics.exposition), "GET", "/metrics")
+    out = request(client(render_metrics=metrics.scrape), "GET", "/metrics")
     (status, headers, body), = out
     assert status == 200
     assert headers.getRawHeaders("content-type") == ["text/plain; version=0.0.4; charset=utf-8"]

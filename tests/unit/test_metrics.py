@@ -298,3 +298,42 @@ def test_statsd_url_is_parsed_into_host_and_port_in_config():
         with pytest.raises(ConfigError) as e:
             make(bad)
         assert str(e.value).startswith("STATSD_URL:")
+
+
+class ManualThreads:
+    """A reactor whose thread pool runs its work when the test says so."""
+
+    def __init__(self) -> None:
+        self.work: list[Any] = []
+
+    def getThreadPool(self) -> "ManualThreads":  # noqa: N802 (Twisted API)
+        return self
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any) -> None:  # noqa: N802
+        self.work.append(lambda: on_result(True, f(*args)))
+
+    def callFromThread(self, f: Any, *args: Any) -> None:  # noqa: N802
+        f(*args)
+
+
+def test_scrapes_are_made_off_the_reactor_thread_one_at_a_time_and_shared():
+    """A big exposition takes ~1 ms per route: it must not stall the reactor."""
+    threads = ManualThreads()
+    metrics = PrometheusMetrics(process_metrics=False, reactor=threads)
+    metrics.count("run.requests", 1, app="a", path="/p")
+    first, second = metrics.scrape(), metrics.scrape()
+    assert len(threads.work) == 1 and not first.called
+    threads.work.pop()()
+    texts = [success_result(first), success_result(second)]
+    assert texts[0] == texts[1] and b'ironfunctions_run_requests_total{app="a",path="/p"} 1.0' in texts[0]
+    metrics.count("run.requests", 1, app="a", path="/p")
+    third = metrics.scrape()  # a new text after the last one was made
+    threads.work.pop()()
+    assert b'{app="a",path="/p"} 2.0' in success_result(third)
+
+
+def success_result(d: Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addCallback(out.append)
+    assert out, "no result"
+    return out[0]
