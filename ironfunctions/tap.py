@@ -147,8 +147,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     datastore_service.setServiceParent(root)  # type: ignore[no-untyped-call]
     route_cache = RouteCache(datastore, reactor)
     queue = queue_from_url(config.mq_url, reactor)
-    queue_service = BackendService("queue", queue, reactor)
-    queue_service.setServiceParent(root)  # type: ignore[no-untyped-call]
+    BackendService("queue", queue, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
 
     # Containers: the driver's pools start first and stop last; the agent cleans up
     # this node's leftover containers at start and drains in-flight calls at stop.
@@ -207,6 +206,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     )
     tasks = TasksAPI(queue, datastore.calls, route_cache.lookup, route_cache.app_config, reactor)
 
+    queue_service = root.getServiceNamed("queue")  # type: ignore[no-untyped-call]
     api = build_api(
         datastore,
         route_cache,
