@@ -53,10 +53,11 @@ async def _is_up(name: str, check: HealthCheck, clock: IReactorTime, timeout: fl
     d = Deferred.fromCoroutine(run())
     d.addTimeout(timeout, clock)  # on expiry, cancels what the check awaits
     try:
-        return await d is not False
+        answer = await d
     except Exception as e:
         log.debug("Health check {check} down: {error!r}", check=name, error=e)
         return False
+    return answer is not False
 
 
 async def check_health(checks: HealthChecks, clock: IReactorTime) -> tuple[list[str], list[str]]:

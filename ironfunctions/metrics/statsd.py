@@ -132,23 +132,29 @@ class StatsdMetrics(Service):
         return done
 
     def _resolved(self, addresses: list[Address]) -> None:
-        if not addresses:
-            raise OSError(f"no address for {self._host}")
-        address = addresses[0]
+        if self._sock is not None and self._address in addresses:
+            self._recovered()
+            return  # still a valid address: keep its socket
+        error: OSError = OSError(f"no address for {self._host}")
+        for address in addresses:  # the first one this host can route to
+            sock = self._socket_factory(address[0])
+            try:
+                sock.connect(address[1])  # UDP: no packet sent, only the peer set
+            except OSError as e:
+                sock.close()
+                error = e
+                continue
+            old, self._sock, self._address = self._sock, sock, address
+            if old is not None:
+                old.close()
+            self._recovered()
+            return
+        raise error
+
+    def _recovered(self) -> None:
         if self._failing:
             self._failing = False
-            self.log.info("statsd host {host} resolved again", host=self._host)
-        if address == self._address and self._sock is not None:
-            return
-        sock = self._socket_factory(address[0])
-        try:
-            sock.connect(address[1])  # UDP: no packet sent, only the peer set
-        except OSError:
-            sock.close()
-            raise
-        old, self._sock, self._address = self._sock, sock, address
-        if old is not None:
-            old.close()
+            self.log.info("statsd host {host} reachable again", host=self._host)
 
     def _not_resolved(self, failure: Any) -> None:
         if not self._failing:

@@ -275,6 +275,27 @@ def test_statsd_keeps_the_last_address_when_resolution_fails_and_logs_once():
     sink.stopService()
 
 
+def test_statsd_uses_the_first_address_it_can_route_to():
+    """A host with an IPv6 address first, on a node without IPv6 routes."""
+    clock = Clock()
+    resolver = FakeResolver([(socket.AF_INET6, ("fd00::7", 8125, 0, 0)), (socket.AF_INET, ("10.0.0.5", 8125))])
+    sockets: list[FakeUDPSocket] = []
+
+    def new_socket(family: int) -> Any:
+        sockets.append(FakeUDPSocket(family))
+        if family == socket.AF_INET6:
+            def unreachable(address: Any) -> None:
+                raise OSError(101, "Network is unreachable")
+            sockets[-1].connect = unreachable  # type: ignore[method-assign]
+        return sockets[-1]
+
+    sink = StatsdMetrics(clock, "statsd.example", 8125, resolve=resolver, socket_factory=new_socket)
+    sink.startService()
+    sink.count("run.requests", 1)
+    assert sockets[0].closed and sockets[1].sent == [b"run.requests:1|c"]
+    sink.stopService()
+
+
 def test_statsd_send_errors_are_counted_never_raised():
     clock = Clock()
     resolver = FakeResolver([(socket.AF_INET, ("10.0.0.5", 8125))])
