@@ -128,9 +128,10 @@ class PrometheusMetrics:
         return self.exposition().decode("utf-8")
 
     def scrape(self) -> Deferred[bytes]:
-        """``exposition`` for ``GET /metrics``, made off the reactor thread: with a
-        histogram per route it takes ~1 ms per route (100 ms for 100 routes), which
-        would stall every call in flight. prometheus_client's metrics are thread-safe.
+        """``exposition`` for ``GET /metrics``, made off the reactor thread: with
+        histograms per route it takes ~0.5 ms per route (measured: 45 ms for 100
+        routes, 0.5 s for 1,000, twice that on a busy host), which would stall every
+        call in flight. prometheus_client's metrics are thread-safe.
         One text is made at a time; scrapes meanwhile share it."""
         waiter: Deferred[bytes] = Deferred()
         if self._reactor is None:
