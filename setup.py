@@ -31,6 +31,7 @@ setup(
         "zope.interface>=6",
         "PyJWT>=2.8,<3",
         "httptools>=0.6,<1",  # llhttp (C) for parsing hot functions' responses on the hot path
+        "prometheus_client>=0.20,<1",  # /metrics: registry, histograms, text exposition
     ],
     extras_require={
         "test": [

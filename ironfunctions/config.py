@@ -19,6 +19,8 @@ from ironfunctions.storage.urls import sqlite_path
 
 MIB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warn", "error")
+# How hot containers talk to the daemon (HOT_TRANSPORT); the drivers check it too.
+HOT_TRANSPORTS = ("attach", "socket")
 
 T = TypeVar("T")
 
@@ -40,7 +42,8 @@ class Config:
     max_concurrency: int
     max_request_size: int
     max_response_size: int
-    statsd_url: str
+    statsd_host: str  # "" when STATSD_URL is not set
+    statsd_port: int
     docker_network: str
     node_id: str
     async_max_attempts: int
@@ -75,6 +78,7 @@ class Config:
         port = get("PORT", _port, 8080)
         data_dir = os.path.join(cwd, "data")
         data_dir = get("DATA_DIR", _text, data_dir)
+        statsd = get("STATSD_URL", _statsd_address, ("", 0))
         return cls(
             port=port,
             listen=with_backlog(get("LISTEN", _text, f"tcp:{port}:interface=0.0.0.0")),
@@ -91,7 +95,8 @@ class Config:
             ),
             max_request_size=get("MAX_REQUEST_SIZE", _size, 6 * MIB),
             max_response_size=get("MAX_RESPONSE_SIZE", _size, 6 * MIB),
-            statsd_url=get("STATSD_URL", _statsd_url, ""),
+            statsd_host=statsd[0],
+            statsd_port=statsd[1],
             docker_network=get("DOCKER_NETWORK", _docker_network, "bridge"),
             node_id=get("NODE_ID", _node_id, ""),
             async_max_attempts=get("ASYNC_MAX_ATTEMPTS", _positive_int, 3),
@@ -248,24 +253,23 @@ def _http_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
-def _statsd_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
+def _statsd_address(name: str, value: str) -> tuple[str, int]:
+    """``udp://host:port`` -> ``(host, port)``; an IPv6 address goes in brackets
+    (``udp://[::1]:8125``) and comes out without them."""
+    parts = urlsplit(value.strip())
     try:
         port = parts.port
-    except ValueError:
+    except ValueError:  # not a number, or out of range
         port = None
     if parts.scheme != "udp" or not parts.hostname or not port:
         raise ConfigError(f"{name}: expected udp://host:port, got {value!r}")
-    return value
+    return parts.hostname, port
 
 
 def _docker_network(name: str, value: str) -> str:
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", value.strip()):
         raise ConfigError(f"{name}: invalid network name {value!r}")
     return value.strip()
-
-
-HOT_TRANSPORTS = ("attach", "socket")
 
 
 def _hot_transport(name: str, value: str) -> str:

@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
+from ironfunctions.api.admin import HealthChecks
 from ironfunctions.api.invoke import InvokeResource
 from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
@@ -26,7 +27,7 @@ from ironfunctions.datastore import stores_from_url
 from ironfunctions.drivers.docker import DockerDriver
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
-from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
+from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
 from ironfunctions.routecache import RouteCache
 from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.recorder import CallRecorder
@@ -134,14 +135,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     log_metrics = LogMetrics(reactor)
     FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
-    sinks: list[Any] = [log_metrics]
-    prometheus = PrometheusMetrics()
-    sinks.append(prometheus)
-    if config.statsd_url:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(config.statsd_url)
-        sinks.append(StatsdMetrics(parts.hostname or "127.0.0.1", parts.port or 8125))
+    prometheus = PrometheusMetrics(reactor=reactor)
+    sinks: list[IMetrics] = [log_metrics, prometheus]
+    if config.statsd_host:
+        statsd = StatsdMetrics(reactor, config.statsd_host, config.statsd_port)
+        statsd.setServiceParent(root)  # type: ignore[no-untyped-call]
+        sinks.append(statsd)
     metrics = FanoutMetrics(sinks)
 
     stores = stores_from_url(config.db_url, reactor)
@@ -150,7 +149,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     datastore_service.setServiceParent(root)  # type: ignore[no-untyped-call]
     route_cache = RouteCache(datastore, reactor)
     queue = queue_from_url(config.mq_url, reactor)
-    BackendService("queue", queue, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
+    queue_service = BackendService("queue", queue, reactor)
+    queue_service.setServiceParent(root)  # type: ignore[no-untyped-call]
 
     # Containers: the driver's pools start first and stop last; the agent cleans up
     # this node's leftover containers at start and drains in-flight calls at stop.
@@ -198,8 +198,11 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         host_memory_mb=config.host_memory_mb,
         jwt_auth_key=config.jwt_auth_key,
         ready=lambda: datastore_service.ready,
-        health_checks={"datastore": datastore.ping, "queue": queue.ping, "docker": driver.ping},
-        render_metrics=prometheus.render,
+        health_checks=HealthChecks(
+            node={"docker": driver.probe}, shared={"datastore": datastore.ping, "queue": queue.ping},
+            started=lambda: datastore_service.ready and queue_service.ready,
+        ),
+        render_metrics=prometheus.scrape,
         stats=agent.stats,
         invoke=InvokeResource(invoker),
         cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call),

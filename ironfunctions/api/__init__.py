@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Mapping
 
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
@@ -70,9 +71,10 @@ class MainAPI:
         v1: V1API,
         jwt_auth_key: str,
         ready: Callable[[], bool],
-        health_checks: Mapping[str, admin.HealthCheck],
+        health_checks: admin.HealthChecks,
+        clock: IReactorTime,
         stats: Callable[[], Mapping[str, int]],
-        render_metrics: Callable[[], str],
+        render_metrics: Callable[[], Awaitable[bytes]],
         tasks: IResource | None,
     ) -> None:
         self._v1 = v1
@@ -80,6 +82,7 @@ class MainAPI:
         self._jwt_auth_key = jwt_auth_key
         self._ready = ready
         self._health_checks = health_checks
+        self._clock = clock
         self._stats = stats
         self._render_metrics = render_metrics
 
@@ -97,11 +100,11 @@ class MainAPI:
 
     @app.route("/health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
-        return await admin.health(request, self._health_checks)
+        return await admin.health(request, self._health_checks, self._clock)
 
     @app.route("/metrics", methods=["GET"])
-    def metrics(self, request: IRequest) -> bytes:
-        return admin.metrics(request, self._render_metrics)
+    async def metrics(self, request: IRequest) -> bytes:
+        return await admin.metrics(request, self._render_metrics)
 
     @app.route("/tasks", branch=True)
     def tasks(self, request: IRequest) -> IResource:
@@ -149,22 +152,24 @@ def build_api(
     host_memory_mb: int,
     jwt_auth_key: str = "",
     ready: Callable[[], bool] = lambda: True,
-    health_checks: Mapping[str, Callable[[], Awaitable[None]]] | None = None,
+    health_checks: admin.HealthChecks | None = None,
     stats: Callable[[], Mapping[str, int]] = lambda: {},
-    render_metrics: Callable[[], str] = lambda: "",
+    render_metrics: Callable[[], Awaitable[bytes]] = lambda: succeed(b""),
     invoke: IResource | None = None,
     cancel: Canceller | None = None,
     tasks: IResource | None = None,
 ) -> IResource:
     """The whole HTTP API as one resource for a ``Site``. ``calls`` is the call store
     beside ``datastore``; ``cancel`` stops a call (default: mark its record cancelled,
-    see ``api.calls.store_canceller``)."""
+    see ``api.calls.store_canceller``). ``health_checks`` default to the datastore's
+    ping as a shared backend; ``render_metrics`` gives ``/metrics``' Prometheus text."""
     v1 = V1API(datastore, calls, routes, host_memory_mb, cancel or store_canceller(calls, clock))
     main = MainAPI(
         v1,
         jwt_auth_key,
         ready,
-        health_checks or {"datastore": datastore.ping},
+        health_checks or admin.HealthChecks(shared={"datastore": datastore.ping}),
+        clock,
         stats,
         render_metrics,
         tasks,

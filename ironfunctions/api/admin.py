@@ -4,23 +4,74 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable, Mapping
 
+import attrs
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from ironfunctions import __version__
 from ironfunctions.api.http import json_response
 
-HealthCheck = Callable[[], Awaitable[None]]
+log = Logger()
+
+# A check is down when it raises, answers False, or has not answered within this.
+CHECK_TIMEOUT_S = 2.0
+PROMETHEUS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+HealthCheck = Callable[[], Awaitable[object]]
 
 
-async def check_health(checks: Mapping[str, HealthCheck]) -> list[str]:
-    """Names of the parts that failed their check (each check raises when down)."""
-    down = []
-    for name, check in checks.items():
-        try:
-            await check()
-        except Exception:
-            down.append(name)
-    return down
+@attrs.frozen
+class HealthChecks:
+    """What ``/health`` checks (SPEC §3), in two kinds, because a load balancer acts on
+    the answer:
+
+    - ``node``: parts of *this* node (its Docker engine). One down makes ``/health``
+      503, so the balancer takes this node out.
+    - ``shared``: backends every node shares (datastore, queue). Down, they make
+      ``/health`` 200 ``degraded``: every node sees the same outage, and taking them all
+      out would turn a partial outage into a full one (fail open).
+
+    A check is an async callable that is down when it raises or returns ``False``;
+    each gets ``timeout`` seconds, after which it counts as down and is cancelled.
+    ``started`` is false until the node has started (its datastore and queue have
+    answered once): a node that answers 503 to ``/v1`` and ``/r`` meanwhile must not
+    get traffic, so ``/health`` is 503 ``starting`` too.
+    """
+
+    node: Mapping[str, HealthCheck] = attrs.field(factory=dict)
+    shared: Mapping[str, HealthCheck] = attrs.field(factory=dict)
+    started: Callable[[], bool] = lambda: True
+    timeout: float = CHECK_TIMEOUT_S
+
+
+async def _is_up(name: str, check: HealthCheck, clock: IReactorTime, timeout: float) -> bool:
+    async def run() -> object:
+        return await check()
+
+    d = Deferred.fromCoroutine(run())
+    d.addTimeout(timeout, clock)  # on expiry, cancels what the check awaits
+    try:
+        answer = await d
+    except Exception as e:
+        log.debug("Health check {check} down: {error!r}", check=name, error=e)
+        return False
+    return answer is not False
+
+
+async def check_health(checks: HealthChecks, clock: IReactorTime) -> tuple[list[str], list[str]]:
+    """Run every check at once; the names of the node's parts that are down, and of
+    the shared backends that are down."""
+    kinds = [("node", name, check) for name, check in checks.node.items()]
+    kinds += [("shared", name, check) for name, check in checks.shared.items()]
+    results = await gatherResults(
+        [Deferred.fromCoroutine(_is_up(name, check, clock, checks.timeout)) for _, name, check in kinds],
+        consumeErrors=True,
+    )
+    node_down = [name for (kind, name, _), up in zip(kinds, results) if kind == "node" and not up]
+    shared_down = [name for (kind, name, _), up in zip(kinds, results) if kind == "shared" and not up]
+    return node_down, shared_down
 
 
 def hello(request: IRequest) -> bytes:
@@ -31,15 +82,25 @@ def version(request: IRequest) -> bytes:
     return json_response(request, {"version": __version__})
 
 
-async def health(request: IRequest, checks: Mapping[str, HealthCheck]) -> bytes:
-    down = await check_health(checks)
-    if down:
+async def health(request: IRequest, checks: HealthChecks, clock: IReactorTime) -> bytes:
+    """503 naming what is down when a part of this node is (or ``starting``); 200
+    ``degraded`` listing the shared backends that are down; 200 ``ok`` otherwise."""
+    node_down, shared_down = await check_health(checks, clock)
+    if not checks.started():
+        node_down.insert(0, "starting")
+    if node_down:
         request.setHeader(b"retry-after", b"1")
         return json_response(
             request,
-            {"status": "unavailable", "down": down, "error": {"message": "unavailable: " + ", ".join(down)}},
+            {
+                "status": "unavailable",
+                "down": node_down + shared_down,
+                "error": {"message": "unavailable: " + ", ".join(node_down)},
+            },
             status=503,
         )
+    if shared_down:
+        return json_response(request, {"status": "degraded", "down": shared_down})
     return json_response(request, {"status": "ok"})
 
 
@@ -51,6 +112,8 @@ def stats(request: IRequest, stats: Callable[[], Mapping[str, int]]) -> bytes:
     )
 
 
-def metrics(request: IRequest, render: Callable[[], str]) -> bytes:
-    request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-    return render().encode("utf-8")
+async def metrics(request: IRequest, exposition: Callable[[], Awaitable[bytes]]) -> bytes:
+    """The Prometheus text exposition (``PrometheusMetrics.scrape``)."""
+    body = await exposition()
+    request.setHeader(b"content-type", PROMETHEUS_CONTENT_TYPE)
+    return body

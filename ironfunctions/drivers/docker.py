@@ -29,12 +29,14 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ironfunctions import bridge
+from ironfunctions.config import HOT_TRANSPORTS
 from ironfunctions.drivers.attach import AttachedContainer, adopt
 from ironfunctions.drivers.engine import Engine
 from ironfunctions.drivers.bridged import (
     SOCKET_NAME, BridgedContainer, SocketDirs, listen,
 )
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerDriver, IContainerStream
+from ironfunctions.drivers.probe import PROBE_TIMEOUT_S, SingleFlightProbe
 from ironfunctions.errors import ContainerNotFound, DockerUnavailable, ImageNotFound
 from ironfunctions.models import ContainerResult, ContainerSpec
 from ironfunctions.threads import stop_pools
@@ -42,7 +44,6 @@ from ironfunctions.threads import stop_pools
 # Engine API 1.41 (Docker 20.10) is served by every engine since; pinning it avoids a
 # version request (blocking I/O) when the client is built.
 DEFAULT_API_VERSION = "1.41"
-HOT_TRANSPORTS = ("attach", "socket")
 
 
 @implementer(IContainerDriver)
@@ -54,6 +55,8 @@ class DockerDriver(Service):
     :param base_url: engine address (``DOCKER_HOST``); ``""`` = docker-py's default.
     :param api_timeout: bound in seconds on each engine request other than wait/attach.
     :param pull_timeout: bound in seconds on the one pull attempted for a missing image.
+    :param probe_timeout: socket timeout in seconds of the health probe's engine call
+        (``probe``, ``ping``): a hung engine frees the probe's thread after it.
     :param hot_transport: how long-lived containers talk to the daemon: ``attach`` (the
         engine's attach stream) or ``socket`` (a unix socket and the static bridge as
         entrypoint wrapper, skipping the engine's relay; see ``drivers/bridged.py``).
@@ -73,6 +76,7 @@ class DockerDriver(Service):
         api_version: str = DEFAULT_API_VERSION,
         api_timeout: int = 60,
         pull_timeout: int = 10,
+        probe_timeout: int = PROBE_TIMEOUT_S,
         hot_transport: str = "attach",
         socket_dir: str = "",
         bridge_binary: str = bridge.BINARY,
@@ -94,7 +98,13 @@ class DockerDriver(Service):
             docker.APIClient(version=api_version, timeout=api_timeout, max_pool_size=size, **kwargs),
             docker.APIClient(version=api_version, timeout=pull_timeout, **kwargs),
             self._control_pool, self._socket_dirs, bridge_binary,
+            # Its own client: the socket timeout is per client, and a probe must give up
+            # in seconds where other requests may take a minute.
+            ping_api=docker.APIClient(version=api_version, timeout=probe_timeout, **kwargs),
         )
+        # /health and the load-balancer agent share one probe; its clock timeout is a
+        # backstop for a control pool too busy to start it.
+        self._probe = SingleFlightProbe(lambda: self._call(self._engine.ping), reactor, probe_timeout + 0.5)
 
     # -- Service
 
@@ -165,6 +175,9 @@ class DockerDriver(Service):
 
     async def ping(self) -> None:
         await self._call(self._engine.ping)
+
+    def probe(self) -> Deferred[bool]:
+        return self._probe.probe()
 
     async def ensure_image(self, image: str) -> None:
         await self._call(self._engine.ensure_image, image)

@@ -35,14 +35,17 @@ class Engine:
 
     :param api: docker-py's client for every request but pulls.
     :param pull_api: the client for the one pull tried for a missing image.
+    :param ping_api: the client for pings, with a short socket timeout (default: ``api``).
     :param control_pool: where a timed-out cold container's kill runs.
     :param socket_dirs: per-container socket directories (``socket`` transport).
     :param bridge_binary: host path of the static bridge (``socket`` transport).
     """
 
     def __init__(self, api: docker.APIClient, pull_api: docker.APIClient, control_pool: ThreadPool,
-                 socket_dirs: SocketDirs | None, bridge_binary: str) -> None:
+                 socket_dirs: SocketDirs | None, bridge_binary: str,
+                 ping_api: docker.APIClient | None = None) -> None:
         self._api = api
+        self._ping_api = ping_api or api
         self._pull_api = pull_api
         self._control_pool = control_pool
         self._socket_dirs = socket_dirs
@@ -52,8 +55,7 @@ class Engine:
         self._argv_of_image: dict[str, list[str]] = {}
 
     def ping(self) -> None:
-        self._api.ping()
-
+        self._ping_api.ping()
 
     def list_ids(self, labels: Mapping[str, str]) -> list[str]:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}

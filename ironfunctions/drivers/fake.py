@@ -18,7 +18,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
+from ironfunctions.config import HOT_TRANSPORTS
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerDriver, IContainerStream
+from ironfunctions.drivers.probe import PROBE_TIMEOUT_S, SingleFlightProbe
 from ironfunctions.errors import DockerUnavailable, ImageNotFound
 from ironfunctions.models import ContainerResult, ContainerSpec
 
@@ -74,7 +76,7 @@ class FakeDriver(Service):
         images: Mapping[str, Behaviour] | None = None,
         hot_transport: str = "attach",
     ) -> None:
-        if hot_transport not in ("attach", "socket"):
+        if hot_transport not in HOT_TRANSPORTS:
             raise ValueError(f"hot_transport: expected attach or socket, got {hot_transport!r}")
         self._clock = clock
         self.hot_transport = hot_transport
@@ -84,6 +86,9 @@ class FakeDriver(Service):
         self.removed: list[str] = []
         self.started_specs: list[ContainerSpec] = []
         self.down = False
+        self.hung = False  # pings time out, as against a hung engine
+        self.pings = 0  # engine calls made by ping and probe
+        self._probe = SingleFlightProbe(lambda: Deferred.fromCoroutine(self.ping()), clock)
         self._ids = itertools.count(1)
 
     def add_image(self, image: str, behaviour: Behaviour = cat) -> None:
@@ -105,7 +110,15 @@ class FakeDriver(Service):
             raise DockerUnavailable("container engine error: fake engine is down")
 
     async def ping(self) -> None:
+        self.pings += 1
+        if self.hung:
+            # The real driver's ping gives up on its socket timeout.
+            await deferLater(self._clock, PROBE_TIMEOUT_S)
+            raise DockerUnavailable("container engine error: fake engine did not answer")
         self._check_up()
+
+    def probe(self) -> Deferred[bool]:
+        return self._probe.probe()
 
     async def ensure_image(self, image: str) -> None:
         self._check_up()

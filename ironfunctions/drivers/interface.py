@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from ironfunctions.models import ContainerResult, ContainerSpec
@@ -58,6 +59,12 @@ class IContainerDriver(Interface):
 
     async def ping() -> None:
         """Return when the engine answers; raise ``DockerUnavailable`` otherwise."""
+
+    def probe() -> Deferred[bool]:
+        """Whether the engine answers, for ``/health`` and the load-balancer agent:
+        fires ``True`` or ``False`` (unreachable, failing or hung), never fails, within
+        a few seconds. At most one engine call is in flight for it; concurrent probes
+        share its answer (a hung engine does not fill a thread pool with probes)."""
 
     async def ensure_image(image: str) -> None:
         """Return when ``image`` is present locally, pulling it once (bounded, a few

@@ -151,7 +151,7 @@ async def test_timeout_kills_and_removes_the_container_before_returning(driver, 
     result = await driver.run(s)
     elapsed = time.monotonic() - began
     assert result.timed_out
-    assert 0.9 <= elapsed < 5 or driver.__class__.__name__ == "FakeDriver"
+    assert 0.9 <= elapsed < 5
     assert 900 <= result.run_ms < 5000
     assert await driver.list_containers(labels) == []
 
@@ -303,3 +303,66 @@ async def test_an_invalid_image_reference_is_ImageNotFound(driver, node):
     engine outage (503)."""
     with pytest.raises(ImageNotFound):
         await driver.run(ContainerSpec(image="Bad/Ref:x:y", labels={LABEL_NODE: node}, network_mode="none"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_probe_says_the_engine_is_up(driver):
+    assert await driver.probe() is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_probes_share_one_answer(driver):
+    answers = await defer.gatherResults([driver.probe() for _ in range(5)], consumeErrors=True)
+    assert answers == [True] * 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_docker_probe_of_a_hung_engine_is_down_and_frees_its_thread(tmp_path):
+    """An engine that accepts and never answers: the probe says down within its
+    socket timeout, and the socket timeout (not only a Deferred timeout) ends the
+    engine call, so the control pool's thread is free again: the hung engine sees
+    the connection closed. Meanwhile, more probes start no second engine call."""
+    import socket
+    import threading
+
+    from twisted.internet import reactor, threads
+
+    from ironfunctions.drivers.docker import DockerDriver
+
+    path = str(tmp_path / "hung.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+    accepted: list[socket.socket] = []
+    closed = threading.Event()
+
+    def hold_connections() -> None:
+        """Accept, read the request, never answer; note when the client gives up."""
+        server.settimeout(10)
+        conn, _ = server.accept()
+        accepted.append(conn)
+        conn.settimeout(10)
+        while conn.recv(65536):
+            pass
+        closed.set()
+
+    holder = threading.Thread(target=hold_connections, daemon=True)
+    holder.start()
+    d = DockerDriver(reactor, max_concurrency=1, base_url=f"unix://{path}", probe_timeout=1)
+    d.startService()
+    try:
+        began = time.monotonic()
+        first = d.probe()
+        await sleep(0.3)
+        second = d.probe()  # shares the first one's engine call
+        assert (await first, await second) == (False, False)
+        assert 0.9 <= time.monotonic() - began < 3
+        assert await threads.deferToThread(closed.wait, 5), "the engine call still holds its socket"
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()  # no second engine call is waiting
+    finally:
+        await defer.maybeDeferred(d.stopService)
+        server.close()
+        for conn in accepted:
+            conn.close()
