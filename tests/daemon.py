@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Iterator, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -39,7 +40,7 @@ class Reply:
         return self.headers.get(name.lower())
 
 
-def http(method: str, url: str, body: bytes | str | dict | None = None,
+def http(method: str, url: str, body: bytes | str | dict[str, Any] | None = None,
          headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
     """One blocking HTTP request (a fresh connection each time); dict bodies become JSON."""
     if isinstance(body, dict):
@@ -47,6 +48,7 @@ def http(method: str, url: str, body: bytes | str | dict | None = None,
     if isinstance(body, str):
         body = body.encode()
     parts = urlsplit(url)
+    assert parts.hostname is not None
     conn = httpclient.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         path = parts.path + ("?" + parts.query if parts.query else "")
@@ -165,8 +167,13 @@ _SETTINGS = {
 }
 
 
+class DaemonFactory(Protocol):
+    def __call__(self, env: dict[str, str] | None = None, args: list[str] | None = None,
+                 start: bool = True, workdir: str | None = None) -> Daemon: ...
+
+
 @pytest.fixture
-def daemon_factory(tmp_path: Any) -> Iterator[Any]:
+def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
     """``daemon_factory(env=..., args=..., start=True)`` -> a Daemon; all stopped at the end."""
     started: list[Daemon] = []
 
@@ -185,6 +192,6 @@ def daemon_factory(tmp_path: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def daemon(daemon_factory: Any) -> Daemon:
+def daemon(daemon_factory: DaemonFactory) -> Daemon:
     """A started daemon on the embedded default (SQLite in its own data dir)."""
     return daemon_factory()
