@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -158,6 +158,13 @@ class Daemon:
     def restart(self) -> "Daemon":
         self.stop()
         return self.start()
+
+
+class RoutedDaemon(Daemon):
+    """For the type checker only: a ``Daemon`` to which a test fixture added a
+    ``route(path, image, **fields)`` shortcut (``daemon.route = lambda ...``)."""
+
+    route: Callable[..., Reply]
 
 
 _SETTINGS = {
