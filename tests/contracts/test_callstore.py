@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any, Callable, NoReturn
 
 import attrs
 import pytest
@@ -10,20 +11,22 @@ import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from ironfunctions.calls.interface import ICallStore
-from ironfunctions.calls.model import CallRecord, CallQuery, decode_cursor
+from ironfunctions.calls.model import CallPage, CallRecord, CallQuery, decode_cursor
+from ironfunctions.datastore.interface import IDatastore
+from ironfunctions.datastore.sqlite import SqliteDatastore
 from ironfunctions.errors import CallCompleted, CallNotFound
 
 
-def call(n: int, app: str = "a", **kw) -> CallRecord:
+def call(n: int, app: str = "a", **kw: Any) -> CallRecord:
     return CallRecord(id=f"call{n:04d}", app_name=app, path=kw.pop("path", "/p"), created_at=1_000 + n, **kw)
 
 
-def test_provides_ICallStore(datastore):
+def test_provides_ICallStore(datastore: IDatastore) -> None:
     assert verifyObject(ICallStore, datastore.calls)
 
 
 @pytest_twisted.ensureDeferred
-async def test_every_field_round_trips(datastore):
+async def test_every_field_round_trips(datastore: IDatastore) -> None:
     full = CallRecord(
         id="01JABCDEF", app_name="a", path="/deep/p", image="img:1", type="async", format="http",
         status="success", reason="", created_at=1700000000123, started_at=1700000000200,
@@ -35,7 +38,7 @@ async def test_every_field_round_trips(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_put_replaces_by_id(datastore):
+async def test_put_replaces_by_id(datastore: IDatastore) -> None:
     await datastore.calls.put_calls([call(1)])
     await datastore.calls.put_calls([attrs.evolve(call(1), status="running", started_at=5)])
     got = await datastore.calls.get_call("a", "call0001")
@@ -43,7 +46,7 @@ async def test_put_replaces_by_id(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_large_batch_is_written_whole_and_in_order(datastore):
+async def test_a_large_batch_is_written_whole_and_in_order(datastore: IDatastore) -> None:
     """A recorder's batch (here 345 records, and one id twice: the later one wins)."""
     batch = [call(n, status="success", run_ms=n) for n in range(345)]
     batch.append(attrs.evolve(call(7), status="error", run_ms=7000))
@@ -63,7 +66,7 @@ async def test_a_large_batch_is_written_whole_and_in_order(datastore):
 
 @pytest.mark.parametrize("datastore", ["sqlite"], indirect=True)  # the others have no such limit
 @pytest_twisted.ensureDeferred
-async def test_a_large_batch_fits_an_old_sqlite_variable_limit(datastore):
+async def test_a_large_batch_fits_an_old_sqlite_variable_limit(datastore: SqliteDatastore) -> None:
     """SQLite before 3.32 allows 999 parameters a statement (not 32,766)."""
     await datastore.run_in_thread(lambda c: c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
     await datastore.calls.put_calls([call(n) for n in range(300)])
@@ -73,7 +76,7 @@ async def test_a_large_batch_fits_an_old_sqlite_variable_limit(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_get_missing_or_other_apps_call_fails_with_CallNotFound(datastore):
+async def test_get_missing_or_other_apps_call_fails_with_CallNotFound(datastore: IDatastore) -> None:
     await datastore.calls.put_calls([call(1, app="a")])
     with pytest.raises(CallNotFound):
         await datastore.calls.get_call("b", "call0001")
@@ -82,8 +85,9 @@ async def test_get_missing_or_other_apps_call_fails_with_CallNotFound(datastore)
 
 
 @pytest_twisted.ensureDeferred
-async def test_list_is_newest_first_and_paginates_with_cursor(datastore):
+async def test_list_is_newest_first_and_paginates_with_cursor(datastore: IDatastore) -> None:
     await datastore.calls.put_calls([call(n) for n in range(7)] + [call(100, app="other")])
+    seen: list[str]
     seen, after = [], None
     while True:
         page = await datastore.calls.list_calls(CallQuery("a", per_page=3, after=after))
@@ -95,12 +99,12 @@ async def test_list_is_newest_first_and_paginates_with_cursor(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_list_filters_by_path_status_and_time(datastore):
+async def test_list_filters_by_path_status_and_time(datastore: IDatastore) -> None:
     await datastore.calls.put_calls([
         call(1, path="/x", status="success"), call(2, path="/y", status="error"),
         call(3, path="/x", status="error"), call(4, path="/x", status="queued"),
     ])
-    ids = lambda page: [c.id for c in page.calls]  # noqa: E731
+    ids: Callable[[CallPage], list[str]] = lambda page: [c.id for c in page.calls]  # noqa: E731
     assert ids(await datastore.calls.list_calls(CallQuery("a", path="/x"))) == ["call0004", "call0003", "call0001"]
     assert ids(await datastore.calls.list_calls(CallQuery("a", status="error"))) == ["call0003", "call0002"]
     assert ids(await datastore.calls.list_calls(CallQuery("a", from_ms=1002, to_ms=1003))) == ["call0003", "call0002"]
@@ -108,7 +112,7 @@ async def test_list_filters_by_path_status_and_time(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_same_created_at_pages_by_id(datastore):
+async def test_same_created_at_pages_by_id(datastore: IDatastore) -> None:
     same = [CallRecord(id=f"id{n}", app_name="a", path="/p", created_at=5) for n in range(5)]
     await datastore.calls.put_calls(same)
     first = await datastore.calls.list_calls(CallQuery("a", per_page=2))
@@ -117,12 +121,12 @@ async def test_same_created_at_pages_by_id(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_update_call_is_atomic_and_may_abort(datastore):
+async def test_update_call_is_atomic_and_may_abort(datastore: IDatastore) -> None:
     await datastore.calls.put_calls([call(1)])
     new = await datastore.calls.update_call("a", "call0001", lambda c: attrs.evolve(c, status="cancelled"))
     assert new.status == "cancelled"
 
-    def refuse(c):
+    def refuse(c: CallRecord) -> NoReturn:
         raise CallCompleted()
 
     with pytest.raises(CallCompleted):
@@ -133,7 +137,7 @@ async def test_update_call_is_atomic_and_may_abort(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_logs_store_bytes_per_call(datastore):
+async def test_logs_store_bytes_per_call(datastore: IDatastore) -> None:
     await datastore.calls.put_calls([call(1), call(2)])
     assert await datastore.calls.get_log("a", "call0002") == b""
     await datastore.calls.put_log("a", "call0001", b"line 1\nline \xff2\n")
@@ -143,7 +147,7 @@ async def test_logs_store_bytes_per_call(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_batch_with_an_id_twice_keeps_the_last(datastore):
+async def test_one_batch_with_an_id_twice_keeps_the_last(datastore: IDatastore) -> None:
     """The recorder may hand over a call's 'running' and final records together."""
     await datastore.calls.put_calls([call(1, status="running"), call(2), call(1, status="success")])
     assert (await datastore.calls.get_call("a", "call0001")).status == "success"
