@@ -2,13 +2,14 @@
 as one call per figure, whatever the cached per-app names and field fragments hold."""
 
 import io
-from typing import Any
+from typing import Any, Callable, cast
 
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from ironfunctions.metrics import (
     FanoutMetrics,
+    IMetrics,
     LogMetrics,
     MemoryMetrics,
     PrometheusMetrics,
@@ -40,7 +41,7 @@ def expected_lines(batches: list[tuple[list[tuple[str, str, Any]], dict[str, Any
     return lines
 
 
-def test_coalesced_lines_match_one_line_per_figure_across_apps_kinds_and_odd_fields():
+def test_coalesced_lines_match_one_line_per_figure_across_apps_kinds_and_odd_fields() -> None:
     call = [("count", "run.requests", 1), ("count", "run.succeeded", 1), ("time", "run.wait_time", 3),
             ("time", "run.start_time", 0), ("time", "run.exec_time", 12)]
     batches: list[tuple[list[tuple[str, str, Any]], dict[str, Any]]] = [
@@ -64,8 +65,8 @@ def test_coalesced_lines_match_one_line_per_figure_across_apps_kinds_and_odd_fie
     assert coalesced_lines(batches) == expected_lines(batches)
 
 
-def test_prometheus_many_gives_what_one_call_per_figure_gives():
-    batches = [
+def test_prometheus_many_gives_what_one_call_per_figure_gives() -> None:
+    batches: list[tuple[list[tuple[str, str, Any]], dict[str, Any]]] = [
         ([("count", "run.requests", 1), ("time", "run.exec_time", 12), ("gauge", "hot.containers", 2)], {"app": "a"}),
         ([("count", "run.requests", 1), ("time", "run.exec_time", 3), ("gauge", "hot.containers", 1)], {"app": "a"}),
         ([("count", "run.requests", 2), ("time", "run.requests", 5)], {"app": "b"}),
@@ -76,14 +77,14 @@ def test_prometheus_many_gives_what_one_call_per_figure_gives():
     for samples, fields in batches:
         batched.many(samples, **fields)
         for kind, name, value in samples:
-            {"count": one_by_one.count, "time": one_by_one.timing, "gauge": one_by_one.gauge}[kind](
+            cast("Callable[..., None]", {"count": one_by_one.count, "time": one_by_one.timing, "gauge": one_by_one.gauge}[kind])(
                 name, value, **fields
             )
     assert batched.render() == one_by_one.render()
     assert 'ironfunctions_hot_containers{app="a"} 1' in batched.render()
 
 
-def test_prometheus_gauge_set_between_batches_is_kept():
+def test_prometheus_gauge_set_between_batches_is_kept() -> None:
     metrics = PrometheusMetrics()
     metrics.many([("gauge", "hot.containers", 2)], app="a")
     metrics.gauge("hot.containers", 5, app="a")
@@ -92,7 +93,7 @@ def test_prometheus_gauge_set_between_batches_is_kept():
     assert 'ironfunctions_hot_containers{app="a"} 3' in metrics.render()
 
 
-def test_fanout_gives_every_sink_the_fields_including_sinks_of_other_modules():
+def test_fanout_gives_every_sink_the_fields_including_sinks_of_other_modules() -> None:
     class Foreign:
         def __init__(self) -> None:
             self.got: list[tuple[Any, dict[str, Any]]] = []
@@ -101,7 +102,7 @@ def test_fanout_gives_every_sink_the_fields_including_sinks_of_other_modules():
             self.got.append((samples, fields))
 
     memory, foreign, prometheus = MemoryMetrics(), Foreign(), PrometheusMetrics()
-    fanout = FanoutMetrics([memory, foreign, prometheus])
+    fanout = FanoutMetrics([memory, cast(IMetrics, foreign), prometheus])  # a sink with many() only
     samples = [("count", "run.requests", 1)]
     fanout.many(samples, app="a", call_id="C")
     assert memory.total("run.requests", app="a", call_id="C") == 1
