@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -125,7 +125,7 @@ def wait_record(daemon: Daemon, call_id: str, timeout: float = 60) -> dict[str, 
     while time.monotonic() < deadline:
         reply = daemon.get(f"/v1/apps/bench/calls/{call_id}")
         if reply.status == 200:
-            call = reply.json()["call"]
+            call: dict[str, Any] = reply.json()["call"]
             if call["status"] not in ("queued", "running"):
                 return call
         time.sleep(0.02)
@@ -135,7 +135,7 @@ def wait_record(daemon: Daemon, call_id: str, timeout: float = 60) -> dict[str, 
 def submit_one(daemon: Daemon, path: str) -> str:
     reply = daemon.post(f"/r/bench{path}", "one")
     assert reply.status == 202, reply
-    return reply.json()["call_id"]
+    return cast(str, reply.json()["call_id"])
 
 
 def throughput(daemon: Daemon, path: str, calls: int, clients: int, warm_ids: set[str]) -> dict[str, Any]:

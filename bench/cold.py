@@ -81,6 +81,7 @@ def main() -> None:
                 return reply.status
 
             began = time.perf_counter()
+            assert daemon.proc is not None
             with PeakRss(daemon.proc.pid, every=0.01) as peak, ThreadPoolExecutor(50) as pool:
                 statuses = list(pool.map(one, range(50)))
             wall = time.perf_counter() - began

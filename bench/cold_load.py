@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 "path": "/slow", "image": IMAGE, "timeout": 30, "config": {"SLEEP": str(args.sleep)}}})
             assert reply.status == 200, reply
             assert daemon.post("/r/bench/slow", "warm", timeout=60).status == 200
+            assert daemon.proc is not None
             pid = daemon.proc.pid
             print(f"{args.calls} concurrent sync calls to a {args.sleep:g} s function, MAX_CONCURRENCY="
                   f"{args.concurrency}, one connection per call, RSS sampled every 100 ms")

@@ -6,20 +6,26 @@ Real backends (Postgres, Redis, Docker) are started by session fixtures in
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Coroutine, Iterator, TypeVar
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 
 from ironfunctions.datastore import stores_from_url
 from ironfunctions.mq import queue_from_url
+from ironfunctions.mq.interface import IMessageQueue
 from tests.daemon import daemon, daemon_factory  # noqa: F401 (fixtures)
-from tests.servers import postgres_cluster, postgres_db, postgres_url, redis_server  # noqa: F401 (fixtures)
+from tests.servers import RedisServer, postgres_cluster, postgres_db, postgres_url, redis_server  # noqa: F401 (fixtures)
 
 DATASTORE_KINDS = ["memory", "sqlite", "postgres"]
 QUEUE_KINDS = ["memory", "sqlite", "redis"]
 
+_T = TypeVar("_T")
 
-def _block(coro):
+
+def _block(coro: Coroutine[Any, Any, _T]) -> _T:
     return pytest_twisted.blockon(defer.Deferred.fromCoroutine(coro))
 
 
@@ -56,21 +62,21 @@ def calls(stores):
     return stores.calls
 
 
-def queue_url(kind, request, tmp_path):
+def queue_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty queue of ``kind`` for one test."""
     if kind == "memory":
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/mq.db"
     if kind == "redis":
-        server = request.getfixturevalue("redis_server")
+        server: RedisServer = request.getfixturevalue("redis_server")
         server.flush()  # no state leaks between tests
         return server.url()
     raise AssertionError(kind)  # pragma: no cover
 
 
 @pytest.fixture(params=QUEUE_KINDS)
-def queue(request, tmp_path):
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IMessageQueue]:
     """A started, empty message queue of every kind the project has."""
     from twisted.internet import reactor
 

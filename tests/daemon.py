@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -39,7 +40,7 @@ class Reply:
         return self.headers.get(name.lower())
 
 
-def http(method: str, url: str, body: bytes | str | dict | None = None,
+def http(method: str, url: str, body: bytes | str | dict[str, Any] | None = None,
          headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
     """One blocking HTTP request (a fresh connection each time); dict bodies become JSON."""
     if isinstance(body, dict):
@@ -47,6 +48,7 @@ def http(method: str, url: str, body: bytes | str | dict | None = None,
     if isinstance(body, str):
         body = body.encode()
     parts = urlsplit(url)
+    assert parts.hostname is not None
     conn = httpclient.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         path = parts.path + ("?" + parts.query if parts.query else "")
@@ -158,6 +160,13 @@ class Daemon:
         return self.start()
 
 
+class RoutedDaemon(Daemon):
+    """For the type checker only: a ``Daemon`` to which a test fixture added a
+    ``route(path, image, **fields)`` shortcut (``daemon.route = lambda ...``)."""
+
+    route: Callable[..., Reply]
+
+
 _SETTINGS = {
     "PORT", "LISTEN", "DATA_DIR", "DB_URL", "MQ_URL", "API_URL", "LOG_LEVEL", "JWT_AUTH_KEY",
     "NUM_ASYNC", "MAX_CONCURRENCY", "MAX_REQUEST_SIZE", "MAX_RESPONSE_SIZE", "STATSD_URL",
@@ -165,8 +174,13 @@ _SETTINGS = {
 }
 
 
+class DaemonFactory(Protocol):
+    def __call__(self, env: dict[str, str] | None = None, args: list[str] | None = None,
+                 start: bool = True, workdir: str | None = None) -> Daemon: ...
+
+
 @pytest.fixture
-def daemon_factory(tmp_path: Any) -> Iterator[Any]:
+def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
     """``daemon_factory(env=..., args=..., start=True)`` -> a Daemon; all stopped at the end."""
     started: list[Daemon] = []
 
@@ -185,6 +199,6 @@ def daemon_factory(tmp_path: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def daemon(daemon_factory: Any) -> Daemon:
+def daemon(daemon_factory: DaemonFactory) -> Daemon:
     """A started daemon on the embedded default (SQLite in its own data dir)."""
     return daemon_factory()

@@ -3,6 +3,8 @@ driver contract suite and the runner's unit tests see the same functions either 
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IReactorTime
+
 from ironfunctions.drivers.fake import Behaviour, FakeDriver, FakeRun, cat
 from ironfunctions.models import ContainerSpec
 
@@ -68,6 +70,6 @@ FAKE_IMAGES: dict[str, Behaviour] = {
 }
 
 
-def fake_driver(clock, hot_transport: str = "attach") -> FakeDriver:  # type: ignore[no-untyped-def]
+def fake_driver(clock: IReactorTime, hot_transport: str = "attach") -> FakeDriver:
     """A ``FakeDriver`` that knows every test image."""
     return FakeDriver(clock, FAKE_IMAGES, hot_transport=hot_transport)

@@ -6,6 +6,7 @@ store ``stores_from_url`` builds beside each kind of datastore)."""
 from __future__ import annotations
 
 import sqlite3
+from typing import Any, Callable, NoReturn
 
 import attrs
 import pytest
@@ -13,11 +14,13 @@ import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from ironfunctions.calls.interface import ICallStore
-from ironfunctions.calls.model import CallRecord, CallQuery, decode_cursor
+from ironfunctions.calls.model import CallPage, CallRecord, CallQuery, decode_cursor
+from ironfunctions.datastore.interface import IDatastore
+from ironfunctions.datastore.sqlite import SqliteDatastore
 from ironfunctions.errors import CallCompleted, CallNotFound
 
 
-def call(n: int, app: str = "a", **kw) -> CallRecord:
+def call(n: int, app: str = "a", **kw: Any) -> CallRecord:
     return CallRecord(id=f"call{n:04d}", app_name=app, path=kw.pop("path", "/p"), created_at=1_000 + n, **kw)
 
 
@@ -136,7 +139,7 @@ async def test_update_call_is_atomic_and_may_abort(calls):
     new = await calls.update_call("a", "call0001", lambda c: attrs.evolve(c, status="cancelled"))
     assert new.status == "cancelled"
 
-    def refuse(c):
+    def refuse(c: CallRecord) -> NoReturn:
         raise CallCompleted()
 
     with pytest.raises(CallCompleted):

@@ -6,6 +6,9 @@ parametrized over every provider; a real backend that cannot start fails, never 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable, NoReturn, cast
+
 import attrs
 import pytest
 import pytest_twisted
@@ -23,25 +26,25 @@ from ironfunctions.errors import (
 from ironfunctions.models import App, Route
 
 
-def test_provides_IDatastore(datastore):
+def test_provides_IDatastore(datastore: IDatastore) -> None:
     """The provider fully implements the interface."""
     assert verifyObject(IDatastore, datastore)
 
 
 @pytest_twisted.ensureDeferred
-async def test_ping_answers(datastore):
+async def test_ping_answers(datastore: IDatastore) -> None:
     await datastore.ping()
 
 
 @pytest_twisted.ensureDeferred
-async def test_insert_and_get_app_round_trips_config(datastore):
+async def test_insert_and_get_app_round_trips_config(datastore: IDatastore) -> None:
     app = App("myapp", {"K": "v", "unicode": "żółw ☃"})
     assert await datastore.insert_app(app) == app
     assert await datastore.get_app("myapp") == app
 
 
 @pytest_twisted.ensureDeferred
-async def test_insert_app_twice_fails_with_AppAlreadyExists(datastore):
+async def test_insert_app_twice_fails_with_AppAlreadyExists(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     with pytest.raises(AppAlreadyExists):
         await datastore.insert_app(App("a", {"x": "y"}))
@@ -49,20 +52,20 @@ async def test_insert_app_twice_fails_with_AppAlreadyExists(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_get_missing_app_fails_with_AppNotFound(datastore):
+async def test_get_missing_app_fails_with_AppNotFound(datastore: IDatastore) -> None:
     with pytest.raises(AppNotFound):
         await datastore.get_app("nope")
 
 
 @pytest_twisted.ensureDeferred
-async def test_get_apps_is_sorted_by_name(datastore):
+async def test_get_apps_is_sorted_by_name(datastore: IDatastore) -> None:
     for name in ["b", "C", "a", "a_1"]:
         await datastore.insert_app(App(name))
     assert [a.name for a in await datastore.get_apps()] == sorted(["b", "C", "a", "a_1"])
 
 
 @pytest_twisted.ensureDeferred
-async def test_update_app_applies_change_and_keeps_name(datastore):
+async def test_update_app_applies_change_and_keeps_name(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a", {"x": "1"}))
     new = await datastore.update_app("a", lambda app: attrs.evolve(app, name="zzz", config={"y": "2"}))
     assert new == App("a", {"y": "2"})
@@ -72,10 +75,10 @@ async def test_update_app_applies_change_and_keeps_name(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_update_app_change_that_raises_writes_nothing(datastore):
+async def test_update_app_change_that_raises_writes_nothing(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a", {"x": "1"}))
 
-    def bad(app):
+    def bad(app: App) -> NoReturn:
         raise ValidationError("no")
 
     with pytest.raises(ValidationError):
@@ -84,13 +87,13 @@ async def test_update_app_change_that_raises_writes_nothing(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_update_missing_app_fails_with_AppNotFound(datastore):
+async def test_update_missing_app_fails_with_AppNotFound(datastore: IDatastore) -> None:
     with pytest.raises(AppNotFound):
         await datastore.update_app("nope", lambda app: app)
 
 
 @pytest_twisted.ensureDeferred
-async def test_remove_app(datastore):
+async def test_remove_app(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     await datastore.remove_app("a")
     with pytest.raises(AppNotFound):
@@ -100,7 +103,7 @@ async def test_remove_app(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_remove_app_with_routes_fails_with_AppHasRoutes(datastore):
+async def test_remove_app_with_routes_fails_with_AppHasRoutes(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     await datastore.insert_route(Route("a", "/r", "img"))
     with pytest.raises(AppHasRoutes):
@@ -125,20 +128,20 @@ FULL_ROUTE = Route(
 
 
 @pytest_twisted.ensureDeferred
-async def test_every_route_field_persists_including_jwt_key(datastore):
+async def test_every_route_field_persists_including_jwt_key(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     assert await datastore.insert_route(FULL_ROUTE) == FULL_ROUTE
     assert await datastore.get_route("a", "/deep/path") == FULL_ROUTE
 
 
 @pytest_twisted.ensureDeferred
-async def test_insert_route_without_app_fails_with_AppNotFound(datastore):
+async def test_insert_route_without_app_fails_with_AppNotFound(datastore: IDatastore) -> None:
     with pytest.raises(AppNotFound):
         await datastore.insert_route(Route("ghost", "/r", "img"))
 
 
 @pytest_twisted.ensureDeferred
-async def test_insert_route_twice_fails_with_RouteAlreadyExists(datastore):
+async def test_insert_route_twice_fails_with_RouteAlreadyExists(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     await datastore.insert_route(Route("a", "/r", "img"))
     with pytest.raises(RouteAlreadyExists):
@@ -147,7 +150,7 @@ async def test_insert_route_twice_fails_with_RouteAlreadyExists(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_same_path_in_two_apps_is_two_routes(datastore):
+async def test_same_path_in_two_apps_is_two_routes(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     await datastore.insert_app(App("b"))
     await datastore.insert_route(Route("a", "/r", "img-a"))
@@ -157,7 +160,7 @@ async def test_same_path_in_two_apps_is_two_routes(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_get_missing_route_fails_with_RouteNotFound(datastore):
+async def test_get_missing_route_fails_with_RouteNotFound(datastore: IDatastore) -> None:
     with pytest.raises(RouteNotFound):
         await datastore.get_route("nope", "/r")
     await datastore.insert_app(App("a"))
@@ -166,7 +169,7 @@ async def test_get_missing_route_fails_with_RouteNotFound(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_put_route_creates_then_replaces(datastore):
+async def test_put_route_creates_then_replaces(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     route, created = await datastore.put_route(Route("a", "/r", "one", memory=64))
     assert created and route.image == "one"
@@ -178,13 +181,13 @@ async def test_put_route_creates_then_replaces(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_get_routes_filters_by_app_and_image_sorted(datastore):
+async def test_get_routes_filters_by_app_and_image_sorted(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     await datastore.insert_app(App("b"))
     await datastore.insert_route(Route("b", "/y", "img1"))
     await datastore.insert_route(Route("a", "/z", "img2"))
     await datastore.insert_route(Route("a", "/x", "img1"))
-    keys = lambda routes: [r.key for r in routes]  # noqa: E731
+    keys: Callable[[list[Route]], list[tuple[str, str]]] = lambda routes: [r.key for r in routes]  # noqa: E731
     assert keys(await datastore.get_routes()) == [("a", "/x"), ("a", "/z"), ("b", "/y")]
     assert keys(await datastore.get_routes(app_name="a")) == [("a", "/x"), ("a", "/z")]
     assert keys(await datastore.get_routes(image="img1")) == [("a", "/x"), ("b", "/y")]
@@ -193,7 +196,7 @@ async def test_get_routes_filters_by_app_and_image_sorted(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_update_route_applies_change_and_keeps_identity(datastore):
+async def test_update_route_applies_change_and_keeps_identity(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     await datastore.insert_route(FULL_ROUTE)
     new = await datastore.update_route(
@@ -206,11 +209,11 @@ async def test_update_route_applies_change_and_keeps_identity(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_update_route_change_that_raises_writes_nothing(datastore):
+async def test_update_route_change_that_raises_writes_nothing(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     await datastore.insert_route(FULL_ROUTE)
 
-    def bad(route):
+    def bad(route: Route) -> NoReturn:
         raise ValidationError("no")
 
     with pytest.raises(ValidationError):
@@ -219,7 +222,7 @@ async def test_update_route_change_that_raises_writes_nothing(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_remove_route(datastore):
+async def test_remove_route(datastore: IDatastore) -> None:
     await datastore.insert_app(App("a"))
     await datastore.insert_route(Route("a", "/r", "img"))
     await datastore.remove_route("a", "/r")
@@ -231,7 +234,7 @@ async def test_remove_route(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_extras_store_bytes_and_replace(datastore):
+async def test_extras_store_bytes_and_replace(datastore: IDatastore) -> None:
     assert await datastore.get_extra("k") is None
     await datastore.put_extra("k", b"\x00\xffvalue")
     assert await datastore.get_extra("k") == b"\x00\xffvalue"
@@ -240,12 +243,13 @@ async def test_extras_store_bytes_and_replace(datastore):
 
 
 @pytest_twisted.ensureDeferred
-async def test_sqlite_start_can_be_retried_after_a_failure(tmp_path):
+async def test_sqlite_start_can_be_retried_after_a_failure(tmp_path: Path) -> None:
     """A failed start (here: the folder cannot be created) leaves the datastore able to
     start later, as BackendService retries it; close always frees its thread."""
     import os
 
     from twisted.internet import reactor
+    from twisted.internet.interfaces import IReactorFromThreads
 
     from ironfunctions.datastore.sqlite import SqliteDatastore, sqlite_database
     from ironfunctions.errors import DatastoreUnavailable

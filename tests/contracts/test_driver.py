@@ -10,27 +10,34 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from ironfunctions.drivers.interface import IContainerDriver
+from ironfunctions.drivers.interface import IContainerDriver, IContainerStream
 from ironfunctions.errors import ImageNotFound
 from ironfunctions.models import LABEL_CALL, LABEL_NODE, ContainerSpec
 
 from tests.fake_images import fake_driver
 from tests.images import bridge_binary, image_tag, test_images  # noqa: F401  (session fixtures)
 
+if TYPE_CHECKING:
+    from ironfunctions.drivers.docker import DockerDriver
+    from ironfunctions.drivers.fake import FakeDriver
+
 
 @pytest.fixture(params=["fake", "docker"])
-def driver(request):
+def driver(request: pytest.FixtureRequest) -> Iterator[FakeDriver | DockerDriver]:
     """A started driver of every kind."""
     from twisted.internet import reactor
 
     if request.param == "fake":
-        d = fake_driver(reactor)
+        d: FakeDriver | DockerDriver = fake_driver(reactor)
     else:
         from ironfunctions.drivers.docker import DockerDriver
 
@@ -42,13 +49,13 @@ def driver(request):
 
 
 @pytest.fixture(params=["fake-attach", "fake-socket", "docker-attach", "docker-socket"])
-def attached_driver(request, tmp_path):
+def attached_driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FakeDriver | DockerDriver]:
     """A started driver of every kind, with each hot transport."""
     from twisted.internet import reactor
 
     kind, transport = request.param.split("-")
     if kind == "fake":
-        d = fake_driver(reactor, hot_transport=transport)
+        d: FakeDriver | DockerDriver = fake_driver(reactor, hot_transport=transport)
     else:
         from ironfunctions import bridge
         from ironfunctions.drivers.docker import DockerDriver
@@ -65,12 +72,12 @@ def attached_driver(request, tmp_path):
 
 
 @pytest.fixture
-def node():
+def node() -> str:
     """A node id unique to the test, so label queries see only its containers."""
     return "test-" + uuid.uuid4().hex[:12]
 
 
-def spec(node: str, name: str, **kw) -> ContainerSpec:
+def spec(node: str, name: str, **kw: Any) -> ContainerSpec:
     labels = {LABEL_NODE: node, LABEL_CALL: uuid.uuid4().hex}
     kw.setdefault("network_mode", "none")
     kw.setdefault("timeout_s", 20)
@@ -83,24 +90,24 @@ async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds)
 
 
-async def eventually_no_containers(driver, labels, within: float = 10.0) -> None:
+async def eventually_no_containers(driver: FakeDriver | DockerDriver, labels: Mapping[str, str], within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while await driver.list_containers(labels):
         assert time.monotonic() < deadline, "containers still there"
         await sleep(0.05)
 
 
-def test_provides_the_interface(driver):
+def test_provides_the_interface(driver: FakeDriver | DockerDriver) -> None:
     assert verifyObject(IContainerDriver, driver)
 
 
 @pytest_twisted.ensureDeferred
-async def test_ping_answers(driver):
+async def test_ping_answers(driver: FakeDriver | DockerDriver) -> None:
     await driver.ping()
 
 
 @pytest_twisted.ensureDeferred
-async def test_run_feeds_stdin_and_returns_stdout_then_removes_the_container(driver, node):
+async def test_run_feeds_stdin_and_returns_stdout_then_removes_the_container(driver: FakeDriver | DockerDriver, node: str) -> None:
     s = spec(node, "cat", stdin=b'{"name":"x"}\n')
     result = await driver.run(s)
     assert (result.exit_code, result.stdout, result.timed_out, result.oom_killed) == (
@@ -110,7 +117,7 @@ async def test_run_feeds_stdin_and_returns_stdout_then_removes_the_container(dri
 
 
 @pytest_twisted.ensureDeferred
-async def test_run_with_large_stdin_echoes_it_all(driver, node):
+async def test_run_with_large_stdin_echoes_it_all(driver: FakeDriver | DockerDriver, node: str) -> None:
     data = bytes(range(256)) * 4096  # 1 MiB, every byte value
     result = await driver.run(spec(node, "cat", stdin=data))
     assert result.exit_code == 0
@@ -118,7 +125,7 @@ async def test_run_with_large_stdin_echoes_it_all(driver, node):
 
 
 @pytest_twisted.ensureDeferred
-async def test_run_passes_the_environment(driver, node):
+async def test_run_passes_the_environment(driver: FakeDriver | DockerDriver, node: str) -> None:
     env = {"CALL_ID": "abc", "APP_NAME": "myapp", "WITH_SPACE": "a b, c=d"}
     result = await driver.run(spec(node, "echo-env", env=env))
     lines = result.stdout.decode().splitlines()
@@ -127,7 +134,7 @@ async def test_run_passes_the_environment(driver, node):
 
 
 @pytest_twisted.ensureDeferred
-async def test_run_reports_exit_code_and_keeps_stderr_apart(driver, node):
+async def test_run_reports_exit_code_and_keeps_stderr_apart(driver: FakeDriver | DockerDriver, node: str) -> None:
     result = await driver.run(spec(node, "exit-code", env={"EXIT_CODE": "7"}))
     assert result.exit_code == 7
     assert result.stdout == b"about to exit\n"
@@ -136,14 +143,14 @@ async def test_run_reports_exit_code_and_keeps_stderr_apart(driver, node):
 
 
 @pytest_twisted.ensureDeferred
-async def test_run_collects_stderr_lines(driver, node):
+async def test_run_collects_stderr_lines(driver: FakeDriver | DockerDriver, node: str) -> None:
     result = await driver.run(spec(node, "stderr-chatter", env={"LINES": "5"}))
     assert result.stdout == b"ok\n"
     assert result.stderr.decode().splitlines() == [f"chatter line {i}" for i in range(1, 6)]
 
 
 @pytest_twisted.ensureDeferred
-async def test_timeout_kills_and_removes_the_container_before_returning(driver, node):
+async def test_timeout_kills_and_removes_the_container_before_returning(driver: FakeDriver | DockerDriver, node: str) -> None:
     labels = None
     s = spec(node, "sleep", env={"SLEEP": "30"}, timeout_s=1.0)
     labels = dict(s.labels)
@@ -157,7 +164,7 @@ async def test_timeout_kills_and_removes_the_container_before_returning(driver, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_memory_limit_oom_kill_is_reported(driver, node):
+async def test_memory_limit_oom_kill_is_reported(driver: FakeDriver | DockerDriver, node: str) -> None:
     result = await driver.run(spec(node, "oom", memory_mb=16, env={"OOM_MB": "64"}))
     assert result.oom_killed
     assert result.exit_code != 0
@@ -165,7 +172,7 @@ async def test_memory_limit_oom_kill_is_reported(driver, node):
 
 
 @pytest_twisted.ensureDeferred
-async def test_stdout_up_to_the_limit_is_returned_whole(driver, node):
+async def test_stdout_up_to_the_limit_is_returned_whole(driver: FakeDriver | DockerDriver, node: str) -> None:
     result = await driver.run(spec(node, "big-output", env={"BYTES": "1048576"}, stdout_limit=1048576))
     assert result.exit_code == 0
     assert result.stdout == b"x" * 1048576
@@ -173,7 +180,7 @@ async def test_stdout_up_to_the_limit_is_returned_whole(driver, node):
 
 
 @pytest_twisted.ensureDeferred
-async def test_stdout_over_the_limit_is_flagged(driver, node):
+async def test_stdout_over_the_limit_is_flagged(driver: FakeDriver | DockerDriver, node: str) -> None:
     result = await driver.run(spec(node, "big-output", env={"BYTES": "2000000"}, stdout_limit=100000))
     assert result.stdout_truncated
     assert len(result.stdout) <= 100000
@@ -181,7 +188,7 @@ async def test_stdout_over_the_limit_is_flagged(driver, node):
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing_image_fails_fast_with_ImageNotFound(driver, node):
+async def test_missing_image_fails_fast_with_ImageNotFound(driver: FakeDriver | DockerDriver, node: str) -> None:
     began = time.monotonic()
     with pytest.raises(ImageNotFound) as info:
         await driver.run(ContainerSpec(image="iftest/does-not-exist:1", labels={LABEL_NODE: node}))
@@ -193,12 +200,12 @@ async def test_missing_image_fails_fast_with_ImageNotFound(driver, node):
 
 
 @pytest_twisted.ensureDeferred
-async def test_ensure_image_accepts_a_local_image(driver):
+async def test_ensure_image_accepts_a_local_image(driver: FakeDriver | DockerDriver) -> None:
     await driver.ensure_image(image_tag("cat"))
 
 
 @pytest_twisted.ensureDeferred
-async def test_containers_are_listed_and_removed_by_label(driver, node):
+async def test_containers_are_listed_and_removed_by_label(driver: FakeDriver | DockerDriver, node: str) -> None:
     other = node + "-other"
     running = defer.Deferred.fromCoroutine(driver.run(spec(node, "sleep", env={"SLEEP": "30"})))
     keep = defer.Deferred.fromCoroutine(driver.run(spec(other, "sleep", env={"SLEEP": "2"})))
@@ -214,12 +221,12 @@ async def test_containers_are_listed_and_removed_by_label(driver, node):
 
 
 @pytest_twisted.ensureDeferred
-async def test_remove_of_a_missing_container_is_not_an_error(driver):
+async def test_remove_of_a_missing_container_is_not_an_error(driver: FakeDriver | DockerDriver) -> None:
     await driver.remove("0" * 64)
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_runs_all_complete(driver, node):
+async def test_concurrent_runs_all_complete(driver: FakeDriver | DockerDriver, node: str) -> None:
     runs = [
         defer.Deferred.fromCoroutine(driver.run(spec(node, "cat", stdin=str(i).encode())))
         for i in range(8)
@@ -228,11 +235,12 @@ async def test_concurrent_runs_all_complete(driver, node):
     assert [r.stdout for r in results] == [str(i).encode() for i in range(8)]
 
 
+@implementer(IContainerStream)
 class Collector:
     def __init__(self) -> None:
         self.stdout = b""
         self.stderr = b""
-        self.closed = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
 
     def stdout_received(self, data: bytes) -> None:
         self.stdout += data
@@ -245,7 +253,7 @@ class Collector:
 
 
 @pytest_twisted.ensureDeferred
-async def test_attached_container_streams_stdin_and_stdout_on_the_reactor(attached_driver, node):
+async def test_attached_container_streams_stdin_and_stdout_on_the_reactor(attached_driver: FakeDriver | DockerDriver, node: str) -> None:
     from ironfunctions.drivers.interface import IAttachedContainer
 
     driver = attached_driver
@@ -265,7 +273,7 @@ async def test_attached_container_streams_stdin_and_stdout_on_the_reactor(attach
 
 
 @pytest_twisted.ensureDeferred
-async def test_attached_container_keeps_stderr_apart_and_reports_its_exit(attached_driver, node):
+async def test_attached_container_keeps_stderr_apart_and_reports_its_exit(attached_driver: FakeDriver | DockerDriver, node: str) -> None:
     driver = attached_driver
     collector = Collector()
     attached = await driver.start_attached(spec(node, "stderr-chatter", env={"LINES": "2"}), collector)
@@ -280,7 +288,7 @@ async def test_attached_container_keeps_stderr_apart_and_reports_its_exit(attach
 
 
 @pytest_twisted.ensureDeferred
-async def test_removing_a_running_attached_container_closes_its_stream(attached_driver, node):
+async def test_removing_a_running_attached_container_closes_its_stream(attached_driver: FakeDriver | DockerDriver, node: str) -> None:
     driver = attached_driver
     collector = Collector()
     attached = await driver.start_attached(spec(node, "cat"), collector)
@@ -298,7 +306,7 @@ async def test_removing_a_running_attached_container_closes_its_stream(attached_
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_invalid_image_reference_is_ImageNotFound(driver, node):
+async def test_an_invalid_image_reference_is_ImageNotFound(driver: FakeDriver | DockerDriver, node: str) -> None:
     """An image name the engine cannot parse is the route's mistake (502), not an
     engine outage (503)."""
     with pytest.raises(ImageNotFound):

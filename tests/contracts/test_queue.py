@@ -10,6 +10,8 @@ with a fake clock.
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Iterator, cast
 
 import pytest
 import pytest_twisted
@@ -18,9 +20,9 @@ from zope.interface.verify import verifyObject
 
 from ironfunctions.errors import LeaseLost, QueueUnavailable
 from ironfunctions.mq import queue_from_url
-from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem
+from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation
 from ironfunctions.mq.redis import RedisQueue
-from tests.servers import free_port, start_redis_server, stop_redis_server
+from tests.servers import RedisServer, free_port, start_redis_server, stop_redis_server
 
 
 def item(call_id: str, priority: int = 0, **payload: object) -> QueueItem:
@@ -31,7 +33,7 @@ def sleep(seconds: float) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds)
 
 
-async def drain(queue, lease: float = 30) -> list[str]:
+async def drain(queue: IMessageQueue, lease: float = 30) -> list[str]:
     """Reserve everything visible now; return the call ids in the order received."""
     got = []
     while (r := await queue.reserve(lease)) is not None:
@@ -39,21 +41,22 @@ async def drain(queue, lease: float = 30) -> list[str]:
     return got
 
 
-def test_provides_IMessageQueue(queue):
+def test_provides_IMessageQueue(queue: IMessageQueue) -> None:
     """The provider fully implements the interface."""
     assert verifyObject(IMessageQueue, queue)
 
 
 @pytest_twisted.ensureDeferred
-async def test_ping_answers(queue):
+async def test_ping_answers(queue: IMessageQueue) -> None:
     await queue.ping()
 
 
 @pytest_twisted.ensureDeferred
-async def test_push_reserve_ack_round_trips_the_item(queue):
+async def test_push_reserve_ack_round_trips_the_item(queue: IMessageQueue) -> None:
     pushed = item("c1", 1, body="żółw ☃", n=[1, 2.5, None], nested={"k": True})
     assert await queue.push(pushed) is True
     r = await queue.reserve(30)
+    assert r is not None
     assert r.item == pushed
     assert r.call_id == "c1"
     assert r.attempt == 1
@@ -63,22 +66,23 @@ async def test_push_reserve_ack_round_trips_the_item(queue):
 
 
 @pytest_twisted.ensureDeferred
-async def test_reserve_on_empty_queue_returns_None(queue):
+async def test_reserve_on_empty_queue_returns_None(queue: IMessageQueue) -> None:
     assert await queue.reserve(30) is None
 
 
 @pytest_twisted.ensureDeferred
-async def test_pushing_a_queued_call_id_again_changes_nothing(queue):
+async def test_pushing_a_queued_call_id_again_changes_nothing(queue: IMessageQueue) -> None:
     assert await queue.push(item("c1", payload="first"))
     assert await queue.push(item("c1", 2, payload="second")) is False
     r = await queue.reserve(30)
+    assert r is not None
     assert r.item.payload == {"payload": "first"}
     assert await queue.push(item("c1")) is False  # reserved counts as queued too
     assert await queue.depth() == 0
 
 
 @pytest_twisted.ensureDeferred
-async def test_higher_priority_first_then_fifo(queue):
+async def test_higher_priority_first_then_fifo(queue: IMessageQueue) -> None:
     order = [("a", 0), ("b", 2), ("c", 1), ("d", 0), ("e", 2), ("f", 1)]
     for call_id, priority in order:
         await queue.push(item(call_id, priority))
@@ -86,7 +90,7 @@ async def test_higher_priority_first_then_fifo(queue):
 
 
 @pytest_twisted.ensureDeferred
-async def test_delayed_item_stays_hidden_until_its_time(queue):
+async def test_delayed_item_stays_hidden_until_its_time(queue: IMessageQueue) -> None:
     await queue.push(item("later"), delay=0.4)
     await queue.push(item("now"))
     assert await drain(queue) == ["now"]
@@ -98,27 +102,31 @@ async def test_delayed_item_stays_hidden_until_its_time(queue):
 
 
 @pytest_twisted.ensureDeferred
-async def test_expired_lease_redelivers_at_the_old_place_with_next_attempt(queue):
+async def test_expired_lease_redelivers_at_the_old_place_with_next_attempt(queue: IMessageQueue) -> None:
     for call_id in ["a", "b", "c"]:
         await queue.push(item(call_id))
     first = await queue.reserve(0.3)
+    assert first is not None
     assert (first.call_id, first.attempt) == ("a", 1)
     await sleep(0.45)
     again = await queue.reserve(30)
+    assert again is not None
     assert (again.call_id, again.attempt) == ("a", 2)
     assert again.lease != first.lease
     assert await drain(queue) == ["b", "c"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_lost_lease_cannot_be_acked_renewed_or_released(queue):
+async def test_a_lost_lease_cannot_be_acked_renewed_or_released(queue: IMessageQueue) -> None:
     await queue.push(item("a"))
     old = await queue.reserve(0.2)
+    assert old is not None
     await sleep(0.35)
     for op in (queue.ack(old), queue.renew(old, 30), queue.release(old)):
         with pytest.raises(LeaseLost):
             await op
     new = await queue.reserve(30)
+    assert new is not None
     with pytest.raises(LeaseLost):
         await queue.ack(old)
     await queue.ack(new)  # the current holder still can
@@ -126,9 +134,10 @@ async def test_a_lost_lease_cannot_be_acked_renewed_or_released(queue):
 
 
 @pytest_twisted.ensureDeferred
-async def test_renew_extends_the_lease(queue):
+async def test_renew_extends_the_lease(queue: IMessageQueue) -> None:
     await queue.push(item("long"))
     r = await queue.reserve(0.3)
+    assert r is not None
     await sleep(0.15)
     await queue.renew(r, 2)
     await sleep(0.35)  # past the first lease
@@ -138,32 +147,36 @@ async def test_renew_extends_the_lease(queue):
 
 
 @pytest_twisted.ensureDeferred
-async def test_release_with_delay_puts_the_item_back_at_its_place_later(queue):
+async def test_release_with_delay_puts_the_item_back_at_its_place_later(queue: IMessageQueue) -> None:
     for call_id in ["a", "b", "c"]:
         await queue.push(item(call_id))
     a = await queue.reserve(30)
+    assert a is not None
     await queue.release(a, delay=0.3)
     with pytest.raises(LeaseLost):
         await queue.ack(a)
     b = await queue.reserve(30)
+    assert b is not None
     assert b.call_id == "b"
     await sleep(0.4)
     again = await queue.reserve(30)
+    assert again is not None
     assert (again.call_id, again.attempt) == ("a", 2)
     assert await drain(queue) == ["c"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_release_without_delay_is_reservable_at_once_in_front(queue):
+async def test_release_without_delay_is_reservable_at_once_in_front(queue: IMessageQueue) -> None:
     await queue.push(item("a"))
     await queue.push(item("b"))
     a = await queue.reserve(30)
+    assert a is not None
     await queue.release(a)
-    assert [r.call_id for r in [await queue.reserve(30)]] == ["a"]
+    assert [r.call_id for r in [cast(Reservation, await queue.reserve(30))]] == ["a"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_reservers_never_get_the_same_item(queue):
+async def test_concurrent_reservers_never_get_the_same_item(queue: IMessageQueue) -> None:
     ids = [f"call{i:02d}" for i in range(50)]
     for i, call_id in enumerate(ids):
         await queue.push(item(call_id, i % 3))
@@ -184,35 +197,36 @@ async def test_concurrent_reservers_never_get_the_same_item(queue):
 
 
 @pytest_twisted.ensureDeferred
-async def test_waiting_reservers_each_get_a_distinct_pushed_item(queue):
+async def test_waiting_reservers_each_get_a_distinct_pushed_item(queue: IMessageQueue) -> None:
     waiting = [defer.Deferred.fromCoroutine(queue.reserve(30, timeout=5)) for _ in range(5)]
     await sleep(0.05)
     for i in range(5):
         await queue.push(item(f"c{i}"))
-    results = await defer.gatherResults(waiting, consumeErrors=True)
+    results = cast("list[Reservation]", await defer.gatherResults(waiting, consumeErrors=True))
     assert sorted(r.call_id for r in results) == [f"c{i}" for i in range(5)]
 
 
 @pytest_twisted.ensureDeferred
-async def test_waiting_reserve_wakes_up_at_once_on_push(queue):
+async def test_waiting_reserve_wakes_up_at_once_on_push(queue: IMessageQueue) -> None:
     waiting = defer.Deferred.fromCoroutine(queue.reserve(30, timeout=10))
     await sleep(0.2)
     pushed_at = time.monotonic()
     await queue.push(item("fast"))
     r = await waiting
+    assert r is not None
     assert r.call_id == "fast"
     assert time.monotonic() - pushed_at < 0.05
 
 
 @pytest_twisted.ensureDeferred
-async def test_reserve_waits_timeout_seconds_then_returns_None(queue):
+async def test_reserve_waits_timeout_seconds_then_returns_None(queue: IMessageQueue) -> None:
     started = time.monotonic()
     assert await queue.reserve(30, timeout=0.3) is None
     assert 0.25 <= time.monotonic() - started < 2
 
 
 @pytest_twisted.ensureDeferred
-async def test_depth_counts_waiting_items_not_live_leases(queue):
+async def test_depth_counts_waiting_items_not_live_leases(queue: IMessageQueue) -> None:
     for call_id in ["a", "b", "c"]:
         await queue.push(item(call_id))
     await queue.push(item("d"), delay=30)
@@ -224,11 +238,12 @@ async def test_depth_counts_waiting_items_not_live_leases(queue):
 
 
 @pytest_twisted.ensureDeferred
-async def test_remove_deletes_a_waiting_or_reserved_call(queue):
+async def test_remove_deletes_a_waiting_or_reserved_call(queue: IMessageQueue) -> None:
     await queue.push(item("a"))
     await queue.push(item("b"))
     await queue.push(item("c"), delay=30)
     held = await queue.reserve(30)
+    assert held is not None
     assert await queue.remove("a") is True
     assert await queue.remove("c") is True
     assert await queue.remove("nope") is False
@@ -239,10 +254,11 @@ async def test_remove_deletes_a_waiting_or_reserved_call(queue):
 
 
 @pytest_twisted.ensureDeferred
-async def test_lease_survives_a_round_trip_through_text(queue):
+async def test_lease_survives_a_round_trip_through_text(queue: IMessageQueue) -> None:
     """The /tasks protocol hands the lease to an external runner and takes it back."""
     await queue.push(item("task.1"))
     r = await queue.reserve(30)
+    assert r is not None
     text = str(r.lease)
     assert Lease.parse(text) == r.lease
     await queue.ack(Lease.parse(text))
@@ -250,7 +266,7 @@ async def test_lease_survives_a_round_trip_through_text(queue):
 
 
 @pytest_twisted.ensureDeferred
-async def test_close_ends_a_waiting_reserve_with_None(queue):
+async def test_close_ends_a_waiting_reserve_with_None(queue: IMessageQueue) -> None:
     waiting = defer.Deferred.fromCoroutine(queue.reserve(30, timeout=10))
     await sleep(0.05)
     await queue.close()
@@ -265,13 +281,14 @@ async def test_close_ends_a_waiting_reserve_with_None(queue):
 
 
 @pytest_twisted.ensureDeferred
-async def test_sqlite_queue_keeps_items_and_leases_across_close_and_reopen(tmp_path):
+async def test_sqlite_queue_keeps_items_and_leases_across_close_and_reopen(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/data/mq.db"
     queue = queue_from_url(url, reactor)
     await queue.start()
     for call_id, priority in [("a", 0), ("b", 1), ("c", 0)]:
         await queue.push(item(call_id, priority, n=call_id))
     held = await queue.reserve(30)
+    assert held is not None
     assert held.call_id == "b"
     await queue.close()
 
@@ -280,6 +297,7 @@ async def test_sqlite_queue_keeps_items_and_leases_across_close_and_reopen(tmp_p
     try:
         assert await reopened.depth() == 2
         a = await reopened.reserve(30)
+        assert a is not None
         assert a.item == item("a", 0, n="a")
         await reopened.ack(held)  # the lease held before the restart is still valid
         assert await drain(reopened) == ["c"]
@@ -288,7 +306,7 @@ async def test_sqlite_queue_keeps_items_and_leases_across_close_and_reopen(tmp_p
 
 
 @pytest.fixture
-def own_redis():
+def own_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, so stopping it disturbs no other test."""
     server = start_redis_server()
     yield server
@@ -296,13 +314,14 @@ def own_redis():
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_outage_fails_fast_with_QueueUnavailable_and_recovers(own_redis):
+async def test_redis_outage_fails_fast_with_QueueUnavailable_and_recovers(own_redis: RedisServer) -> None:
     queue = RedisQueue.from_url(own_redis.url(), reactor, timeout=2)
     await queue.start()
     try:
         await queue.push(item("before"))
         waiting = defer.Deferred.fromCoroutine(queue.reserve(30, timeout=30))
         r = await waiting
+        assert r is not None
         assert r.call_id == "before"
 
         own_redis.stop()
@@ -323,7 +342,7 @@ async def test_redis_outage_fails_fast_with_QueueUnavailable_and_recovers(own_re
                 await sleep(0.1)
         # The subscriber reconnects too: a waiting reserve wakes on a push again.
         await sleep(2.5)
-        assert (await queue.reserve(30)).call_id == "after"
+        assert cast(Reservation, await queue.reserve(30)).call_id == "after"
         waiting = defer.Deferred.fromCoroutine(queue.reserve(30, timeout=10))
         await sleep(0.1)
         other = RedisQueue.from_url(own_redis.url(), reactor)
@@ -331,7 +350,7 @@ async def test_redis_outage_fails_fast_with_QueueUnavailable_and_recovers(own_re
         try:
             pushed_at = time.monotonic()
             await other.push(item("from-another-node"))
-            assert (await waiting).call_id == "from-another-node"
+            assert cast(Reservation, await waiting).call_id == "from-another-node"
             assert time.monotonic() - pushed_at < 0.1
         finally:
             await other.close()
@@ -340,7 +359,7 @@ async def test_redis_outage_fails_fast_with_QueueUnavailable_and_recovers(own_re
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_start_fails_with_QueueUnavailable_when_nothing_listens():
+async def test_redis_start_fails_with_QueueUnavailable_when_nothing_listens() -> None:
     queue = RedisQueue.from_url(f"redis://127.0.0.1:{free_port()}", reactor, timeout=1)
     started = time.monotonic()
     try:
@@ -352,7 +371,7 @@ async def test_redis_start_fails_with_QueueUnavailable_when_nothing_listens():
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_queues_with_different_prefixes_do_not_share_items(redis_server):
+async def test_redis_queues_with_different_prefixes_do_not_share_items(redis_server: RedisServer) -> None:
     redis_server.flush()
     one = RedisQueue.from_url(redis_server.url(prefix="one"), reactor)
     two = RedisQueue.from_url(redis_server.url(prefix="two"), reactor)
@@ -361,7 +380,7 @@ async def test_redis_queues_with_different_prefixes_do_not_share_items(redis_ser
     try:
         await one.push(item("a"))
         assert await two.reserve(30) is None
-        assert (await one.reserve(30)).call_id == "a"
+        assert cast(Reservation, await one.reserve(30)).call_id == "a"
     finally:
         await one.close()
         await two.close()
@@ -380,7 +399,7 @@ async def test_sqlite_queue_and_datastore_can_share_one_file(tmp_path):
     try:
         await datastore.insert_app(App("a"))
         await queue.push(item("c1"))
-        assert (await queue.reserve(30)).call_id == "c1"
+        assert cast(Reservation, await queue.reserve(30)).call_id == "c1"
         assert await datastore.get_app("a") == App("a")
     finally:
         await queue.close()

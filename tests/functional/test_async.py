@@ -8,24 +8,27 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Collection, cast
 
 
+from tests.daemon import Daemon, DaemonFactory, RoutedDaemon
 from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
-from tests.servers import start_redis_server, stop_redis_server
+from tests.servers import RedisServer, start_redis_server, stop_redis_server
 
 TERMINAL = {"success", "error", "timeout", "cancelled"}
 
 
-def make_fn(daemon_factory, **env):
+def make_fn(daemon_factory: Callable[..., Daemon], **env: object) -> RoutedDaemon:
     settings = {"ASYNC_RETRY_DELAY": "100ms", "MAX_CONCURRENCY": "8"}
     settings.update({k: str(v) for k, v in env.items()})
-    daemon = daemon_factory(env=settings)
+    daemon = cast(RoutedDaemon, daemon_factory(env=settings))
 
     daemon.route = lambda path, image, **fields: daemon.add_route("myapp", path, image_tag(image), **fields)
     return daemon
 
 
-def wait_for(daemon, call_id, statuses=TERMINAL, timeout=60.0, app="myapp"):
+def wait_for(daemon: Daemon, call_id: str, statuses: Collection[str] = TERMINAL, timeout: float = 60.0, app: str = "myapp") -> Any:
     """Poll the call record until its status is one of ``statuses``."""
     deadline = time.monotonic() + timeout
     last = None
@@ -39,15 +42,15 @@ def wait_for(daemon, call_id, statuses=TERMINAL, timeout=60.0, app="myapp"):
     raise AssertionError(f"call {call_id} still {last and last['status']} after {timeout}s")
 
 
-def submit(daemon, path, body=b"", **kw):
+def submit(daemon: Daemon, path: str, body: bytes = b"", **kw: Any) -> str:
     reply = daemon.post(f"/r/myapp{path}", body, **kw)
     assert reply.status == 202, (reply.status, reply.body)
-    call_id = reply.json()["call_id"]
+    call_id: str = reply.json()["call_id"]
     assert reply.header("fn-call-id") == call_id
     return call_id
 
 
-def test_async_call_is_accepted_then_run_with_result_and_log(test_images, daemon_factory):
+def test_async_call_is_accepted_then_run_with_result_and_log(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:
     fn = make_fn(daemon_factory)
     fn.route("/cat", "stderr-chatter", type="async")
     fn.route("/echo", "cat", type="async")
@@ -60,10 +63,10 @@ def test_async_call_is_accepted_then_run_with_result_and_log(test_images, daemon
         assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", record[key]), record
     chatty = wait_for(fn, submit(fn, "/cat", b"x"))
     log = fn.get(f"/v1/apps/myapp/calls/{chatty['id']}/log")
-    assert log.status == 200 and log.header("content-type").startswith("text/plain") and log.body
+    assert log.status == 200 and cast(str, log.header("content-type")).startswith("text/plain") and log.body
 
 
-def test_failing_async_call_is_retried_then_listed_as_dead(test_images, daemon_factory):
+def test_failing_async_call_is_retried_then_listed_as_dead(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:
     fn = make_fn(daemon_factory, ASYNC_MAX_ATTEMPTS=3)
     fn.route("/fail", "exit-code", type="async", config={"EXIT_CODE": "3"})
     call_id = submit(fn, "/fail")
@@ -73,19 +76,19 @@ def test_failing_async_call_is_retried_then_listed_as_dead(test_images, daemon_f
     assert [c["id"] for c in dead] == [call_id]
 
 
-def test_sync_calls_are_recorded_off_the_request_path(test_images, daemon_factory):
+def test_sync_calls_are_recorded_off_the_request_path(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:
     fn = make_fn(daemon_factory)
     fn.route("/echo", "cat")
     reply = fn.post("/r/myapp/echo", b"sync")
     assert reply.status == 200
-    record = wait_for(fn, reply.header("fn-call-id"), timeout=10)
+    record = wait_for(fn, cast(str, reply.header("fn-call-id")), timeout=10)
     assert (record["status"], record["type"], record["path"]) == ("success", "sync", "/echo")
     assert "body" not in record
     listed = fn.get("/v1/apps/myapp/calls?path=/echo").json()
     assert [c["id"] for c in listed["calls"]] == [record["id"]] and listed["next_cursor"] is None
 
 
-def test_cancel_a_queued_call(test_images, daemon_factory):
+def test_cancel_a_queued_call(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:
     fn = make_fn(daemon_factory, NUM_ASYNC=1)
     fn.route("/sleep", "sleep", type="async", config={"SLEEP": "2"})
     fn.route("/echo", "cat", type="async")
@@ -101,7 +104,7 @@ def test_cancel_a_queued_call(test_images, daemon_factory):
     assert fn.request("DELETE", f"/v1/apps/myapp/calls/{busy}").status == 409
 
 
-def test_cancel_a_running_call_stops_its_container(test_images, daemon_factory):
+def test_cancel_a_running_call_stops_its_container(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:
     fn = make_fn(daemon_factory, NUM_ASYNC=1)
     fn.route("/sleep", "sleep", type="async", config={"SLEEP": "60"}, timeout=120)
     call_id = submit(fn, "/sleep")
@@ -116,7 +119,7 @@ def test_cancel_a_running_call_stops_its_container(test_images, daemon_factory):
     assert fn.get(f"/v1/apps/myapp/calls/{call_id}").json()["call"]["status"] == "cancelled"
 
 
-def test_queue_down_means_503_never_202(test_images, daemon_factory):
+def test_queue_down_means_503_never_202(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:
     redis = start_redis_server()
     try:
         fn = make_fn(daemon_factory, MQ_URL=redis.url())
@@ -131,7 +134,7 @@ def test_queue_down_means_503_never_202(test_images, daemon_factory):
         stop_redis_server(redis)
 
 
-def test_tasks_protocol_for_external_runners(test_images, daemon_factory):
+def test_tasks_protocol_for_external_runners(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:
     fn = make_fn(daemon_factory, NUM_ASYNC=0)
     fn.route("/echo", "cat", type="async", timeout=5)
     assert fn.get("/tasks").json() == {}
@@ -151,7 +154,7 @@ def test_tasks_protocol_for_external_runners(test_images, daemon_factory):
     assert fn.request("DELETE", "/tasks", b"not json").status == 400
 
 
-def test_kill_9_mid_calls_loses_nothing(test_images, daemon_factory, tmp_path):
+def test_kill_9_mid_calls_loses_nothing(test_images: dict[str, str], daemon_factory: DaemonFactory, tmp_path: Path) -> None:
     """Every accepted call reaches a terminal state after a crash and restart; a call
     that ran twice says so (attempt 2)."""
     workdir = str(tmp_path / "crashy")
@@ -167,7 +170,7 @@ def test_kill_9_mid_calls_loses_nothing(test_images, daemon_factory, tmp_path):
     assert all(r["attempt"] in (1, 2) for r in records)
 
 
-def test_redis_restart_during_submits_loses_nothing_accepted(test_images, daemon_factory):
+def test_redis_restart_during_submits_loses_nothing_accepted(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:
     redis = start_redis_server(persistent=True)
     try:
         fn = make_fn(daemon_factory, MQ_URL=redis.url(), NUM_ASYNC=4)
@@ -176,7 +179,7 @@ def test_redis_restart_during_submits_loses_nothing_accepted(test_images, daemon
         stop_at = time.monotonic() + 4
         restarted = threading.Event()
 
-        def restart():
+        def restart() -> None:
             time.sleep(1)
             redis.stop()
             time.sleep(1)
@@ -200,8 +203,8 @@ def test_redis_restart_during_submits_loses_nothing_accepted(test_images, daemon
 
 
 def test_two_daemons_on_one_redis_and_postgres_run_each_call_once(
-    test_images, daemon_factory, redis_server, postgres_db
-):
+    test_images: dict[str, str], daemon_factory: DaemonFactory, redis_server: RedisServer, postgres_db: str
+) -> None:
     env = {"MQ_URL": redis_server.url(prefix="twonodes"), "DB_URL": postgres_db, "NUM_ASYNC": "4"}
     a = make_fn(daemon_factory, NODE_ID="node-a", **env)
     b = make_fn(daemon_factory, NODE_ID="node-b", **env)

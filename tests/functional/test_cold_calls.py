@@ -6,17 +6,19 @@ from __future__ import annotations
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 import pytest
 
 from ironfunctions.models import LABEL_CALL, LABEL_NODE
+from tests.daemon import DaemonFactory, Reply, RoutedDaemon
 from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
 
 
 @pytest.fixture
-def fn(test_images, daemon_factory):  # noqa: F811
+def fn(test_images: dict[str, str], daemon_factory: DaemonFactory) -> RoutedDaemon:  # noqa: F811
     """A daemon with Docker and the test images; ``fn.route(path, image, **fields)``."""
-    daemon = daemon_factory(env={"NODE_ID": "fn-test-node", "MAX_CONCURRENCY": "8"})
+    daemon = cast(RoutedDaemon, daemon_factory(env={"NODE_ID": "fn-test-node", "MAX_CONCURRENCY": "8"}))
 
     daemon.route = lambda path, image, **fields: daemon.add_route("myapp", path, image_tag(image), **fields)
     return daemon
@@ -27,14 +29,14 @@ def containers(*labels: str) -> list[str]:
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
 
 
-def error_of(reply) -> str:  # type: ignore[no-untyped-def]
+def error_of(reply: Reply) -> str:
     assert reply.body.endswith(b"\n")
     data = reply.json()
     assert data["request_id"] == reply.header("fn-call-id")
-    return data["error"]["message"]
+    return cast(str, data["error"]["message"])
 
 
-def test_hello_example_answers_with_the_name_or_world(fn):
+def test_hello_example_answers_with_the_name_or_world(fn: RoutedDaemon) -> None:
     reply = fn.post("/v1/apps/myapp/routes", {"route": {"path": "/hello", "image": "iron/hello:latest"}})
     assert reply.status == 200
     reply = fn.post("/r/myapp/hello", {"name": "Johnny"})
@@ -43,21 +45,21 @@ def test_hello_example_answers_with_the_name_or_world(fn):
     assert fn.get("/r/myapp/hello").body == b"Hello World!\n"
 
 
-def test_every_response_has_a_call_id_and_server_timing(fn):
+def test_every_response_has_a_call_id_and_server_timing(fn: RoutedDaemon) -> None:
     fn.route("/cat", "cat")
-    ids = []
+    ids: list[str] = []
     for _ in range(3):
         reply = fn.post("/r/myapp/cat", "x")
-        ids.append(reply.header("fn-call-id"))
-        timing = reply.header("server-timing")
-        parts = dict(p.strip().split(";dur=") for p in timing.split(","))
+        ids.append(cast(str, reply.header("fn-call-id")))
+        timing = cast(str, reply.header("server-timing"))
+        parts = dict(cast("tuple[str, str]", p.strip().split(";dur=")) for p in timing.split(","))
         assert set(parts) == {"wait", "start", "run"} and all(v.isdigit() for v in parts.values())
     assert ids == sorted(ids) and len(set(ids)) == 3 and all(len(i) == 26 for i in ids)
     reply = fn.get("/r/myapp/nope")
     assert reply.header("fn-call-id") and reply.header("server-timing")
 
 
-def test_body_of_any_method_and_get_payload_go_to_stdin(fn):
+def test_body_of_any_method_and_get_payload_go_to_stdin(fn: RoutedDaemon) -> None:
     fn.route("/cat", "cat")
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         reply = fn.request(method, "/r/myapp/cat", "body-" + method)
@@ -66,7 +68,7 @@ def test_body_of_any_method_and_get_payload_go_to_stdin(fn):
     assert reply.body == b"from-query"
 
 
-def test_environment_of_the_container(fn):
+def test_environment_of_the_container(fn: RoutedDaemon) -> None:
     fn.post("/v1/apps", {"app": {"name": "myapp", "config": {"app-key": "A", "shared": "app"}}})
     fn.route("/env", "echo-env", config={"route-key": "R", "shared": "route"}, memory=64)
     reply = fn.request("PUT", "/r/myapp/env?q=1", "", headers={"X-Thing": "v", "Host": "example.org:9"})
@@ -81,7 +83,7 @@ def test_environment_of_the_container(fn):
     assert env["HEADER_X_THING"] == "v"
 
 
-def test_route_headers_and_content_type(fn):
+def test_route_headers_and_content_type(fn: RoutedDaemon) -> None:
     fn.route("/json", "cat", headers={"Content-Type": ["application/json"], "X-Multi": ["a", "b"]})
     reply = fn.post("/r/myapp/json", "{}")
     assert reply.header("content-type") == "application/json"
@@ -95,19 +97,19 @@ def test_route_headers_and_content_type(fn):
     assert response.msg.get_all("x-multi") == ["a", "b"]  # every value, as separate lines
 
 
-def test_nonzero_exit_is_502_exit_code(fn):
+def test_nonzero_exit_is_502_exit_code(fn: RoutedDaemon) -> None:
     fn.route("/fail", "exit-code", config={"EXIT_CODE": "7"})
     reply = fn.post("/r/myapp/fail")
     assert (reply.status, error_of(reply)) == (502, "exit code 7")
 
 
-def test_memory_limit_oom_is_502_out_of_memory(fn):
+def test_memory_limit_oom_is_502_out_of_memory(fn: RoutedDaemon) -> None:
     fn.route("/oom", "oom", memory=16, config={"OOM_MB": "64"})
     reply = fn.post("/r/myapp/oom")
     assert (reply.status, error_of(reply)) == (502, "out of memory")
 
 
-def test_timeout_is_504_and_the_container_is_gone_when_it_arrives(fn):
+def test_timeout_is_504_and_the_container_is_gone_when_it_arrives(fn: RoutedDaemon) -> None:
     fn.route("/slow", "sleep", timeout=1, config={"SLEEP": "30"})
     began = time.monotonic()
     reply = fn.post("/r/myapp/slow")
@@ -117,7 +119,7 @@ def test_timeout_is_504_and_the_container_is_gone_when_it_arrives(fn):
     assert containers(f"{LABEL_CALL}={reply.header('fn-call-id')}") == []
 
 
-def test_missing_image_is_502_quickly(fn):
+def test_missing_image_is_502_quickly(fn: RoutedDaemon) -> None:
     fn.post("/v1/apps/myapp/routes", {"route": {"path": "/gone", "image": "iftest/not-here:1"}})
     began = time.monotonic()
     reply = fn.post("/r/myapp/gone")
@@ -125,7 +127,7 @@ def test_missing_image_is_502_quickly(fn):
     assert time.monotonic() - began < 15
 
 
-def test_missing_app_and_route_are_404(fn):
+def test_missing_app_and_route_are_404(fn: RoutedDaemon) -> None:
     reply = fn.get("/r/nope/x")
     assert (reply.status, error_of(reply)) == (404, "App not found")
     fn.route("/cat", "cat")
@@ -133,21 +135,21 @@ def test_missing_app_and_route_are_404(fn):
     assert (reply.status, error_of(reply)) == (404, "Route not found on that application")
 
 
-def test_oversized_response_is_502(fn_small_response):
+def test_oversized_response_is_502(fn_small_response: RoutedDaemon) -> None:
     fn_small_response.route("/big", "big-output", config={"BYTES": "200000"})
     reply = fn_small_response.post("/r/myapp/big")
     assert (reply.status, error_of(reply)) == (502, "Function response too large")
 
 
 @pytest.fixture
-def fn_small_response(test_images, daemon_factory):  # noqa: F811
-    daemon = daemon_factory(env={"MAX_RESPONSE_SIZE": "100000"})
+def fn_small_response(test_images: dict[str, str], daemon_factory: DaemonFactory) -> RoutedDaemon:  # noqa: F811
+    daemon = cast(RoutedDaemon, daemon_factory(env={"MAX_RESPONSE_SIZE": "100000"}))
 
     daemon.route = lambda path, image, **fields: daemon.add_route("myapp", path, image_tag(image), **fields)
     return daemon
 
 
-def test_stderr_is_logged_with_the_call_id(fn):
+def test_stderr_is_logged_with_the_call_id(fn: RoutedDaemon) -> None:
     fn.route("/chatter", "stderr-chatter")
     reply = fn.post("/r/myapp/chatter")
     assert reply.body == b"ok\n"
@@ -160,7 +162,7 @@ def test_stderr_is_logged_with_the_call_id(fn):
     assert len(lines) == 3 and all(f"call_id={call_id}" in line for line in lines)
 
 
-def test_metrics_lines_per_call(fn):
+def test_metrics_lines_per_call(fn: RoutedDaemon) -> None:
     fn.route("/cat", "cat")
     reply = fn.post("/r/myapp/cat", "x")
     call_id = reply.header("fn-call-id")
@@ -175,7 +177,7 @@ def test_metrics_lines_per_call(fn):
         time.sleep(0.05)
 
 
-def test_concurrent_calls_all_succeed_and_stats_count_them(fn):
+def test_concurrent_calls_all_succeed_and_stats_count_them(fn: RoutedDaemon) -> None:
     fn.route("/cat", "cat")
     with ThreadPoolExecutor(16) as pool:
         replies = list(pool.map(lambda i: fn.post("/r/myapp/cat", str(i)), range(16)))
@@ -184,7 +186,7 @@ def test_concurrent_calls_all_succeed_and_stats_count_them(fn):
     assert stats["Complete"] >= 16 and stats["Running"] == 0 and stats["Queue"] == 0
 
 
-def test_leftover_containers_of_this_node_are_removed_at_start_and_at_stop(test_images, daemon_factory):  # noqa: F811
+def test_leftover_containers_of_this_node_are_removed_at_start_and_at_stop(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:  # noqa: F811
     def leftover(node: str) -> str:
         return subprocess.run(
             ["docker", "create", "--label", f"{LABEL_NODE}={node}", image_tag("cat")],
@@ -224,7 +226,7 @@ def test_leftover_containers_of_this_node_are_removed_at_start_and_at_stop(test_
         subprocess.run(["docker", "rm", "-f", mine, other], capture_output=True)
 
 
-def test_metrics_also_go_to_statsd_over_udp(test_images, daemon_factory):  # noqa: F811
+def test_metrics_also_go_to_statsd_over_udp(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:  # noqa: F811
     """STATSD_URL: each call's figures arrive as statsd datagrams (overall and per app)."""
     import socket
 
@@ -246,7 +248,7 @@ def test_metrics_also_go_to_statsd_over_udp(test_images, daemon_factory):  # noq
         sink.close()
 
 
-def test_invocation_path_is_normalised_like_the_stored_route(fn):
+def test_invocation_path_is_normalised_like_the_stored_route(fn: RoutedDaemon) -> None:
     """/r/ looks routes up in the form the management API stores them: percent-escapes
     canonical, %2F kept inside its segment, trailing and repeated '/' ignored."""
     fn.route("/a%2Fb", "cat")
@@ -259,14 +261,14 @@ def test_invocation_path_is_normalised_like_the_stored_route(fn):
     assert (reply.status, error_of(reply)) == (404, "Route not found on that application")
 
 
-def test_a_long_sync_call_is_listed_running_and_can_be_cancelled(fn):
+def test_a_long_sync_call_is_listed_running_and_can_be_cancelled(fn: RoutedDaemon) -> None:
     """A sync call running over a second gets a 'running' record; DELETE on it removes
     its container, the caller gets 502 'Call cancelled', the record says cancelled."""
     fn.route("/sleep", "sleep", config={"SLEEP": "60"}, timeout=120)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(fn.post, "/r/myapp/sleep", "", timeout=60)
         deadline = time.monotonic() + 10
-        running: list = []
+        running: list[Any] = []
         while not running and time.monotonic() < deadline:
             running = fn.get("/v1/apps/myapp/calls?status=running").json()["calls"]
             time.sleep(0.1)

@@ -10,21 +10,29 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, cast
 
 import pytest
 
 from ironfunctions.models import LABEL_KIND, LABEL_NODE, LABEL_PATH
+from tests.daemon import Daemon, DaemonFactory, Reply, RoutedDaemon
 from tests.images import bridge_binary, image_tag, test_images  # noqa: F401 (session fixtures)
 
 NODE = "hot-test-node"
 
 
+class HotDaemon(RoutedDaemon):
+    """For the type checker only: the ``hot`` fixture's daemon, which also knows its transport."""
+
+    transport: str
+
+
 @pytest.fixture(params=["attach", "socket"])
-def hot(request, test_images, bridge_binary, daemon_factory):  # noqa: F811
+def hot(request: pytest.FixtureRequest, test_images: dict[str, str], bridge_binary: str, daemon_factory: DaemonFactory) -> HotDaemon:  # noqa: F811
     """A daemon with the test images, once per ``HOT_TRANSPORT``;
     ``hot.route(path, image="hotfn", **fields)``."""
-    daemon = daemon_factory(env={"NODE_ID": NODE, "MAX_CONCURRENCY": "8", "MAX_RESPONSE_SIZE": "1MiB",
-                                 "HOT_TRANSPORT": request.param})
+    daemon = cast(HotDaemon, daemon_factory(env={"NODE_ID": NODE, "MAX_CONCURRENCY": "8", "MAX_RESPONSE_SIZE": "1MiB",
+                                 "HOT_TRANSPORT": request.param}))
     daemon.transport = request.param
 
     daemon.route = lambda path, image="hotfn", **fields: daemon.add_route(
@@ -38,36 +46,36 @@ def hot_containers(path: str | None = None) -> list[str]:
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
 
 
-def socket_files(daemon) -> list[str]:  # type: ignore[no-untyped-def]
+def socket_files(daemon: Daemon) -> list[str]:
     """The daemon's hot-container socket files (``HOT_TRANSPORT=socket``)."""
     root = os.path.join(daemon.workdir, "data", "hot-sockets")
     return sorted(glob.glob(os.path.join(root, "*", "s")))
 
 
-def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
 
 
-def error_of(reply) -> str:  # type: ignore[no-untyped-def]
-    return reply.json()["error"]["message"]
+def error_of(reply: Reply) -> str:
+    return cast(str, reply.json()["error"]["message"])
 
 
-def test_one_container_serves_many_calls_in_order(hot):
+def test_one_container_serves_many_calls_in_order(hot: HotDaemon) -> None:
     hot.route("/echo")
     replies = [hot.post("/r/hotapp/echo", f"body {i}") for i in range(30)]
     assert [r.status for r in replies] == [200] * 30
     assert [r.body for r in replies] == [f"body {i}".encode() for i in range(30)]
-    assert [int(r.header("x-call-count")) for r in replies] == list(range(1, 31))
+    assert [int(cast(str, r.header("x-call-count"))) for r in replies] == list(range(1, 31))
     assert len({r.header("x-container") for r in replies}) == 1
     assert len(hot_containers("/echo")) == 1
-    timing = replies[-1].header("server-timing")
+    timing = cast(str, replies[-1].header("server-timing"))
     assert timing.startswith("wait;dur=0, start;dur=0, run;dur=")
 
 
-def test_function_status_and_headers_are_honoured_with_route_headers_added(hot):
+def test_function_status_and_headers_are_honoured_with_route_headers_added(hot: HotDaemon) -> None:
     hot.route("/status", headers={"X-Route": ["r1"]})
     reply = hot.post("/r/hotapp/status", "x", headers={"X-Mode": "status", "X-Status": "201"})
     assert reply.status == 201
@@ -77,7 +85,7 @@ def test_function_status_and_headers_are_honoured_with_route_headers_added(hot):
     assert reply.header("fn-call-id") and reply.body == b"x"
 
 
-def test_concurrent_calls_never_exceed_max_concurrency_containers(hot):
+def test_concurrent_calls_never_exceed_max_concurrency_containers(hot: HotDaemon) -> None:
     hot.route("/slow", max_concurrency=2)
     seen: list[int] = []
     done = threading.Event()
@@ -105,11 +113,11 @@ def test_concurrent_calls_never_exceed_max_concurrency_containers(hot):
     assert len({r.header("x-container") for r in replies}) == 2
     assert max(seen) <= 2
     assert elapsed >= 2.9  # 6 one-second calls, two at a time
-    waits = [int(r.header("server-timing").split(",")[0].split("=")[1]) for r in replies]
+    waits = [int(cast(str, r.header("server-timing")).split(",")[0].split("=")[1]) for r in replies]
     assert max(waits) >= 900  # calls that waited their turn report it as wait time
 
 
-def test_concurrent_calls_each_get_their_own_body(hot):
+def test_concurrent_calls_each_get_their_own_body(hot: HotDaemon) -> None:
     hot.route("/mix", max_concurrency=3)
     bodies = [f"call-{i}-" * (1 + i % 7) for i in range(90)]
     with ThreadPoolExecutor(12) as pool:
@@ -119,7 +127,7 @@ def test_concurrent_calls_each_get_their_own_body(hot):
     assert len({r.header("x-container") for r in replies}) <= 3
 
 
-def test_idle_container_is_stopped_and_removed(hot):
+def test_idle_container_is_stopped_and_removed(hot: HotDaemon) -> None:
     hot.route("/idle", idle_timeout=1)
     first = hot.post("/r/hotapp/idle", "a")
     assert first.status == 200 and len(hot_containers("/idle")) == 1
@@ -139,7 +147,7 @@ def test_idle_container_is_stopped_and_removed(hot):
         ("extra", "Invalid function response: more than one response to a request"),
     ],
 )
-def test_broken_container_gets_502_and_is_replaced(hot, mode, message):
+def test_broken_container_gets_502_and_is_replaced(hot: HotDaemon, mode: str, message: str) -> None:
     hot.route("/broken")
     before = hot.post("/r/hotapp/broken", "warm")
     assert before.status == 200
@@ -154,7 +162,7 @@ def test_broken_container_gets_502_and_is_replaced(hot, mode, message):
         wait_for(lambda: len(socket_files(hot)) == 1)
 
 
-def test_call_overrunning_its_timeout_gets_504_after_its_container_is_killed(hot):
+def test_call_overrunning_its_timeout_gets_504_after_its_container_is_killed(hot: HotDaemon) -> None:
     hot.route("/sleepy", timeout=1)
     before = hot.post("/r/hotapp/sleepy", "warm")
     reply = hot.post("/r/hotapp/sleepy", "x", headers={"X-Mode": "sleep", "X-Sleep": "30"})
@@ -165,7 +173,7 @@ def test_call_overrunning_its_timeout_gets_504_after_its_container_is_killed(hot
     assert after.header("x-container") != before.header("x-container")
 
 
-def test_response_over_max_response_size_is_502_and_the_container_replaced(hot):
+def test_response_over_max_response_size_is_502_and_the_container_replaced(hot: HotDaemon) -> None:
     hot.route("/big")
     ok = hot.post("/r/hotapp/big", "", headers={"X-Mode": "big", "X-Size": "1000"})
     assert ok.status == 200 and ok.body == b"x" * 1000
@@ -175,20 +183,20 @@ def test_response_over_max_response_size_is_502_and_the_container_replaced(hot):
     assert (after.status, after.body, after.header("x-call-count")) == (200, b"next", "1")
 
 
-def test_route_update_and_delete_retire_the_containers(hot):
+def test_route_update_and_delete_retire_the_containers(hot: HotDaemon) -> None:
     hot.route("/upd")
     first = hot.post("/r/hotapp/upd", "a")
     assert len(hot_containers("/upd")) == 1
     reply = hot.request("PATCH", "/v1/apps/hotapp/routes/upd", {"route": {"config": {"k": "v"}}})
     assert reply.status == 200
-    wait_for(lambda: first.header("x-container") not in " ".join(hot_containers("/upd")), timeout=5)
+    wait_for(lambda: cast(str, first.header("x-container")) not in " ".join(hot_containers("/upd")), timeout=5)
     second = hot.post("/r/hotapp/upd", "b")
     assert second.status == 200 and second.header("x-container") != first.header("x-container")
     assert hot.request("DELETE", "/v1/apps/hotapp/routes/upd").status == 200
     wait_for(lambda: not hot_containers("/upd"), timeout=5)
 
 
-def test_stderr_is_logged_with_the_call_id_and_metrics_are_per_call(hot):
+def test_stderr_is_logged_with_the_call_id_and_metrics_are_per_call(hot: HotDaemon) -> None:
     hot.route("/log")
     reply = hot.post("/r/hotapp/log", "x", headers={"X-Mode": "stderr"})
     call_id = reply.header("fn-call-id")
@@ -203,7 +211,7 @@ def test_stderr_is_logged_with_the_call_id_and_metrics_are_per_call(hot):
     assert any("metric=hot.containers value=1 type=gauge" in line and "path=/log" in line for line in lines)
 
 
-def test_busybox_shell_function_in_the_ironfunctions_style(hot):
+def test_busybox_shell_function_in_the_ironfunctions_style(hot: HotDaemon) -> None:
     hot.route("/sh", image="hot-sh")
     for i in range(3):
         reply = hot.request("PUT", "/r/hotapp/sh", f"n{i}")
@@ -211,7 +219,7 @@ def test_busybox_shell_function_in_the_ironfunctions_style(hot):
     assert len(hot_containers("/sh")) == 1
 
 
-def test_daemon_stop_removes_the_hot_containers(hot):
+def test_daemon_stop_removes_the_hot_containers(hot: HotDaemon) -> None:
     hot.route("/a")
     hot.route("/b", image="hot-sh")
     assert hot.post("/r/hotapp/a", "x").status == 200
@@ -225,7 +233,7 @@ def test_daemon_stop_removes_the_hot_containers(hot):
     assert socket_files(hot) == []
 
 
-def test_a_crashed_daemons_hot_containers_and_sockets_are_cleaned_at_restart(hot):
+def test_a_crashed_daemons_hot_containers_and_sockets_are_cleaned_at_restart(hot: HotDaemon) -> None:
     hot.route("/crash")
     assert hot.post("/r/hotapp/crash", "x").status == 200
     hot.kill()
@@ -238,7 +246,7 @@ def test_a_crashed_daemons_hot_containers_and_sockets_are_cleaned_at_restart(hot
     assert (reply.status, reply.body, reply.header("x-call-count")) == (200, b"again", "1")
 
 
-def test_cancelling_a_running_hot_call_kills_its_container_only(hot):
+def test_cancelling_a_running_hot_call_kills_its_container_only(hot: HotDaemon) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     hot.route("/slow", timeout=60)
@@ -260,7 +268,7 @@ def test_cancelling_a_running_hot_call_kills_its_container_only(hot):
     assert (reply.status, reply.body) == (200, b"again")
 
 
-def test_a_function_that_exits_at_once_is_a_quick_502_not_a_restart_loop(hot):
+def test_a_function_that_exits_at_once_is_a_quick_502_not_a_restart_loop(hot: HotDaemon) -> None:
     """A hot route whose program exits immediately: the call gets 502 'Function exited
     unexpectedly' at once, not a 503 after restarting containers until the timeout."""
     hot.route("/quits", image="exit-code", timeout=20, config={"EXIT_CODE": "0"})
@@ -273,7 +281,7 @@ def test_a_function_that_exits_at_once_is_a_quick_502_not_a_restart_loop(hot):
     assert time.monotonic() - began < 10
 
 
-def test_an_idle_hot_container_gives_its_slot_to_a_cold_call(test_images, daemon_factory):  # noqa: F811
+def test_an_idle_hot_container_gives_its_slot_to_a_cold_call(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:  # noqa: F811
     """With one container slot on the node, an idle hot container (idle_timeout 300 s)
     must not keep a cold call out: the cold call stops it and runs."""
     daemon = daemon_factory(env={"NODE_ID": NODE, "MAX_CONCURRENCY": "1"})

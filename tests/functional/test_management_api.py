@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
+from typing import cast
 
 import jwt
 
-from tests.daemon import REPO, TWISTD, http
+from tests.daemon import REPO, TWISTD, Daemon, DaemonFactory, Reply, http
 
 
-def error_of(reply):
-    return reply.json()["error"]["message"]
+def error_of(reply: Reply) -> str:
+    return cast(str, reply.json()["error"]["message"])
 
 
-def test_hello_version_and_unknown_path(daemon):
+def test_hello_version_and_unknown_path(daemon: Daemon) -> None:
     r = daemon.get("/")
     assert r.status == 200
     assert r.json() == {"goto": "https://github.com/iron-io/functions", "hello": "world!"}
@@ -27,7 +29,7 @@ def test_hello_version_and_unknown_path(daemon):
     assert (r.status, r.json()) == (404, {"error": {"message": "Not Found"}})
 
 
-def test_app_lifecycle(daemon):
+def test_app_lifecycle(daemon: Daemon) -> None:
     r = daemon.post("/v1/apps", {"app": {"name": "myapp", "config": {"A": "1", "B": "2"}}})
     assert r.status == 200
     assert r.json() == {"message": "App successfully created", "app": {"name": "myapp", "config": {"A": "1", "B": "2"}}}
@@ -52,7 +54,7 @@ ROUTE_FIELDS = ["app_name", "path", "image", "memory", "headers", "type", "forma
                 "max_concurrency", "timeout", "idle_timeout", "config", "jwt_key"]
 
 
-def test_route_defaults_field_order_and_lifecycle(daemon):
+def test_route_defaults_field_order_and_lifecycle(daemon: Daemon) -> None:
     r = daemon.post("/v1/apps/newapp/routes", {"route": {"path": "/hello", "image": "iron/hello"}})
     assert r.status == 200, r.body
     body = r.json()
@@ -96,7 +98,7 @@ def test_route_defaults_field_order_and_lifecycle(daemon):
     assert daemon.get("/v1/apps/ghost/routes").status == 404
 
 
-def test_route_listing_filters_and_all_routes(daemon):
+def test_route_listing_filters_and_all_routes(daemon: Daemon) -> None:
     daemon.post("/v1/apps/a/routes", {"route": {"path": "/x", "image": "img1"}})
     daemon.post("/v1/apps/a/routes", {"route": {"path": "/y", "image": "img2"}})
     daemon.post("/v1/apps/b/routes", {"route": {"path": "/z", "image": "img1"}})
@@ -109,7 +111,7 @@ def test_route_listing_filters_and_all_routes(daemon):
     assert [x["app_name"] for x in daemon.get("/v1/routes?image=img1").json()["routes"]] == ["a", "b"]
 
 
-def test_paths_are_normalised_when_stored_and_looked_up(daemon):
+def test_paths_are_normalised_when_stored_and_looked_up(daemon: Daemon) -> None:
     r = daemon.post("/v1/apps/a/routes", {"route": {"path": "/trail/", "image": "i"}})
     assert r.json()["route"]["path"] == "/trail"
     r = daemon.post("/v1/apps/a/routes", {"route": {"path": "//deep///er", "image": "i"}})
@@ -119,7 +121,7 @@ def test_paths_are_normalised_when_stored_and_looked_up(daemon):
     assert daemon.post("/v1/apps/a/routes", {"route": {"path": "/trail", "image": "i"}}).status == 409
 
 
-def test_put_creates_or_replaces_whole_route(daemon):
+def test_put_creates_or_replaces_whole_route(daemon: Daemon) -> None:
     r = daemon.request("PUT", "/v1/apps/p/routes/fn", {"route": {"image": "one", "memory": 64, "config": {"A": "b"}}})
     assert (r.status, r.json()["message"]) == (200, "Route successfully created")
     assert r.json()["route"]["memory"] == 64
@@ -147,7 +149,7 @@ BAD_APPS = [
 ]
 
 
-def test_bad_app_input_gets_4xx_with_message(daemon):
+def test_bad_app_input_gets_4xx_with_message(daemon: Daemon) -> None:
     for body, status, message in BAD_APPS:
         r = daemon.post("/v1/apps", body)
         assert r.status == status, (body, r.status, r.body)
@@ -184,7 +186,7 @@ BAD_ROUTES = [
 ]
 
 
-def test_bad_route_input_gets_400_listing_the_problem(daemon):
+def test_bad_route_input_gets_400_listing_the_problem(daemon: Daemon) -> None:
     for body, message in BAD_ROUTES:
         r = daemon.post("/v1/apps/a/routes", body)
         assert r.status == 400, (body, r.status, r.body)
@@ -204,7 +206,7 @@ def test_bad_route_input_gets_400_listing_the_problem(daemon):
     assert [x["path"] for x in daemon.get("/v1/apps/a/routes").json()["routes"]] == ["/ok"]
 
 
-def test_huge_body_gets_413_and_the_daemon_keeps_serving(daemon_factory):
+def test_huge_body_gets_413_and_the_daemon_keeps_serving(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory(env={"MAX_REQUEST_SIZE": "64KiB"})
     r = d.post("/v1/apps", b"{" + b" " * (100 * 1024) + b"}")
     assert r.status == 413
@@ -212,7 +214,7 @@ def test_huge_body_gets_413_and_the_daemon_keeps_serving(daemon_factory):
     assert d.get("/v1/apps").status == 200
 
 
-def test_apps_and_routes_persist_across_restart(daemon):
+def test_apps_and_routes_persist_across_restart(daemon: Daemon) -> None:
     daemon.post("/v1/apps", {"app": {"name": "keep", "config": {"A": "1"}}})
     daemon.post("/v1/apps/keep/routes", {"route": {"path": "/fn", "image": "img", "jwt_key": "k", "headers": {"X": ["y"]}}})
     before = daemon.get("/v1/apps/keep/routes/fn").json()
@@ -221,7 +223,7 @@ def test_apps_and_routes_persist_across_restart(daemon):
     assert daemon.get("/v1/apps/keep/routes/fn").json() == before
 
 
-def test_jwt_auth_key_guards_v1_only(daemon_factory):
+def test_jwt_auth_key_guards_v1_only(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory(env={"JWT_AUTH_KEY": "s3cret"})
     r = d.get("/v1/apps")
     assert (r.status, r.json()) == (401, {"error": {"message": "Invalid API Authorization token."}})
@@ -234,7 +236,7 @@ def test_jwt_auth_key_guards_v1_only(daemon_factory):
     assert d.get("/version").status == 200
 
 
-def test_daemon_logs_one_logfmt_line_per_event(daemon):
+def test_daemon_logs_one_logfmt_line_per_event(daemon: Daemon) -> None:
     daemon.stop()
     lines = [line for line in daemon.log().splitlines() if line.strip()]
     assert lines
@@ -242,7 +244,7 @@ def test_daemon_logs_one_logfmt_line_per_event(daemon):
         assert line.startswith("time=") and " level=" in line, line
 
 
-def test_invalid_config_stops_with_one_line_naming_the_variable(tmp_path):
+def test_invalid_config_stops_with_one_line_naming_the_variable(tmp_path: Path) -> None:
     for env, variable in [({"PORT": "http"}, "PORT"), ({"DB_URL": "mysql://x"}, "DB_URL"),
                           ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"), ({"MAX_CONCURRENCY": "-1"}, "MAX_CONCURRENCY")]:
         proc = subprocess.run([TWISTD, "-n", "--pidfile=", "ironfunctions"], cwd=tmp_path,
@@ -253,7 +255,7 @@ def test_invalid_config_stops_with_one_line_naming_the_variable(tmp_path):
         assert len(err) == 1 and variable in err[0], (env, proc.stderr)
 
 
-def test_twistd_help_lists_plugin_and_options(tmp_path):
+def test_twistd_help_lists_plugin_and_options(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO}
     out = subprocess.run([TWISTD, "--help"], env=env, capture_output=True, timeout=60).stdout.decode()
     assert "ironfunctions" in out
@@ -266,28 +268,28 @@ def test_twistd_help_lists_plugin_and_options(tmp_path):
         assert option in out, option
 
 
-def test_option_wins_over_environment(daemon_factory):
+def test_option_wins_over_environment(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory(env={"LOG_LEVEL": "error"}, args=["--log-level", "debug"])
     d.get("/v1/apps")
     d.stop()
     assert "level=debug" in d.log()
 
 
-def test_health_stats_and_metrics(daemon):
+def test_health_stats_and_metrics(daemon: Daemon) -> None:
     r = daemon.get("/health")
     assert r.status == 200
     stats = daemon.get("/stats").json()
     assert set(stats) == {"Queue", "Running", "Complete"}
     r = daemon.get("/metrics")
-    assert r.status == 200 and r.header("content-type").startswith("text/plain")
+    assert r.status == 200 and cast(str, r.header("content-type")).startswith("text/plain")
 
 
-def test_raw_http_client_gets_a_reply_to_garbage(daemon):
+def test_raw_http_client_gets_a_reply_to_garbage(daemon: Daemon) -> None:
     r = http("POST", daemon.url + "/v1/apps", b"\xff\xfe\x00garbage", {"Content-Type": "application/json"})
     assert r.status == 400 and error_of(r) == "Invalid JSON"
 
 
-def test_listener_backlog_holds_a_burst_of_clients(daemon):
+def test_listener_backlog_holds_a_burst_of_clients(daemon: Daemon) -> None:
     """The listening socket queues at least 500 pending connections (or the kernel's
     somaxconn): with Twisted's default 50, a burst of 500 concurrent calls got
     connection resets instead of 503 + Retry-After (bench/cold_load.py)."""

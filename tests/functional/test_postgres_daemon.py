@@ -14,12 +14,12 @@ within the route cache's documented bound (entries live 1 s, see
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psycopg2
 import pytest
 
-from tests.daemon import Daemon, Reply
+from tests.daemon import Daemon, DaemonFactory, Reply
 from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
 from tests.servers import PostgresCluster, start_postgres_cluster, stop_postgres_cluster
 
@@ -72,7 +72,7 @@ def error_of(reply: Reply) -> str:
 
 
 @pytest.fixture(scope="module")
-def own_cluster():
+def own_cluster() -> Iterator[PostgresCluster]:
     """A Postgres cluster of this module's own, which tests may stop and start."""
     cluster = start_postgres_cluster()
     yield cluster
@@ -88,7 +88,7 @@ def _accepts_connections(cluster: PostgresCluster) -> bool:
 
 
 @pytest.fixture
-def own_db(own_cluster):
+def own_db(own_cluster: PostgresCluster) -> Iterator[str]:
     """A fresh database on the module's cluster; the cluster runs again when the test ends."""
     url = own_cluster.create_database()
     yield url
@@ -97,7 +97,7 @@ def own_db(own_cluster):
     own_cluster.drop_database(url)
 
 
-def test_outage_answers_503_fast_and_the_daemon_recovers_by_itself(own_cluster, own_db, daemon_factory):
+def test_outage_answers_503_fast_and_the_daemon_recovers_by_itself(own_cluster: PostgresCluster, own_db: str, daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(env={"DB_URL": own_db})
     assert daemon.post("/v1/apps", {"app": {"name": "kept", "config": {"A": "1"}}}).status == 200
     created = daemon.post("/v1/apps/kept/routes", {"route": ROUTE})
@@ -134,8 +134,8 @@ def test_outage_answers_503_fast_and_the_daemon_recovers_by_itself(own_cluster, 
 
 
 def test_daemon_started_while_postgres_is_down_answers_503_then_becomes_ready(
-    own_cluster, own_db, daemon_factory
-):
+    own_cluster: PostgresCluster, own_db: str, daemon_factory: DaemonFactory
+) -> None:
     own_cluster.stop()
     daemon = daemon_factory(env={"DB_URL": own_db}, start=False)
     daemon.start(wait=False)
@@ -161,7 +161,7 @@ def test_daemon_started_while_postgres_is_down_answers_503_then_becomes_ready(
 
 
 @pytest.fixture
-def two_daemons(postgres_db, daemon_factory):
+def two_daemons(postgres_db: str, daemon_factory: DaemonFactory) -> tuple[Daemon, Daemon]:
     """Two daemons sharing one fresh database (on the session's cluster)."""
     a = daemon_factory(env={"DB_URL": postgres_db, "NODE_ID": "pg-node-a"}, start=False)
     b = daemon_factory(env={"DB_URL": postgres_db, "NODE_ID": "pg-node-b"}, start=False)
@@ -172,7 +172,7 @@ def two_daemons(postgres_db, daemon_factory):
     return a, b
 
 
-def test_routes_created_on_one_daemon_are_listed_and_loaded_on_the_other(two_daemons):
+def test_routes_created_on_one_daemon_are_listed_and_loaded_on_the_other(two_daemons: tuple[Daemon, Daemon]) -> None:
     a, b = two_daemons
     created = a.post("/v1/apps/shared/routes", {"route": ROUTE})
     assert created.status == 200, created.body
@@ -187,7 +187,7 @@ def test_routes_created_on_one_daemon_are_listed_and_loaded_on_the_other(two_dae
     assert (reply.status, error_of(reply)) == (409, "Route already exists")
 
 
-def test_app_and_route_deleted_on_one_daemon_are_gone_on_the_other(two_daemons):
+def test_app_and_route_deleted_on_one_daemon_are_gone_on_the_other(two_daemons: tuple[Daemon, Daemon]) -> None:
     a, b = two_daemons
     assert a.post("/v1/apps/gone/routes", {"route": ROUTE}).status == 200
     assert b.get("/v1/apps/gone/routes/hello").status == 200
@@ -230,8 +230,8 @@ def _stale_after_bound(seen: list[tuple[float, int]], since: float, fresh: int) 
 
 
 def test_route_created_on_one_daemon_is_invocable_on_the_other_and_deletion_stops_it(
-    test_images, two_daemons  # noqa: F811
-):
+    test_images: dict[str, str], two_daemons: tuple[Daemon, Daemon]  # noqa: F811
+) -> None:
     """Both directions of the cache bound: a 404 cached on B gives way to the route A
     created, and a route A deleted stops being served by B, each within ~1 s."""
     a, b = two_daemons

@@ -9,6 +9,7 @@ own, so a failure there cannot take the session's shared cluster down with it.
 from __future__ import annotations
 
 import time
+from typing import Any, Awaitable, Callable, Coroutine, Iterator, TypeVar
 
 import psycopg2
 import pytest
@@ -31,23 +32,25 @@ from ironfunctions.errors import (
     ValidationError,
 )
 from ironfunctions.models import App, Route
-from tests.servers import start_postgres_cluster, stop_postgres_cluster
+from tests.servers import PostgresCluster, start_postgres_cluster, stop_postgres_cluster
+
+_T = TypeVar("_T")
 
 
-def _block(coro):
+def _block(coro: Coroutine[Any, Any, _T]) -> _T:
     return pytest_twisted.blockon(defer.Deferred.fromCoroutine(coro))
 
 
-def _reactor():
+def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
 
 
 @pytest.fixture
-def make_datastore():
+def make_datastore() -> Iterator[Callable[..., PostgresDatastore]]:
     """Build PostgresDatastores (not started); every one is closed after the test."""
-    made = []
+    made: list[PostgresDatastore] = []
 
     def make(url, **kwargs):
         ds = PostgresDatastore(PostgresDatabase(url, _reactor(), **kwargs))
@@ -60,7 +63,7 @@ def make_datastore():
 
 
 @pytest.fixture(scope="module")
-def outage_cluster():
+def outage_cluster() -> Iterator[PostgresCluster]:
     """A Postgres cluster of this module's own, which tests may stop and start."""
     cluster = start_postgres_cluster()
     yield cluster
@@ -68,7 +71,7 @@ def outage_cluster():
 
 
 @pytest.fixture
-def outage_db(outage_cluster):
+def outage_db(outage_cluster: PostgresCluster) -> Iterator[str]:
     """A fresh database on the outage cluster, and the cluster running when the test ends."""
     url = outage_cluster.create_database()
     yield url
@@ -77,7 +80,7 @@ def outage_db(outage_cluster):
     outage_cluster.drop_database(url)
 
 
-def _accepts_connections(url):
+def _accepts_connections(url: str) -> bool:
     try:
         psycopg2.connect(url, connect_timeout=2).close()
         return True
@@ -85,11 +88,11 @@ def _accepts_connections(url):
         return False
 
 
-async def _sleep(seconds):
+async def _sleep(seconds: float) -> None:
     await deferLater(_reactor(), seconds, lambda: None)
 
 
-async def _timed(coro):
+async def _timed(coro: Awaitable[object]) -> tuple[Exception | None, float]:
     """Await ``coro``; return (exception raised or None, seconds taken)."""
     started = time.monotonic()
     try:
@@ -106,7 +109,7 @@ def test_postgres_url_is_routed_to_PostgresDatastore(postgres_url):
         assert isinstance(stores.calls, PostgresCallStore)
 
 
-def test_unparseable_url_is_a_ConfigError():
+def test_unparseable_url_is_a_ConfigError() -> None:
     with pytest.raises(ConfigError, match="DB_URL"):
         PostgresDatabase("postgres://u@h/db?nosuchparameter=1", _reactor())
 
@@ -136,7 +139,7 @@ async def test_a_host_name_works_and_reaches_libpq_as_hostaddr(postgres_db, make
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_starts_on_an_empty_database_migrate_once(postgres_db, make_datastore):
+async def test_concurrent_starts_on_an_empty_database_migrate_once(postgres_db: str, make_datastore: Callable[..., PostgresDatastore]) -> None:
     """Several nodes starting together take turns on the advisory lock: all start, the
     schema is applied exactly once, and every node sees the same data."""
     nodes = [make_datastore(postgres_db) for _ in range(4)]
@@ -155,7 +158,7 @@ async def test_concurrent_starts_on_an_empty_database_migrate_once(postgres_db, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_restart_on_a_migrated_database_keeps_data(postgres_db, make_datastore):
+async def test_restart_on_a_migrated_database_keeps_data(postgres_db: str, make_datastore: Callable[..., PostgresDatastore]) -> None:
     first = make_datastore(postgres_db)
     await first.start()
     await first.insert_app(App("kept", {"k": "v"}))
@@ -166,7 +169,7 @@ async def test_restart_on_a_migrated_database_keeps_data(postgres_db, make_datas
 
 
 @pytest_twisted.ensureDeferred
-async def test_constraint_violations_map_to_domain_errors(postgres_db, make_datastore):
+async def test_constraint_violations_map_to_domain_errors(postgres_db: str, make_datastore: Callable[..., PostgresDatastore]) -> None:
     """Unique and foreign-key violations come out as domain errors, never psycopg2's."""
     ds = make_datastore(postgres_db)
     await ds.start()
@@ -185,7 +188,7 @@ async def test_constraint_violations_map_to_domain_errors(postgres_db, make_data
 
 
 @pytest_twisted.ensureDeferred
-async def test_value_postgres_cannot_store_is_a_ValidationError(postgres_db, make_datastore):
+async def test_value_postgres_cannot_store_is_a_ValidationError(postgres_db: str, make_datastore: Callable[..., PostgresDatastore]) -> None:
     """JSONB refuses \\u0000; that is bad input (400), not an outage."""
     ds = make_datastore(postgres_db)
     await ds.start()
@@ -195,7 +198,7 @@ async def test_value_postgres_cannot_store_is_a_ValidationError(postgres_db, mak
 
 
 @pytest_twisted.ensureDeferred
-async def test_call_stuck_on_a_lock_gives_DatastoreUnavailable_at_its_deadline(postgres_db, make_datastore):
+async def test_call_stuck_on_a_lock_gives_DatastoreUnavailable_at_its_deadline(postgres_db: str, make_datastore: Callable[..., PostgresDatastore]) -> None:
     """Every call has a deadline; after it the pool replaces the stuck connection."""
     ds = make_datastore(postgres_db, timeout=1.0)
     await ds.start()
@@ -219,7 +222,7 @@ async def test_call_stuck_on_a_lock_gives_DatastoreUnavailable_at_its_deadline(p
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_against_a_stopped_server_fails_fast(make_datastore):
+async def test_start_against_a_stopped_server_fails_fast(make_datastore: Callable[..., PostgresDatastore]) -> None:
     from tests.servers import free_port
 
     ds = make_datastore(f"postgres://nobody@127.0.0.1:{free_port()}/db", connect_timeout=2.0)
@@ -230,8 +233,8 @@ async def test_start_against_a_stopped_server_fails_fast(make_datastore):
 
 @pytest_twisted.ensureDeferred
 async def test_stopped_postgres_gives_DatastoreUnavailable_quickly_then_recovers(
-    outage_cluster, outage_db, make_datastore
-):
+    outage_cluster: PostgresCluster, outage_db: str, make_datastore: Callable[..., PostgresDatastore]
+) -> None:
     """During an outage every call fails fast with DatastoreUnavailable; once Postgres is
     back, the same datastore object serves again without being recreated."""
     ds = make_datastore(outage_db, max_reconnect_delay=1.0)
@@ -239,7 +242,7 @@ async def test_stopped_postgres_gives_DatastoreUnavailable_quickly_then_recovers
     await ds.insert_app(App("a", {"k": "v"}))
 
     await threads.deferToThread(outage_cluster.stop)
-    calls = [
+    calls: list[Callable[[], Awaitable[object]]] = [
         ds.ping,
         lambda: ds.get_app("a"),
         lambda: ds.insert_app(App("b")),
@@ -269,7 +272,7 @@ async def test_stopped_postgres_gives_DatastoreUnavailable_quickly_then_recovers
 
 
 @pytest_twisted.ensureDeferred
-async def test_killed_backend_is_replaced_without_a_restart(outage_cluster, outage_db, make_datastore):
+async def test_killed_backend_is_replaced_without_a_restart(outage_cluster: PostgresCluster, outage_db: str, make_datastore: Callable[..., PostgresDatastore]) -> None:
     """A connection killed under the pool (failover, pg_terminate_backend, idle-kill)
     fails at most the calls that were on it; the pool reconnects by itself."""
     ds = make_datastore(outage_db, max_reconnect_delay=1.0)
@@ -300,7 +303,7 @@ async def test_killed_backend_is_replaced_without_a_restart(outage_cluster, outa
 
 
 @pytest_twisted.ensureDeferred
-async def test_cancelled_call_gives_its_connection_back(postgres_db, make_datastore):
+async def test_cancelled_call_gives_its_connection_back(postgres_db: str, make_datastore: Callable[..., PostgresDatastore]) -> None:
     """A caller that gives up (an HTTP client that hung up) gets CancelledError at once,
     and the pool's only connection serves the next call once the first one finishes."""
     ds = make_datastore(postgres_db, pool_size=1, timeout=3.0)

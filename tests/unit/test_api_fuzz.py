@@ -16,7 +16,7 @@ FIELDS = ["name", "config", "path", "image", "memory", "headers", "type", "forma
           "timeout", "idle_timeout", "jwt_key", "app_name"]
 
 
-def junk(rng, depth=0):
+def junk(rng: random.Random, depth: int = 0) -> object:
     kind = rng.randrange(9 if depth < 3 else 6)
     if kind == 0:
         return None
@@ -37,7 +37,7 @@ def junk(rng, depth=0):
     return {k: junk(rng, depth + 1) for k in keys}
 
 
-def test_random_bodies_and_paths_never_get_a_500():
+def test_random_bodies_and_paths_never_get_a_500() -> None:
     rng = random.Random(1234)
     ds = MemoryDatastore()
     clock = Clock()
@@ -56,8 +56,8 @@ def test_random_bodies_and_paths_never_get_a_500():
             value = {wrapper: value}
         body = json.dumps(value).encode() if rng.random() < 0.9 else bytes(rng.randrange(256) for _ in range(8))
         out = []
-        d = treq.request(method, "http://node" + path, data=body)
-        d.addCallback(lambda r: treq.content(r).addCallback(lambda c: out.append((r.code, c))))
+        d = treq.request(method, "http://node" + path, data=body)  # type: ignore[attr-defined]  # StubTreq sets its methods in __init__
+        d.addCallback(lambda r: treq.content(r).addCallback(lambda c: out.append((r.code, c))))  # type: ignore[attr-defined]
         treq.flush()
         assert out, (method, path, body)
         code, content = out[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Coroutine, Iterable, Mapping, cast
+
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -17,8 +19,8 @@ from ironfunctions.runner.submit import AsyncSubmitter
 ROUTE = Route("a", "/job", "img", type="async", timeout=10)
 
 
-def run(coro):
-    out = []
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    out: list[Any] = []
     Deferred.fromCoroutine(coro).addBoth(out.append)
     if out and hasattr(out[0], "raiseException"):
         out[0].raiseException()
@@ -26,7 +28,7 @@ def run(coro):
 
 
 class Harness:
-    def __init__(self, outcomes=None, max_attempts=3):
+    def __init__(self, outcomes: Iterable[str | Exception] | None = None, max_attempts: int = 3) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.queue = MemoryQueue(self.clock)
@@ -35,7 +37,7 @@ class Harness:
         self.routes = {("a", "/job"): ROUTE}
         self.outcomes = list(outcomes or [])
         self.started: list[Call] = []
-        self.pending: Deferred | None = None
+        self.pending: Deferred[CallResult] | None = None
         self.killed: list[str] = []
         self.worker = AsyncWorkerService(
             self.queue, self.calls, self.lookup, self.app_config, self.run_call, self.kill,
@@ -43,16 +45,16 @@ class Harness:
         )
         self.submitter = AsyncSubmitter(self.queue, self.calls, self.clock, self.metrics)
 
-    async def lookup(self, app, path):
+    async def lookup(self, app: str, path: str) -> Route:
         try:
             return self.routes[(app, path)]
         except KeyError:
             raise errors.RouteNotFound() from None
 
-    async def app_config(self, app):
+    async def app_config(self, app: str) -> Mapping[str, str]:
         return {"K": "v"}
 
-    async def run_call(self, call):
+    async def run_call(self, call: Call) -> CallResult:
         self.started.append(call)
         outcome = self.outcomes.pop(0) if self.outcomes else CallStatus.SUCCESS
         if outcome == "hang":
@@ -64,20 +66,20 @@ class Harness:
                           error="" if outcome == CallStatus.SUCCESS else "exit code 1",
                           exit_code=0 if outcome == CallStatus.SUCCESS else 1, run_ms=5)
 
-    async def kill(self, call_id):
+    async def kill(self, call_id: str) -> None:
         self.killed.append(call_id)
         if self.pending is not None:
             self.pending.callback(CallResult(call_id, CallStatus.ERROR, error="exit code 137", exit_code=137))
 
-    def submit(self, call_id="c1", body=b"in"):
+    def submit(self, call_id: str = "c1", body: bytes = b"in") -> Any:
         call = Call(call_id, ROUTE, CallRequest("POST", "http://x/r/a/job", body=body))
         return run(self.submitter.submit(call))
 
-    def record(self, call_id="c1"):
+    def record(self, call_id: str = "c1") -> Any:
         return run(self.calls.get_call("a", call_id))
 
 
-def test_submitted_call_is_queued_then_run_and_recorded_with_body_and_log():
+def test_submitted_call_is_queued_then_run_and_recorded_with_body_and_log() -> None:
     h = Harness()
     assert h.submit().status == "queued"
     assert h.record().status == "queued"
@@ -121,7 +123,7 @@ def test_retry_then_success():
     h.worker.stopService()
 
 
-def test_could_not_start_counts_as_a_failed_attempt():
+def test_could_not_start_counts_as_a_failed_attempt() -> None:
     h = Harness([errors.ImageNotFound("img")], max_attempts=1)
     h.submit()
     h.worker.startService()
@@ -130,33 +132,33 @@ def test_could_not_start_counts_as_a_failed_attempt():
     h.worker.stopService()
 
 
-def test_cancelled_while_queued_is_never_run():
+def test_cancelled_while_queued_is_never_run() -> None:
     h = Harness()
     h.submit()
     from ironfunctions.api.calls import store_canceller
 
-    run(store_canceller(h.calls, h.clock)("a", "c1"))
+    run(cast("Coroutine[Any, Any, Any]", store_canceller(h.calls, h.clock)("a", "c1")))  # a coroutine, typed Awaitable
     h.worker.startService()
     assert h.started == [] and h.record().status == "cancelled"
     assert run(h.queue.depth()) == 0
     h.worker.stopService()
 
 
-def test_cancel_while_running_kills_the_container_and_keeps_cancelled():
+def test_cancel_while_running_kills_the_container_and_keeps_cancelled() -> None:
     h = Harness(["hang"])
     h.submit()
     h.worker.startService()
     assert h.record().status == "running"
     from ironfunctions.api.calls import store_canceller
 
-    run(store_canceller(h.calls, h.clock)("a", "c1"))
+    run(cast("Coroutine[Any, Any, Any]", store_canceller(h.calls, h.clock)("a", "c1")))  # a coroutine, typed Awaitable
     h.clock.advance(5)  # the lease keeper's next tick notices
     assert h.killed == ["c1"]
     assert h.record().status == "cancelled"
     h.worker.stopService()
 
 
-def test_lease_is_renewed_while_a_long_call_runs():
+def test_lease_is_renewed_while_a_long_call_runs() -> None:
     h = Harness(["hang"])
     h.submit()
     h.worker.startService()
@@ -168,7 +170,7 @@ def test_lease_is_renewed_while_a_long_call_runs():
     h.worker.stopService()
 
 
-def test_redelivery_after_a_lost_node_counts_the_attempt():
+def test_redelivery_after_a_lost_node_counts_the_attempt() -> None:
     h = Harness()
     h.submit()
     # Another node reserved it and died: its lease expires.
@@ -179,7 +181,7 @@ def test_redelivery_after_a_lost_node_counts_the_attempt():
     h.worker.stopService()
 
 
-def test_route_deleted_before_run_fails_for_good():
+def test_route_deleted_before_run_fails_for_good() -> None:
     h = Harness()
     h.submit()
     del h.routes[("a", "/job")]
@@ -189,11 +191,11 @@ def test_route_deleted_before_run_fails_for_good():
 
 
 class DownQueue(MemoryQueue):
-    async def push(self, item, delay=0):
+    async def push(self, item: QueueItem, delay: float = 0) -> bool:
         raise errors.QueueUnavailable()
 
 
-def test_submit_with_queue_down_raises_and_marks_the_record():
+def test_submit_with_queue_down_raises_and_marks_the_record() -> None:
     h = Harness()
     h.submitter = AsyncSubmitter(DownQueue(h.clock), h.calls, h.clock, h.metrics)
     with pytest.raises(errors.QueueUnavailable):
@@ -201,7 +203,7 @@ def test_submit_with_queue_down_raises_and_marks_the_record():
     assert h.record().status == "error"
 
 
-def test_stop_releases_unfinished_reservations():
+def test_stop_releases_unfinished_reservations() -> None:
     h = Harness(["hang"])
     h.submit()
     h.worker.startService()
@@ -213,11 +215,11 @@ def test_stop_releases_unfinished_reservations():
     assert held is not None and held.call_id == "c1"
 
 
-def test_retry_delay_doubles():
+def test_retry_delay_doubles() -> None:
     assert [retry_delay(1.0, n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
 
 
-def test_sync_record_equals_the_two_step_record():
+def test_sync_record_equals_the_two_step_record() -> None:
     from ironfunctions.runner.records import finished_record, new_record, sync_record
 
     for status in (CallStatus.SUCCESS, CallStatus.ERROR, CallStatus.TIMEOUT):
@@ -226,7 +228,7 @@ def test_sync_record_equals_the_two_step_record():
             new_record("c1", ROUTE, 100), result, 200, keep_body=False)
 
 
-def test_sync_record_puts_every_value_in_its_field():
+def test_sync_record_puts_every_value_in_its_field() -> None:
     """sync_record passes CallRecord's fields by position: a reordering must show here."""
     from ironfunctions.calls.model import CallRecord
     from ironfunctions.runner.records import sync_record
@@ -240,7 +242,7 @@ def test_sync_record_puts_every_value_in_its_field():
     )
 
 
-def test_async_wait_includes_the_time_in_the_queue():
+def test_async_wait_includes_the_time_in_the_queue() -> None:
     h = Harness()
     h.submit()
     h.clock.advance(2.5)  # queued, no worker yet

@@ -1,16 +1,18 @@
 """Config resolution (option > env > default) and validation naming the variable."""
 
+from typing import Mapping
+
 import pytest
 
 from ironfunctions.config import Config, default_max_concurrency, with_backlog
 from ironfunctions.errors import ConfigError
 
 
-def make(options=None, env=None):
+def make(options: Mapping[str, str | None] | None = None, env: Mapping[str, str] | None = None) -> Config:
     return Config.from_sources(options or {}, env or {}, "/srv", cpu_count=2, host_memory_mb=24000)
 
 
-def test_defaults_are_the_embedded_setup():
+def test_defaults_are_the_embedded_setup() -> None:
     c = make()
     assert c.port == 8080
     assert c.listen == "tcp:8080:interface=0.0.0.0:backlog=4096"
@@ -24,7 +26,7 @@ def test_defaults_are_the_embedded_setup():
     assert c.max_concurrency == default_max_concurrency(2, 24000) == 64
 
 
-def test_option_wins_over_env_and_env_over_default():
+def test_option_wins_over_env_and_env_over_default() -> None:
     assert make(env={"PORT": "9000"}).port == 9000
     assert make({"port": "9001"}, {"PORT": "9000"}).port == 9001
     c = make(env={"PORT": "9000"})
@@ -33,7 +35,7 @@ def test_option_wins_over_env_and_env_over_default():
     assert make(env={"DATA_DIR": "/d"}).db_url == "sqlite:////d/ironfunctions.db"
 
 
-def test_listen_gets_a_backlog_big_enough_for_a_burst_of_clients():
+def test_listen_gets_a_backlog_big_enough_for_a_burst_of_clients() -> None:
     """Twisted's default backlog (50) made the kernel reset connections of a burst of
     500 concurrent calls instead of letting the node answer them 503 (bench/cold_load.py)."""
     assert make(env={"LISTEN": "tcp:81:interface=127.0.0.1"}).listen == "tcp:81:interface=127.0.0.1:backlog=4096"
@@ -45,11 +47,11 @@ def test_listen_gets_a_backlog_big_enough_for_a_burst_of_clients():
     assert with_backlog("ssl:443:privateKey=k.pem") == "ssl:443:privateKey=k.pem"
 
 
-def test_empty_values_mean_default():
+def test_empty_values_mean_default() -> None:
     assert make(env={"PORT": "", "LOG_LEVEL": " "}).port == 8080
 
 
-def test_sizes_and_durations_accept_units():
+def test_sizes_and_durations_accept_units() -> None:
     c = make(env={"MAX_REQUEST_SIZE": "1MiB", "MAX_RESPONSE_SIZE": "512k", "ASYNC_RETRY_DELAY": "250ms"})
     assert (c.max_request_size, c.max_response_size, c.async_retry_delay) == (1048576, 524288, 0.25)
 
@@ -65,19 +67,19 @@ def test_sizes_and_durations_accept_units():
         ("HOT_TRANSPORT", "pipe"),
     ],
 )
-def test_invalid_values_raise_ConfigError_naming_the_variable(variable, value):
+def test_invalid_values_raise_ConfigError_naming_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as e:
         make(env={variable: value})
     assert str(e.value).startswith(variable + ":")
 
 
-def test_errors_never_show_a_password():
+def test_errors_never_show_a_password() -> None:
     with pytest.raises(ConfigError) as e:
         make(env={"DB_URL": "mysql://user:hunter2@db/x"})
     assert "hunter2" not in str(e.value) and "***" in str(e.value)
 
 
-def test_hot_transport_defaults_to_attach_and_accepts_socket():
+def test_hot_transport_defaults_to_attach_and_accepts_socket() -> None:
     assert make().hot_transport == "attach"
     assert make(env={"HOT_TRANSPORT": "Socket"}).hot_transport == "socket"
     assert make({"hot-transport": "attach"}, {"HOT_TRANSPORT": "socket"}).hot_transport == "attach"

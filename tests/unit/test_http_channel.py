@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 from http.client import HTTPResponse
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -21,6 +21,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from ironfunctions.api.invoke import InvokeResource
 from ironfunctions.runner.invoker import Invoker, Reply
@@ -76,7 +77,7 @@ class Functions:
 class Web(Resource):
     isLeaf = True
 
-    def render(self, request: Any) -> bytes:
+    def render(self, request: Request) -> bytes:
         return b"web:" + request.uri
 
 
@@ -250,7 +251,7 @@ def test_one_call_at_a_time_and_a_gone_client_gets_nothing() -> None:
     assert [a[0] for a in responses(transport.value())] == [200, 201]
     transport.clear()
     protocol.dataReceived(hold)
-    protocol.connectionLost(None)  # type: ignore[arg-type]
+    protocol.connectionLost(None)
     functions.release()  # the answer has nowhere to go: dropped quietly
     assert transport.value() == b""
 
@@ -308,7 +309,7 @@ def raw_exchange(data: bytes) -> bytes:
     clock = Clock()
     protocol, transport = connect(build(True, Functions(), clock))
     protocol.dataReceived(data)
-    return transport.value()
+    return cast(bytes, transport.value())
 
 
 def test_no_framing_or_daemon_header_comes_from_a_function_or_route() -> None:

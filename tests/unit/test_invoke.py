@@ -4,6 +4,7 @@ agent and a ``Clock``: no sockets, no reactor."""
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
@@ -59,8 +60,8 @@ class InvokeTests(SynchronousTestCase):
         root.putChild(b"r", InvokeResource(Invoker(lookup, app_config, self.agent.run_call, CallIds(self.clock.seconds))))
         self.treq = StubTreq(root)
 
-    def request(self, method: str, url: str, advance: float = 0, **kw):  # type: ignore[no-untyped-def]
-        d = self.treq.request(method, "http://example.com" + url, **kw)
+    def request(self, method: str, url: str, advance: float = 0, **kw: Any) -> tuple[Any, bytes]:
+        d = self.treq.request(method, "http://example.com" + url, **kw)  # type: ignore[attr-defined]  # StubTreq sets its methods in __init__
         if advance:
             self.clock.advance(advance)
         self.treq.flush()
@@ -70,7 +71,7 @@ class InvokeTests(SynchronousTestCase):
 
     def error(self, body: bytes) -> str:
         assert body.endswith(b"\n")
-        return json.loads(body)["error"]["message"]
+        return cast(str, json.loads(body)["error"]["message"])
 
     def test_post_body_is_stdin_and_stdout_is_the_answer(self) -> None:
         response, body = self.request("POST", "/r/myapp/cat", data=b'{"name":"x"}')
@@ -128,7 +129,7 @@ class InvokeTests(SynchronousTestCase):
         assert (response.code, self.error(body)) == (502, "Image not found: iftest/nope:1")
 
     def test_overload_is_503_with_retry_after(self) -> None:
-        busy = self.treq.request("POST", "http://example.com/r/myapp/slow")
+        busy = self.treq.request("POST", "http://example.com/r/myapp/slow")  # type: ignore[attr-defined]
         response, body = self.request("POST", "/r/myapp/cat")
         assert response.code == 503
         assert response.headers.getRawHeaders("retry-after") == ["1"]

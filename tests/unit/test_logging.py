@@ -8,7 +8,7 @@ from ironfunctions.logging import format_logfmt, logfmt_value, make_observer
 from ironfunctions.metrics import LogMetrics
 
 
-def test_values_are_quoted_only_when_needed():
+def test_values_are_quoted_only_when_needed() -> None:
     assert logfmt_value("plain") == "plain"
     assert logfmt_value("two words") == '"two words"'
     assert logfmt_value('q"uote\nline') == '"q\\"uote\\nline"'
@@ -16,13 +16,13 @@ def test_values_are_quoted_only_when_needed():
     assert logfmt_value("") == '""'
 
 
-def test_event_line_has_time_level_msg_and_fields():
+def test_event_line_has_time_level_msg_and_fields() -> None:
     line = format_logfmt({"log_format": "Ran {app}", "log_level": LogLevel.warn, "log_time": 0.5,
                           "app": "myapp", "call_id": "01ABC", "obj": object()})
     assert line == 'time=1970-01-01T00:00:00.500Z level=warn msg="Ran myapp" app=myapp call_id=01ABC'
 
 
-def test_metric_events_print_metric_value_type_and_per_app_name():
+def test_metric_events_print_metric_value_type_and_per_app_name() -> None:
     out = io.StringIO()
     observer = make_observer("info", out)
     globalLogPublisher.addObserver(observer)
@@ -39,7 +39,7 @@ def test_metric_events_print_metric_value_type_and_per_app_name():
     assert all("msg=" not in line for line in lines)
 
 
-def test_level_filter_drops_lower_levels():
+def test_level_filter_drops_lower_levels() -> None:
     out = io.StringIO()
     observer = make_observer("warn", out)
     log = Logger(observer=observer)
@@ -49,7 +49,7 @@ def test_level_filter_drops_lower_levels():
     assert [line.split("msg=")[1].split(" ")[0] for line in out.getvalue().splitlines()] == ['"shown', "also"]
 
 
-def test_failures_stay_on_one_line():
+def test_failures_stay_on_one_line() -> None:
     out = io.StringIO()
     log = Logger(observer=make_observer("info", out))
     try:
@@ -60,7 +60,7 @@ def test_failures_stay_on_one_line():
     assert text.count("\n") == 1 and "ZeroDivisionError" in text
 
 
-def test_a_metric_batch_prints_one_line_per_figure_in_one_write():
+def test_a_metric_batch_prints_one_line_per_figure_in_one_write() -> None:
     out = io.StringIO()
     observer = make_observer("info", out)
     globalLogPublisher.addObserver(observer)
@@ -77,7 +77,7 @@ def test_a_metric_batch_prints_one_line_per_figure_in_one_write():
     ]
 
 
-def test_with_a_clock_batches_are_coalesced_into_one_event():
+def test_with_a_clock_batches_are_coalesced_into_one_event() -> None:
     from twisted.internet.task import Clock
 
     out = io.StringIO()
@@ -101,7 +101,7 @@ def test_with_a_clock_batches_are_coalesced_into_one_event():
     ]
 
 
-def test_values_need_quotes_for_each_unsafe_character_and_unprintable_text():
+def test_values_need_quotes_for_each_unsafe_character_and_unprintable_text() -> None:
     for text in ["a b", "a=b", 'a"b', "a\\b", "a\x00b", "a\u2028b"]:
         assert logfmt_value(text).startswith('"'), text
     assert logfmt_value("ünï-01ABC/path.x") == "ünï-01ABC/path.x"
@@ -113,7 +113,7 @@ def test_values_need_quotes_for_each_unsafe_character_and_unprintable_text():
     assert logfmt_value(Name("x")) == '"its str"'
 
 
-def test_rendered_metric_lines_each_get_time_and_level():
+def test_rendered_metric_lines_each_get_time_and_level() -> None:
     head = "time=1970-01-01T00:00:00.500Z level=info "
     event = {"log_level": LogLevel.info, "log_time": 0.5, "log_format": "{count} metric lines"}
     assert format_logfmt({**event, "metric_lines": ["metric=a value=1 type=count", "metric=b value=2 type=time"],

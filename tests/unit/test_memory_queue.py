@@ -3,7 +3,7 @@ sockets, threads or real time (leases and delays move only when the test says so
 
 from __future__ import annotations
 
-from typing import Any, Coroutine
+from typing import Any, Coroutine, cast
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -61,7 +61,7 @@ class MemoryQueueTests(SynchronousTestCase):
         waiting = Deferred.fromCoroutine(self.queue.reserve(30, timeout=60))
         self.assertNoResult(waiting)
         self.run_now(self.queue.push(item("a", 2)))
-        assert self.successResultOf(waiting).call_id == "a"
+        assert cast(Reservation, self.successResultOf(waiting)).call_id == "a"
 
     def test_waiting_reserve_returns_None_at_its_timeout(self) -> None:
         waiting = Deferred.fromCoroutine(self.queue.reserve(30, timeout=5))
@@ -76,7 +76,7 @@ class MemoryQueueTests(SynchronousTestCase):
         self.clock.advance(2.9)
         self.assertNoResult(waiting)
         self.clock.advance(0.1)
-        assert self.successResultOf(waiting).call_id == "later"
+        assert cast(Reservation, self.successResultOf(waiting)).call_id == "later"
 
     def test_release_with_delay_keeps_the_old_place(self) -> None:
         for call_id in ["a", "b", "c"]:

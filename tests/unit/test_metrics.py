@@ -13,6 +13,7 @@ from twisted.logger import Logger, capturedLogs
 
 from ironfunctions.metrics import (
     FanoutMetrics,
+    IMetrics,
     LogMetrics,
     MemoryMetrics,
     PrometheusMetrics,
@@ -48,7 +49,7 @@ def expected_lines(batches: list[tuple[list[tuple[str, str, Any]], dict[str, Any
     return lines
 
 
-def test_coalesced_lines_match_one_line_per_figure_across_apps_kinds_and_odd_fields():
+def test_coalesced_lines_match_one_line_per_figure_across_apps_kinds_and_odd_fields() -> None:
     call = [("count", "run.requests", 1), ("count", "run.succeeded", 1), ("time", "run.wait_time", 3),
             ("time", "run.start_time", 0), ("time", "run.exec_time", 12)]
     batches: list[tuple[list[tuple[str, str, Any]], dict[str, Any]]] = [
@@ -90,7 +91,7 @@ def test_prometheus_many_gives_what_one_call_per_figure_gives():
     for samples, fields in batches:
         batched.many(samples, **fields)
         for kind, name, value in samples:
-            {"count": one_by_one.count, "time": one_by_one.timing, "gauge": one_by_one.gauge}[kind](
+            cast("Callable[..., None]", {"count": one_by_one.count, "time": one_by_one.timing, "gauge": one_by_one.gauge}[kind])(
                 name, value, **fields
             )
     assert ours(batched.render()) == ours(one_by_one.render())
@@ -160,7 +161,7 @@ def test_prometheus_sink_never_raises_on_odd_figures():
     assert "ironfunctions_odd_name_total{" in metrics.render()
 
 
-def test_fanout_gives_every_sink_the_fields_including_sinks_of_other_modules():
+def test_fanout_gives_every_sink_the_fields_including_sinks_of_other_modules() -> None:
     class Foreign:
         def __init__(self) -> None:
             self.got: list[tuple[Any, dict[str, Any]]] = []
@@ -169,7 +170,7 @@ def test_fanout_gives_every_sink_the_fields_including_sinks_of_other_modules():
             self.got.append((samples, fields))
 
     memory, foreign, prometheus = MemoryMetrics(), Foreign(), PrometheusMetrics()
-    fanout = FanoutMetrics([memory, foreign, prometheus])
+    fanout = FanoutMetrics([memory, cast(IMetrics, foreign), prometheus])  # a sink with many() only
     samples = [("count", "run.requests", 1)]
     fanout.many(samples, app="a", call_id="C")
     assert memory.total("run.requests", app="a", call_id="C") == 1

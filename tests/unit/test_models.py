@@ -3,7 +3,7 @@
 from ironfunctions.models import App, CallRequest, CallResult
 
 
-def test_values_copy_headers_and_maps_so_later_changes_do_not_leak_in():
+def test_values_copy_headers_and_maps_so_later_changes_do_not_leak_in() -> None:
     headers = {"A": ["1"], "B": []}
     params = {"x": "y"}
     request = CallRequest("GET", "http://h/r/a/p", headers=headers, params=params)
@@ -15,7 +15,7 @@ def test_values_copy_headers_and_maps_so_later_changes_do_not_leak_in():
     assert request.params == {"x": "y"}
 
 
-def test_missing_or_empty_mappings_become_new_empty_dicts():
+def test_missing_or_empty_mappings_become_new_empty_dicts() -> None:
     empty: dict[str, list[str]] = {}
     request = CallRequest("GET", "u", headers=empty, params=None)
     assert request.headers == {} and request.headers is not empty and request.params == {}

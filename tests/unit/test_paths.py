@@ -15,12 +15,12 @@ from ironfunctions.paths import normalize_path
         (b"/bytes/ok", "/bytes/ok"),
     ],
 )
-def test_normal_forms(raw, normal):
+def test_normal_forms(raw: str | bytes, normal: str) -> None:
     assert normalize_path(raw) == normal
 
 
 @pytest.mark.parametrize("raw", ["", "x", "/", "//", "/%zz", "/%", "/a/../b", "/..", "/./a", "/:param",
                                  "/a:b", "/%ff", "/a\nb", "/%2e%2e/x"])
-def test_invalid_paths(raw):
+def test_invalid_paths(raw: str) -> None:
     with pytest.raises(ValidationError, match="Invalid Path format"):
         normalize_path(raw)

@@ -1,5 +1,7 @@
 """CallRecorder: batched, off the request path, bounded, retried when the store is down."""
 
+from typing import Any, Coroutine
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -10,8 +12,8 @@ from ironfunctions.errors import DatastoreUnavailable
 from ironfunctions.metrics import MemoryMetrics
 
 
-def run(coro):
-    out = []
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    out: list[Any] = []
     Deferred.fromCoroutine(coro).addBoth(out.append)
     if hasattr(out[0], "raiseException"):
         out[0].raiseException()
@@ -19,26 +21,26 @@ def run(coro):
 
 
 class FlakyStore(MemoryCallStore):
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.down = False
-        self.batches = []
+        self.batches: list[int] = []
 
-    async def put_calls(self, calls):
+    async def put_calls(self, calls: list[CallRecord]) -> None:
         if self.down:
             raise DatastoreUnavailable()
         self.batches.append(len(calls))
         await super().put_calls(calls)
 
 
-def make(**kw):
+def make(**kw: Any) -> tuple[FlakyStore, Clock, MemoryMetrics, CallRecorder]:
     store, clock, metrics = FlakyStore(), Clock(), MemoryMetrics()
     recorder = CallRecorder(store, clock, metrics, interval=0.2, **kw)
     recorder.startService()
     return store, clock, metrics, recorder
 
 
-def test_records_are_written_later_in_one_batch():
+def test_records_are_written_later_in_one_batch() -> None:
     store, clock, _, recorder = make()
     for n in range(10):
         recorder.record(CallRecord(id=f"c{n}", app_name="a", path="/p"), b"log %d" % n)
@@ -48,7 +50,7 @@ def test_records_are_written_later_in_one_batch():
     assert run(store.get_log("a", "c3")) == b"log 3"
 
 
-def test_store_down_keeps_records_until_it_is_back():
+def test_store_down_keeps_records_until_it_is_back() -> None:
     store, clock, _, recorder = make()
     store.down = True
     recorder.record(CallRecord(id="c1", app_name="a", path="/p"))
@@ -60,14 +62,14 @@ def test_store_down_keeps_records_until_it_is_back():
     assert recorder.pending == 0 and run(store.get_call("a", "c1")).id == "c1"
 
 
-def test_buffer_is_bounded_and_drops_are_counted():
+def test_buffer_is_bounded_and_drops_are_counted() -> None:
     store, clock, metrics, recorder = make(max_buffer=3)
     for n in range(5):
         recorder.record(CallRecord(id=f"c{n}", app_name="a", path="/p"))
     assert recorder.pending == 3 and metrics.total("calls.dropped") == 2
 
 
-def test_logs_are_capped_with_a_marker():
+def test_logs_are_capped_with_a_marker() -> None:
     store, clock, _, recorder = make()
     recorder.record(CallRecord(id="c1", app_name="a", path="/p"), b"x" * (2 * 1024 * 1024))
     clock.advance(0.2)
@@ -75,28 +77,28 @@ def test_logs_are_capped_with_a_marker():
     assert log.endswith(LOG_TRUNCATED_MARKER) and len(log) < 1024 * 1024 + 100
 
 
-def test_stop_flushes_what_is_pending():
+def test_stop_flushes_what_is_pending() -> None:
     store, clock, _, recorder = make()
     recorder.record(CallRecord(id="c1", app_name="a", path="/p"))
     d = recorder.stopService()
     assert d.called and store.batches == [1]
 
 
-def test_records_arriving_during_a_slow_write_are_neither_lost_nor_miscounted():
+def test_records_arriving_during_a_slow_write_are_neither_lost_nor_miscounted() -> None:
     """While a batch is being written, new records arrive: once the write succeeds,
     every record is written and nothing was counted as dropped (the batch in flight is
     out of the buffer, so it cannot be 'dropped' nor make others drop)."""
     from twisted.internet.defer import Deferred as D
 
     store, clock, metrics, recorder = make(max_batch=2, max_buffer=3)
-    gate = D()
-    written = []
+    gate: D[None] = D()
+    written: list[str] = []
 
-    async def slow_put(calls):
+    async def slow_put(calls: list[CallRecord]) -> None:
         written.extend(c.id for c in calls)
         await gate
 
-    store.put_calls = slow_put
+    store.put_calls = slow_put  # type: ignore[method-assign]  # the test swaps in a slow write
     for n in range(3):
         recorder.record(CallRecord(id=f"c{n}", app_name="a", path="/p"))
     clock.advance(0.2)  # flush takes c0, c1 and waits
@@ -111,23 +113,23 @@ def test_records_arriving_during_a_slow_write_are_neither_lost_nor_miscounted():
 class GatedStore(MemoryCallStore):
     """Each write waits for ``open_gate()``, as a real store's round trip does."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self.batches = []
-        self.gates = []
+        self.batches: list[int] = []
+        self.gates: list[Deferred[None]] = []
 
-    async def put_calls(self, calls):
+    async def put_calls(self, calls: list[CallRecord]) -> None:
         self.batches.append(len(calls))
-        gate = Deferred()
+        gate: Deferred[None] = Deferred()
         self.gates.append(gate)
         await gate
         await super().put_calls(calls)
 
-    def open_gate(self):
+    def open_gate(self) -> None:
         self.gates.pop(0).callback(None)
 
 
-def test_records_arriving_during_a_write_wait_for_the_next_tick():
+def test_records_arriving_during_a_write_wait_for_the_next_tick() -> None:
     """Under load a flush must not chase newcomers with a transaction every few calls."""
     store, clock = GatedStore(), Clock()
     recorder = CallRecorder(store, clock, MemoryMetrics(), interval=0.2, max_batch=4)

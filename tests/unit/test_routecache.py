@@ -1,5 +1,7 @@
 """The per-node route cache: bounded staleness, negative entries, shared misses."""
 
+from typing import Any, Coroutine, cast
+
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -11,18 +13,18 @@ from ironfunctions.routecache import RouteCache
 
 
 class CountingDatastore(MemoryDatastore):
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.route_reads = 0
 
-    async def get_route(self, app_name, path):
+    async def get_route(self, app_name: str, path: str) -> Route:
         self.route_reads += 1
         return await super().get_route(app_name, path)
 
 
-def run(coro):
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
     d = Deferred.fromCoroutine(coro)
-    results = []
+    results: list[Any] = []
     d.addBoth(results.append)
     assert results, "coroutine did not finish synchronously"
     if hasattr(results[0], "raiseException"):
@@ -30,13 +32,13 @@ def run(coro):
     return results[0]
 
 
-def hold_route_reads(ds, read_first=False):
+def hold_route_reads(ds: CountingDatastore, read_first: bool = False) -> Deferred[None]:
     """Route reads wait for the returned Deferred: before reading the route, or (with
     ``read_first``) after it, so a change made meanwhile is not in the value read."""
-    gate = Deferred()
+    gate: Deferred[None] = Deferred()
     original = ds.get_route
 
-    async def held(app, path):
+    async def held(app: str, path: str) -> Route:
         if read_first:
             route = await original(app, path)
             await gate
@@ -44,11 +46,11 @@ def hold_route_reads(ds, read_first=False):
         await gate
         return await original(app, path)
 
-    ds.get_route = held
+    ds.get_route = held  # type: ignore[method-assign,assignment]  # the test swaps in a held read
     return gate
 
 
-def setup():
+def setup() -> tuple[CountingDatastore, Clock, RouteCache]:
     ds = CountingDatastore()
     run(ds.insert_app(App("a")))
     run(ds.insert_route(Route("a", "/r", "img")))
@@ -56,7 +58,7 @@ def setup():
     return ds, clock, RouteCache(ds, clock, ttl=1.0)
 
 
-def test_hits_do_not_touch_the_datastore_until_ttl():
+def test_hits_do_not_touch_the_datastore_until_ttl() -> None:
     ds, clock, cache = setup()
     for _ in range(5):
         assert run(cache.lookup("a", "/r")).image == "img"
@@ -66,7 +68,7 @@ def test_hits_do_not_touch_the_datastore_until_ttl():
     assert ds.route_reads == 2
 
 
-def test_change_through_another_node_is_seen_within_ttl():
+def test_change_through_another_node_is_seen_within_ttl() -> None:
     ds, clock, cache = setup()
     run(cache.lookup("a", "/r"))
     run(ds.remove_route("a", "/r"))  # as another node would
@@ -76,7 +78,7 @@ def test_change_through_another_node_is_seen_within_ttl():
         run(cache.lookup("a", "/r"))
 
 
-def test_missing_app_and_missing_route_are_told_apart_and_cached():
+def test_missing_app_and_missing_route_are_told_apart_and_cached() -> None:
     ds, clock, cache = setup()
     with pytest.raises(AppNotFound):
         run(cache.lookup("ghost", "/r"))
@@ -87,7 +89,7 @@ def test_missing_app_and_missing_route_are_told_apart_and_cached():
     assert ds.route_reads == 2
 
 
-def test_invalidate_is_immediate_and_tells_listeners():
+def test_invalidate_is_immediate_and_tells_listeners() -> None:
     ds, clock, cache = setup()
     seen = []
     cache.on_invalidate(lambda app, path: seen.append((app, path)))
@@ -99,10 +101,10 @@ def test_invalidate_is_immediate_and_tells_listeners():
     assert seen == [("a", "/r"), ("a", None)]
 
 
-def test_concurrent_misses_share_one_query():
+def test_concurrent_misses_share_one_query() -> None:
     ds, clock, cache = setup()
     gate = hold_route_reads(ds)
-    results = []
+    results: list[Route] = []
     for _ in range(3):
         Deferred.fromCoroutine(cache.lookup("a", "/r")).addCallback(results.append)
     gate.callback(None)
@@ -110,7 +112,7 @@ def test_concurrent_misses_share_one_query():
     assert ds.route_reads == 1
 
 
-def test_app_configs_are_cached_within_the_bound_and_invalidated_with_the_app():
+def test_app_configs_are_cached_within_the_bound_and_invalidated_with_the_app() -> None:
     ds, clock, cache = setup()
     run(ds.update_app("a", lambda app: App("a", {"K": "1"})))
     assert run(cache.app_config("a")) == {"K": "1"}
@@ -124,27 +126,27 @@ def test_app_configs_are_cached_within_the_bound_and_invalidated_with_the_app():
     assert run(cache.app_config("ghost")) == {}
 
 
-def test_a_cancelled_caller_does_not_fail_the_others_waiting_on_the_same_load():
+def test_a_cancelled_caller_does_not_fail_the_others_waiting_on_the_same_load() -> None:
     ds, clock, cache = setup()
     gate = hold_route_reads(ds)
     first = Deferred.fromCoroutine(cache.lookup("a", "/r"))
     second = Deferred.fromCoroutine(cache.lookup("a", "/r"))
     first.cancel()
     first.addErrback(lambda f: None)
-    results = []
+    results: list[Route] = []
     second.addCallback(results.append)
     gate.callback(None)
     assert [r.image for r in results] == ["img"]
 
 
-def test_a_load_overtaken_by_an_invalidate_is_not_cached():
+def test_a_load_overtaken_by_an_invalidate_is_not_cached() -> None:
     ds, clock, cache = setup()
     original = ds.get_route
     gate = hold_route_reads(ds, read_first=True)
     pending = Deferred.fromCoroutine(cache.lookup("a", "/r"))  # read "img", now waits
-    ds.get_route = original
+    ds.get_route = original  # type: ignore[method-assign]  # the test puts the plain read back
     run(ds.update_route("a", "/r", lambda r: Route("a", "/r", "new")))
     cache.invalidate("a", "/r")
     gate.callback(None)
-    assert pending.result.image == "img"  # that caller got what it asked for
+    assert cast(Route, pending.result).image == "img"  # that caller got what it asked for
     assert run(cache.lookup("a", "/r")).image == "new"  # but it was not cached

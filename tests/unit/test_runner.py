@@ -3,6 +3,8 @@ with ``FakeDriver`` and a ``Clock`` (no sockets, no reactor)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -10,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ironfunctions.errors import ImageNotFound, NotReady, Overloaded
 from ironfunctions.metrics import MemoryMetrics
-from ironfunctions.models import LABEL_CALL, LABEL_NODE, Call, CallRequest, ContainerResult, Route
+from ironfunctions.models import LABEL_CALL, LABEL_NODE, Call, CallRequest, CallResult, ContainerResult, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.agent import Agent, cold_outcome
 from ironfunctions.runner.ids import CallIds
@@ -20,7 +22,7 @@ from tests.fake_images import fake_driver
 from tests.images import image_tag
 
 
-def make_call(image: str = "cat", call_id: str = "01CALL", **route_kw) -> Call:
+def make_call(image: str = "cat", call_id: str = "01CALL", **route_kw: Any) -> Call:
     route = Route(app_name="myapp", path="/hello", image=image_tag(image), **route_kw)
     request = CallRequest(method="POST", url="http://h/r/myapp/hello?x=1", body=b"in")
     return Call(call_id, route, request)
@@ -144,7 +146,7 @@ class AgentTests(SynchronousTestCase):
         self.other = self.driver.add_container({LABEL_NODE: "node-2"})
         self.agent.startService()
 
-    def run_call(self, call: Call) -> Deferred:
+    def run_call(self, call: Call) -> Deferred[CallResult]:
         return Deferred.fromCoroutine(self.agent.run_call(call))
 
     def test_start_removes_only_this_nodes_leftover_containers(self) -> None:
@@ -174,7 +176,8 @@ class AgentTests(SynchronousTestCase):
         self.clock.advance(0.2)
         result = self.successResultOf(d)
         assert (result.status, result.error) == ("timeout", "Timed out")
-        assert self.driver.list_containers and not [
+        # The call's container ran, and is gone by the time the result is there.
+        assert [s.labels.get(LABEL_CALL) for s in self.driver.started_specs] == ["01CALL"] and not [
             c for c in self.driver.containers.values() if c.spec.labels.get(LABEL_CALL) == "01CALL"]
         assert self.metrics.total("run.timeout") == 1
 

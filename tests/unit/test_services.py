@@ -8,24 +8,26 @@ from ironfunctions.services import BackendService, IronFunctionsService
 
 
 class Recorder(Service):
-    def __init__(self, name, log, gate=None, fail=False):
+    name: str  # always given here; Service declares it optional
+
+    def __init__(self, name: str, log: list[str], gate: Deferred[None] | None = None, fail: bool = False) -> None:
         self.name, self._log, self._gate, self._fail = name, log, gate, fail
 
-    def stopService(self):
-        super().stopService()
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()  # type: ignore[no-untyped-call]  # Service.stopService is untyped
         self._log.append("stop " + self.name)
         if self._fail:
             raise RuntimeError("boom")
         return self._gate
 
 
-def test_children_stop_one_at_a_time_last_added_first():
-    log = []
-    gate = Deferred()
+def test_children_stop_one_at_a_time_last_added_first() -> None:
+    log: list[str] = []
+    gate: Deferred[None] = Deferred()
     root = IronFunctionsService()
     for child in (Recorder("datastore", log), Recorder("agent", log, fail=True), Recorder("listener", log, gate)):
         child.setServiceParent(root)
-    root.startService()
+    root.startService()  # type: ignore[no-untyped-call]  # MultiService.startService is untyped
     done = root.stopService()
     assert log == ["stop listener"] and not done.called  # waits for the listener
     gate.callback(None)
@@ -33,19 +35,19 @@ def test_children_stop_one_at_a_time_last_added_first():
 
 
 class FlakyBackend:
-    def __init__(self, failures):
+    def __init__(self, failures: int) -> None:
         self.failures, self.started, self.closed = failures, 0, False
 
-    async def start(self):
+    async def start(self) -> None:
         self.started += 1
         if self.started <= self.failures:
             raise ConnectionError("down")
 
-    async def close(self):
+    async def close(self) -> None:
         self.closed = True
 
 
-def test_backend_service_retries_until_ready():
+def test_backend_service_retries_until_ready() -> None:
     clock, backend = Clock(), FlakyBackend(2)
     service = BackendService("queue", backend, clock, retry_delay=1.0)
     ready = service.when_ready()
