@@ -40,6 +40,7 @@ from ironfunctions.metrics import IMetrics
 from ironfunctions.models import CALL_ERROR, Call, CallResult, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
+from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.protocol import (
     RequestEncoder,
     hot_container_spec,
@@ -60,6 +61,7 @@ class HotRunner:
     :param metrics: receives the ``hot.containers`` gauge per route.
     :param max_response_size: largest response body a function may announce.
     :param max_waiting: calls that may wait for a container of one route.
+    :param policy: how the containers are hardened (``FUNCTION_*`` settings).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class HotRunner:
         network_mode: str = "bridge",
         max_response_size: int = 6 * 1024 * 1024,
         max_waiting: int = DEFAULT_MAX_WAITING,
+        policy: FunctionPolicy = FunctionPolicy(),
     ) -> None:
         self._driver = driver
         self._slots = slots
@@ -81,6 +84,7 @@ class HotRunner:
         self._network_mode = network_mode
         self._max_response_size = max_response_size
         self._max_waiting = max_waiting
+        self._policy = policy
         self._pools: dict[tuple[str, str], RoutePool] = {}
         self._draining: set[RoutePool] = set()
 
@@ -188,7 +192,8 @@ class RoutePool:
         self.app_config = app_config
         self.encoder = RequestEncoder(route, app_config)
         self.max_response_size = runner._max_response_size
-        self._spec = hot_container_spec(route, app_config, runner._node_id, runner._network_mode)
+        self._spec = hot_container_spec(
+            route, app_config, runner._node_id, runner._network_mode, runner._policy)
         self._live: set[HotContainer] = set()
         self._idle: list[HotContainer] = []  # a stack: the most recently used first,
         # so that when load drops the others go idle long enough to expire.
