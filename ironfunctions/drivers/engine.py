@@ -223,7 +223,9 @@ class Engine:
         entrypoint = [BRIDGE_IN_CONTAINER, f"{SOCKET_DIR_IN_CONTAINER}/{SOCKET_NAME}", *argv]
         binds: dict[str, Mapping[str, str]] = {
             self._bridge_binary: {"bind": BRIDGE_IN_CONTAINER, "mode": "ro"},
-            directory: {"bind": SOCKET_DIR_IN_CONTAINER, "mode": "rw"},
+            # Read-only: the function connects to the daemon's socket but can plant
+            # nothing on the host (issue 11: a setuid binary left there ran as root).
+            directory: {"bind": SOCKET_DIR_IN_CONTAINER, "mode": "ro"},
         }
         container_id = self.create(spec, stdin_once=False, entrypoint=entrypoint, binds=binds)
         self._socket_names[container_id] = name

@@ -4,8 +4,12 @@ reports its privileges, limits and which places take a new file."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from ironfunctions.models import FUNCTION_CAPABILITIES
-from tests.images import image_tag, test_images  # noqa: F401 (fixture)
+from tests.images import IMAGES_DIR, bridge_binary, build_image, image_tag, test_images  # noqa: F401 (fixtures)
 
 # Bits of /proc/self/status's capability masks (linux/capability.h).
 CAP_BITS = {
@@ -25,6 +29,13 @@ def probe(daemon, path: str = "/probe") -> dict[str, str]:  # type: ignore[no-un
     reply = daemon.post(f"/r/h{path}", "")
     assert reply.status == 200, (reply.body, daemon.log()[-3000:])
     return dict(line.split("=", 1) for line in reply.body.decode().splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="module")
+def nonroot_probe(test_images) -> str:  # noqa: F811
+    """``iftest/probe-nonroot:1``: the probe in an image whose ``USER`` is 1000:1000."""
+    return build_image(image_tag("probe-nonroot"), os.path.join(IMAGES_DIR, "Dockerfile.nonroot"),
+                       [os.path.join(IMAGES_DIR, "probe", "run.sh")])
 
 
 def test_a_cold_function_runs_with_few_capabilities_no_new_privileges_and_limits(test_images, daemon_factory):  # noqa: F811
@@ -61,3 +72,26 @@ def test_FUNCTION_USER_runs_functions_as_that_user(test_images, daemon_factory):
     assert (report["uid"], report["gid"]) == ("1000", "1000")
     assert int(report["CapEff"], 16) == 0 and report["tmp_write"] == "ok"
 
+
+def test_on_the_socket_transport_the_socket_directory_is_read_only_and_its_host_parent_0700(
+    test_images, bridge_binary, daemon_factory,  # noqa: F811
+):
+    daemon = daemon_factory(env={"HOT_TRANSPORT": "socket"})
+    daemon.add_route("h", "/probe", image_tag("probe"), format="http")
+    report = probe(daemon)
+    assert report["sock_write"] == "fail"
+    assert report["NoNewPrivs"] == "1" and report["root_write"] == "fail"
+    parent = os.path.join(daemon.workdir, "data", "hot-sockets")
+    assert os.stat(parent).st_mode & 0o777 == 0o700
+    [directory] = os.listdir(parent)
+    assert os.listdir(os.path.join(parent, directory)) == ["s"]
+
+
+def test_a_hot_function_with_a_non_root_USER_works_on_the_socket_transport(
+    nonroot_probe, bridge_binary, daemon_factory,  # noqa: F811
+):
+    daemon = daemon_factory(env={"HOT_TRANSPORT": "socket"})
+    daemon.add_route("h", "/probe", nonroot_probe, format="http")
+    for _ in range(3):
+        report = probe(daemon)
+        assert (report["uid"], report["gid"], report["sock_write"]) == ("1000", "1000", "fail")
