@@ -51,11 +51,14 @@ def test_a_cold_function_runs_with_few_capabilities_no_new_privileges_and_limits
     assert report["memory"] == report["memory_swap"] == str(256 * 1024 * 1024)  # no swap beyond it
 
 
-def test_the_root_is_read_only_and_tmp_writable_by_default(test_images, daemon_factory):  # noqa: F811
+def test_the_root_is_read_only_and_tmp_writable_by_default_within_the_memory_limit(
+    test_images, daemon_factory,  # noqa: F811
+):
     daemon = daemon_factory()
-    daemon.add_route("h", "/probe", image_tag("probe"))
+    daemon.add_route("h", "/probe", image_tag("probe"), config={"TMP_FILL_MB": "16"})
     report = probe(daemon)
     assert (report["root_write"], report["tmp_write"]) == ("fail", "ok")
+    assert int(report["tmp_charged"]) >= 12 * 1024 * 1024  # /tmp is no way around the memory limit
 
 
 def test_FUNCTION_READONLY_ROOTFS_false_keeps_a_writable_root(test_images, daemon_factory):  # noqa: F811
