@@ -50,6 +50,8 @@ class Config:
     async_retry_delay: float
     host_memory_mb: int
     hot_transport: str = "attach"
+    function_readonly_rootfs: bool = True
+    function_user: str = ""
 
     @classmethod
     def from_sources(
@@ -103,6 +105,8 @@ class Config:
             async_retry_delay=get("ASYNC_RETRY_DELAY", _duration, 1.0),
             host_memory_mb=host_memory_mb,
             hot_transport=get("HOT_TRANSPORT", _hot_transport, "attach"),
+            function_readonly_rootfs=get("FUNCTION_READONLY_ROOTFS", _bool, True),
+            function_user=get("FUNCTION_USER", _function_user, ""),
         )
 
 
@@ -283,3 +287,32 @@ def _node_id(name: str, value: str) -> str:
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", value.strip()):
         raise ConfigError(f"{name}: use 1-63 letters, digits, '_', '.', '-', got {value!r}")
     return value.strip()
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _bool(name: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    return word in _TRUE
+
+
+_MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
+
+
+def _function_user(name: str, value: str) -> str:
+    """``uid[:gid]``, numeric only: a name would be looked up in the image's own
+    /etc/passwd, which the function's author writes (``nobody`` may be uid 0 there).
+    Normalised to ``uid:gid``; ``gid`` defaults to ``uid`` (Docker would otherwise
+    pick group 0 for a uid missing from the image's /etc/passwd). uid 0 is refused:
+    empty already means the image's own user."""
+    match = re.fullmatch(r"\s*(\d{1,10})(?::(\d{1,10}))?\s*", value)
+    uid = int(match.group(1)) if match else -1
+    gid = int(match.group(2) or uid) if match else -1
+    if not 1 <= uid <= _MAX_ID or not 0 <= gid <= _MAX_ID:
+        raise ConfigError(
+            f"{name}: expected a numeric uid[:gid] other than root (e.g. 1000 or 1000:1000), got {value!r}"
+        )
+    return f"{uid}:{gid}"

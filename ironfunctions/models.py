@@ -86,6 +86,24 @@ DEFAULT_PIDS_LIMIT = 512
 DEFAULT_STDERR_LIMIT = 1024 * 1024
 DEFAULT_STDOUT_LIMIT = 6 * 1024 * 1024
 
+# The capabilities a function container keeps; every other one is dropped (issue 11,
+# SPEC §8). Each is what ordinary images running as root need, and none reaches past
+# the container's own files, processes and network namespace:
+#   CHOWN, DAC_OVERRIDE, FOWNER, FSETID: root handling files it does not own (tar/pip
+#     unpacking into /tmp, package hooks, chmod/utime of extracted files, group bits);
+#   KILL: signalling processes of another uid (an init or supervisor over its workers);
+#   SETGID, SETUID: entrypoints that start as root and drop to an app user (gosu,
+#     su-exec, nginx/postgres workers); with no-new-privileges they only go down;
+#   NET_BIND_SERVICE: listening below 1024 inside the container's own network namespace.
+# Never: NET_RAW (forged packets, ARP/ICMP spoofing on the bridge), MKNOD (device nodes),
+# SYS_CHROOT, SETFCAP (file capabilities), AUDIT_WRITE (the host's audit log), SETPCAP.
+FUNCTION_CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE",
+)
+# Open files per function process: the common Linux soft limit (and Lambda's), instead of
+# the engine's 1048576 that would let one function hold a large share of the host's files.
+DEFAULT_NOFILE = 1024
+
 
 @attrs.frozen
 class ContainerSpec:
@@ -97,6 +115,12 @@ class ContainerSpec:
     Output beyond ``stdout_limit``/``stderr_limit`` bytes is dropped and flagged.
     Cold runs use all fields; a long-lived (hot) container ignores ``stdin`` and
     ``timeout_s``.
+
+    Hardening (issue 11): every capability but ``capabilities`` is dropped;
+    ``no_new_privileges``; at most ``pids_limit`` processes and ``nofile`` open files;
+    ``cpu_shares`` (0: the engine's default); ``read_only_rootfs`` with, when
+    ``tmpfs_mb`` > 0, a writable ``/tmp`` of that size (its pages count in the memory
+    limit); ``user`` (``uid:gid``, empty: the image's user).
     """
 
     image: str
@@ -109,6 +133,13 @@ class ContainerSpec:
     pids_limit: int = DEFAULT_PIDS_LIMIT
     stdout_limit: int = DEFAULT_STDOUT_LIMIT
     stderr_limit: int = DEFAULT_STDERR_LIMIT
+    capabilities: tuple[str, ...] = FUNCTION_CAPABILITIES
+    no_new_privileges: bool = True
+    nofile: int = DEFAULT_NOFILE
+    cpu_shares: int = 0
+    read_only_rootfs: bool = False
+    tmpfs_mb: int = 0
+    user: str = ""
 
 
 @attrs.frozen

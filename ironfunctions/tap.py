@@ -39,6 +39,7 @@ from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOU
 from ironfunctions.runner.agent import Agent, ColdRunner
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
+from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.reports import NodeGaugesService, RunningSyncRecordsService
 from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService
 from ironfunctions.http.site import make_site
@@ -67,6 +68,10 @@ SETTINGS = [
     ("async-retry-delay", "ASYNC_RETRY_DELAY", "First async retry delay, doubled each time [default: 1s]"),
     ("hot-transport", "HOT_TRANSPORT", "Hot functions' stdin/stdout: 'attach' (the engine's attach stream) "
      "or 'socket' (a unix socket and a static bridge, skipping the engine's relay) [default: attach]"),
+    ("function-readonly-rootfs", "FUNCTION_READONLY_ROOTFS", "Function containers get a read-only root "
+     "and a writable /tmp counted in the route's memory; false keeps a writable root [default: true]"),
+    ("function-user", "FUNCTION_USER", "Run function containers as this numeric uid[:gid] "
+     "[default: the image's user]"),
 ]
 
 
@@ -161,8 +166,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     driver.setServiceParent(root)  # type: ignore[no-untyped-call]
     # Cold and hot (format "http") runners share the node's container slots.
     slots = Slots(config.max_concurrency, reactor, DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S)
-    cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size)
-    hot = HotRunner(driver, slots, reactor, config.node_id, metrics, config.docker_network, config.max_response_size)
+    policy = FunctionPolicy(config.function_readonly_rootfs, config.function_user)
+    cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size, policy)
+    hot = HotRunner(driver, slots, reactor, config.node_id, metrics, config.docker_network, config.max_response_size,
+                    policy=policy)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
     slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot stops an idle hot container
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots)

@@ -32,7 +32,9 @@ SOCKET_NAME = "s"
 
 class SocketDirs:
     """Per-container socket directories under one host directory (the daemon's own,
-    ``<DATA_DIR>/hot-sockets``). A container sees only its own directory."""
+    ``<DATA_DIR>/hot-sockets``). A container sees only its own directory, mounted
+    read-only; the root is 0700, so on the host only root reaches the sockets and
+    whatever a container's directory holds (issue 11)."""
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -43,7 +45,12 @@ class SocketDirs:
 
     def make(self, name: str) -> str:
         path = os.path.join(self.root, name)
-        os.makedirs(path, mode=0o755)
+        try:
+            os.mkdir(path, 0o755)
+        except FileNotFoundError:
+            os.makedirs(self.root, 0o700, exist_ok=True)
+            os.chmod(self.root, 0o700)  # whatever the umask
+            os.mkdir(path, 0o755)
         os.chmod(path, 0o755)  # whatever the umask: the function may run as any user
         return path
 

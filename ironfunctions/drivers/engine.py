@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 import docker
@@ -110,6 +110,7 @@ class Engine:
             network_mode=spec.network_mode,
             # The output comes back over the attach stream; the engine need not log it.
             log_config=docker.types.LogConfig(type="none"),
+            **_hardening(spec),
         )
 
         config = self._api.create_container_config(
@@ -117,6 +118,7 @@ class Engine:
             None,  # type: ignore[arg-type]  # the image's own command
             stdin_open=entrypoint is None,
             entrypoint=entrypoint,
+            user=spec.user or None,
             environment=docker.utils.format_environment(dict(spec.env)),
             labels=dict(spec.labels),
             host_config=host_config,
@@ -223,7 +225,9 @@ class Engine:
         entrypoint = [BRIDGE_IN_CONTAINER, f"{SOCKET_DIR_IN_CONTAINER}/{SOCKET_NAME}", *argv]
         binds: dict[str, Mapping[str, str]] = {
             self._bridge_binary: {"bind": BRIDGE_IN_CONTAINER, "mode": "ro"},
-            directory: {"bind": SOCKET_DIR_IN_CONTAINER, "mode": "rw"},
+            # Read-only: the function connects to the daemon's socket but can plant
+            # nothing on the host (issue 11: a setuid binary left there ran as root).
+            directory: {"bind": SOCKET_DIR_IN_CONTAINER, "mode": "ro"},
         }
         container_id = self.create(spec, stdin_once=False, entrypoint=entrypoint, binds=binds)
         self._socket_names[container_id] = name
@@ -252,6 +256,25 @@ class Engine:
                 raise DockerUnavailable(f"image {image} has neither an entrypoint nor a command")
             self._argv_of_image[image_id] = argv
         return image_id, argv
+
+
+def _hardening(spec: ContainerSpec) -> dict[str, Any]:
+    """The host config of ``spec``'s hardening (issue 11), as docker-py arguments."""
+    kwargs: dict[str, Any] = {
+        "cap_drop": ["ALL"],
+        "cap_add": list(spec.capabilities),
+        "ulimits": [docker.types.Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile)],
+        "read_only": spec.read_only_rootfs,
+    }
+    if spec.no_new_privileges:
+        kwargs["security_opt"] = ["no-new-privileges"]
+    if spec.cpu_shares:
+        kwargs["cpu_shares"] = spec.cpu_shares
+    if spec.tmpfs_mb:
+        # exec: a runtime may unpack native code there (the function's code is arbitrary
+        # anyway); nosuid/nodev: nothing planted there gains privileges.
+        kwargs["tmpfs"] = {"/tmp": f"rw,exec,nosuid,nodev,size={spec.tmpfs_mb}m,mode=1777"}
+    return kwargs
 
 
 def _ms(seconds: float) -> int:

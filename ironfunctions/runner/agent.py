@@ -35,7 +35,7 @@ from ironfunctions.models import (
     ContainerResult,
 )
 from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
-from ironfunctions.runner.plan import container_spec
+from ironfunctions.runner.plan import FunctionPolicy, container_spec
 
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 CLEANUP_TIMEOUT_S = 30.0
@@ -91,6 +91,7 @@ class ColdRunner:
         node_id: str,
         network_mode: str = "bridge",
         max_response_size: int = 6 * 1024 * 1024,
+        policy: FunctionPolicy = FunctionPolicy(),
     ) -> None:
         self._driver = driver
         self._slots = slots
@@ -98,12 +99,13 @@ class ColdRunner:
         self._node_id = node_id
         self._network_mode = network_mode
         self._max_response_size = max_response_size
+        self._policy = policy
 
     async def cancel(self, call_id: str) -> bool:
         return await self._driver.remove_containers({LABEL_CALL: call_id}) > 0
 
     async def run(self, call: Call) -> CallResult:
-        spec = container_spec(call, self._node_id, self._network_mode, self._max_response_size)
+        spec = container_spec(call, self._node_id, self._network_mode, self._max_response_size, self._policy)
         queued_at = self._clock.seconds()
         await self._slots.acquire()
         try:

@@ -35,6 +35,7 @@ from ironfunctions.metrics import IMetrics
 from ironfunctions.models import Call, CallResult
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot_pool import HotContext, RoutePool
+from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
 
 
@@ -49,6 +50,7 @@ class HotRunner:
     :param network_mode: the containers' network.
     :param max_response_size: largest response body a function may announce.
     :param max_waiting: calls that may wait for a container of one route.
+    :param policy: how the containers are hardened (``FUNCTION_*`` settings).
     """
 
     def __init__(
@@ -61,9 +63,10 @@ class HotRunner:
         network_mode: str = "bridge",
         max_response_size: int = 6 * 1024 * 1024,
         max_waiting: int = DEFAULT_MAX_WAITING,
+        policy: FunctionPolicy = FunctionPolicy(),
     ) -> None:
         self._context = HotContext(
-            driver, slots, clock, node_id, metrics, network_mode, max_response_size, max_waiting,
+            driver, slots, clock, node_id, metrics, network_mode, max_response_size, max_waiting, policy,
         )
         self._pools: dict[tuple[str, str], RoutePool] = {}
         self._draining: set[RoutePool] = set()

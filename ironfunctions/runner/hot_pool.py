@@ -34,6 +34,7 @@ from ironfunctions.metrics import IMetrics
 from ironfunctions.models import Call, CallResult, CallStatus, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
+from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.protocol import RequestEncoder, hot_container_spec
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING, WaitQueue
 
@@ -53,6 +54,7 @@ class HotContext:
     :param network_mode: the containers' network.
     :param max_response_size: largest response body a function may announce.
     :param max_waiting: calls that may wait for a container of one route.
+    :param policy: how the containers are hardened (``FUNCTION_*`` settings).
     """
 
     driver: IContainerDriver
@@ -63,6 +65,7 @@ class HotContext:
     network_mode: str = "bridge"
     max_response_size: int = 6 * 1024 * 1024
     max_waiting: int = DEFAULT_MAX_WAITING
+    policy: FunctionPolicy = FunctionPolicy()
 
 
 class _ExitedAtStart(Exception):
@@ -90,7 +93,8 @@ class RoutePool:
         self.route = route
         self.app_config = app_config
         self._encoder = RequestEncoder(route, app_config)
-        self._spec = hot_container_spec(route, app_config, context.node_id, context.network_mode)
+        self._spec = hot_container_spec(
+            route, app_config, context.node_id, context.network_mode, context.policy)
         self._live: set[HotContainer] = set()
         self._idle: list[HotContainer] = []  # a stack: the most recently used first,
         # so that when load drops the others go idle long enough to expire.

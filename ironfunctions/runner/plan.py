@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import attrs
+
 from ironfunctions.models import (
     LABEL_APP,
     LABEL_CALL,
@@ -20,6 +22,36 @@ from ironfunctions.models import (
     ContainerSpec,
     Route,
 )
+
+
+@attrs.frozen
+class FunctionPolicy:
+    """The operator's hardening choices for every function container (SPEC §2):
+    ``read_only_rootfs`` (``FUNCTION_READONLY_ROOTFS``) and ``user``
+    (``FUNCTION_USER``, normalised to ``uid:gid``; empty: the image's user)."""
+
+    read_only_rootfs: bool = True
+    user: str = ""
+
+
+# CPU weight in proportion to memory, as Lambda does: a route's 128 MiB default gets the
+# engine's default weight (1024, what any other container on the host has), 256 MiB
+# twice that, 64 MiB half. Clamped to what the engine accepts.
+CPU_SHARES_PER_128_MB = 1024
+MIN_CPU_SHARES, MAX_CPU_SHARES = 2, 262144
+
+
+def cpu_shares(memory_mb: int) -> int:
+    """The CPU shares of a container with ``memory_mb`` of memory."""
+    return max(MIN_CPU_SHARES, min(MAX_CPU_SHARES, memory_mb * CPU_SHARES_PER_128_MB // 128))
+
+
+def tmpfs_mb(memory_mb: int, policy: FunctionPolicy) -> int:
+    """Size of the writable ``/tmp`` of a read-only root: the route's memory, since
+    tmpfs pages are charged to the container's memory limit anyway (a fuller /tmp
+    leaves the function less memory, it never exceeds the limit). 0 (none) with a
+    writable root."""
+    return memory_mb if policy.read_only_rootfs else 0
 
 
 def env_name(name: str, prefix: str = "") -> str:
@@ -71,16 +103,22 @@ def container_spec(
     node_id: str,
     network_mode: str = "bridge",
     max_response_size: int = 6 * 1024 * 1024,
+    policy: FunctionPolicy = FunctionPolicy(),
 ) -> ContainerSpec:
     """The cold container for ``call``: the route's image, memory and timeout, the
-    call's environment and labels, the request body as stdin."""
+    call's environment and labels, the request body as stdin, hardened by ``policy``."""
+    memory = call.route.memory
     return ContainerSpec(
         image=call.route.image,
         env=call_env(call),
-        memory_mb=call.route.memory,
+        memory_mb=memory,
         labels=container_labels(call, node_id),
         stdin=call.request.body,
         timeout_s=float(call.route.timeout),
         network_mode=network_mode,
         stdout_limit=max_response_size,
+        cpu_shares=cpu_shares(memory),
+        read_only_rootfs=policy.read_only_rootfs,
+        tmpfs_mb=tmpfs_mb(memory, policy),
+        user=policy.user,
     )

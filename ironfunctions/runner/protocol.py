@@ -18,7 +18,7 @@ from typing import Mapping
 
 from ironfunctions.http.headers import TOKEN
 from ironfunctions.models import LABEL_APP, LABEL_KIND, LABEL_NODE, LABEL_PATH, Call, ContainerSpec, Route
-from ironfunctions.runner.plan import route_env
+from ironfunctions.runner.plan import FunctionPolicy, cpu_shares, route_env, tmpfs_mb
 
 def canonical(name: str) -> str:
     """Go's canonical form of an environment-style header name: ``Request_url``."""
@@ -40,9 +40,11 @@ def hot_container_spec(
     app_config: Mapping[str, str],
     node_id: str,
     network_mode: str = "bridge",
+    policy: FunctionPolicy = FunctionPolicy(),
 ) -> ContainerSpec:
     """The long-lived container of ``route``: its image, memory and route-level
-    environment, labelled with the node, app, path and kind ``hot``."""
+    environment, labelled with the node, app, path and kind ``hot``, hardened by
+    ``policy`` as cold containers are."""
     return ContainerSpec(
         image=route.image,
         env=route_env(route, app_config),
@@ -50,6 +52,10 @@ def hot_container_spec(
         labels={LABEL_NODE: node_id, LABEL_APP: route.app_name, LABEL_PATH: route.path, LABEL_KIND: "hot"},
         timeout_s=float(route.timeout),
         network_mode=network_mode,
+        cpu_shares=cpu_shares(route.memory),
+        read_only_rootfs=policy.read_only_rootfs,
+        tmpfs_mb=tmpfs_mb(route.memory, policy),
+        user=policy.user,
     )
 
 

@@ -83,3 +83,31 @@ def test_hot_transport_defaults_to_attach_and_accepts_socket() -> None:
     assert make().hot_transport == "attach"
     assert make(env={"HOT_TRANSPORT": "Socket"}).hot_transport == "socket"
     assert make({"hot-transport": "attach"}, {"HOT_TRANSPORT": "socket"}).hot_transport == "attach"
+
+
+def test_function_containers_default_to_a_read_only_root_and_the_images_user():
+    c = make()
+    assert (c.function_readonly_rootfs, c.function_user) == (True, "")
+    assert make(env={"FUNCTION_READONLY_ROOTFS": "false"}).function_readonly_rootfs is False
+    assert make({"function-readonly-rootfs": "TRUE"}, {"FUNCTION_READONLY_ROOTFS": "0"}).function_readonly_rootfs
+
+
+@pytest.mark.parametrize("value, user", [("1000", "1000:1000"), ("1000:100", "1000:100"), (" 65534:0 ", "65534:0")])
+def test_function_user_is_a_numeric_uid_and_gid_which_defaults_to_the_uid(value, user):
+    """Without a gid Docker would run a uid missing from the image's /etc/passwd in group 0."""
+    assert make(env={"FUNCTION_USER": value}).function_user == user
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("FUNCTION_READONLY_ROOTFS", "maybe"), ("FUNCTION_USER", "nobody"), ("FUNCTION_USER", "0"),
+        ("FUNCTION_USER", "0:1000"), ("FUNCTION_USER", "1000:"), ("FUNCTION_USER", "-1"),
+        ("FUNCTION_USER", "4294967295"), ("FUNCTION_USER", "1000:1000:1"),
+    ],
+)
+def test_invalid_function_settings_raise_ConfigError_naming_the_variable(variable, value):
+    """A user name is refused too: it would be looked up in the image's own /etc/passwd."""
+    with pytest.raises(ConfigError) as e:
+        make(env={variable: value})
+    assert str(e.value).startswith(variable + ":")
