@@ -23,6 +23,7 @@ from ironfunctions.api.invoke import InvokeResource, Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import datastore_from_url
 from ironfunctions.drivers.docker import DockerDriver
+from ironfunctions.drivers.netguard import netguard_service
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
@@ -59,7 +60,9 @@ SETTINGS = [
     ("max-request-size", "MAX_REQUEST_SIZE", "Largest request body, e.g. 6MiB [default: 6MiB]"),
     ("max-response-size", "MAX_RESPONSE_SIZE", "Largest function response, e.g. 6MiB [default: 6MiB]"),
     ("statsd-url", "STATSD_URL", "Also send metrics to statsd at udp://host:port"),
-    ("docker-network", "DOCKER_NETWORK", "Network of function containers; 'none' cuts them off [default: bridge]"),
+    ("docker-network", "DOCKER_NETWORK", "Network of function containers: the default is made and guarded "
+     "by the daemon (SPEC 8); 'none' cuts them off; any other name is used as is [default: ironfunctions]"),
+    ("function-allow-nets", "FUNCTION_ALLOW_NETS", "Private CIDRs functions may reach on the guarded network"),
     ("node-id", "NODE_ID", "Name of this daemon [default: generated once, kept in the data dir]"),
     ("async-max-attempts", "ASYNC_MAX_ATTEMPTS", "Attempts per async call [default: 3]"),
     ("async-retry-delay", "ASYNC_RETRY_DELAY", "First async retry delay, doubled each time [default: 1s]"),
@@ -157,6 +160,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         hot_transport=config.hot_transport, socket_dir=os.path.join(config.data_dir, "hot-sockets"),
     )
     driver.setServiceParent(root)  # type: ignore[no-untyped-call]
+    # The function network and its firewall rules (none for DOCKER_NETWORK=none/bridge/...).
+    guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
+    if guard is not None:
+        guard.setServiceParent(root)  # type: ignore[no-untyped-call]
     # Cold and hot (format "http") runners share the node's container slots.
     slots = Slots(config.max_concurrency, reactor, DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size)
@@ -214,7 +221,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         host_memory_mb=config.host_memory_mb,
         jwt_auth_key=config.jwt_auth_key,
         ready=lambda: datastore_service.ready,
-        health_checks={"datastore": datastore.ping, "queue": queue.ping, "docker": driver.ping},
+        health_checks={"datastore": datastore.ping, "queue": queue.ping, "docker": driver.ping,
+                       **({"network": guard.ping} if guard is not None else {})},
         render_metrics=prometheus.render,
         stats=agent.stats,
         invoke=InvokeResource(invoker),

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import docker
 import docker.errors
+import docker.utils
 import requests.exceptions
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -37,7 +38,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from ironfunctions.drivers.netplan import Jump, Plan, chain_names, parse_nameservers, plan, remote_docker_host
+from ironfunctions.drivers.netplan import (
+    Jump, Plan, chain_names, is_guarded, parse_nameservers, plan, remote_docker_host,
+)
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
@@ -360,3 +363,19 @@ def stop_daemon(reactor: IReactorCore, line: str, log: Logger = NetguardService.
 
     reactor.addSystemEventTrigger("after", "shutdown", exit_2)
     reactor.callWhenRunning(reactor.stop)
+
+
+def netguard_service(reactor: Any, network: str, allow_nets: Sequence[str],
+                     docker_host: str) -> NetguardService | None:
+    """The service guarding ``network`` when it is one the daemon guards (the default
+    ``ironfunctions`` or ``ironfunctions-*``); None for ``none``, ``bridge`` and any
+    other operator-chosen network, used as is."""
+    if not is_guarded(network):
+        return None
+    kwargs: dict[str, Any] = dict(docker.utils.kwargs_from_env())
+    if docker_host:
+        kwargs["base_url"] = docker_host
+    # A pinned API version: building the client does no I/O.
+    api = docker.APIClient(version="1.41", timeout=int(COMMAND_TIMEOUT * 3), **kwargs)
+    return NetguardService(NetworkGuard(api, network, allow_nets), reactor,
+                           lambda line: stop_daemon(reactor, line), docker_host=docker_host)
