@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import docker
 import docker.errors
@@ -106,6 +106,14 @@ class Iptables:
     def delete_chain(self, chain: str) -> None:
         self._run(["-F", chain])
         self._run(["-X", chain])
+
+
+class Guard(Protocol):
+    """What ``NetguardService`` needs of a guard (``NetworkGuard``, or a fake)."""
+
+    network: str
+
+    def ensure(self) -> list[str]: ...
 
 
 class NetworkGuard:
@@ -262,14 +270,17 @@ class NetguardService(Service):
         start; the daemon's wiring stops the daemon (``stop_daemon``).
     :param clock: time for the re-check loop (tests pass a ``Clock``).
     :param docker_host: ``DOCKER_HOST``; a remote engine is fatal at start.
+    :param in_pool: runs a blocking call and fires with its result; by default on the
+        service's own one-thread pool (tests run it inline).
     """
 
     log = Logger()
     name = "netguard"
 
-    def __init__(self, guard: NetworkGuard, reactor: Any, on_fatal: Callable[[str], None],
+    def __init__(self, guard: Guard, reactor: Any, on_fatal: Callable[[str], None],
                  clock: IReactorTime | None = None, docker_host: str = "",
-                 interval: float = CHECK_INTERVAL, retry_delay: float = 1.0) -> None:
+                 interval: float = CHECK_INTERVAL, retry_delay: float = 1.0,
+                 in_pool: Callable[[Callable[[], list[str]]], Deferred[list[str]]] | None = None) -> None:
         self._guard = guard
         self._reactor = reactor
         self._on_fatal = on_fatal
@@ -278,6 +289,7 @@ class NetguardService(Service):
         self._interval = interval
         self._retry_delay = retry_delay
         self._pool = ThreadPool(minthreads=0, maxthreads=1, name="netguard")
+        self._in_pool = in_pool or (lambda fn: deferToThreadPool(reactor, self._pool, fn))
         self._loop: LoopingCall | None = None
         self.ready = False
 
@@ -312,7 +324,7 @@ class NetguardService(Service):
     async def check(self) -> list[str]:
         """Put the network and rules in place now (on the guard's pool); return what
         was repaired. Logs each repair."""
-        repaired: list[str] = await deferToThreadPool(self._reactor, self._pool, self._guard.ensure)
+        repaired = await self._in_pool(self._guard.ensure)
         if repaired and self.ready:
             self.log.warn("Firewall rules of {network} were missing or changed; repaired: {repaired}",
                           network=self._guard.network, repaired="; ".join(repaired))
