@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import docker
@@ -266,3 +267,20 @@ def test_daemon_without_firewall_permission_stops_at_start_with_one_line(test_im
         daemon.kill()
         NetworkGuard(docker.APIClient(version="1.41"), network).remove()
         sh("docker", "network", "rm", network, check=False)
+
+
+def test_daemons_sharing_the_rules_add_no_duplicates_and_leave_them_in_place_at_stop(guarded, tmp_path):
+    second = guarded_daemon(tmp_path, guarded.network).start()
+    second.stop()  # SIGTERM: the rules stay
+    assert guarded.guard.ensure() == []  # nothing removed at stop, nothing added twice
+    # Several re-checks racing to repair the same loss: exactly one repairs it.
+    chains = chain_names(guarded.network)
+    bridge = guarded.guard.plan().bridge
+    guarded.delete_rule(4, f"-A INPUT -i {bridge} -j {chains.inbound}")
+    sh("iptables", "-w", "5", "-F", chains.forward)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: guarded.guard.ensure(), range(4)))
+    assert sorted(map(len, results)) == [0, 0, 0, 2], results
+    jumps = [line for line in sh("iptables", "-w", "5", "-S", "INPUT").stdout.splitlines()
+             if line.endswith(f"-j {chains.inbound}")]
+    assert jumps == [f"-A INPUT -i {bridge} -j {chains.inbound}"]
