@@ -23,7 +23,7 @@ from ironfunctions.api.invoke import InvokeResource, Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import datastore_from_url
 from ironfunctions.drivers.docker import DockerDriver
-from ironfunctions.drivers.netguard import netguard_service
+from ironfunctions.drivers.netguard import guarded_calls, netguard_service
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
@@ -176,6 +176,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     recorder = CallRecorder(datastore.calls, reactor, metrics)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
+    run_call = guarded_calls(agent.run_call, guard)  # no function runs before its network's rules
 
     # Async calls: durable before the 202, run by NUM_ASYNC workers (stopped before the
     # agent), cancellable wherever they are.
@@ -184,7 +185,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     submitter = AsyncSubmitter(queue, datastore.calls, reactor, metrics)
     if config.num_async:
         workers = AsyncWorkerService(
-            queue, datastore.calls, route_cache.lookup, route_cache.app_config, agent.run_call, kill_call,
+            queue, datastore.calls, route_cache.lookup, route_cache.app_config, run_call, kill_call,
             reactor, metrics, config.num_async, config.async_max_attempts, config.async_retry_delay,
         )
         workers.setServiceParent(root)  # type: ignore[no-untyped-call]
@@ -209,7 +210,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     PeriodicService("running-sync-records", 1.0, record_long_sync_calls, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     invoker = Invoker(
-        route_cache.lookup, route_cache.app_config, agent.run_call, CallIds(reactor.seconds),
+        route_cache.lookup, route_cache.app_config, run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor, ready=lambda: datastore_service.ready,
     )
     tasks = TasksAPI(queue, datastore.calls, route_cache.lookup, route_cache.app_config, reactor)

@@ -24,20 +24,21 @@ import os
 import subprocess
 import sys
 import threading
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Coroutine, Protocol, Sequence, TypeVar
 
 import docker
 import docker.errors
 import docker.utils
 import requests.exceptions
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from ironfunctions.errors import NotReady
 from ironfunctions.drivers.netplan import (
     Jump, Plan, chain_names, is_guarded, parse_nameservers, plan, remote_docker_host,
 )
@@ -291,6 +292,7 @@ class NetguardService(Service):
         self._pool = ThreadPool(minthreads=0, maxthreads=1, name="netguard")
         self._in_pool = in_pool or (lambda fn: deferToThreadPool(reactor, self._pool, fn))
         self._loop: LoopingCall | None = None
+        self._waiters: list[Deferred[None]] = []
         self.ready = False
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
@@ -330,6 +332,22 @@ class NetguardService(Service):
                           network=self._guard.network, repaired="; ".join(repaired))
         return repaired
 
+    async def wait_ready(self, timeout: float) -> None:
+        """Return once the rules are in place; raise ``NotReady`` after ``timeout``
+        seconds (functions must not run on the network before its rules are there)."""
+        if self.ready:
+            return
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        d.addTimeout(timeout, self._clock)
+        try:
+            await d
+        except TimeoutError:
+            raise NotReady(f"network {self._guard.network} not guarded yet") from None
+        finally:
+            if d in self._waiters:
+                self._waiters.remove(d)
+
     async def ping(self) -> None:
         """For ``/health``: fails until the rules have been put in place once."""
         if not self.ready:
@@ -354,6 +372,9 @@ class NetguardService(Service):
         if not self.ready:
             self.ready = True
             self.log.info("Network {network} guarded", network=self._guard.network)
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
             if self._loop is not None and self._loop.running:
                 self._loop.interval = self._interval
 
@@ -391,3 +412,25 @@ def netguard_service(reactor: Any, network: str, allow_nets: Sequence[str],
     api = docker.APIClient(version="1.41", timeout=int(COMMAND_TIMEOUT * 3), **kwargs)
     return NetguardService(NetworkGuard(api, network, allow_nets), reactor,
                            lambda line: stop_daemon(reactor, line), docker_host=docker_host)
+
+
+CallT = TypeVar("CallT")
+ResultT = TypeVar("ResultT")
+
+
+def guarded_calls(run_call: Callable[[CallT], Coroutine[Any, Any, ResultT]], guard: NetguardService | None,
+                  wait: float = 10.0) -> Callable[[CallT], Coroutine[Any, Any, ResultT]]:
+    """``run_call`` that first waits (at most ``wait`` seconds, then ``NotReady``) for
+    ``guard``'s rules to be in place: after a reboot the network is still there but its
+    rules are not, and no function may run on it meanwhile. ``run_call`` itself when
+    there is no guard."""
+    if guard is None:
+        return run_call
+    checked = guard
+
+    async def run(call: CallT) -> ResultT:
+        if not checked.ready:
+            await checked.wait_ready(wait)
+        return await run_call(call)
+
+    return run

@@ -93,3 +93,28 @@ def test_a_remote_docker_host_is_fatal_before_any_command():
     service.startService()
     assert guard.calls == 0 and len(fatal) == 1
     assert "DOCKER_HOST=tcp://10.0.0.5:2376" in fatal[0] and "choose DOCKER_NETWORK" in fatal[0]
+
+
+def test_calls_wait_for_the_rules_and_give_up_with_NotReady():
+    from ironfunctions.drivers.netguard import guarded_calls
+    from ironfunctions.errors import NotReady
+
+    ran = []
+
+    async def run_call(call):
+        ran.append(call)
+        return "result"
+
+    guard = ScriptedGuard(*[EngineUnavailable("down")] * 20)
+    service, clock, fatal = make(guard)
+    service.startService()
+    run = guarded_calls(run_call, service, wait=10.0)
+    early, late = Deferred.fromCoroutine(run("a")), []
+    clock.advance(10)
+    early.addErrback(lambda f: late.append(f.value))
+    assert isinstance(late[0], NotReady) and ran == []
+    waiting = Deferred.fromCoroutine(run("b"))
+    guard.results = []  # the engine answers: the next check puts the rules in place
+    clock.advance(1)
+    assert service.ready and ran == ["b"] and waiting.result == "result"
+    assert guarded_calls(run_call, None) is run_call
