@@ -20,7 +20,7 @@ import subprocess
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import docker
 import pytest
@@ -31,7 +31,7 @@ from tests.daemon import Daemon
 from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
 from tests.servers import free_port
 
-RUN = uuid.uuid4().hex[:6]
+RUN = uuid.uuid4().hex[:5]  # short enough for readable chain names (IFN-ironfunctions-t<RUN>a-IN)
 NS = f"ifn-{RUN}"
 VETH_HOST, VETH_NS = f"ifnh{RUN}", f"ifnn{RUN}"
 HOST_ADDR, OUTSIDE = "198.51.100.2", "198.51.100.1"  # the host's end, the "internet"
@@ -41,6 +41,19 @@ LAN_PORT = 7070
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=check)
+
+
+def cleanup(*steps: Callable[[], Any]) -> None:
+    """Run every step even when one fails (a hung engine must not leave the firewall
+    rules, the namespace or a daemon behind); then raise the first failure."""
+    errors: list[BaseException] = []
+    for step in steps:
+        try:
+            step()
+        except Exception as e:  # noqa: PERF203
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 class Listener:
@@ -94,12 +107,12 @@ def lan() -> Iterator[None]:
         )
         yield
     finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        # Deleting the host's end of the veth removes both ends and the routes through it.
-        sh("ip", "link", "del", VETH_HOST, check=False)
-        sh("ip", "netns", "del", NS, check=False)
+        cleanup(
+            lambda: server is not None and (server.kill(), server.wait()),
+            # Deleting the host's end of the veth removes both ends and the routes through it.
+            lambda: sh("ip", "link", "del", VETH_HOST, check=False),
+            lambda: sh("ip", "netns", "del", NS, check=False),
+        )
 
 
 def guarded_daemon(tmp: Any, network: str, env: dict[str, str] | None = None) -> Daemon:
@@ -158,13 +171,10 @@ def start_setup(tmp: Any, test_images: dict[str, str], network: str, allow: str 
         setup.target_ip = api.inspect_container(target)["NetworkSettings"]["Networks"][network]["IPAddress"]
         yield setup
     finally:
-        host.close()
-        sh("docker", "rm", "-f", target, check=False)
-        try:
-            daemon.stop()
-        finally:
-            guard.remove()
-            sh("docker", "network", "rm", network, check=False)
+        cleanup(
+            host.close, daemon.stop, lambda: sh("docker", "rm", "-f", target, check=False),
+            guard.remove, lambda: sh("docker", "network", "rm", network, check=False),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -264,14 +274,19 @@ def test_daemon_without_firewall_permission_stops_at_start_with_one_line(test_im
         lines = [line for line in daemon.log().splitlines() if "grant the daemon" in line]
         assert len(lines) == 1 and "Permission denied" in lines[0] and "DOCKER_NETWORK" in lines[0], daemon.log()
     finally:
-        daemon.kill()
-        NetworkGuard(docker.APIClient(version="1.41"), network).remove()
-        sh("docker", "network", "rm", network, check=False)
+        cleanup(
+            daemon.kill, NetworkGuard(docker.APIClient(version="1.41"), network).remove,
+            lambda: sh("docker", "network", "rm", network, check=False),
+        )
 
 
 def test_daemons_sharing_the_rules_add_no_duplicates_and_leave_them_in_place_at_stop(guarded, tmp_path):
-    second = guarded_daemon(tmp_path, guarded.network).start()
-    second.stop()  # SIGTERM: the rules stay
+    second = guarded_daemon(tmp_path, guarded.network)
+    try:
+        second.start()
+        second.stop()  # SIGTERM: the rules stay
+    finally:
+        second.kill()
     assert guarded.guard.ensure() == []  # nothing removed at stop, nothing added twice
     # Several re-checks racing to repair the same loss: exactly one repairs it.
     chains = chain_names(guarded.network)
