@@ -23,7 +23,7 @@ from ironfunctions.api.invoke import InvokeResource, Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import datastore_from_url
 from ironfunctions.drivers.docker import DockerDriver
-from ironfunctions.drivers.netguard import guarded_calls, netguard_service
+from ironfunctions.drivers.netguard_service import guarded_calls, netguard_service
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics

@@ -5,7 +5,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from ironfunctions.drivers.netguard import EngineUnavailable, GuardError, NetguardService
+from ironfunctions.drivers.netguard import EngineUnavailable, GuardError
+from ironfunctions.drivers.netguard_service import NetguardService
 
 
 class ScriptedGuard:
@@ -96,7 +97,7 @@ def test_a_remote_docker_host_is_fatal_before_any_command():
 
 
 def test_calls_wait_for_the_rules_and_give_up_with_NotReady():
-    from ironfunctions.drivers.netguard import guarded_calls
+    from ironfunctions.drivers.netguard_service import guarded_calls
     from ironfunctions.errors import NotReady
 
     ran = []
