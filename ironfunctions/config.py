@@ -52,6 +52,7 @@ class Config:
     hot_transport: str = "attach"
     function_readonly_rootfs: bool = True
     function_user: str = ""
+    function_allow_nets: tuple[str, ...] = ()
 
     @classmethod
     def from_sources(
@@ -99,7 +100,7 @@ class Config:
             max_response_size=get("MAX_RESPONSE_SIZE", _size, 6 * MIB),
             statsd_host=statsd[0],
             statsd_port=statsd[1],
-            docker_network=get("DOCKER_NETWORK", _docker_network, "bridge"),
+            docker_network=get("DOCKER_NETWORK", _docker_network, "ironfunctions"),
             node_id=get("NODE_ID", _node_id, ""),
             async_max_attempts=get("ASYNC_MAX_ATTEMPTS", _positive_int, 3),
             async_retry_delay=get("ASYNC_RETRY_DELAY", _duration, 1.0),
@@ -107,6 +108,7 @@ class Config:
             hot_transport=get("HOT_TRANSPORT", _hot_transport, "attach"),
             function_readonly_rootfs=get("FUNCTION_READONLY_ROOTFS", _bool, True),
             function_user=get("FUNCTION_USER", _function_user, ""),
+            function_allow_nets=get("FUNCTION_ALLOW_NETS", _allow_nets, ()),
         )
 
 
@@ -274,6 +276,16 @@ def _docker_network(name: str, value: str) -> str:
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", value.strip()):
         raise ConfigError(f"{name}: invalid network name {value!r}")
     return value.strip()
+
+
+def _allow_nets(name: str, value: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs functions may reach although private (SPEC §8)."""
+    from ironfunctions.drivers.netplan import parse_allow_nets
+
+    try:
+        return tuple(str(net) for net in parse_allow_nets(value))
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
 
 
 def _hot_transport(name: str, value: str) -> str:

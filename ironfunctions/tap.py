@@ -25,6 +25,7 @@ from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import stores_from_url
 from ironfunctions.drivers.docker import DockerDriver
+from ironfunctions.drivers.netguard_service import guarded_calls, netguard_service
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
@@ -62,7 +63,9 @@ SETTINGS = [
     ("max-request-size", "MAX_REQUEST_SIZE", "Largest request body, e.g. 6MiB [default: 6MiB]"),
     ("max-response-size", "MAX_RESPONSE_SIZE", "Largest function response, e.g. 6MiB [default: 6MiB]"),
     ("statsd-url", "STATSD_URL", "Also send metrics to statsd at udp://host:port"),
-    ("docker-network", "DOCKER_NETWORK", "Network of function containers; 'none' cuts them off [default: bridge]"),
+    ("docker-network", "DOCKER_NETWORK", "Network of function containers: the default is made and guarded "
+     "by the daemon (SPEC 8); 'none' cuts them off; any other name is used as is [default: ironfunctions]"),
+    ("function-allow-nets", "FUNCTION_ALLOW_NETS", "Private CIDRs functions may reach on the guarded network"),
     ("node-id", "NODE_ID", "Name of this daemon [default: generated once, kept in the data dir]"),
     ("async-max-attempts", "ASYNC_MAX_ATTEMPTS", "Attempts per async call [default: 3]"),
     ("async-retry-delay", "ASYNC_RETRY_DELAY", "First async retry delay, doubled each time [default: 1s]"),
@@ -164,6 +167,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         hot_transport=config.hot_transport, socket_dir=os.path.join(config.data_dir, "hot-sockets"),
     )
     driver.setServiceParent(root)  # type: ignore[no-untyped-call]
+    # The function network and its firewall rules (none for DOCKER_NETWORK=none/bridge/...).
+    guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
+    if guard is not None:
+        guard.setServiceParent(root)  # type: ignore[no-untyped-call]
     # Cold and hot (format "http") runners share the node's container slots.
     slots = Slots(config.max_concurrency, reactor, DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S)
     policy = FunctionPolicy(config.function_readonly_rootfs, config.function_user)
@@ -178,6 +185,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     recorder = CallRecorder(stores.calls, reactor, metrics)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
+    run_call = guarded_calls(agent.run_call, guard)  # no function runs before its network's rules
 
     # Async calls: durable before the 202, run by NUM_ASYNC workers (stopped before the
     # agent), cancellable wherever they are.
@@ -186,13 +194,13 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics)
     if config.num_async:
         workers = AsyncWorkerService(
-            queue, stores.calls, route_cache.lookup, route_cache.app_config, agent.run_call, kill_call,
+            queue, stores.calls, route_cache.lookup, route_cache.app_config, run_call, kill_call,
             reactor, metrics, config.num_async, config.async_max_attempts, config.async_retry_delay,
         )
         workers.setServiceParent(root)  # type: ignore[no-untyped-call]
 
     invoker = Invoker(
-        route_cache.lookup, route_cache.app_config, agent.run_call, CallIds(reactor.seconds),
+        route_cache.lookup, route_cache.app_config, run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor, ready=lambda: datastore_service.ready,
     )
     tasks = TasksAPI(queue, stores.calls, route_cache.lookup, route_cache.app_config, reactor)
@@ -206,7 +214,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         jwt_auth_key=config.jwt_auth_key,
         ready=lambda: datastore_service.ready,
         health_checks=HealthChecks(
-            node={"docker": driver.probe}, shared={"datastore": datastore.ping, "queue": queue.ping},
+            node={"docker": driver.probe, **({"network": guard.ping} if guard is not None else {})},
+            shared={"datastore": datastore.ping, "queue": queue.ping},
             started=lambda: datastore_service.ready and queue_service.ready,
         ),
         render_metrics=prometheus.scrape,

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 
 from ironfunctions.api import build_api
 from ironfunctions.api.admin import HealthChecks
+from ironfunctions.models import App
 from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.datastore.memory import MemoryDatastore
 from ironfunctions.drivers.fake import FakeDriver

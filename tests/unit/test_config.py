@@ -19,7 +19,7 @@ def test_defaults_are_the_embedded_setup() -> None:
     assert c.db_url == "sqlite:////srv/data/ironfunctions.db"
     assert c.mq_url == "sqlite:////srv/data/mq.db"
     assert c.api_url == "http://127.0.0.1:8080"
-    assert (c.log_level, c.jwt_auth_key, c.docker_network) == ("info", "", "bridge")
+    assert (c.log_level, c.jwt_auth_key, c.docker_network) == ("info", "", "ironfunctions")
     assert c.num_async == 4
     assert c.max_request_size == c.max_response_size == 6 * 1024 * 1024
     assert (c.async_max_attempts, c.async_retry_delay) == (3, 1.0)
@@ -64,7 +64,8 @@ def test_sizes_and_durations_accept_units() -> None:
         ("NUM_ASYNC", "-1"), ("MAX_CONCURRENCY", "-3"), ("MAX_REQUEST_SIZE", "big"),
         ("STATSD_URL", "tcp://h:1"), ("STATSD_URL", "udp://h"), ("DOCKER_NETWORK", "a b"),
         ("NODE_ID", "no/slash"), ("ASYNC_MAX_ATTEMPTS", "0"), ("ASYNC_RETRY_DELAY", "soon"),
-        ("HOT_TRANSPORT", "pipe"),
+        ("HOT_TRANSPORT", "pipe"), ("FUNCTION_ALLOW_NETS", "10.0.0.0/33"),
+        ("FUNCTION_ALLOW_NETS", "10.1.2.3/8"), ("FUNCTION_ALLOW_NETS", "10.0.0.0/8,nope"),
     ],
 )
 def test_invalid_values_raise_ConfigError_naming_the_variable(variable: str, value: str) -> None:
@@ -111,3 +112,9 @@ def test_invalid_function_settings_raise_ConfigError_naming_the_variable(variabl
     with pytest.raises(ConfigError) as e:
         make(env={variable: value})
     assert str(e.value).startswith(variable + ":")
+
+
+def test_function_allow_nets_are_parsed_cidrs_of_both_families():
+    assert make().function_allow_nets == ()
+    c = make(env={"FUNCTION_ALLOW_NETS": " 10.213.0.0/16, fd00::/64 ,"})
+    assert c.function_allow_nets == ("10.213.0.0/16", "fd00::/64")

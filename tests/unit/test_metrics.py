@@ -4,7 +4,7 @@ as one call per figure, whatever the cached per-app names and field fragments ho
 
 import io
 import socket
-from typing import Any
+from typing import Any, Callable, cast
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
