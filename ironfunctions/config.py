@@ -7,6 +7,7 @@ message names the variable, so the daemon can stop at start with one clear line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from typing import Callable, Mapping, TypeVar
@@ -47,6 +48,13 @@ class Config:
     async_retry_delay: float
     host_memory_mb: int
     hot_transport: str = "attach"
+    api_auth: str = "jwt"
+
+    @property
+    def open_api_on_network(self) -> bool:
+        """True when the API listens beyond loopback with no key, by ``API_AUTH=none``
+        (the daemon warns about it at every start)."""
+        return not self.jwt_auth_key and not listen_is_local(self.listen)
 
     @classmethod
     def from_sources(
@@ -75,15 +83,24 @@ class Config:
         port = get("PORT", _port, 8080)
         data_dir = os.path.join(cwd, "data")
         data_dir = get("DATA_DIR", _text, data_dir)
+        listen = get("LISTEN", _listen, f"tcp:{port}:interface=127.0.0.1")
+        jwt_auth_key = get("JWT_AUTH_KEY", _jwt_auth_key, "")
+        api_auth = get("API_AUTH", _api_auth, "jwt")
+        if api_auth == "jwt" and not jwt_auth_key and not listen_is_local(listen):
+            raise ConfigError(
+                f"LISTEN: {listen} is not loopback-only and JWT_AUTH_KEY is empty: set JWT_AUTH_KEY "
+                f"(at least {MIN_JWT_KEY_BYTES} bytes) so the API needs a token, or set API_AUTH=none "
+                "to serve it without one on purpose"
+            )
         return cls(
             port=port,
-            listen=with_backlog(get("LISTEN", _text, f"tcp:{port}:interface=0.0.0.0")),
+            listen=with_backlog(listen),
             data_dir=data_dir,
             db_url=get("DB_URL", _db_url, f"sqlite:///{data_dir}/ironfunctions.db"),
             mq_url=get("MQ_URL", _mq_url, f"sqlite:///{data_dir}/mq.db"),
             api_url=get("API_URL", _http_url, f"http://127.0.0.1:{port}"),
             log_level=get("LOG_LEVEL", _log_level, "info"),
-            jwt_auth_key=get("JWT_AUTH_KEY", _text, ""),
+            jwt_auth_key=jwt_auth_key,
             docker_host=get("DOCKER_HOST", _text, ""),
             num_async=get("NUM_ASYNC", _non_negative_int, 2 * cpu_count),
             max_concurrency=get(
@@ -98,6 +115,7 @@ class Config:
             async_retry_delay=get("ASYNC_RETRY_DELAY", _duration, 1.0),
             host_memory_mb=host_memory_mb,
             hot_transport=get("HOT_TRANSPORT", _hot_transport, "attach"),
+            api_auth=api_auth,
         )
 
 
@@ -127,6 +145,67 @@ def with_backlog(listen: str, backlog: int = LISTEN_BACKLOG) -> str:
     return f"{listen}:backlog={backlog}"
 
 
+# -- is the API reachable beyond this host? (SPEC §2, §8: defaults are safe)
+
+_LOCAL_NETS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+# Where the listening address sits among each endpoint type's positional arguments
+# (twisted.internet.endpoints' _parseTCP / _parseSSL: "tcp:8080:127.0.0.1" is valid).
+_INTERFACE_POSITION = {"tcp": 2, "tcp6": 2, "ssl": 5}
+
+
+def parse_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
+    """A Twisted server endpoint string as (positional args, keyword args), the way
+    ``serverFromString`` reads it: ``:`` separates arguments, the first ``=`` of an
+    argument makes it a keyword one, and a backslash makes the next character literal
+    (``interface=\\:\\:1``). Pure."""
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    key: str | None = None
+    current: list[str] = []
+    chars = iter(description)
+
+    def finish() -> None:
+        if key is None:
+            args.append("".join(current))
+        else:
+            kwargs[key] = "".join(current)
+
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            finish()
+            key, current = None, []
+        elif char == "=" and key is None:
+            key, current = "".join(current), []
+        else:
+            current.append(char)
+    finish()
+    return args, kwargs
+
+
+def listen_is_local(listen: str) -> bool:
+    """Whether the endpoint ``listen`` is reachable from this host only: a unix socket,
+    or a tcp/tcp6/ssl endpoint bound to an address in 127.0.0.0/8 or ::1. Anything
+    else (no interface, 0.0.0.0, ::, a host name, a ``systemd:`` socket, an endpoint
+    type we do not know) counts as reachable from the network. Pure."""
+    args, kwargs = parse_endpoint(listen)
+    kind = args[0].strip().lower()
+    if kind == "unix":
+        return True
+    position = _INTERFACE_POSITION.get(kind)
+    if position is None:
+        return False
+    interface = kwargs.get("interface")
+    if interface is None and len(args) > position:
+        interface = args[position]
+    try:
+        address = ipaddress.ip_address((interface or "").strip())
+    except ValueError:
+        return False
+    return any(address in net for net in _LOCAL_NETS)
+
+
 def host_memory_mb(meminfo_path: str = "/proc/meminfo") -> int:
     """Total memory of the host in MiB (from /proc/meminfo)."""
     with open(meminfo_path) as f:
@@ -141,6 +220,32 @@ def host_memory_mb(meminfo_path: str = "/proc/meminfo") -> int:
 
 def _text(name: str, value: str) -> str:
     return value.strip()
+
+
+MIN_JWT_KEY_BYTES = 32  # HS256's key should be as long as its hash (RFC 7518 §3.2)
+API_AUTH_MODES = ("jwt", "none")
+
+
+def _listen(name: str, value: str) -> str:
+    listen = value.strip()
+    if not parse_endpoint(listen)[0][0]:
+        raise ConfigError(f"{name}: expected a Twisted endpoint such as tcp:8080:interface=127.0.0.1, got {value!r}")
+    return listen
+
+
+def _jwt_auth_key(name: str, value: str) -> str:
+    key = value.strip()
+    if len(key.encode("utf-8")) < MIN_JWT_KEY_BYTES:
+        # Never echo the key itself.
+        raise ConfigError(f"{name}: must be at least {MIN_JWT_KEY_BYTES} bytes, got {len(key.encode('utf-8'))}")
+    return key
+
+
+def _api_auth(name: str, value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in API_AUTH_MODES:
+        raise ConfigError(f"{name}: expected jwt or none, got {value!r}")
+    return mode
 
 
 def _int(name: str, value: str) -> int:
