@@ -216,7 +216,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         stats=agent.stats,
         invoke=InvokeResource(invoker),
         cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call),
-        tasks=tasks.app.resource(),
+        tasks=tasks.resource_for,
     )
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",
                      invoker=invoker, clock=reactor)
