@@ -27,6 +27,7 @@ from ironfunctions.routecache import RouteCache
 from ironfunctions.runner.submit import AsyncSubmitter
 
 KEY = "an-api-key-of-at-least-32-bytes!"
+ROUTE_KEY = "a-route-jwt-key-of-32-bytes-long"
 UNAUTHORIZED = (401, {"error": {"message": "Invalid API Authorization token."}})
 APP_NOT_FOUND = (404, {"error": {"message": "App not found"}})
 
@@ -107,9 +108,9 @@ def test_a_token_without_exp_is_refused(path: str) -> None:
 def test_a_route_token_without_exp_is_refused() -> None:
     """The same check guards a route's ``jwt_key`` on ``/r/``."""
     with pytest.raises(errors.Unauthorized) as e:
-        verify_jwt(token(key="route-key", exp=None), "route-key")
+        verify_jwt(token(key=ROUTE_KEY, exp=None), ROUTE_KEY)
     assert "exp" in str(e.value)
-    assert verify_jwt(token(key="route-key"), "route-key")["exp"] > time.time()
+    assert verify_jwt(token(key=ROUTE_KEY), ROUTE_KEY)["exp"] > time.time()
 
 
 @pytest.mark.parametrize("path", ["/", "/version", "/health"])
