@@ -11,7 +11,7 @@ operator's and sees everything; so does every request when no key is configured.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import attrs
@@ -51,7 +51,7 @@ class Access:
         if not (self.allows(app_name) and self.allows(decoded)):
             raise AppNotFound()
 
-    def only(self, items: Iterable[T], app_name_of: Any) -> list[T]:
+    def only(self, items: Iterable[T], app_name_of: Callable[[T], str]) -> list[T]:
         """``items`` whose app (``app_name_of(item)``) this request may see."""
         return [item for item in items if self.allows(app_name_of(item))]
 

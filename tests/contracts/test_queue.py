@@ -411,6 +411,27 @@ async def test_redis_queues_with_different_prefixes_do_not_share_items(redis_ser
 
 
 @pytest_twisted.ensureDeferred
+async def test_redis_reserve_limited_to_apps_looks_at_a_bounded_window(redis_server, monkeypatch):
+    """Redis scans at most APPS_SCAN_LIMIT visible items in one atomic script: an item
+    of the wanted apps behind that many others waits until they move (documented)."""
+    import ironfunctions.mq.redis as redis_mq
+
+    monkeypatch.setattr(redis_mq, "APPS_SCAN_LIMIT", 3)
+    redis_server.flush()
+    queue = RedisQueue.from_url(redis_server.url(prefix="window"), reactor)
+    await queue.start()
+    try:
+        for n in range(3):
+            await queue.push(app_item(f"x{n}", "other"))
+        await queue.push(app_item("m1", "mine"))
+        assert await queue.reserve(30, 0, frozenset({"mine"})) is None
+        assert (await queue.reserve(30)).call_id == "x0"
+        assert (await queue.reserve(30, 0, frozenset({"mine"}))).call_id == "m1"
+    finally:
+        await queue.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_sqlite_queue_and_datastore_can_share_one_file(tmp_path):
     from ironfunctions.datastore import stores_from_url
     from ironfunctions.models import App
