@@ -2,7 +2,8 @@
 
 import pytest
 
-from ironfunctions.config import Config, default_max_concurrency, listen_is_local, parse_endpoint, with_backlog
+from ironfunctions.config import Config, default_max_concurrency, with_backlog
+from ironfunctions.listen import listen_is_local, parse_endpoint
 from ironfunctions.errors import ConfigError
 
 
