@@ -266,7 +266,7 @@ def test_twistd_help_lists_plugin_and_options(tmp_path):
     for option in ["--port", "--listen", "--db-url", "--mq-url", "--api-url", "--log-level", "--jwt-auth-key",
                    "--docker-host", "--num-async", "--max-concurrency", "--max-request-size",
                    "--max-response-size", "--statsd-url", "--docker-network", "--node-id",
-                   "--async-max-attempts", "--async-retry-delay"]:
+                   "--async-max-attempts", "--async-retry-delay", "--api-auth"]:
         assert option in out, option
 
 
