@@ -41,6 +41,7 @@ RouteLookup = Callable[[str, str], Awaitable[Route]]
 AppConfigLookup = Callable[[str], Awaitable[Mapping[str, str]]]
 
 MAX_SKIPS = 10  # stale deliveries acked per reservation before answering "none"
+TASK_NOT_FOUND = "Task not found: it is not reserved through /tasks now"
 
 
 @attrs.frozen
@@ -119,6 +120,3 @@ async def complete_for_runner(queue: IMessageQueue, calls: ICallStore, app_name:
             run_ms=None if record.started_at is None else now - record.started_at,
         )])
     return lease.call_id
-
-
-TASK_NOT_FOUND = "Task not found: it is not reserved through /tasks now"
