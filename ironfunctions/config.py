@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ironfunctions.errors import ConfigError
+from ironfunctions.listen import listen_is_local, parse_endpoint
 from ironfunctions.storage.urls import sqlite_path
 
 MIB = 1024 * 1024
@@ -53,6 +54,13 @@ class Config:
     function_readonly_rootfs: bool = True
     function_user: str = ""
     function_allow_nets: tuple[str, ...] = ()
+    api_auth: str = "jwt"
+
+    @property
+    def open_api_on_network(self) -> bool:
+        """True when the API listens beyond loopback with no key, by ``API_AUTH=none``
+        (the daemon warns about it at every start)."""
+        return not self.jwt_auth_key and not listen_is_local(self.listen)
 
     @classmethod
     def from_sources(
@@ -82,15 +90,24 @@ class Config:
         data_dir = os.path.join(cwd, "data")
         data_dir = get("DATA_DIR", _text, data_dir)
         statsd = get("STATSD_URL", _statsd_address, ("", 0))
+        listen = get("LISTEN", _listen, f"tcp:{port}:interface=127.0.0.1")
+        jwt_auth_key = get("JWT_AUTH_KEY", _jwt_auth_key, "")
+        api_auth = get("API_AUTH", _api_auth, "jwt")
+        if api_auth == "jwt" and not jwt_auth_key and not listen_is_local(listen):
+            raise ConfigError(
+                f"LISTEN: {listen} is not loopback-only and JWT_AUTH_KEY is empty: set JWT_AUTH_KEY "
+                f"(at least {MIN_JWT_KEY_BYTES} bytes) so the API needs a token, or set API_AUTH=none "
+                "to serve it without one on purpose"
+            )
         return cls(
             port=port,
-            listen=with_backlog(get("LISTEN", _text, f"tcp:{port}:interface=0.0.0.0")),
+            listen=with_backlog(listen),
             data_dir=data_dir,
             db_url=get("DB_URL", _db_url, f"sqlite:///{data_dir}/ironfunctions.db"),
             mq_url=get("MQ_URL", _mq_url, f"sqlite:///{data_dir}/mq.db"),
             api_url=get("API_URL", _http_url, f"http://127.0.0.1:{port}"),
             log_level=get("LOG_LEVEL", _log_level, "info"),
-            jwt_auth_key=get("JWT_AUTH_KEY", _text, ""),
+            jwt_auth_key=jwt_auth_key,
             docker_host=get("DOCKER_HOST", _text, ""),
             num_async=get("NUM_ASYNC", _non_negative_int, 2 * cpu_count),
             max_concurrency=get(
@@ -109,6 +126,7 @@ class Config:
             function_readonly_rootfs=get("FUNCTION_READONLY_ROOTFS", _bool, True),
             function_user=get("FUNCTION_USER", _function_user, ""),
             function_allow_nets=get("FUNCTION_ALLOW_NETS", _allow_nets, ()),
+            api_auth=api_auth,
         )
 
 
@@ -152,6 +170,32 @@ def host_memory_mb(meminfo_path: str = "/proc/meminfo") -> int:
 
 def _text(name: str, value: str) -> str:
     return value.strip()
+
+
+MIN_JWT_KEY_BYTES = 32  # HS256's key should be as long as its hash (RFC 7518 §3.2)
+API_AUTH_MODES = ("jwt", "none")
+
+
+def _listen(name: str, value: str) -> str:
+    listen = value.strip()
+    if not parse_endpoint(listen)[0][0]:
+        raise ConfigError(f"{name}: expected a Twisted endpoint such as tcp:8080:interface=127.0.0.1, got {value!r}")
+    return listen
+
+
+def _jwt_auth_key(name: str, value: str) -> str:
+    key = value.strip()
+    if len(key.encode("utf-8")) < MIN_JWT_KEY_BYTES:
+        # Never echo the key itself.
+        raise ConfigError(f"{name}: must be at least {MIN_JWT_KEY_BYTES} bytes, got {len(key.encode('utf-8'))}")
+    return key
+
+
+def _api_auth(name: str, value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in API_AUTH_MODES:
+        raise ConfigError(f"{name}: expected jwt or none, got {value!r}")
+    return mode
 
 
 def _int(name: str, value: str) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 from ironfunctions import __version__, bridge
@@ -45,10 +46,13 @@ from ironfunctions.runner.reports import NodeGaugesService, RunningSyncRecordsSe
 from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService
 from ironfunctions.http.site import make_site
 
+log = Logger()
+
 # (option name, env var, help). Defaults are resolved in Config.from_sources.
 SETTINGS = [
     ("port", "PORT", "API port [default: 8080]"),
-    ("listen", "LISTEN", "Twisted endpoint to listen on [default: tcp:$PORT:interface=0.0.0.0]"),
+    ("listen", "LISTEN", "Twisted endpoint to listen on; beyond loopback it needs JWT_AUTH_KEY or "
+     "API_AUTH=none [default: tcp:$PORT:interface=127.0.0.1]"),
     ("data-dir", "DATA_DIR", "Folder for the embedded store, queue and node id [default: ./data]"),
     ("db-url", "DB_URL", "Datastore: sqlite:///path, postgres://user:pass@host:port/db or memory:// "
      "[default: sqlite:///<data dir>/ironfunctions.db]"),
@@ -56,7 +60,10 @@ SETTINGS = [
      "[default: sqlite:///<data dir>/mq.db]"),
     ("api-url", "API_URL", "Where external async runners reach /tasks [default: http://127.0.0.1:$PORT]"),
     ("log-level", "LOG_LEVEL", "debug, info, warn or error [default: info]"),
-    ("jwt-auth-key", "JWT_AUTH_KEY", "When set, /v1/* needs a Bearer HS256 JWT signed with it"),
+    ("jwt-auth-key", "JWT_AUTH_KEY", "At least 32 bytes; when set, /v1/*, /tasks, /metrics and /stats "
+     "need a Bearer HS256 JWT signed with it, with an exp"),
+    ("api-auth", "API_AUTH", "'none' serves the API without a key on a non-loopback LISTEN, on purpose "
+     "(e.g. behind an authenticating proxy) [default: jwt]"),
     ("docker-host", "DOCKER_HOST", "Docker engine URL [default: docker-py's default]"),
     ("num-async", "NUM_ASYNC", "Async calls this node runs at once; 0 leaves them to /tasks runners [default: 2 x cores]"),
     ("max-concurrency", "MAX_CONCURRENCY", "Containers this node runs at once [default: from cores and memory]"),
@@ -140,6 +147,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     config: Config = options["config"]
     root = IronFunctionsService(make_observer(config.log_level))
+    if config.open_api_on_network:
+        # twistd replays events logged before its observer starts: this reaches the log.
+        log.warn(
+            "API_AUTH=none: the management API on {listen} answers anyone who can reach it, "
+            "without a token", listen=config.listen, api_auth=config.api_auth,
+        )
 
     log_metrics = LogMetrics(reactor)
     FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
@@ -222,7 +235,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         stats=agent.stats,
         invoke=InvokeResource(invoker),
         cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call),
-        tasks=tasks.app.resource(),
+        tasks=tasks.resource_for,
     )
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",
                      invoker=invoker, clock=reactor)

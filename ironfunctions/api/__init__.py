@@ -2,7 +2,10 @@
 
 ``/r/...`` (invocations) goes to a plain twisted.web resource with no routing framework
 in its way: it is the hot path. Everything else is Klein: ``/``, ``/version``,
-``/stats``, ``/health``, ``/metrics`` and ``/v1/*`` (behind the API JWT when configured).
+``/stats``, ``/health``, ``/metrics``, ``/tasks`` and ``/v1/*``. With a ``JWT_AUTH_KEY``,
+``/v1/*``, ``/tasks``, ``/metrics`` and ``/stats`` need a Bearer token (``api/auth.py``);
+``/``, ``/version`` and ``/health`` stay open for load balancers. ``/metrics`` and
+``/stats`` describe the whole node, so a token limited to some apps gets 403 there.
 Until ``ready()`` is true (the datastore is started), ``/v1`` and ``/r`` answer 503.
 """
 
@@ -20,12 +23,11 @@ from ironfunctions.api import admin
 from ironfunctions.api.apps import AppsAPI
 from ironfunctions.api.calls import store_canceller
 from ironfunctions.calls.interface import Canceller, ICallStore
-from ironfunctions.api.auth import bearer_token
-from ironfunctions.http.bearer import verify_jwt
+from ironfunctions.api.auth import EVERYTHING, Access, authorize
 from ironfunctions.api.http import json_response, klein_app
 from ironfunctions.api.routes import AllRoutesAPI
 from ironfunctions.datastore.interface import IDatastore
-from ironfunctions.errors import NotReady, Unauthorized
+from ironfunctions.errors import NotReady
 from ironfunctions.routecache import RouteCache
 
 
@@ -41,20 +43,28 @@ class V1API:
         routes: RouteCache,
         host_memory_mb: int,
         cancel: Canceller,
+        access: Access = EVERYTHING,
     ) -> None:
         self._datastore = datastore
         self._calls = calls
         self._routes = routes
         self._host_memory_mb = host_memory_mb
         self._cancel = cancel
+        self._access = access
+
+    def scoped(self, access: Access) -> V1API:
+        """This API as seen by a request granted ``access``."""
+        return V1API(self._datastore, self._calls, self._routes, self._host_memory_mb, self._cancel, access)
 
     @app.route("/apps", branch=True)
     def apps(self, request: IRequest) -> IResource:
-        return AppsAPI(self._datastore, self._calls, self._routes, self._host_memory_mb, self._cancel).app.resource()
+        return AppsAPI(
+            self._datastore, self._calls, self._routes, self._host_memory_mb, self._cancel, self._access,
+        ).app.resource()
 
     @app.route("/routes", branch=True)
     def routes(self, request: IRequest) -> IResource:
-        return AllRoutesAPI(self._datastore).app.resource()
+        return AllRoutesAPI(self._datastore, self._access).app.resource()
 
     @app.route("/version", methods=["GET"])
     def version(self, request: IRequest) -> bytes:
@@ -75,7 +85,7 @@ class MainAPI:
         clock: IReactorTime,
         stats: Callable[[], Mapping[str, int]],
         render_metrics: Callable[[], Awaitable[bytes]],
-        tasks: IResource | None,
+        tasks: Callable[[Access], IResource] | None,
     ) -> None:
         self._v1 = v1
         self._tasks = tasks
@@ -94,9 +104,20 @@ class MainAPI:
     def version(self, request: IRequest) -> bytes:
         return admin.version(request)
 
+    def _node_wide(self, request: IRequest) -> bytes | None:
+        """Check the key for a node-wide read (``/stats``, ``/metrics``): None if
+        allowed, else the 403 body for a token limited to some apps. Raise
+        ``Unauthorized`` for a missing or bad token."""
+        if authorize(request, self._jwt_auth_key).limited:
+            return json_response(
+                request, {"error": {"message": "This token is limited to some apps; node-wide data needs an operator's token."}},
+                status=403,
+            )
+        return None
+
     @app.route("/stats", methods=["GET"])
     def stats(self, request: IRequest) -> bytes:
-        return admin.stats(request, self._stats)
+        return self._node_wide(request) or admin.stats(request, self._stats)
 
     @app.route("/health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
@@ -104,24 +125,24 @@ class MainAPI:
 
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request: IRequest) -> bytes:
-        return await admin.metrics(request, self._render_metrics)
+        return self._node_wide(request) or await admin.metrics(request, self._render_metrics)
 
     @app.route("/tasks", branch=True)
     def tasks(self, request: IRequest) -> IResource:
         """IronFunctions' async-runner protocol (``api/tasks.py``)."""
         if self._tasks is None:
             raise NotFound()
+        access = authorize(request, self._jwt_auth_key)
         if not self._ready():
             raise NotReady()
-        return self._tasks
+        return self._tasks(access)
 
     @app.route("/v1", branch=True)
     def v1(self, request: IRequest) -> IResource:
-        if self._jwt_auth_key:
-            verify_jwt(bearer_token(request), self._jwt_auth_key, Unauthorized.message)
+        access = authorize(request, self._jwt_auth_key)
         if not self._ready():
             raise NotReady()
-        return self._v1.app.resource()
+        return self._v1.scoped(access).app.resource()
 
 
 class RootResource(Resource):
@@ -157,12 +178,14 @@ def build_api(
     render_metrics: Callable[[], Awaitable[bytes]] = lambda: succeed(b""),
     invoke: IResource | None = None,
     cancel: Canceller | None = None,
-    tasks: IResource | None = None,
+    tasks: Callable[[Access], IResource] | None = None,
 ) -> IResource:
     """The whole HTTP API as one resource for a ``Site``. ``calls`` is the call store
     beside ``datastore``; ``cancel`` stops a call (default: mark its record cancelled,
-    see ``api.calls.store_canceller``). ``health_checks`` default to the datastore's
-    ping as a shared backend; ``render_metrics`` gives ``/metrics``' Prometheus text."""
+    see ``api.calls.store_canceller``); ``tasks`` gives the ``/tasks`` resource for a
+    request granted some access (``TasksAPI.resource_for``). ``health_checks`` default to
+    the datastore's ping as a shared backend; ``render_metrics`` gives ``/metrics``'
+    Prometheus text."""
     v1 = V1API(datastore, calls, routes, host_memory_mb, cancel or store_canceller(calls, clock))
     main = MainAPI(
         v1,

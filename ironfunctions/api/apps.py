@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.web.iweb import IRequest
 
 from ironfunctions.api import schema
+from ironfunctions.api.auth import EVERYTHING, Access
 from ironfunctions.api.calls import CallsAPI
 from ironfunctions.calls.interface import Canceller, ICallStore
 from ironfunctions.api.http import body_of, json_response, klein_app
@@ -14,23 +15,25 @@ from ironfunctions.routecache import RouteCache
 
 
 class AppsAPI:
-    """Apps, and the branch to each app's routes."""
+    """Apps, and the branch to each app's routes. ``access`` is what the request's
+    token grants: apps outside it are answered as missing ones (``api/auth.py``)."""
 
     app = klein_app()
 
     def __init__(
         self, datastore: IDatastore, calls: ICallStore, routes: RouteCache, host_memory_mb: int,
-        cancel: Canceller,
+        cancel: Canceller, access: Access = EVERYTHING,
     ) -> None:
         self._datastore = datastore
         self._calls = calls
         self._routes = routes
         self._host_memory_mb = host_memory_mb
         self._cancel = cancel
+        self._access = access
 
     @app.route("/", methods=["GET"])
     async def list_apps(self, request: IRequest) -> bytes:
-        apps = await self._datastore.get_apps()
+        apps = self._access.only(await self._datastore.get_apps(), lambda a: a.name)
         return json_response(
             request,
             {"message": "Successfully listed applications", "apps": [schema.app_json(a) for a in apps]},
@@ -39,17 +42,20 @@ class AppsAPI:
     @app.route("/", methods=["POST"])
     async def create_app(self, request: IRequest) -> bytes:
         new = schema.parse_new_app(body_of(request))
+        self._access.check(new.name)
         app = await self._datastore.insert_app(new)
         self._routes.invalidate(app.name)
         return json_response(request, {"message": "App successfully created", "app": schema.app_json(app)})
 
     @app.route("/<string:name>", methods=["GET"])
     async def get_app(self, request: IRequest, name: str) -> bytes:
+        self._access.check(name)
         app = await self._datastore.get_app(name)
         return json_response(request, {"message": "Successfully loaded app", "app": schema.app_json(app)})
 
     @app.route("/<string:name>", methods=["PATCH"])
     async def update_app(self, request: IRequest, name: str) -> bytes:
+        self._access.check(name)
         change = schema.parse_app_patch(body_of(request))
         app = await self._datastore.update_app(name, change)
         self._routes.invalidate(name)
@@ -57,11 +63,13 @@ class AppsAPI:
 
     @app.route("/<string:name>", methods=["DELETE"])
     async def delete_app(self, request: IRequest, name: str) -> bytes:
+        self._access.check(name)
         await self._datastore.remove_app(name)
         self._routes.invalidate(name)
         return json_response(request, {"message": "App deleted"})
 
     def _routes_of(self, name: str) -> RoutesAPI:
+        self._access.check(name)
         return RoutesAPI(self._datastore, self._routes, self._host_memory_mb, name)
 
     @app.route("/<string:name>/routes", methods=["GET"])
@@ -89,6 +97,7 @@ class AppsAPI:
         return await self._routes_of(name).delete_route(request)
 
     def _calls_of(self, name: str) -> CallsAPI:
+        self._access.check(name)
         return CallsAPI(self._datastore, self._calls, self._cancel, name)
 
     @app.route("/<string:name>/calls", methods=["GET"])

@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.web.iweb import IRequest
 
 from ironfunctions.api import schema
+from ironfunctions.api.auth import EVERYTHING, Access
 from ironfunctions.api.http import body_of, json_response, klein_app
 from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.errors import AppAlreadyExists, AppNotFound, RouteNotFound, ValidationError
@@ -109,17 +110,18 @@ class RoutesAPI:
 
 
 class AllRoutesAPI:
-    """``GET /v1/routes[?image=x]``: every route of every app."""
+    """``GET /v1/routes[?image=x]``: every route of every app the request may see."""
 
     app = klein_app()
 
-    def __init__(self, datastore: IDatastore) -> None:
+    def __init__(self, datastore: IDatastore, access: Access = EVERYTHING) -> None:
         self._datastore = datastore
+        self._access = access
 
     @app.route("/", methods=["GET"])
     async def list_routes(self, request: IRequest) -> bytes:
         image = request.args.get(b"image", [b""])[0].decode("utf-8", "replace") or None
-        routes = await self._datastore.get_routes(image=image)
+        routes = self._access.only(await self._datastore.get_routes(image=image), lambda r: r.app_name)
         return json_response(
             request,
             {"message": "Successfully listed routes", "routes": [schema.route_json(r) for r in routes]},

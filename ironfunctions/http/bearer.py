@@ -6,6 +6,8 @@ runner's ``Invoker`` from an ``Invocation``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jwt
 
 from ironfunctions.errors import Unauthorized
@@ -21,12 +23,15 @@ def parse_bearer(header: str | None) -> str | None:
     return token.strip()
 
 
-def verify_jwt(token: str | None, key: str, message: str | None = None) -> None:
-    """Raise ``Unauthorized`` unless ``token`` is an HS256 JWT signed with ``key`` whose
-    exp/nbf/iat (when present) are valid now. ``message`` replaces the reason if given."""
+def verify_jwt(token: str | None, key: str, message: str | None = None) -> dict[str, Any]:
+    """Return the claims of ``token`` if it is an HS256 JWT signed with ``key`` with an
+    ``exp`` (required: a token without one would be good forever, issue 11) and its
+    exp/nbf/iat valid now; raise ``Unauthorized`` otherwise. ``message`` replaces the
+    reason if given."""
     if token is None:
         raise Unauthorized(message or "Missing Bearer token")
     try:
-        jwt.decode(token, key, algorithms=["HS256"], options={"require": []})
+        claims: dict[str, Any] = jwt.decode(token, key, algorithms=["HS256"], options={"require": ["exp"]})
+        return claims
     except jwt.InvalidTokenError as e:
         raise Unauthorized(message or f"Invalid token: {e}") from None

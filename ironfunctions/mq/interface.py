@@ -20,12 +20,15 @@ Semantics shared by every provider (SPEC §4 Async, issue 5):
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import AbstractSet, Any, Mapping
 
 import attrs
 from zope.interface import Interface
 
 PRIORITIES = (0, 1, 2)
+# How many visible items a reserve filtered by ``apps`` may look at (Redis: one
+# atomic script must stay short); memory and SQLite look at every item.
+APPS_SCAN_LIMIT = 1000
 
 
 def _check_priority(instance: Any, attribute: Any, value: int) -> None:
@@ -123,8 +126,16 @@ class IMessageQueue(Interface):
         change nothing, if an item with that ``call_id`` is already queued or reserved.
         Wakes a waiting ``reserve``. Raise ``QueueUnavailable``."""
 
-    async def reserve(lease_seconds: float, timeout: float = 0) -> Reservation | None:
+    async def reserve(
+        lease_seconds: float, timeout: float = 0, apps: AbstractSet[str] | None = None,
+    ) -> Reservation | None:
         """Take the first visible item (priority, then FIFO) for ``lease_seconds``.
+
+        With ``apps``, only an item whose ``app_name`` is one of them (a ``/tasks``
+        runner whose token is limited to those apps): other items are not touched,
+        their attempts and places stay as they were. A provider may look only at the
+        first ``APPS_SCAN_LIMIT`` visible items in order, so such a reserve can come
+        back empty while items of ``apps`` wait behind that many of other apps.
 
         If none is visible, wait up to ``timeout`` seconds for one (a push on this
         node wakes the wait at once; other nodes' pushes too where the backend can

@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import uuid
+from typing import AbstractSet
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -93,14 +94,31 @@ class MemoryQueue:
         self._waiters.wake_all()
         return True
 
-    async def _try_reserve(self, lease_seconds: float) -> tuple[Reservation | None, float | None]:
+    def _pop_first(self, apps: AbstractSet[str] | None) -> _Entry | None:
+        """Take the first live visible entry (of one of ``apps``) off the ready heap."""
+        if apps is None:
+            while self._ready:
+                _, _, call_id, generation = heapq.heappop(self._ready)
+                entry = self._current(call_id, generation)
+                if entry is not None:
+                    return entry
+            return None
+        for row in sorted(self._ready):  # in order; other apps' rows stay where they are
+            entry = self._current(row[2], row[3])
+            if entry is not None and entry.item.app_name in apps:
+                self._ready.remove(row)
+                heapq.heapify(self._ready)
+                return entry
+        return None
+
+    async def _try_reserve(
+        self, lease_seconds: float, apps: AbstractSet[str] | None,
+    ) -> tuple[Reservation | None, float | None]:
         now = self._clock.seconds()
         self._surface(now)
-        while self._ready:
-            _, _, call_id, generation = heapq.heappop(self._ready)
-            entry = self._current(call_id, generation)
-            if entry is None:
-                continue
+        entry = self._pop_first(apps)
+        if entry is not None:
+            call_id = entry.item.call_id
             entry.attempts += 1
             entry.token = uuid.uuid4().hex
             entry.visible_at = now + lease_seconds
@@ -109,10 +127,12 @@ class MemoryQueue:
         next_due = self._hidden[0][0] - now if self._hidden else None
         return None, next_due
 
-    async def reserve(self, lease_seconds: float, timeout: float = 0) -> Reservation | None:
+    async def reserve(
+        self, lease_seconds: float, timeout: float = 0, apps: AbstractSet[str] | None = None,
+    ) -> Reservation | None:
         self._check_open()
         return await reserve_loop(
-            lambda: self._try_reserve(lease_seconds),
+            lambda: self._try_reserve(lease_seconds, apps),
             self._waiters,
             self._clock,
             timeout,

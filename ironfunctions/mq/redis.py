@@ -15,7 +15,7 @@ only bounds the wait for a notification lost while the subscriber reconnects.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import AbstractSet, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi  # untyped: ignore_missing_imports in mypy.ini
@@ -29,7 +29,7 @@ from zope.interface import implementer
 from ironfunctions.errors import ConfigError, LeaseLost, QueueUnavailable
 import ironfunctions.mq.redis_scripts as lua
 from ironfunctions.mq._waiting import Waiters, reserve_loop
-from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation, lease_of
+from ironfunctions.mq.interface import APPS_SCAN_LIMIT, IMessageQueue, Lease, QueueItem, Reservation, lease_of
 
 DEFAULT_PREFIX = "ironfunctions:mq"
 _ERRORS = (txredisapi.RedisError, DeferredTimeout, ConnectError, ConnectionLost)
@@ -195,25 +195,30 @@ class RedisQueue:
 
     async def push(self, item: QueueItem, delay: float = 0) -> bool:
         added = await self._eval(lua.PUSH, item.call_id, item.to_json(), item.priority,
-                                 _ms(delay), self._channel)
+                                 _ms(delay), self._channel, item.app_name)
         if int(added):
             self._waiters.wake_all()  # this node's waiters, without the round trip
         return bool(int(added))
 
-    async def _try_reserve(self, lease_seconds: float) -> tuple[Reservation | None, float | None]:
+    async def _try_reserve(
+        self, lease_seconds: float, apps: AbstractSet[str] | None,
+    ) -> tuple[Reservation | None, float | None]:
         token = uuid.uuid4().hex
-        result = await self._eval(lua.RESERVE, max(1, _ms(lease_seconds)), token)
+        only = () if apps is None else (APPS_SCAN_LIMIT, *sorted(apps))
+        result = await self._eval(lua.RESERVE, max(1, _ms(lease_seconds)), token, *only)
         if int(result[0]) == 1:
             _, call_id, text, attempt = result
             return Reservation(QueueItem.from_json(text), Lease(call_id, token), int(attempt)), None
         next_due = float(result[1])
         return None, None if next_due < 0 else next_due / 1000
 
-    async def reserve(self, lease_seconds: float, timeout: float = 0) -> Reservation | None:
+    async def reserve(
+        self, lease_seconds: float, timeout: float = 0, apps: AbstractSet[str] | None = None,
+    ) -> Reservation | None:
         if self._closed:
             raise QueueUnavailable("queue closed")
         return await reserve_loop(
-            lambda: self._try_reserve(lease_seconds),
+            lambda: self._try_reserve(lease_seconds, apps),
             self._waiters,
             self._reactor,
             timeout,

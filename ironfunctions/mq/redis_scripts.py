@@ -11,6 +11,9 @@ Keys (``KEYS[1..8]``, in this order, all under the queue's prefix):
 - ``delayed``  zset  pushed or released with a delay, scored by visible-at (ms)
 - ``leased``   zset  reserved items, scored by lease expiry (ms)
 - ``seq``      counter of pushes
+- ``apps``     hash  call_id -> app name, so a reserve limited to some apps reads no
+                     payloads (items pushed before it existed are only handed out to
+                     reserves without ``apps``)
 
 Time is the Redis server's (``TIME``), so every node agrees on lease expiry. Items
 whose time has come move from ``delayed``/``leased`` back to ``ready`` with their
@@ -20,11 +23,12 @@ stored score: an expired lease puts the call back at its old place. Requires Red
 
 from __future__ import annotations
 
-KEY_NAMES = ("items", "scores", "attempts", "tokens", "ready", "delayed", "leased", "seq")
+KEY_NAMES = ("items", "scores", "attempts", "tokens", "ready", "delayed", "leased", "seq", "apps")
 
 _PRELUDE = """
 local items, scores, attempts, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ready, delayed, leased, seq = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local owners = KEYS[9]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function fmt(n) return string.format('%.0f', n) end
@@ -34,7 +38,7 @@ local function held(id, token)
   return expiry ~= false and tonumber(expiry) > now
 end
 local function forget(id)
-  for _, h in ipairs({items, scores, attempts, tokens}) do redis.call('HDEL', h, id) end
+  for _, h in ipairs({items, scores, attempts, tokens, owners}) do redis.call('HDEL', h, id) end
   for _, z in ipairs({ready, delayed, leased}) do redis.call('ZREM', z, id) end
 end
 local function place(id, delay_ms)
@@ -46,7 +50,7 @@ local function place(id, delay_ms)
 end
 """
 
-# ARGV: call_id, item JSON, priority, delay ms, wake channel. Returns 1 if added.
+# ARGV: call_id, item JSON, priority, delay ms, wake channel, app name. Returns 1 if added.
 PUSH = _PRELUDE + """
 local id = ARGV[1]
 if redis.call('HEXISTS', items, id) == 1 then return 0 end
@@ -54,13 +58,16 @@ local n = redis.call('INCR', seq)
 redis.call('HSET', items, id, ARGV[2])
 redis.call('HSET', scores, id, fmt((2 - tonumber(ARGV[3])) * 1e15 + n))
 redis.call('HSET', attempts, id, 0)
+redis.call('HSET', owners, id, ARGV[6])
 place(id, tonumber(ARGV[4]))
 redis.call('PUBLISH', ARGV[5], '1')
 return 1
 """
 
-# ARGV: lease ms, token. Returns {1, call_id, item JSON, attempt} or
-# {0, ms until the next hidden item becomes visible, or -1}.
+# ARGV: lease ms, token[, scan limit, app name...]. With app names, the first of the
+# first <scan limit> visible items that belongs to one of them; others stay untouched.
+# Returns {1, call_id, item JSON, attempt} or {0, ms until the next hidden item
+# becomes visible, or -1}.
 RESERVE = _PRELUDE + """
 local function surface(zset)
   local due = redis.call('ZRANGEBYSCORE', zset, '-inf', fmt(now), 'LIMIT', 0, 1000)
@@ -74,6 +81,18 @@ end
 surface(delayed)
 surface(leased)
 local top = redis.call('ZRANGE', ready, 0, 0)
+if #ARGV > 2 then
+  local wanted = {}
+  for i = 4, #ARGV do wanted[ARGV[i]] = true end
+  local ids = redis.call('ZRANGE', ready, 0, tonumber(ARGV[3]) - 1)
+  top = {}
+  if #ids > 0 then
+    local apps = redis.call('HMGET', owners, unpack(ids))
+    for i, id in ipairs(ids) do
+      if apps[i] and wanted[apps[i]] then top = {id}; break end
+    end
+  end
+end
 if #top == 0 then
   local next_due = -1
   for _, z in ipairs({delayed, leased}) do

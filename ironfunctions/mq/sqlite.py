@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from typing import Any
+from typing import AbstractSet, Any
 
 from zope.interface import implementer
 
@@ -65,16 +65,23 @@ class SqliteQueue:
             self._waiters.wake_all()
         return added
 
-    async def _try_reserve(self, lease_seconds: float) -> tuple[Reservation | None, float | None]:
+    async def _try_reserve(
+        self, lease_seconds: float, apps: AbstractSet[str] | None,
+    ) -> tuple[Reservation | None, float | None]:
         now = self._reactor.seconds()
         token = uuid.uuid4().hex
+        # Only items of ``apps`` when given: their app is read from the stored item
+        # (JSON1, built into SQLite since 3.38), so nothing else is touched.
+        only, wanted = "", tuple(sorted(apps or ()))
+        if apps is not None:
+            only = " AND json_extract(item, '$.app_name') IN (%s)" % ", ".join("?" * len(wanted))
 
         def take(c: sqlite3.Connection) -> tuple[Reservation | None, float | None]:
             with transaction(c):
                 row = c.execute(
-                    "SELECT seq, item, attempts FROM mq_items WHERE visible_at <= ?"
+                    "SELECT seq, item, attempts FROM mq_items WHERE visible_at <= ?" + only +
                     " ORDER BY priority DESC, seq LIMIT 1",
-                    (now,),
+                    (now, *wanted),
                 ).fetchone()
                 if row is None:
                     due = c.execute(
@@ -91,10 +98,12 @@ class SqliteQueue:
 
         return await self._db.run(take)
 
-    async def reserve(self, lease_seconds: float, timeout: float = 0) -> Reservation | None:
+    async def reserve(
+        self, lease_seconds: float, timeout: float = 0, apps: AbstractSet[str] | None = None,
+    ) -> Reservation | None:
         self._db.check_open()
         return await reserve_loop(
-            lambda: self._try_reserve(lease_seconds),
+            lambda: self._try_reserve(lease_seconds, apps),
             self._waiters,
             self._reactor,
             timeout,

@@ -266,6 +266,49 @@ async def test_lease_survives_a_round_trip_through_text(queue: IMessageQueue) ->
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_lease_with_another_token_acks_nothing(queue):
+    """A /tasks DELETE naming a call with a made-up or stale token changes nothing."""
+    await queue.push(item("a"))
+    with pytest.raises(LeaseLost):
+        await queue.ack(Lease("a", "0" * 32))  # waiting, never reserved
+    r = await queue.reserve(30)
+    with pytest.raises(LeaseLost):
+        await queue.ack(Lease("a", "f" * 32))  # reserved, under another token
+    await queue.ack(r)
+
+
+def app_item(call_id: str, app_name: str, priority: int = 0) -> QueueItem:
+    return QueueItem(call_id, app_name, "/hello", priority, {})
+
+
+@pytest_twisted.ensureDeferred
+async def test_reserve_limited_to_apps_takes_only_their_items_and_leaves_the_rest_untouched(queue):
+    for call_id, app_name, priority in [("x1", "other", 2), ("a1", "mine", 0), ("x2", "other", 1),
+                                        ("b1", "also", 1), ("a2", "mine", 2)]:
+        await queue.push(app_item(call_id, app_name, priority))
+    got = []
+    while (r := await queue.reserve(30, 0, frozenset({"mine", "also"}))) is not None:
+        assert r.item.app_name in {"mine", "also"} and r.attempt == 1
+        got.append(r.call_id)
+    assert got == ["a2", "b1", "a1"]  # priority, then FIFO, among their items
+    assert await queue.reserve(30, 0, frozenset()) is None
+    assert await queue.depth() == 2
+    others = [await queue.reserve(30), await queue.reserve(30)]
+    assert [(r.call_id, r.attempt) for r in others] == [("x1", 1), ("x2", 1)]  # never touched
+
+
+@pytest_twisted.ensureDeferred
+async def test_reserve_limited_to_apps_waits_for_their_push(queue):
+    await queue.push(app_item("x1", "other"))
+    d = defer.ensureDeferred(queue.reserve(30, 3, frozenset({"mine"})))
+    await sleep(0.1)
+    assert not d.called
+    await queue.push(app_item("m1", "mine"))
+    r = await d
+    assert r.call_id == "m1"
+
+
+@pytest_twisted.ensureDeferred
 async def test_close_ends_a_waiting_reserve_with_None(queue: IMessageQueue) -> None:
     waiting = defer.Deferred.fromCoroutine(queue.reserve(30, timeout=10))
     await sleep(0.05)
@@ -384,6 +427,27 @@ async def test_redis_queues_with_different_prefixes_do_not_share_items(redis_ser
     finally:
         await one.close()
         await two.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_reserve_limited_to_apps_looks_at_a_bounded_window(redis_server, monkeypatch):
+    """Redis scans at most APPS_SCAN_LIMIT visible items in one atomic script: an item
+    of the wanted apps behind that many others waits until they move (documented)."""
+    import ironfunctions.mq.redis as redis_mq
+
+    monkeypatch.setattr(redis_mq, "APPS_SCAN_LIMIT", 3)
+    redis_server.flush()
+    queue = RedisQueue.from_url(redis_server.url(prefix="window"), reactor)
+    await queue.start()
+    try:
+        for n in range(3):
+            await queue.push(app_item(f"x{n}", "other"))
+        await queue.push(app_item("m1", "mine"))
+        assert await queue.reserve(30, 0, frozenset({"mine"})) is None
+        assert (await queue.reserve(30)).call_id == "x0"
+        assert (await queue.reserve(30, 0, frozenset({"mine"}))).call_id == "m1"
+    finally:
+        await queue.close()
 
 
 @pytest_twisted.ensureDeferred

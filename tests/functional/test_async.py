@@ -142,7 +142,8 @@ def test_tasks_protocol_for_external_runners(test_images: dict[str, str], daemon
     reply = fn.get("/tasks")
     assert reply.status == 202
     task = reply.json()
-    assert (task["id"], task["app_name"], task["path"], task["payload"]) == (call_id, "myapp", "/echo", "for the runner")
+    assert (task["call_id"], task["app_name"], task["path"], task["payload"]) == (call_id, "myapp", "/echo", "for the runner")
+    assert task["id"].endswith("." + call_id)  # the reservation, which the runner sends back
     assert task["image"] == image_tag("cat") and task["env_vars"]["CALL_ID"] == call_id
     assert fn.get("/tasks").json() == {}  # reserved: nobody else gets it
     assert wait_for(fn, call_id, {"running"})["status"] == "running"
@@ -150,6 +151,7 @@ def test_tasks_protocol_for_external_runners(test_images: dict[str, str], daemon
     assert reply.status == 202
     record = fn.get(f"/v1/apps/myapp/calls/{call_id}").json()["call"]
     assert (record["status"], record["reason"]) == ("success", "external_runner")
+    assert fn.request("DELETE", "/tasks", json.dumps(task)).status == 404  # the reservation is over
     assert fn.request("DELETE", "/tasks", b"{}").status == 400
     assert fn.request("DELETE", "/tasks", b"not json").status == 400
 

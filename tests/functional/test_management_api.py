@@ -223,17 +223,21 @@ def test_apps_and_routes_persist_across_restart(daemon: Daemon) -> None:
     assert daemon.get("/v1/apps/keep/routes/fn").json() == before
 
 
-def test_jwt_auth_key_guards_v1_only(daemon_factory: DaemonFactory) -> None:
-    d = daemon_factory(env={"JWT_AUTH_KEY": "s3cret"})
+def test_jwt_auth_key_guards_v1_tasks_metrics_and_stats(daemon_factory):
+    key = "s3cret-s3cret-s3cret-s3cret-s3cr"  # 32 bytes, the least JWT_AUTH_KEY accepts
+    d = daemon_factory(env={"JWT_AUTH_KEY": key})
     r = d.get("/v1/apps")
     assert (r.status, r.json()) == (401, {"error": {"message": "Invalid API Authorization token."}})
-    bad = jwt.encode({"exp": int(time.time()) + 60}, "wrong", algorithm="HS256")
+    bad = jwt.encode({"exp": int(time.time()) + 60}, "wrong-wrong-wrong-wrong-wrong-wr", algorithm="HS256")
     assert d.get("/v1/apps", headers={"Authorization": f"Bearer {bad}"}).status == 401
-    expired = jwt.encode({"exp": int(time.time()) - 60}, "s3cret", algorithm="HS256")
+    expired = jwt.encode({"exp": int(time.time()) - 60}, key, algorithm="HS256")
     assert d.get("/v1/apps", headers={"Authorization": f"Bearer {expired}"}).status == 401
-    good = jwt.encode({"exp": int(time.time()) + 60}, "s3cret", algorithm="HS256")
-    assert d.get("/v1/apps", headers={"Authorization": f"Bearer {good}"}).status == 200
-    assert d.get("/version").status == 200
+    good = jwt.encode({"exp": int(time.time()) + 60}, key, algorithm="HS256")
+    for path in ("/v1/apps", "/tasks", "/metrics", "/stats"):
+        assert d.get(path).status == 401, path
+        assert d.get(path, headers={"Authorization": f"Bearer {good}"}).status in (200, 202), path
+    for path in ("/", "/version", "/health"):
+        assert d.get(path).status == 200, path
 
 
 def test_daemon_logs_one_logfmt_line_per_event(daemon: Daemon) -> None:
@@ -264,7 +268,7 @@ def test_twistd_help_lists_plugin_and_options(tmp_path: Path) -> None:
     for option in ["--port", "--listen", "--db-url", "--mq-url", "--api-url", "--log-level", "--jwt-auth-key",
                    "--docker-host", "--num-async", "--max-concurrency", "--max-request-size",
                    "--max-response-size", "--statsd-url", "--docker-network", "--node-id",
-                   "--async-max-attempts", "--async-retry-delay"]:
+                   "--async-max-attempts", "--async-retry-delay", "--api-auth"]:
         assert option in out, option
 
 

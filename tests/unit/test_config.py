@@ -5,6 +5,7 @@ from typing import Mapping
 import pytest
 
 from ironfunctions.config import Config, default_max_concurrency, with_backlog
+from ironfunctions.listen import listen_is_local, parse_endpoint
 from ironfunctions.errors import ConfigError
 
 
@@ -15,7 +16,7 @@ def make(options: Mapping[str, str | None] | None = None, env: Mapping[str, str]
 def test_defaults_are_the_embedded_setup() -> None:
     c = make()
     assert c.port == 8080
-    assert c.listen == "tcp:8080:interface=0.0.0.0:backlog=4096"
+    assert c.listen == "tcp:8080:interface=127.0.0.1:backlog=4096"
     assert c.db_url == "sqlite:////srv/data/ironfunctions.db"
     assert c.mq_url == "sqlite:////srv/data/mq.db"
     assert c.api_url == "http://127.0.0.1:8080"
@@ -30,7 +31,7 @@ def test_option_wins_over_env_and_env_over_default() -> None:
     assert make(env={"PORT": "9000"}).port == 9000
     assert make({"port": "9001"}, {"PORT": "9000"}).port == 9001
     c = make(env={"PORT": "9000"})
-    assert c.listen == "tcp:9000:interface=0.0.0.0:backlog=4096" and c.api_url == "http://127.0.0.1:9000"
+    assert c.listen == "tcp:9000:interface=127.0.0.1:backlog=4096" and c.api_url == "http://127.0.0.1:9000"
     assert make({"log-level": "DEBUG"}, {"LOG_LEVEL": "error"}).log_level == "debug"
     assert make(env={"DATA_DIR": "/d"}).db_url == "sqlite:////d/ironfunctions.db"
 
@@ -66,6 +67,7 @@ def test_sizes_and_durations_accept_units() -> None:
         ("NODE_ID", "no/slash"), ("ASYNC_MAX_ATTEMPTS", "0"), ("ASYNC_RETRY_DELAY", "soon"),
         ("HOT_TRANSPORT", "pipe"), ("FUNCTION_ALLOW_NETS", "10.0.0.0/33"),
         ("FUNCTION_ALLOW_NETS", "10.1.2.3/8"), ("FUNCTION_ALLOW_NETS", "10.0.0.0/8,nope"),
+        ("HOT_TRANSPORT", "pipe"), ("API_AUTH", "off"), ("JWT_AUTH_KEY", "s3cret-ab"), ("LISTEN", ":80"),
     ],
 )
 def test_invalid_values_raise_ConfigError_naming_the_variable(variable: str, value: str) -> None:
@@ -118,3 +120,63 @@ def test_function_allow_nets_are_parsed_cidrs_of_both_families():
     assert make().function_allow_nets == ()
     c = make(env={"FUNCTION_ALLOW_NETS": " 10.213.0.0/16, fd00::/64 ,"})
     assert c.function_allow_nets == ("10.213.0.0/16", "fd00::/64")
+
+
+KEY = "k" * 32
+
+
+@pytest.mark.parametrize("listen", [
+    "tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.1.2.3", "tcp:8080:127.0.0.1",
+    "tcp6:8080:interface=\\:\\:1", "TCP:8080:interface=127.0.0.1:backlog=10",
+    "ssl:443:privateKey=k.pem:interface=127.0.0.1", "ssl:443:k.pem:c.pem:TLSv1_2_METHOD:127.0.0.1",
+    "unix:/run/ironfunctions.sock", "unix:address=/run/if.sock:mode=600",
+])
+def test_loopback_and_unix_listens_are_local(listen):
+    assert listen_is_local(listen)
+
+
+@pytest.mark.parametrize("listen", [
+    "tcp:8080", "tcp:8080:interface=0.0.0.0", "tcp:8080:interface=10.0.0.5", "tcp:8080:0.0.0.0",
+    "tcp6:8080", "tcp6:8080:interface=\\:\\:", "tcp6:8080:interface=\\:\\:ffff\\:127.0.0.1",
+    "tcp:8080:interface=localhost", "tcp:8080:interface=", "ssl:443:privateKey=k.pem",
+    "systemd:domain=INET:index=0", "le:/certs:tcp:443:interface=127.0.0.1", "onion:80",
+    # An escaped colon is part of the value, not a separator: this interface is "127.0.0.1:x".
+    "tcp:8080:interface=127.0.0.1\\:x",
+])
+def test_other_listens_reach_the_network(listen):
+    assert not listen_is_local(listen)
+
+
+def test_endpoint_strings_are_parsed_as_twisted_does():
+    assert parse_endpoint("tcp6:80:interface=\\:\\:1:backlog=5") == (["tcp6", "80"], {"interface": "::1", "backlog": "5"})
+    assert parse_endpoint("unix:/a\\:b") == (["unix", "/a:b"], {})
+
+
+def test_the_default_listen_is_loopback_and_needs_no_key():
+    c = make()
+    assert listen_is_local(c.listen) and c.jwt_auth_key == "" and c.api_auth == "jwt"
+    assert not c.open_api_on_network
+
+
+def test_a_network_listen_without_a_key_is_refused_naming_both_ways_out():
+    for env in ({"LISTEN": "tcp:8080"}, {"LISTEN": "tcp:8080:interface=0.0.0.0"}, {"LISTEN": "systemd:domain=INET:index=0"}):
+        with pytest.raises(ConfigError) as e:
+            make(env=env)
+        message = str(e.value)
+        assert message.startswith("LISTEN:") and "\n" not in message
+        assert "JWT_AUTH_KEY" in message and "API_AUTH=none" in message
+
+
+def test_a_network_listen_is_served_with_a_key_or_with_api_auth_none():
+    c = make(env={"LISTEN": "tcp:8080", "JWT_AUTH_KEY": KEY})
+    assert c.jwt_auth_key == KEY and not c.open_api_on_network
+    c = make(env={"LISTEN": "tcp:8080", "API_AUTH": "none"})
+    assert c.api_auth == "none" and c.open_api_on_network
+    assert make({"api-auth": "NONE", "listen": "tcp:8080"}).open_api_on_network
+
+
+def test_a_short_key_is_a_config_error_that_never_shows_the_key():
+    with pytest.raises(ConfigError) as e:
+        make(env={"JWT_AUTH_KEY": "nine-byte"})
+    assert str(e.value).startswith("JWT_AUTH_KEY:") and "32" in str(e.value) and "nine-byte" not in str(e.value)
+    assert make(env={"JWT_AUTH_KEY": "é" * 16}).jwt_auth_key == "é" * 16  # 32 bytes in UTF-8
