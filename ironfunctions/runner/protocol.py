@@ -78,7 +78,8 @@ class RequestEncoder:
                call.id.encode(), call.id.encode(), call.id.encode()),
         ]
         for name, values in request.headers.items():
-            parts.append(_header_line("HEADER_" + name.replace("-", "_"), ", ".join(values)))
+            if "_" not in name:  # X_User must not pose as X-User (issue 11; the invoker drops them too)
+                parts.append(_header_line("HEADER_" + name.replace("-", "_"), ", ".join(values)))
         for name, value in request.params.items():
             parts.append(_header_line("PARAM_" + name.replace("-", "_"), value))
         body = request.body
