@@ -18,7 +18,7 @@ the one error map (``ironfunctions.http.errors``).
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Mapping
-from urllib.parse import parse_qs, unquote_to_bytes
+from urllib.parse import parse_qs
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -30,6 +30,7 @@ from ironfunctions.http.bearer import parse_bearer, verify_jwt
 from ironfunctions.http.errors import JSON, answer_for, error_answer, internal_error
 from ironfunctions.http.hosts import valid_host
 from ironfunctions.http.jsonbody import dumps
+from ironfunctions.names import text_from_url
 from ironfunctions.models import Call, CallRequest, CallResult, CallStatus, Route
 from ironfunctions.paths import normalize_path
 from ironfunctions.runner.records import failed_record, new_record, sync_record
@@ -152,7 +153,10 @@ class Invoker:
         app_raw, _, raw = invocation.path[3:].partition(b"/")  # after b"/r/"
         if not app_raw:
             raise errors.AppNotFound()
-        app_name = unquote_to_bytes(app_raw).decode("utf-8", "replace")
+        try:
+            app_name = text_from_url(app_raw)
+        except errors.ValidationError:  # NUL or not UTF-8: no app has such a name
+            raise errors.AppNotFound() from None
         path = self._paths.get(raw)
         if path is None:
             path = normalize_path(b"/" + raw)
