@@ -48,9 +48,13 @@ def call_env(call: Call) -> dict[str, str]:
     route, request = call.route, call.request
     env = {"METHOD": request.method, "REQUEST_URL": request.url, "CALL_ID": call.id}
     env.update(route_env(route, call.app_config))
+    drop_authorization = bool(route.jwt_key)
     for key, values in request.headers.items():
-        if "_" not in key:  # X_User must not pose as X-User (issue 11; the invoker drops them too)
-            env[env_name(key, "HEADER")] = ", ".join(values)
+        # X_User must not pose as X-User; a jwt_key route's token is not the function's
+        # (issue 11: the invoker drops both; this covers calls queued before it did).
+        if "_" in key or (drop_authorization and key.lower() == "authorization"):
+            continue
+        env[env_name(key, "HEADER")] = ", ".join(values)
     for key, value in request.params.items():
         env[env_name(key, "PARAM")] = value
     return env

@@ -57,6 +57,15 @@ def test_a_header_named_with_an_underscore_is_not_encoded() -> None:
     assert [line for line in lines if line.lower().startswith(b"header_x_user")] == [b"Header_x_user: alice"]
 
 
+def test_a_jwt_routes_authorization_is_not_encoded() -> None:
+    """Defence in depth behind the invoker (a call queued before it dropped it)."""
+    headers = {"Authorization": ["Bearer t"], "X-A": ["1"]}
+    for route, sent in [(Route("a", "/p", "img", format="http", jwt_key="k" * 32), False),
+                        (Route("a", "/p", "img", format="http"), True)]:
+        raw = RequestEncoder(route, {}).encode(Call("CID", route, CallRequest("GET", "http://h/r/a/p", headers)))
+        assert (b"Header_authorization: Bearer t" in raw) is sent and b"Header_x_a: 1" in raw
+
+
 # -- well-formed answers
 
 
