@@ -2,7 +2,7 @@
 11 items 6 and 8): header names with ``_`` never do; a forged ``Host`` changes neither
 a hot function's request line nor ``REQUEST_URL``; the Authorization a route's
 ``jwt_key`` consumed is neither in the function's environment nor stored with an async
-call (bad names: ``test_bad_names.py``).
+call (bad names: ``test_daemon_bad_names.py``).
 
 Each request goes once through the lean ``/r/`` channel (HTTP/1.1) and once through
 twisted.web (the same request as HTTP/1.0, which the lean channel hands over)."""
