@@ -27,7 +27,8 @@ from ironfunctions.api.auth import EVERYTHING, Access, authorize
 from ironfunctions.api.http import json_response, klein_app
 from ironfunctions.api.routes import AllRoutesAPI
 from ironfunctions.datastore.interface import IDatastore
-from ironfunctions.errors import NotReady
+from ironfunctions.errors import NotReady, ValidationError
+from ironfunctions.names import text_from_url
 from ironfunctions.routecache import RouteCache
 
 
@@ -145,6 +146,21 @@ class MainAPI:
         return self._v1.scoped(access).app.resource()
 
 
+class BadURL(Resource):
+    """A 400 JSON answer for a URL no name can be read from (``names.text_from_url``),
+    before Klein would answer its own text/html 400 (invalid UTF-8) or a handler would
+    pass a NUL to the datastore."""
+
+    isLeaf = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._message = message
+
+    def render(self, request: IRequest) -> bytes:
+        return json_response(request, {"error": {"message": self._message}}, status=400)
+
+
 class RootResource(Resource):
     """Sends ``/r/...`` to the invoke resource and the rest to Klein."""
 
@@ -156,6 +172,10 @@ class RootResource(Resource):
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         if path == b"r" and self._invoke is not None:
             return self._invoke
+        try:
+            text_from_url(request.path)  # NUL or not UTF-8: no app, route or call has such a name
+        except ValidationError as e:
+            return BadURL(str(e))
         # Klein routes on the whole path: give back the segment Twisted consumed.
         request.postpath.insert(0, request.prepath.pop())
         return self._main

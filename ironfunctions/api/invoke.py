@@ -18,6 +18,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from ironfunctions.http.hosts import authority
 from ironfunctions.runner.invoker import Invocation, Invoker, Reply
 
 log = Logger()
@@ -43,15 +44,13 @@ class InvokeResource(Resource):
 def _invocation(request: Any) -> Invocation:
     body = request.content.read() if request.content is not None else b""
     host = request.getHeader(b"host")
-    if host is None:
-        address = request.getHost()
-        host = f"{address.host}:{address.port}".encode()
     headers = {
         name.decode("latin-1"): [v.decode("latin-1") for v in values]
         for name, values in request.requestHeaders.getAllRawHeaders()
     }
     return Invocation(request.method.decode("ascii", "replace"), request.path, request.uri, headers, body,
-                      host.decode("latin-1"), request.isSecure())
+                      None if host is None else host.decode("latin-1"), authority(request.getHost()),
+                      request.isSecure())
 
 
 def _write_reply(reply: Reply, request: Any) -> None:

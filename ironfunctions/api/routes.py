@@ -8,7 +8,6 @@ the raw request path (before Twisted's unquoting), then normalised
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote_to_bytes
 
 from twisted.web.iweb import IRequest
 
@@ -41,7 +40,7 @@ class RoutesAPI:
         self._datastore = datastore
         self._routes = routes
         self._host_memory_mb = host_memory_mb
-        self._app_name = unquote_to_bytes(app_name).decode("utf-8", "replace")
+        self._app_name = app_name  # decoded once, as /v1/apps/{app} (a second decoding made %2500 a NUL)
 
     async def _ensure_app(self) -> None:
         """Create the app if missing (POST/PUT of a route do, as IronFunctions)."""

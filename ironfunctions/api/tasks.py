@@ -30,6 +30,7 @@ from ironfunctions.api.schema import parse_json_object
 from ironfunctions.calls.interface import ICallStore
 from ironfunctions.calls.model import rfc3339
 from ironfunctions.models import CallStatus, Route
+from ironfunctions.names import check_storable
 from ironfunctions.mq.interface import IMessageQueue
 from ironfunctions.runner.external import TASK_NOT_FOUND, RunnerTask, complete_for_runner, reserve_for_runner
 
@@ -69,6 +70,8 @@ class TasksAPI:
             raise errors.ValidationError("Missing task id")
         if not isinstance(app_name, str) or not app_name:
             raise errors.ValidationError("Missing task app_name")
+        check_storable(task_id)  # JSON may hold "\u0000" or a lone "\udc80"
+        check_storable(app_name)
         if not self._access.allows(app_name):
             raise errors.CallNotFound(TASK_NOT_FOUND)
         call_id = await complete_for_runner(self._queue, self._calls, app_name, task_id, self._clock)

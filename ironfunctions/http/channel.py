@@ -39,6 +39,7 @@ from twisted.web.http import NO_BODY_CODES, RESPONSES, HTTPChannel, datetimeToSt
 from twisted.web.server import version as SERVER_VERSION
 
 from ironfunctions.http.headers import TOKEN, canonical_name
+from ironfunctions.http.hosts import authority
 from ironfunctions.http.writethrough import write_through
 from ironfunctions.runner.invoker import Invocation, Invoker, Reply
 
@@ -174,8 +175,7 @@ class FastChannel(Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
-        host = transport.getHost()
-        self._local = f"{host.host}:{host.port}" if hasattr(host, "port") else "localhost"
+        self._local = authority(transport.getHost())
         self._secure = ISSLTransport.providedBy(transport)
         clock = self._site.clock
         self._last_active = clock.seconds()
@@ -338,8 +338,8 @@ class FastChannel(Protocol):
         method = request.method.decode("ascii")
         target = request.target
         path = target.partition(b"?")[0]
-        invocation = Invocation(method, path, target, request.headers, body,
-                                request.host or self._local, self._secure)
+        invocation = Invocation(method, path, target, request.headers, body, request.host, self._local,
+                                self._secure)
         d = Deferred.fromCoroutine(self._site.invoker.invoke(invocation))
         d.addCallback(self._reply, request, method)
         d.addErrback(self._reply_failed)

@@ -18,7 +18,7 @@ the one error map (``ironfunctions.http.errors``).
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Mapping
-from urllib.parse import parse_qs, unquote_to_bytes
+from urllib.parse import parse_qs
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -28,7 +28,9 @@ from ironfunctions import errors
 from ironfunctions.calls.model import CallRecord
 from ironfunctions.http.bearer import parse_bearer, verify_jwt
 from ironfunctions.http.errors import JSON, answer_for, error_answer, internal_error
+from ironfunctions.http.hosts import valid_host
 from ironfunctions.http.jsonbody import dumps
+from ironfunctions.names import text_from_url
 from ironfunctions.models import Call, CallRequest, CallResult, CallStatus, Route
 from ironfunctions.paths import normalize_path
 from ironfunctions.runner.records import failed_record, new_record, sync_record
@@ -59,20 +61,23 @@ class Invocation:
 
     ``path`` is the raw (still percent-encoded) path, ``/r/{app}{route path}``, and
     ``uri`` the raw request target (path and query); ``headers`` maps each header name,
-    in Twisted's canonical capitalisation, to its values; ``host`` is the Host header
-    (or the local address when there is none).
+    in Twisted's canonical capitalisation, to its values; ``host`` is the Host header as
+    sent (None without one) and ``local`` the connection's local address as
+    ``host:port`` (``http.hosts.authority``): the URL's host when ``host`` is missing or
+    not a plain ``host[:port]``.
     """
 
-    __slots__ = ("method", "path", "uri", "headers", "body", "host", "secure")
+    __slots__ = ("method", "path", "uri", "headers", "body", "host", "local", "secure")
 
     def __init__(self, method: str, path: bytes, uri: bytes, headers: dict[str, list[str]],
-                 body: bytes, host: str, secure: bool = False) -> None:
+                 body: bytes, host: str | None, local: str, secure: bool = False) -> None:
         self.method = method
         self.path = path
         self.uri = uri
         self.headers = headers
         self.body = body
         self.host = host
+        self.local = local
         self.secure = secure
 
 
@@ -130,6 +135,7 @@ class Invoker:
         self._clock = clock
         self._ready = ready
         self._paths: dict[bytes, str] = {}  # raw path -> normalised (pure, so cacheable)
+        self._hosts: dict[str, bool] = {}  # Host header -> valid_host (pure, so cacheable)
 
     async def invoke(self, invocation: Invocation) -> Reply:
         """The reply to ``invocation``; errors become error replies."""
@@ -147,7 +153,10 @@ class Invoker:
         app_raw, _, raw = invocation.path[3:].partition(b"/")  # after b"/r/"
         if not app_raw:
             raise errors.AppNotFound()
-        app_name = unquote_to_bytes(app_raw).decode("utf-8", "replace")
+        try:
+            app_name = text_from_url(app_raw)
+        except errors.ValidationError:  # NUL or not UTF-8: no app has such a name
+            raise errors.AppNotFound() from None
         path = self._paths.get(raw)
         if path is None:
             path = normalize_path(b"/" + raw)
@@ -159,7 +168,8 @@ class Invoker:
             authorization = invocation.headers.get("Authorization")
             verify_jwt(parse_bearer(authorization[-1] if authorization else None), route.jwt_key)
         app_config = await self._app_config(app_name)
-        call = Call(call_id, route, _call_request(invocation), app_config)
+        call = Call(call_id, route, _call_request(invocation, self._host(invocation), bool(route.jwt_key)),
+                    app_config)
         if route.type == "async":
             if self._submit is None:
                 raise errors.QueueUnavailable("async calls are not enabled on this node")
@@ -181,6 +191,20 @@ class Invoker:
         # 502 also for a call cancelled through the calls API: no answer came back.
         status = 504 if result.status == CallStatus.TIMEOUT else 502
         return _error(call_id, timing, status, result.error)
+
+    def _host(self, invocation: Invocation) -> str:
+        """The host of the URL the function sees: the Host header if it is a plain
+        ``host[:port]``, else the local address (``http/hosts.py``)."""
+        host = invocation.host
+        if host is None:
+            return invocation.local
+        valid = self._hosts.get(host)
+        if valid is None:
+            valid = valid_host(host)
+            if len(self._hosts) >= 1_000:  # bounded: forged hosts cannot grow it
+                self._hosts.clear()
+            self._hosts[host] = valid
+        return host if valid else invocation.local
 
     def _now_ms(self) -> int:
         return 0 if self._clock is None else int(self._clock.seconds() * 1000)
@@ -223,8 +247,22 @@ def _error(call_id: str, timing: bytes, status: int, message: str) -> Reply:
                                                                 (b"server-timing", timing)]))
 
 
-def _call_request(invocation: Invocation) -> CallRequest:
-    """The parts of the request the runner needs; a GET without body passes the
+def passed_on(headers: dict[str, list[str]], drop_authorization: bool) -> dict[str, list[str]]:
+    """The request headers a function gets (SPEC §3 Auth, §4; issue 11): none whose
+    name holds ``_`` (dropped, as nginx does: ``X_User`` would become the same
+    ``HEADER_X_USER`` as ``X-User`` and override what a front proxy set), and no
+    ``Authorization`` when the route's ``jwt_key`` consumed it (the caller's token is
+    not the function's, nor stored with an async call)."""
+    # One scan of the joined names, not one test per header, in the common case.
+    if not drop_authorization and "_" not in "".join(headers):
+        return headers
+    return {name: values for name, values in headers.items()
+            if "_" not in name and not (drop_authorization and name.lower() == "authorization")}
+
+
+def _call_request(invocation: Invocation, host: str, drop_authorization: bool) -> CallRequest:
+    """The parts of the request the runner needs (headers as ``passed_on``, the URL
+    from ``host`` and the request's own target); a GET without body passes the
     ``payload`` query parameter as the body."""
     body = invocation.body
     method = invocation.method
@@ -235,5 +273,5 @@ def _call_request(invocation: Invocation) -> CallRequest:
             if payload:
                 body = payload[0]
     scheme = "https" if invocation.secure else "http"
-    url = f"{scheme}://{invocation.host}{invocation.uri.decode('latin-1')}"
-    return CallRequest(method=method, url=url, headers=invocation.headers, body=body)
+    url = f"{scheme}://{host}{invocation.uri.decode('latin-1')}"
+    return CallRequest(method=method, url=url, headers=passed_on(invocation.headers, drop_authorization), body=body)

@@ -2,7 +2,7 @@
 
 The environment follows IronFunctions (SPEC §4): the call's own variables first, then
 the app's config, then the route's (route wins), then ``HEADER_<NAME>`` for each request
-header (values joined with ", ") and ``PARAM_<NAME>`` for path parameters. Config
+header whose name has no ``_`` (values joined with ", ") and ``PARAM_<NAME>`` for path parameters. Config
 names are upper-cased with "-" turned into "_"; values are passed verbatim.
 """
 
@@ -80,7 +80,12 @@ def call_env(call: Call) -> dict[str, str]:
     route, request = call.route, call.request
     env = {"METHOD": request.method, "REQUEST_URL": request.url, "CALL_ID": call.id}
     env.update(route_env(route, call.app_config))
+    drop_authorization = bool(route.jwt_key)
     for key, values in request.headers.items():
+        # X_User must not pose as X-User; a jwt_key route's token is not the function's
+        # (issue 11: the invoker drops both; this covers calls queued before it did).
+        if "_" in key or (drop_authorization and key.lower() == "authorization"):
+            continue
         env[env_name(key, "HEADER")] = ", ".join(values)
     for key, value in request.params.items():
         env[env_name(key, "PARAM")] = value

@@ -64,6 +64,7 @@ class RequestEncoder:
 
     def __init__(self, route: Route, app_config: Mapping[str, str]) -> None:
         self._fixed = b"".join(_header_line(k, v) for k, v in route_env(route, app_config).items())
+        self._drop_authorization = bool(route.jwt_key)
 
     def encode(self, call: Call) -> bytes:
         """The request for ``call``: its method and URL path in the request line (a
@@ -84,6 +85,9 @@ class RequestEncoder:
                call.id.encode(), call.id.encode(), call.id.encode()),
         ]
         for name, values in request.headers.items():
+            # As plan.call_env: no "_" names, no Authorization a jwt_key consumed (issue 11).
+            if "_" in name or (self._drop_authorization and name.lower() == "authorization"):
+                continue
             parts.append(_header_line("HEADER_" + name.replace("-", "_"), ", ".join(values)))
         for name, value in request.params.items():
             parts.append(_header_line("PARAM_" + name.replace("-", "_"), value))

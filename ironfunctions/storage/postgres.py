@@ -31,6 +31,8 @@ T = TypeVar("T")
 Row = Sequence[Any]
 ErrorMap = Mapping[type[psycopg2.Error], type[IronFunctionsError]]
 
+UNSTORABLE = "Invalid value: text cannot hold NUL characters or invalid UTF-8"
+
 # Key of the advisory lock that serialises schema migrations across every node that
 # starts against the same database ("ironfunc" in ASCII).
 MIGRATION_LOCK = 0x69726F6E66756E63
@@ -131,6 +133,13 @@ class PostgresDatabase:
             raise DatastoreUnavailable()
         try:
             return await self._pool.run(work)
+        except ValueError as e:
+            # Text Postgres cannot hold, refused by psycopg2 before it is sent: NUL ("A
+            # string literal cannot contain NUL (0x00) characters"), a lone surrogate
+            # (UnicodeEncodeError). The client's input, not an outage (names.py).
+            if isinstance(e, UnicodeEncodeError) or "NUL" in str(e):
+                raise ValidationError(UNSTORABLE) from None
+            raise
         except psycopg2.Error as e:
             for pg_error, domain_error in (errors or {}).items():
                 if isinstance(e, pg_error):

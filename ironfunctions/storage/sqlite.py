@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from ironfunctions.errors import IronFunctionsError
+from ironfunctions.errors import IronFunctionsError, ValidationError
 from ironfunctions.storage.migrations import pending
 from ironfunctions.threads import stop_pools
 
@@ -101,6 +101,10 @@ class SqliteDatabase:
         conn = self.check_open()
         try:
             return await deferToThreadPool(self._reactor, self._pool, fn, conn, *args)
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON's "\udc80") cannot be bound as text: the client's
+            # input, not an outage (names.py).
+            raise ValidationError("Invalid value: text cannot hold invalid UTF-8") from None
         except sqlite3.Error as e:
             raise self._unavailable(f"{self._what} unavailable: {e}") from e
 

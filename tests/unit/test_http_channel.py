@@ -13,6 +13,7 @@ import json
 from http.client import HTTPResponse
 from typing import Any, cast
 
+import jwt
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -36,6 +37,10 @@ ROUTE = Route(app_name="app", path="/echo", image="img", headers={"X-Route": ["r
 # daemon sets itself (as Go's net/http does with Date).
 HOSTILE = Route(app_name="app", path="/hostile", image="img",
                 headers={"Content-Length": ["0"], "Transfer-Encoding": ["chunked"], "Server": ["route"]})
+# A route behind a JWT: the caller's Authorization is the daemon's to check, not the function's.
+JWT_KEY = "k" * 32
+SECRET = Route(app_name="app", path="/secret", image="img", jwt_key=JWT_KEY)
+TOKEN = jwt.encode({"exp": 2**40}, JWT_KEY, algorithm="HS256")
 
 
 class Functions:
@@ -50,6 +55,8 @@ class Functions:
             return ROUTE
         if app == "app" and path == "/hostile":
             return HOSTILE
+        if app == "app" and path == "/secret":
+            return SECRET
         raise RouteNotFound()
 
     async def app_config(self, app: str) -> dict[str, str]:
@@ -163,6 +170,13 @@ REQUESTS = [
     b"PUT /r/app/%2e%2e/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
     b"POST /r/app/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",  # no Host: the local address
     b"GET /r/app/hostile HTTP/1.1\r\nHost: h\r\n\r\n",
+    # Issue 11: what reaches a function must not depend on which server framed it.
+    b"GET /r/app/echo HTTP/1.1\r\nHost: h\r\nX-User: alice\r\nX_User: mallory\r\n\r\n",
+    b"POST /r/app/echo HTTP/1.1\r\nHost: evil.example/r/app/admin?\r\nContent-Length: 0\r\n\r\n",
+    b"GET /r/app/echo?a=b HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+    b"GET /r/app/echo HTTP/1.1\r\nHost: user@h\r\n\r\n",
+    b"GET /r/app/echo HTTP/1.1\r\nHost: \r\n\r\n",
+    b"GET /r/app/secret HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n",
 ]
 
 
@@ -172,6 +186,50 @@ def test_the_lean_channel_answers_as_twisted_web_does(request_bytes: bytes) -> N
     web, _ = exchange(request_bytes, fast=False)
     assert protocol._inner is None
     assert fast == web
+
+
+def summaries(request_bytes: bytes) -> list[dict[str, Any]]:
+    """What the function was told (method, URL, headers), by the lean channel and by
+    twisted.web (the request as HTTP/1.0 goes to twisted.web)."""
+    out = []
+    for data in (request_bytes, request_bytes.replace(b"HTTP/1.1", b"HTTP/1.0", 1)):
+        [(status, _, body)], protocol = exchange(data)
+        assert status == 201, body
+        out.append(json.loads(body.partition(b"|")[0]))
+    return out
+
+
+def test_a_header_named_with_an_underscore_never_reaches_the_function() -> None:
+    """``X_User`` would become ``HEADER_X_USER`` as ``X-User`` does (and win): dropped."""
+    for summary in summaries(REQUESTS[8]):
+        assert summary["headers"] == {"Host": ["h"], "X-User": ["alice"]}
+
+
+@pytest.mark.parametrize("host", [b"evil.example/r/app/admin?", b"user@h", b"h:1/x", b"h h", b"h:port", b"",
+                                  b"[::1", b"h:123456", b"h#x", b"a..b"])
+def test_a_host_that_is_not_host_port_does_not_reach_the_url(host: bytes) -> None:
+    """The URL is built from the request's own target and, only when it is a plain
+    ``host[:port]``, the Host header; else the local address."""
+    data = b"GET /r/app/echo?q=1 HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    for summary in summaries(data):
+        assert summary["url"] == "http://10.0.0.1:12345/r/app/echo?q=1"
+
+
+@pytest.mark.parametrize("host", [b"h", b"h:1", b"Example.COM.", b"10.1.2.3:8080", b"[::1]:8080", b"[fe80::1]",
+                                  b"my_host-1.internal:80"])
+def test_a_plain_host_port_is_the_urls_host(host: bytes) -> None:
+    data = b"GET /r/app/echo HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    for summary in summaries(data):
+        assert summary["url"] == "http://" + host.decode() + "/r/app/echo"
+
+
+def test_the_authorization_a_jwt_route_consumed_is_not_passed_on() -> None:
+    for summary in summaries(REQUESTS[-1]):
+        assert summary["headers"] == {"Host": ["h"]}
+    # Without a jwt_key the header is the function's own business.
+    auth = b"GET /r/app/echo HTTP/1.1\r\nHost: h\r\nAuthorization: Basic eDp5\r\n\r\n"
+    for summary in summaries(auth):
+        assert summary["headers"]["Authorization"] == ["Basic eDp5"]
 
 
 @pytest.mark.parametrize("chunks", [2, 3, 7, len(POST)])

@@ -48,6 +48,24 @@ def test_request_carries_the_environment_as_canonical_headers() -> None:
     assert not any(line.startswith(b"App key") for line in lines)
 
 
+def test_a_header_named_with_an_underscore_is_not_encoded() -> None:
+    """Defence in depth behind the invoker (e.g. a call queued before it dropped them):
+    ``X_User`` would be sent as ``Header_x_user`` as ``X-User`` is."""
+    route = Route("a", "/p", "img", format="http")
+    call = Call("CID", route, CallRequest("GET", "http://h/r/a/p", {"X-User": ["alice"], "X_User": ["mallory"]}))
+    lines = RequestEncoder(route, {}).encode(call).split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert [line for line in lines if line.lower().startswith(b"header_x_user")] == [b"Header_x_user: alice"]
+
+
+def test_a_jwt_routes_authorization_is_not_encoded() -> None:
+    """Defence in depth behind the invoker (a call queued before it dropped it)."""
+    headers = {"Authorization": ["Bearer t"], "X-A": ["1"]}
+    for route, sent in [(Route("a", "/p", "img", format="http", jwt_key="k" * 32), False),
+                        (Route("a", "/p", "img", format="http"), True)]:
+        raw = RequestEncoder(route, {}).encode(Call("CID", route, CallRequest("GET", "http://h/r/a/p", headers)))
+        assert (b"Header_authorization: Bearer t" in raw) is sent and b"Header_x_a: 1" in raw
+
+
 # -- well-formed answers
 
 

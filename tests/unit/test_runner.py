@@ -79,6 +79,21 @@ class PlanTests(SynchronousTestCase):
             "HEADER_CONTENT_TYPE": "text/plain", "HEADER_X_MANY": "1, 2", "PARAM_ID": "42",
         }
 
+    def test_a_header_named_with_an_underscore_is_not_in_the_environment(self) -> None:
+        """Defence in depth behind the invoker: ``X_User`` must not pose as ``X-User``."""
+        request = CallRequest(method="GET", url="http://h/r/a/p",
+                              headers={"X-User": ["alice"], "X_User": ["mallory"]})
+        env = call_env(Call("CID", Route(app_name="a", path="/p", image="img"), request))
+        assert env["HEADER_X_USER"] == "alice"
+
+    def test_a_jwt_routes_authorization_is_not_in_the_environment(self) -> None:
+        """Defence in depth behind the invoker (a call queued before it dropped it)."""
+        request = CallRequest(method="GET", url="http://h/r/a/p", headers={"Authorization": ["Bearer t"]})
+        secret = Route(app_name="a", path="/p", image="img", jwt_key="k" * 32)
+        assert "HEADER_AUTHORIZATION" not in call_env(Call("CID", secret, request))
+        open_route = Route(app_name="a", path="/p", image="img")
+        assert call_env(Call("CID", open_route, request))["HEADER_AUTHORIZATION"] == "Bearer t"
+
     def test_spec_carries_limits_labels_and_stdin(self) -> None:
         call = make_call(memory=256, timeout=7)
         spec = container_spec(call, "node-1", network_mode="none", max_response_size=1000)
