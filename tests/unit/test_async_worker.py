@@ -236,7 +236,7 @@ def test_sync_record_puts_every_value_in_its_field() -> None:
     route = Route(app_name="app", path="/path", image="image", type="sync", format="http")
     result = CallResult("c1", CallStatus.ERROR, error="oops", exit_code=7, wait_ms=11, start_ms=13, run_ms=17)
     assert sync_record("c1", route, 1000, result, 2000) == CallRecord(
-        id="c1", app_name="app", path="/path", image="image", type="sync", format="http", status="error",
+        id="c1", app_name="app", path="/path", image="image", type="sync", format="http", status=CallStatus.ERROR,
         reason="bad_exit", created_at=1000, started_at=1983, completed_at=2000, attempt=1, exit_code=7,
         error="oops", wait_ms=11, start_ms=13, run_ms=17, body=None, priority=0,
     )
