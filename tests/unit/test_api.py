@@ -69,11 +69,11 @@ def test_unexpected_error_is_500_json_without_traceback() -> None:
     assert (status, body) == (500, {"error": {"message": "Internal Server Error"}})
 
 
-async def up():
+async def up() -> None:
     return None
 
 
-async def down():
+async def down() -> None:
     raise ConnectionError("no")
 
 
@@ -86,19 +86,19 @@ def request(treq, method, path):
     return out
 
 
-def test_health_is_ok_when_every_check_is_up():
+def test_health_is_ok_when_every_check_is_up() -> None:
     checks = HealthChecks(node={"docker": up}, shared={"datastore": up, "queue": up})
     assert call(client(health_checks=checks), "GET", "/health") == (200, {"status": "ok"})
 
 
-def test_health_is_503_naming_the_node_part_that_is_down():
+def test_health_is_503_naming_the_node_part_that_is_down() -> None:
     checks = HealthChecks(node={"docker": down}, shared={"datastore": up, "queue": down})
     status, body = call(client(health_checks=checks), "GET", "/health")
     assert status == 503
     assert body["down"] == ["docker", "queue"] and body["error"] == {"message": "unavailable: docker"}
 
 
-def test_health_is_200_degraded_when_only_a_shared_backend_is_down():
+def test_health_is_200_degraded_when_only_a_shared_backend_is_down() -> None:
     """Every node sees a shared outage: the balancer must keep the nodes in (fail open)."""
     checks = HealthChecks(node={"docker": up}, shared={"datastore": up, "queue": down})
     assert call(client(health_checks=checks), "GET", "/health") == (200, {"status": "degraded", "down": ["queue"]})
@@ -142,7 +142,7 @@ def test_a_hung_check_is_down_after_two_seconds_and_is_cancelled():
     assert cancelled == [hung]  # cancelled, not left waiting
 
 
-def test_checks_run_at_once_so_two_hung_checks_take_two_seconds_not_four():
+def test_checks_run_at_once_so_two_hung_checks_take_two_seconds_not_four() -> None:
     clock = Clock()
     checks = HealthChecks(node={"docker": Deferred}, shared={"queue": Deferred})
     ds = MemoryDatastore()
@@ -154,7 +154,7 @@ def test_checks_run_at_once_so_two_hung_checks_take_two_seconds_not_four():
     assert (status, json.loads(body)["down"]) == (503, ["docker", "queue"])
 
 
-def test_docker_down_on_the_fake_driver_is_503_and_up_again_is_200():
+def test_docker_down_on_the_fake_driver_is_503_and_up_again_is_200() -> None:
     clock = Clock()
     driver = FakeDriver(clock)
     checks = HealthChecks(node={"docker": driver.probe}, shared={"datastore": up})
@@ -166,7 +166,7 @@ def test_docker_down_on_the_fake_driver_is_503_and_up_again_is_200():
     assert call(treq, "GET", "/health") == (200, {"status": "ok"})
 
 
-def test_concurrent_health_requests_against_a_hung_engine_make_one_engine_call():
+def test_concurrent_health_requests_against_a_hung_engine_make_one_engine_call() -> None:
     clock = Clock()
     driver = FakeDriver(clock)
     driver.hung = True
@@ -221,7 +221,7 @@ def test_cancelling_one_probe_leaves_the_others_waiting():
     assert success_of(second) is True
 
 
-def test_metrics_serves_the_prometheus_text():
+def test_metrics_serves_the_prometheus_text() -> None:
     metrics = PrometheusMetrics()
     metrics.many([("time", "run.wait_time", 3)], app="a", path="/p")
     out = request(client(render_metrics=metrics.scrape), "GET", "/metrics")

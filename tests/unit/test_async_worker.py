@@ -92,7 +92,7 @@ def test_submitted_call_is_queued_then_run_and_recorded_with_body_and_log() -> N
     h.worker.stopService()
 
 
-def test_failures_retry_with_doubling_delay_then_stay_error():
+def test_failures_retry_with_doubling_delay_then_stay_error() -> None:
     h = Harness([CallStatus.ERROR, CallStatus.ERROR, CallStatus.ERROR])
     h.submit()
     h.worker.startService()
@@ -113,7 +113,7 @@ def test_failures_retry_with_doubling_delay_then_stay_error():
     h.worker.stopService()
 
 
-def test_retry_then_success():
+def test_retry_then_success() -> None:
     h = Harness([CallStatus.TIMEOUT, CallStatus.SUCCESS])
     h.submit()
     h.worker.startService()

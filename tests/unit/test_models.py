@@ -23,7 +23,7 @@ def test_missing_or_empty_mappings_become_new_empty_dicts() -> None:
     assert CallResult("c", "success").headers is not CallResult("c", "success").headers
 
 
-def test_call_status_values_are_the_wire_strings():
+def test_call_status_values_are_the_wire_strings() -> None:
     """One vocabulary for call statuses; JSON, SQL and f-strings see the plain string."""
     import json
 
@@ -35,7 +35,7 @@ def test_call_status_values_are_the_wire_strings():
     assert [s for s in CallStatus if s.terminal] == ["success", "error", "timeout", "cancelled"]
 
 
-def test_call_result_status_is_a_member_even_when_given_its_string():
+def test_call_result_status_is_a_member_even_when_given_its_string() -> None:
     from ironfunctions.models import CallStatus
 
     assert CallResult("c", "success").status is CallStatus.SUCCESS

@@ -32,7 +32,7 @@ def make(guard, docker_host=""):
     return service, clock, fatal
 
 
-def test_rules_are_put_in_place_at_start_then_rechecked_every_30s_and_repairs_logged():
+def test_rules_are_put_in_place_at_start_then_rechecked_every_30s_and_repairs_logged() -> None:
     guard = ScriptedGuard(["ipv4 chain IFN-ironfunctions"], [], ["ipv4 jump INPUT -> IFN-ironfunctions-IN"])
     service, clock, fatal = make(guard)
     with capturedLogs() as events:
@@ -50,7 +50,7 @@ def test_rules_are_put_in_place_at_start_then_rechecked_every_30s_and_repairs_lo
     assert fatal == []
 
 
-def test_health_fails_until_the_rules_are_in_place_while_the_engine_is_retried_each_second():
+def test_health_fails_until_the_rules_are_in_place_while_the_engine_is_retried_each_second() -> None:
     guard = ScriptedGuard(EngineUnavailable("connection refused"), [])
     service, clock, fatal = make(guard)
     service.startService()
@@ -68,7 +68,7 @@ def ping(service):
     return outcome[0]
 
 
-def test_no_permission_at_start_stops_the_daemon_with_one_line_saying_what_to_do():
+def test_no_permission_at_start_stops_the_daemon_with_one_line_saying_what_to_do() -> None:
     service, clock, fatal = make(ScriptedGuard(GuardError("iptables -w 5 -S DOCKER-USER: Permission denied")))
     service.startService()
     assert len(fatal) == 1
@@ -77,7 +77,7 @@ def test_no_permission_at_start_stops_the_daemon_with_one_line_saying_what_to_do
     assert len(fatal) == 1  # the loop stopped
 
 
-def test_a_failure_after_start_is_logged_and_retried_not_fatal():
+def test_a_failure_after_start_is_logged_and_retried_not_fatal() -> None:
     guard = ScriptedGuard([], GuardError("iptables timed out"), [])
     service, clock, fatal = make(guard)
     with capturedLogs() as events:
@@ -88,7 +88,7 @@ def test_a_failure_after_start_is_logged_and_retried_not_fatal():
     assert any(e.get("error") == "iptables timed out" for e in events)
 
 
-def test_a_remote_docker_host_is_fatal_before_any_command():
+def test_a_remote_docker_host_is_fatal_before_any_command() -> None:
     guard = ScriptedGuard()
     service, clock, fatal = make(guard, docker_host="tcp://10.0.0.5:2376")
     service.startService()

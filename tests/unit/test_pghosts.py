@@ -17,7 +17,7 @@ from ironfunctions.storage.pghosts import Resolver, address_params, names_in
 from ironfunctions.storage.pgpool import PostgresPool
 
 
-def test_a_name_becomes_every_address_with_the_name_kept_for_tls():
+def test_a_name_becomes_every_address_with_the_name_kept_for_tls() -> None:
     """One entry per address (libpq tries them in turn, as after its own look-up);
     ``host`` stays, for certificate checks and SNI."""
     params = {"host": "db.example", "port": "5432", "sslmode": "verify-full"}
@@ -25,7 +25,7 @@ def test_a_name_becomes_every_address_with_the_name_kept_for_tls():
     assert extra == {"host": "db.example,db.example", "hostaddr": "::1,127.0.0.1", "port": "5432,5432"}
 
 
-def test_lists_of_hosts_and_ports_stay_in_step():
+def test_lists_of_hosts_and_ports_stay_in_step() -> None:
     params = {"host": "a.example,10.0.0.9,/run/pg,b.example", "port": "5432,5433,5434,5435"}
     extra = address_params(params, {"a.example": ["10.0.0.1"], "b.example": ["10.0.0.2", "10.0.0.3"]})
     assert extra == {
@@ -35,7 +35,7 @@ def test_lists_of_hosts_and_ports_stay_in_step():
     }
 
 
-def test_nothing_to_resolve_adds_nothing():
+def test_nothing_to_resolve_adds_nothing() -> None:
     """Addresses, Unix sockets, no host at all, or a hostaddr the operator set."""
     for params in ({"host": "127.0.0.1"}, {"host": "::1"}, {"host": "/tmp"}, {"dbname": "x"},
                    {"host": "db.example", "hostaddr": "10.0.0.1"}):
@@ -43,7 +43,7 @@ def test_nothing_to_resolve_adds_nothing():
         assert address_params(params, {}) == {}
 
 
-def test_a_name_that_does_not_resolve_is_skipped_and_none_left_is_an_OperationalError():
+def test_a_name_that_does_not_resolve_is_skipped_and_none_left_is_an_OperationalError() -> None:
     params = {"host": "gone.example,db.example"}
     assert address_params(params, {"gone.example": [], "db.example": ["10.0.0.1"]}) == {
         "host": "db.example", "hostaddr": "10.0.0.1",
@@ -61,7 +61,7 @@ def _addresses(*addresses):
     return getaddrinfo
 
 
-def test_lookup_keeps_getaddrinfo_order_without_duplicates_and_survives_errors():
+def test_lookup_keeps_getaddrinfo_order_without_duplicates_and_survives_errors() -> None:
     assert Resolver(Clock(), _addresses("::1", "127.0.0.1", "127.0.0.1"))._lookup("localhost") == ["::1", "127.0.0.1"]
     assert Resolver(Clock(), _addresses())._lookup("gone.example") == []
 
@@ -71,10 +71,10 @@ class ImmediatePool:
 
     started = joined = False
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.ran = []
 
-    def start(self):
+    def start(self) -> None:
         self.started = True
 
     def callInThreadWithCallback(self, on_result, fn, *args, **kwargs):
@@ -113,7 +113,7 @@ def recording_pool(dsn, resolver, connected, **kwargs):
     return RecordingPool(dsn, resolver._reactor, size=1, timeout=5, connect_timeout=5, resolver=resolver, **kwargs)
 
 
-def test_every_connection_attempt_resolves_on_the_resolvers_pool_and_passes_hostaddr():
+def test_every_connection_attempt_resolves_on_the_resolvers_pool_and_passes_hostaddr() -> None:
     """libpq gets ``host`` and ``hostaddr``; the look-up ran on the resolver's pool;
     reconnection keeps the name (not the address), so each reconnection resolves again."""
     reactor, threads, connected = FakeReactor(), ImmediatePool(), []

@@ -44,7 +44,7 @@ class StopPoolsTests(SynchronousTestCase):
         self.assertEqual(log[0][1], "a-stop")
         self.assertNotEqual(log[0][1], threading.current_thread().name)
 
-    def test_a_failing_stop_fails_the_deferred_instead_of_never_firing(self):
+    def test_a_failing_stop_fails_the_deferred_instead_of_never_firing(self) -> None:
         reactor, log = QueuedReactor(), []
         d = stop_pools(reactor, FakePool("x", log, fail=True), FakePool("y", log), name="custom-stop")
         reactor.run_one()
