@@ -12,6 +12,7 @@ from ironfunctions import errors
 from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import Call, CallRequest, CallResult, CallStatus, Route
+from ironfunctions.mq.interface import QueueItem
 from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.runner.async_worker import AsyncWorkerService, retry_delay
 from ironfunctions.runner.submit import AsyncSubmitter
@@ -165,6 +166,7 @@ def test_lease_is_renewed_while_a_long_call_runs() -> None:
     for _ in range(30):  # far past the 20 s lease (timeout 10 + 10 margin)
         h.clock.advance(5)
     assert len(h.started) == 1  # never redelivered
+    assert h.pending is not None
     h.pending.callback(CallResult("c1", CallStatus.SUCCESS, body=b"late"))
     assert h.record().status == "success"
     h.worker.stopService()

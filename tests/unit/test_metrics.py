@@ -79,7 +79,7 @@ def ours(text: str) -> list[str]:
 
 
 def test_prometheus_many_gives_what_one_call_per_figure_gives() -> None:
-    batches = [
+    batches: list[tuple[list[tuple[str, str, Any]], dict[str, Any]]] = [
         ([("count", "run.requests", 1), ("time", "run.exec_time", 12), ("gauge", "hot.containers", 2)], {"app": "a"}),
         ([("count", "run.requests", 1), ("time", "run.exec_time", 3), ("gauge", "hot.containers", 1)], {"app": "a"}),
         ([("count", "run.requests", 2), ("time", "run.requests", 5)], {"app": "b", "path": "/p"}),
@@ -276,7 +276,7 @@ def test_statsd_keeps_the_last_address_when_resolution_fails_and_logs_once() -> 
     sink.stopService()
 
 
-def test_statsd_uses_the_first_address_it_can_route_to():
+def test_statsd_uses_the_first_address_it_can_route_to() -> None:
     """A host with an IPv6 address first, on a node without IPv6 routes."""
     clock = Clock()
     resolver = FakeResolver([(socket.AF_INET6, ("fd00::7", 8125, 0, 0)), (socket.AF_INET, ("10.0.0.5", 8125))])
@@ -309,7 +309,7 @@ def test_statsd_send_errors_are_counted_never_raised() -> None:
     sink.stopService()
 
 
-def test_statsd_url_is_parsed_into_host_and_port_in_config():
+def test_statsd_url_is_parsed_into_host_and_port_in_config() -> None:
     def make(url: str) -> Config:
         return Config.from_sources({}, {"STATSD_URL": url}, "/srv", cpu_count=2, host_memory_mb=4096)
 
