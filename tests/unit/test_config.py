@@ -96,7 +96,7 @@ def test_function_containers_default_to_a_read_only_root_and_the_images_user() -
 
 
 @pytest.mark.parametrize("value, user", [("1000", "1000:1000"), ("1000:100", "1000:100"), (" 65534:0 ", "65534:0")])
-def test_function_user_is_a_numeric_uid_and_gid_which_defaults_to_the_uid(value, user):
+def test_function_user_is_a_numeric_uid_and_gid_which_defaults_to_the_uid(value: str, user: str) -> None:
     """Without a gid Docker would run a uid missing from the image's /etc/passwd in group 0."""
     assert make(env={"FUNCTION_USER": value}).function_user == user
 
@@ -109,7 +109,7 @@ def test_function_user_is_a_numeric_uid_and_gid_which_defaults_to_the_uid(value,
         ("FUNCTION_USER", "4294967295"), ("FUNCTION_USER", "1000:1000:1"),
     ],
 )
-def test_invalid_function_settings_raise_ConfigError_naming_the_variable(variable, value):
+def test_invalid_function_settings_raise_ConfigError_naming_the_variable(variable: str, value: str) -> None:
     """A user name is refused too: it would be looked up in the image's own /etc/passwd."""
     with pytest.raises(ConfigError) as e:
         make(env={variable: value})
@@ -131,7 +131,7 @@ KEY = "k" * 32
     "ssl:443:privateKey=k.pem:interface=127.0.0.1", "ssl:443:k.pem:c.pem:TLSv1_2_METHOD:127.0.0.1",
     "unix:/run/ironfunctions.sock", "unix:address=/run/if.sock:mode=600",
 ])
-def test_loopback_and_unix_listens_are_local(listen):
+def test_loopback_and_unix_listens_are_local(listen: str) -> None:
     assert listen_is_local(listen)
 
 
@@ -143,7 +143,7 @@ def test_loopback_and_unix_listens_are_local(listen):
     # An escaped colon is part of the value, not a separator: this interface is "127.0.0.1:x".
     "tcp:8080:interface=127.0.0.1\\:x",
 ])
-def test_other_listens_reach_the_network(listen):
+def test_other_listens_reach_the_network(listen: str) -> None:
     assert not listen_is_local(listen)
 
 

@@ -12,11 +12,11 @@ from ironfunctions.drivers.netguard_service import NetguardService
 class ScriptedGuard:
     network = "ironfunctions"
 
-    def __init__(self, *results):
+    def __init__(self, *results: list[str] | Exception) -> None:
         self.results = list(results)
         self.calls = 0
 
-    def ensure(self):
+    def ensure(self) -> list[str]:
         self.calls += 1
         result = self.results.pop(0) if self.results else []
         if isinstance(result, Exception):
@@ -24,9 +24,9 @@ class ScriptedGuard:
         return result
 
 
-def make(guard, docker_host=""):
+def make(guard: ScriptedGuard, docker_host: str = "") -> tuple[NetguardService, Clock, list[str]]:
     clock = Clock()
-    fatal = []
+    fatal: list[str] = []
     service = NetguardService(guard, reactor=None, on_fatal=fatal.append, clock=clock,
                               docker_host=docker_host, in_pool=maybeDeferred)
     return service, clock, fatal
@@ -60,9 +60,9 @@ def test_health_fails_until_the_rules_are_in_place_while_the_engine_is_retried_e
     assert ping(service) is None
 
 
-def ping(service):
+def ping(service: NetguardService) -> BaseException | None:
     """What ``service.ping()`` ended with: None, or its exception."""
-    outcome = []
+    outcome: list[BaseException | None] = []
     d = Deferred.fromCoroutine(service.ping())
     d.addCallbacks(outcome.append, lambda f: outcome.append(f.value))
     return outcome[0]
@@ -96,13 +96,13 @@ def test_a_remote_docker_host_is_fatal_before_any_command() -> None:
     assert "DOCKER_HOST=tcp://10.0.0.5:2376" in fatal[0] and "choose DOCKER_NETWORK" in fatal[0]
 
 
-def test_calls_wait_for_the_rules_and_give_up_with_NotReady():
+def test_calls_wait_for_the_rules_and_give_up_with_NotReady() -> None:
     from ironfunctions.drivers.netguard_service import guarded_calls
     from ironfunctions.errors import NotReady
 
-    ran = []
+    ran: list[str] = []
 
-    async def run_call(call):
+    async def run_call(call: str) -> str:
         ran.append(call)
         return "result"
 

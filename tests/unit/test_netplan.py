@@ -85,7 +85,7 @@ def test_chain_names_fit_iptables_and_stay_distinct() -> None:
     ("tcp://localhost:2375", False), ("tcp://[::1]:2375", False), ("tcp://10.0.0.5:2376", True),
     ("tcp://docker.example:2376", True), ("ssh://user@host", True),
 ])
-def test_remote_docker_host(host, remote):
+def test_remote_docker_host(host: str, remote: bool) -> None:
     assert remote_docker_host(host) is remote
 
 
