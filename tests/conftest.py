@@ -13,7 +13,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from ironfunctions.datastore import stores_from_url
+from ironfunctions.calls.interface import ICallStore
+from ironfunctions.datastore import Stores, stores_from_url
+from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.mq import queue_from_url
 from ironfunctions.mq.interface import IMessageQueue
 from tests.daemon import daemon, daemon_factory  # noqa: F401 (fixtures)
@@ -30,7 +32,7 @@ def _block(coro: Coroutine[Any, Any, _T]) -> _T:
 
 
 @pytest.fixture(params=DATASTORE_KINDS)
-def stores(request, tmp_path):
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
     """Started, empty stores (datastore and call store) of every kind the project has."""
     from twisted.internet import reactor
 
@@ -51,13 +53,13 @@ def stores(request, tmp_path):
 
 
 @pytest.fixture
-def datastore(stores):
+def datastore(stores: Stores) -> IDatastore:
     """A started, empty datastore of every kind (from ``stores``)."""
     return stores.datastore
 
 
 @pytest.fixture
-def calls(stores):
+def calls(stores: Stores) -> ICallStore:
     """A started, empty call store of every kind (from ``stores``)."""
     return stores.calls
 

@@ -6,7 +6,8 @@ store ``stores_from_url`` builds beside each kind of datastore)."""
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, NoReturn
+from pathlib import Path
+from typing import Any, Callable, NoReturn, cast
 
 import attrs
 import pytest
@@ -18,21 +19,22 @@ from ironfunctions.calls.model import CallPage, CallRecord, CallQuery, decode_cu
 from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.datastore.sqlite import SqliteDatastore
 from ironfunctions.errors import CallCompleted, CallNotFound
+from ironfunctions.models import CallStatus
 
 
 def call(n: int, app: str = "a", **kw: Any) -> CallRecord:
     return CallRecord(id=f"call{n:04d}", app_name=app, path=kw.pop("path", "/p"), created_at=1_000 + n, **kw)
 
 
-def test_provides_ICallStore(calls):
+def test_provides_ICallStore(calls: ICallStore) -> None:
     assert verifyObject(ICallStore, calls)
 
 
 @pytest_twisted.ensureDeferred
-async def test_every_field_round_trips(calls):
+async def test_every_field_round_trips(calls: ICallStore) -> None:
     full = CallRecord(
         id="01JABCDEF", app_name="a", path="/deep/p", image="img:1", type="async", format="http",
-        status="success", reason="", created_at=1700000000123, started_at=1700000000200,
+        status=CallStatus.SUCCESS, reason="", created_at=1700000000123, started_at=1700000000200,
         completed_at=1700000000300, attempt=2, exit_code=0, error="", wait_ms=5, start_ms=170,
         run_ms=100, body=b"\x00result\xff", priority=2,
     )
@@ -41,19 +43,21 @@ async def test_every_field_round_trips(calls):
 
 
 @pytest_twisted.ensureDeferred
-async def test_put_replaces_by_id(calls):
+async def test_put_replaces_by_id(calls: ICallStore) -> None:
     await calls.put_calls([call(1)])
-    await calls.put_calls([attrs.evolve(call(1), status="running", started_at=5)])
+    await calls.put_calls([attrs.evolve(call(1), status=CallStatus.RUNNING, started_at=5)])
     got = await calls.get_call("a", "call0001")
     assert (got.status, got.started_at) == ("running", 5)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_large_batch_is_written_whole_and_in_order(calls):
+async def test_a_large_batch_is_written_whole_and_in_order(calls: ICallStore) -> None:
     """A recorder's batch (here 345 records, and one id twice: the later one wins)."""
-    batch = [call(n, status="success", run_ms=n) for n in range(345)]
-    batch.append(attrs.evolve(call(7), status="error", run_ms=7000))
+    batch = [call(n, status=CallStatus.SUCCESS, run_ms=n) for n in range(345)]
+    batch.append(attrs.evolve(call(7), status=CallStatus.ERROR, run_ms=7000))
     await calls.put_calls(batch)
+    seen: list[CallRecord]
+    after: tuple[int, str] | None
     seen, after = [], None
     while True:
         page = await calls.list_calls(CallQuery("a", per_page=100, after=after))
@@ -68,15 +72,16 @@ async def test_a_large_batch_is_written_whole_and_in_order(calls):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_large_batch_fits_an_old_sqlite_variable_limit(tmp_path):
+async def test_a_large_batch_fits_an_old_sqlite_variable_limit(tmp_path: Path) -> None:
     """SQLite before 3.32 allows 999 parameters a statement (not 32,766). (SQLite only:
     the others have no such limit.)"""
     from twisted.internet import reactor
+    from twisted.internet.interfaces import IReactorFromThreads
 
     from ironfunctions.calls.sqlite import SqliteCallStore
     from ironfunctions.datastore.sqlite import sqlite_database
 
-    database = sqlite_database(str(tmp_path / "ds.db"), reactor)
+    database = sqlite_database(str(tmp_path / "ds.db"), cast(IReactorFromThreads, reactor))
     await database.open()
     try:
         await database.run(lambda c: c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
@@ -90,7 +95,7 @@ async def test_a_large_batch_fits_an_old_sqlite_variable_limit(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_get_missing_or_other_apps_call_fails_with_CallNotFound(calls):
+async def test_get_missing_or_other_apps_call_fails_with_CallNotFound(calls: ICallStore) -> None:
     await calls.put_calls([call(1, app="a")])
     with pytest.raises(CallNotFound):
         await calls.get_call("b", "call0001")
@@ -99,8 +104,10 @@ async def test_get_missing_or_other_apps_call_fails_with_CallNotFound(calls):
 
 
 @pytest_twisted.ensureDeferred
-async def test_list_is_newest_first_and_paginates_with_cursor(calls):
+async def test_list_is_newest_first_and_paginates_with_cursor(calls: ICallStore) -> None:
     await calls.put_calls([call(n) for n in range(7)] + [call(100, app="other")])
+    seen: list[str]
+    after: tuple[int, str] | None
     seen, after = [], None
     while True:
         page = await calls.list_calls(CallQuery("a", per_page=3, after=after))
@@ -112,31 +119,32 @@ async def test_list_is_newest_first_and_paginates_with_cursor(calls):
 
 
 @pytest_twisted.ensureDeferred
-async def test_list_filters_by_path_status_and_time(calls):
+async def test_list_filters_by_path_status_and_time(calls: ICallStore) -> None:
     await calls.put_calls([
-        call(1, path="/x", status="success"), call(2, path="/y", status="error"),
-        call(3, path="/x", status="error"), call(4, path="/x", status="queued"),
+        call(1, path="/x", status=CallStatus.SUCCESS), call(2, path="/y", status=CallStatus.ERROR),
+        call(3, path="/x", status=CallStatus.ERROR), call(4, path="/x", status=CallStatus.QUEUED),
     ])
-    ids = lambda page: [c.id for c in page.calls]  # noqa: E731
+    ids: Callable[[CallPage], list[str]] = lambda page: [c.id for c in page.calls]  # noqa: E731
     assert ids(await calls.list_calls(CallQuery("a", path="/x"))) == ["call0004", "call0003", "call0001"]
-    assert ids(await calls.list_calls(CallQuery("a", status="error"))) == ["call0003", "call0002"]
+    assert ids(await calls.list_calls(CallQuery("a", status=CallStatus.ERROR))) == ["call0003", "call0002"]
     assert ids(await calls.list_calls(CallQuery("a", from_ms=1002, to_ms=1003))) == ["call0003", "call0002"]
-    assert (await calls.list_calls(CallQuery("a", path="/x", status="error"))).next_cursor is None
+    assert (await calls.list_calls(CallQuery("a", path="/x", status=CallStatus.ERROR))).next_cursor is None
 
 
 @pytest_twisted.ensureDeferred
-async def test_same_created_at_pages_by_id(calls):
+async def test_same_created_at_pages_by_id(calls: ICallStore) -> None:
     same = [CallRecord(id=f"id{n}", app_name="a", path="/p", created_at=5) for n in range(5)]
     await calls.put_calls(same)
     first = await calls.list_calls(CallQuery("a", per_page=2))
+    assert first.next_cursor is not None
     second = await calls.list_calls(CallQuery("a", per_page=10, after=decode_cursor(first.next_cursor)))
     assert [c.id for c in first.calls + second.calls] == ["id4", "id3", "id2", "id1", "id0"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_update_call_is_atomic_and_may_abort(calls):
+async def test_update_call_is_atomic_and_may_abort(calls: ICallStore) -> None:
     await calls.put_calls([call(1)])
-    new = await calls.update_call("a", "call0001", lambda c: attrs.evolve(c, status="cancelled"))
+    new = await calls.update_call("a", "call0001", lambda c: attrs.evolve(c, status=CallStatus.CANCELLED))
     assert new.status == "cancelled"
 
     def refuse(c: CallRecord) -> NoReturn:
@@ -150,7 +158,7 @@ async def test_update_call_is_atomic_and_may_abort(calls):
 
 
 @pytest_twisted.ensureDeferred
-async def test_logs_store_bytes_per_call(calls):
+async def test_logs_store_bytes_per_call(calls: ICallStore) -> None:
     await calls.put_calls([call(1), call(2)])
     assert await calls.get_log("a", "call0002") == b""
     await calls.put_log("a", "call0001", b"line 1\nline \xff2\n")
@@ -160,7 +168,7 @@ async def test_logs_store_bytes_per_call(calls):
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_batch_with_an_id_twice_keeps_the_last(calls):
+async def test_one_batch_with_an_id_twice_keeps_the_last(calls: ICallStore) -> None:
     """The recorder may hand over a call's 'running' and final records together."""
-    await calls.put_calls([call(1, status="running"), call(2), call(1, status="success")])
+    await calls.put_calls([call(1, status=CallStatus.RUNNING), call(2), call(1, status=CallStatus.SUCCESS)])
     assert (await calls.get_call("a", "call0001")).status == "success"

@@ -256,7 +256,7 @@ async def test_sqlite_start_can_be_retried_after_a_failure(tmp_path: Path) -> No
 
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the folder should be")
-    database = sqlite_database(str(blocker / "ds.db"), reactor)
+    database = sqlite_database(str(blocker / "ds.db"), cast(IReactorFromThreads, reactor))
     ds = SqliteDatastore(database)
     with pytest.raises(DatastoreUnavailable):
         await ds.start()

@@ -314,18 +314,18 @@ async def test_an_invalid_image_reference_is_ImageNotFound(driver: FakeDriver | 
 
 
 @pytest_twisted.ensureDeferred
-async def test_probe_says_the_engine_is_up(driver):
+async def test_probe_says_the_engine_is_up(driver: FakeDriver | DockerDriver) -> None:
     assert await driver.probe() is True
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_probes_share_one_answer(driver):
+async def test_concurrent_probes_share_one_answer(driver: FakeDriver | DockerDriver) -> None:
     answers = await defer.gatherResults([driver.probe() for _ in range(5)], consumeErrors=True)
     assert answers == [True] * 5
 
 
 @pytest_twisted.ensureDeferred
-async def test_docker_probe_of_a_hung_engine_is_down_and_frees_its_thread(tmp_path):
+async def test_docker_probe_of_a_hung_engine_is_down_and_frees_its_thread(tmp_path: Path) -> None:
     """An engine that accepts and never answers: the probe says down within its
     socket timeout, and the socket timeout (not only a Deferred timeout) ends the
     engine call, so the control pool's thread is free again: the hung engine sees

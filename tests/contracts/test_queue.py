@@ -266,12 +266,13 @@ async def test_lease_survives_a_round_trip_through_text(queue: IMessageQueue) ->
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_lease_with_another_token_acks_nothing(queue):
+async def test_a_lease_with_another_token_acks_nothing(queue: IMessageQueue) -> None:
     """A /tasks DELETE naming a call with a made-up or stale token changes nothing."""
     await queue.push(item("a"))
     with pytest.raises(LeaseLost):
         await queue.ack(Lease("a", "0" * 32))  # waiting, never reserved
     r = await queue.reserve(30)
+    assert r is not None
     with pytest.raises(LeaseLost):
         await queue.ack(Lease("a", "f" * 32))  # reserved, under another token
     await queue.ack(r)
@@ -282,7 +283,7 @@ def app_item(call_id: str, app_name: str, priority: int = 0) -> QueueItem:
 
 
 @pytest_twisted.ensureDeferred
-async def test_reserve_limited_to_apps_takes_only_their_items_and_leaves_the_rest_untouched(queue):
+async def test_reserve_limited_to_apps_takes_only_their_items_and_leaves_the_rest_untouched(queue: IMessageQueue) -> None:
     for call_id, app_name, priority in [("x1", "other", 2), ("a1", "mine", 0), ("x2", "other", 1),
                                         ("b1", "also", 1), ("a2", "mine", 2)]:
         await queue.push(app_item(call_id, app_name, priority))
@@ -293,18 +294,19 @@ async def test_reserve_limited_to_apps_takes_only_their_items_and_leaves_the_res
     assert got == ["a2", "b1", "a1"]  # priority, then FIFO, among their items
     assert await queue.reserve(30, 0, frozenset()) is None
     assert await queue.depth() == 2
-    others = [await queue.reserve(30), await queue.reserve(30)]
+    others = [cast(Reservation, await queue.reserve(30)), cast(Reservation, await queue.reserve(30))]
     assert [(r.call_id, r.attempt) for r in others] == [("x1", 1), ("x2", 1)]  # never touched
 
 
 @pytest_twisted.ensureDeferred
-async def test_reserve_limited_to_apps_waits_for_their_push(queue):
+async def test_reserve_limited_to_apps_waits_for_their_push(queue: IMessageQueue) -> None:
     await queue.push(app_item("x1", "other"))
     d = defer.ensureDeferred(queue.reserve(30, 3, frozenset({"mine"})))
     await sleep(0.1)
     assert not d.called
     await queue.push(app_item("m1", "mine"))
     r = await d
+    assert r is not None
     assert r.call_id == "m1"
 
 
@@ -430,7 +432,7 @@ async def test_redis_queues_with_different_prefixes_do_not_share_items(redis_ser
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_reserve_limited_to_apps_looks_at_a_bounded_window(redis_server, monkeypatch):
+async def test_redis_reserve_limited_to_apps_looks_at_a_bounded_window(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis scans at most APPS_SCAN_LIMIT visible items in one atomic script: an item
     of the wanted apps behind that many others waits until they move (documented)."""
     import ironfunctions.mq.redis as redis_mq
@@ -444,14 +446,14 @@ async def test_redis_reserve_limited_to_apps_looks_at_a_bounded_window(redis_ser
             await queue.push(app_item(f"x{n}", "other"))
         await queue.push(app_item("m1", "mine"))
         assert await queue.reserve(30, 0, frozenset({"mine"})) is None
-        assert (await queue.reserve(30)).call_id == "x0"
-        assert (await queue.reserve(30, 0, frozenset({"mine"}))).call_id == "m1"
+        assert cast(Reservation, await queue.reserve(30)).call_id == "x0"
+        assert cast(Reservation, await queue.reserve(30, 0, frozenset({"mine"}))).call_id == "m1"
     finally:
         await queue.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_sqlite_queue_and_datastore_can_share_one_file(tmp_path):
+async def test_sqlite_queue_and_datastore_can_share_one_file(tmp_path: Path) -> None:
     from ironfunctions.datastore import stores_from_url
     from ironfunctions.models import App
 

@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 
 from ironfunctions.calls.model import CallQuery
+from ironfunctions.datastore import Stores
 from ironfunctions.errors import AppNotFound, CallNotFound, RouteNotFound, ValidationError
 from ironfunctions.models import App, Route
 
@@ -43,7 +44,7 @@ def lookups(stores: Any, bad: str) -> list[tuple[str, Callable[[], Awaitable[Any
 
 @pytest.mark.parametrize("bad", BAD, ids=["nul", "surrogate"])
 @pytest_twisted.ensureDeferred
-async def test_a_name_no_database_can_hold_finds_nothing_or_is_invalid(stores, bad):
+async def test_a_name_no_database_can_hold_finds_nothing_or_is_invalid(stores: Stores, bad: str) -> None:
     await stores.datastore.insert_app(App("a"))
     await stores.datastore.insert_route(Route("a", "/x", "img"))
     for what, lookup in lookups(stores, bad):

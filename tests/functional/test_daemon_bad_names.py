@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from tests.daemon import DaemonFactory
 from tests.images import image_tag
 
 
@@ -33,9 +34,11 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgres", "memory"])
-def test_bad_names_are_4xx_json_on_every_datastore(db, request, daemon_factory):
+def test_bad_names_are_4xx_json_on_every_datastore(
+    db: str, request: pytest.FixtureRequest, daemon_factory: DaemonFactory,
+) -> None:
     """No container runs here: a bad name never gets that far."""
-    env = {}
+    env: dict[str, str] = {}
     if db == "postgres":
         env["DB_URL"] = request.getfixturevalue("postgres_db")
     elif db == "memory":

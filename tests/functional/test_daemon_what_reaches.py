@@ -16,7 +16,7 @@ import time
 import jwt
 import pytest
 
-from tests.daemon import Daemon
+from tests.daemon import Daemon, DaemonFactory
 from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
 
 KEY = "functional-test-route-key-of-32-bytes!"
@@ -43,7 +43,7 @@ VERSIONS = ["HTTP/1.1", "HTTP/1.0"]  # the lean channel, twisted.web
 
 
 @pytest.fixture
-def node(test_images, daemon_factory):  # noqa: F811
+def node(test_images: dict[str, str], daemon_factory: DaemonFactory) -> Daemon:  # noqa: F811
     return daemon_factory(env={"NUM_ASYNC": "0"})
 
 
@@ -53,7 +53,7 @@ def env_of(body: bytes) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_an_underscore_header_never_reaches_the_function_while_a_dash_one_does(node, version):
+def test_an_underscore_header_never_reaches_the_function_while_a_dash_one_does(node: Daemon, version: str) -> None:
     node.add_route("app", "/env", image_tag("echo-env"))
     node.add_route("app", "/hot", image_tag("hot-head"), format="http")
     headers = {"Host": "h", "X-User": "alice", "X_User": "mallory"}  # X_User last: it used to win
@@ -66,7 +66,7 @@ def test_an_underscore_header_never_reaches_the_function_while_a_dash_one_does(n
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_a_forged_host_changes_neither_the_hot_request_line_nor_request_url(node, version):
+def test_a_forged_host_changes_neither_the_hot_request_line_nor_request_url(node: Daemon, version: str) -> None:
     node.add_route("app", "/env", image_tag("echo-env"))
     node.add_route("app", "/hot", image_tag("hot-head"), format="http")
     local = f"http://127.0.0.1:{node.port}"
@@ -83,7 +83,7 @@ def test_a_forged_host_changes_neither_the_hot_request_line_nor_request_url(node
     assert env_of(body)["REQUEST_URL"] == "http://fn.example:8080/r/app/env"
 
 
-def test_a_jwt_routes_authorization_is_neither_in_the_env_nor_stored_with_an_async_call(node):
+def test_a_jwt_routes_authorization_is_neither_in_the_env_nor_stored_with_an_async_call(node: Daemon) -> None:
     token = jwt.encode({"exp": int(time.time()) + 600}, KEY, algorithm="HS256")
     node.add_route("app", "/env", image_tag("echo-env"), jwt_key=KEY)
     node.add_route("app", "/job", image_tag("echo-env"), jwt_key=KEY, type="async")

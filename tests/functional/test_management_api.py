@@ -223,7 +223,7 @@ def test_apps_and_routes_persist_across_restart(daemon: Daemon) -> None:
     assert daemon.get("/v1/apps/keep/routes/fn").json() == before
 
 
-def test_jwt_auth_key_guards_v1_tasks_metrics_and_stats(daemon_factory):
+def test_jwt_auth_key_guards_v1_tasks_metrics_and_stats(daemon_factory: DaemonFactory) -> None:
     key = "s3cret-s3cret-s3cret-s3cret-s3cr"  # 32 bytes, the least JWT_AUTH_KEY accepts
     d = daemon_factory(env={"JWT_AUTH_KEY": key})
     r = d.get("/v1/apps")

@@ -20,6 +20,7 @@ import subprocess
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import docker
@@ -108,7 +109,7 @@ def lan() -> Iterator[None]:
         yield
     finally:
         cleanup(
-            lambda: server is not None and (server.kill(), server.wait()),
+            lambda: server is not None and (server.kill(), server.wait()),  # type: ignore[func-returns-value]  # both in one lambda
             # Deleting the host's end of the veth removes both ends and the routes through it.
             lambda: sh("ip", "link", "del", VETH_HOST, check=False),
             lambda: sh("ip", "netns", "del", NS, check=False),
@@ -178,53 +179,53 @@ def start_setup(tmp: Any, test_images: dict[str, str], network: str, allow: str 
 
 
 @pytest.fixture(scope="module")
-def guarded(test_images, lan, tmp_path_factory) -> Iterator[Setup]:  # noqa: F811
+def guarded(test_images: dict[str, str], lan: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:  # noqa: F811
     """A daemon on its own guarded network, FUNCTION_ALLOW_NETS unset."""
     yield from start_setup(tmp_path_factory.mktemp("guarded"), test_images, f"ironfunctions-t{RUN}a")
 
 
 @pytest.fixture(scope="module")
-def allowing(test_images, lan, tmp_path_factory) -> Iterator[Setup]:  # noqa: F811
+def allowing(test_images: dict[str, str], lan: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:  # noqa: F811
     """A daemon on another guarded network with FUNCTION_ALLOW_NETS=10.213.0.0/16."""
     yield from start_setup(tmp_path_factory.mktemp("allowing"), test_images, f"ironfunctions-t{RUN}b",
                            allow="10.213.0.0/16")
 
 
-def test_network_is_made_as_a_bridge_with_inter_container_traffic_off(guarded):
+def test_network_is_made_as_a_bridge_with_inter_container_traffic_off(guarded: Setup) -> None:
     info = docker.APIClient(version="1.41").inspect_network(guarded.network)
     assert info["Driver"] == "bridge"
     assert info["Options"]["com.docker.network.bridge.enable_icc"] == "false"
 
 
-def test_function_reaches_the_outside_and_docker_dns(guarded):
+def test_function_reaches_the_outside_and_docker_dns(guarded: Setup) -> None:
     got = guarded.probe(f"tcp {OUTSIDE} {LAN_PORT}", f"dns {guarded.target_name}")
     assert got == {f"tcp {OUTSIDE} {LAN_PORT}": "lan", f"dns {guarded.target_name}": "ok"}
 
 
-def test_function_reaches_no_address_of_the_host(guarded):
+def test_function_reaches_no_address_of_the_host(guarded: Setup) -> None:
     port, api = guarded.host.port, guarded.daemon.port
     got = guarded.probe(f"tcp {guarded.gateway} {port}", f"tcp {HOST_ADDR} {port}",
                         f"http {guarded.gateway} {api}", f"http {HOST_ADDR} {api}")
     assert set(got.values()) == {"FAIL"}, got
 
 
-def test_function_reaches_no_private_or_link_local_address(guarded):
+def test_function_reaches_no_private_or_link_local_address(guarded: Setup) -> None:
     got = guarded.probe(f"tcp {PRIVATE} {LAN_PORT}", f"tcp {METADATA} {LAN_PORT}")
     assert set(got.values()) == {"FAIL"}, got
 
 
-def test_function_reaches_no_other_function_container(guarded):
+def test_function_reaches_no_other_function_container(guarded: Setup) -> None:
     assert guarded.reaches("tcp", guarded.target_ip, 8080) == "FAIL"
 
 
-def test_allow_nets_open_the_chosen_private_range_only(allowing):
+def test_allow_nets_open_the_chosen_private_range_only(allowing: Setup) -> None:
     got = allowing.probe(f"tcp {PRIVATE} {LAN_PORT}", f"tcp {METADATA} {LAN_PORT}",
                          f"tcp {allowing.gateway} {allowing.host.port}", f"tcp {OUTSIDE} {LAN_PORT}")
     assert got == {f"tcp {PRIVATE} {LAN_PORT}": "lan", f"tcp {METADATA} {LAN_PORT}": "FAIL",
                    f"tcp {allowing.gateway} {allowing.host.port}": "FAIL", f"tcp {OUTSIDE} {LAN_PORT}": "lan"}
 
 
-def test_each_rule_is_what_stops_its_target_and_the_recheck_puts_it_back(guarded):
+def test_each_rule_is_what_stops_its_target_and_the_recheck_puts_it_back(guarded: Setup) -> None:
     """Remove one of our rules (as a firewall reload would): what it guarded answers;
     the guard's re-check (what the daemon runs every 30 s) repairs it and it stops again."""
     chains = chain_names(guarded.network)
@@ -256,7 +257,7 @@ def test_each_rule_is_what_stops_its_target_and_the_recheck_puts_it_back(guarded
     assert list(got.values()) == ["FAIL", "FAIL", "lan"], got
 
 
-def test_daemon_without_firewall_permission_stops_at_start_with_one_line(test_images, tmp_path):  # noqa: F811
+def test_daemon_without_firewall_permission_stops_at_start_with_one_line(test_images: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
     """iptables failing (as for a daemon without CAP_NET_ADMIN) stops the daemon."""
     fakebin = tmp_path / "bin"
     fakebin.mkdir()
@@ -280,7 +281,7 @@ def test_daemon_without_firewall_permission_stops_at_start_with_one_line(test_im
         )
 
 
-def test_daemons_sharing_the_rules_add_no_duplicates_and_leave_them_in_place_at_stop(guarded, tmp_path):
+def test_daemons_sharing_the_rules_add_no_duplicates_and_leave_them_in_place_at_stop(guarded: Setup, tmp_path: Path) -> None:
     second = guarded_daemon(tmp_path, guarded.network)
     try:
         second.start()

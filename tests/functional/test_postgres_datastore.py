@@ -52,7 +52,7 @@ def make_datastore() -> Iterator[Callable[..., PostgresDatastore]]:
     """Build PostgresDatastores (not started); every one is closed after the test."""
     made: list[PostgresDatastore] = []
 
-    def make(url, **kwargs):
+    def make(url: str, **kwargs: Any) -> PostgresDatastore:
         ds = PostgresDatastore(PostgresDatabase(url, _reactor(), **kwargs))
         made.append(ds)
         return ds
@@ -102,7 +102,7 @@ async def _timed(coro: Awaitable[object]) -> tuple[Exception | None, float]:
     return None, time.monotonic() - started
 
 
-def test_postgres_url_is_routed_to_PostgresDatastore(postgres_url):
+def test_postgres_url_is_routed_to_PostgresDatastore(postgres_url: str) -> None:
     for url in (postgres_url, "postgresql://u@h/db?sslmode=require"):
         stores = stores_from_url(url, _reactor())
         assert isinstance(stores.datastore, PostgresDatastore)
@@ -115,7 +115,7 @@ def test_unparseable_url_is_a_ConfigError() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_host_name_works_and_reaches_libpq_as_hostaddr(postgres_db, make_datastore):
+async def test_a_host_name_works_and_reaches_libpq_as_hostaddr(postgres_db: str, make_datastore: Callable[..., PostgresDatastore]) -> None:
     """``localhost`` (resolved off the reactor thread; libpq tries each address, as it
     would after its own look-up) works; so does a name only our resolver knows, which
     proves libpq connected by the ``hostaddr`` we passed and looked nothing up."""
@@ -126,9 +126,9 @@ async def test_a_host_name_works_and_reaches_libpq_as_hostaddr(postgres_db, make
     await ds.start()
     await ds.insert_app(App("by-name"))
 
-    looked_up = []
+    looked_up: list[tuple[str, str]] = []
 
-    def only_we_know(name, port, family, kind):
+    def only_we_know(name: str, port: object, family: int, kind: int) -> list[tuple[Any, ...]]:
         looked_up.append((name, threading.current_thread().name))
         return [(socket.AF_INET, kind, 6, "", ("127.0.0.1", 0))]
 

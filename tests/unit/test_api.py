@@ -7,6 +7,7 @@ from treq.testing import StubTreq
 from twisted.python.failure import Failure
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.web.http_headers import Headers
 
 from ironfunctions.api import build_api
 from ironfunctions.api.admin import HealthChecks
@@ -25,14 +26,14 @@ def client(ds: MemoryDatastore | None = None, **kw: Any) -> StubTreq:
     return StubTreq(build_api(ds, RouteCache(ds, clock), calls=MemoryCallStore(), clock=clock, host_memory_mb=1024, **kw))
 
 
-def success_of(d):
-    out = []
+def success_of(d: Deferred[Any]) -> Any:
+    out: list[Any] = []
     d.addBoth(out.append)
     assert out, "no result"
     return out[0]
 
 
-def failure_of(d):
+def failure_of(d: Deferred[Any]) -> Failure:
     result = success_of(d)
     assert isinstance(result, Failure), result
     return result
@@ -69,45 +70,45 @@ def test_unexpected_error_is_500_json_without_traceback() -> None:
     assert (status, body) == (500, {"error": {"message": "Internal Server Error"}})
 
 
-async def up():
+async def up() -> None:
     return None
 
 
-async def down():
+async def down() -> None:
     raise ConnectionError("no")
 
 
-def request(treq, method, path):
+def request(treq: StubTreq, method: str, path: str) -> list[tuple[int, Headers, bytes]]:
     """Start a request; a list that gets ``(status, headers, body)`` when it is answered."""
-    out = []
-    d = treq.request(method, "http://node" + path)
-    d.addCallback(lambda r: treq.content(r).addCallback(lambda c: out.append((r.code, r.headers, c))))
+    out: list[tuple[int, Headers, bytes]] = []
+    d = treq.request(method, "http://node" + path)  # type: ignore[attr-defined]  # StubTreq sets its methods in __init__
+    d.addCallback(lambda r: treq.content(r).addCallback(lambda c: out.append((r.code, r.headers, c))))  # type: ignore[attr-defined]
     treq.flush()
     return out
 
 
-def test_health_is_ok_when_every_check_is_up():
+def test_health_is_ok_when_every_check_is_up() -> None:
     checks = HealthChecks(node={"docker": up}, shared={"datastore": up, "queue": up})
     assert call(client(health_checks=checks), "GET", "/health") == (200, {"status": "ok"})
 
 
-def test_health_is_503_naming_the_node_part_that_is_down():
+def test_health_is_503_naming_the_node_part_that_is_down() -> None:
     checks = HealthChecks(node={"docker": down}, shared={"datastore": up, "queue": down})
     status, body = call(client(health_checks=checks), "GET", "/health")
     assert status == 503
     assert body["down"] == ["docker", "queue"] and body["error"] == {"message": "unavailable: docker"}
 
 
-def test_health_is_200_degraded_when_only_a_shared_backend_is_down():
+def test_health_is_200_degraded_when_only_a_shared_backend_is_down() -> None:
     """Every node sees a shared outage: the balancer must keep the nodes in (fail open)."""
     checks = HealthChecks(node={"docker": up}, shared={"datastore": up, "queue": down})
     assert call(client(health_checks=checks), "GET", "/health") == (200, {"status": "degraded", "down": ["queue"]})
 
 
-def test_health_is_503_starting_until_the_node_has_started():
+def test_health_is_503_starting_until_the_node_has_started() -> None:
     """Until its datastore and queue have answered once, the node answers 503 to /v1
     and /r: the balancer must not send it traffic yet."""
-    started = []
+    started: list[bool] = []
     checks = HealthChecks(node={"docker": up}, shared={"datastore": down}, started=lambda: bool(started))
     treq = client(health_checks=checks)
     status, body = call(treq, "GET", "/health")
@@ -116,17 +117,17 @@ def test_health_is_503_starting_until_the_node_has_started():
     assert call(treq, "GET", "/health") == (200, {"status": "degraded", "down": ["datastore"]})
 
 
-def test_a_check_answering_false_is_down():
-    async def no():
+def test_a_check_answering_false_is_down() -> None:
+    async def no() -> bool:
         return False
 
     checks = HealthChecks(node={"docker": no})
     assert call(client(health_checks=checks), "GET", "/health")[0] == 503
 
 
-def test_a_hung_check_is_down_after_two_seconds_and_is_cancelled():
+def test_a_hung_check_is_down_after_two_seconds_and_is_cancelled() -> None:
     clock = Clock()
-    cancelled = []
+    cancelled: list[Deferred[None]] = []
     hung: Deferred[None] = Deferred(cancelled.append)
     checks = HealthChecks(node={"docker": lambda: hung}, shared={"datastore": up})
     ds = MemoryDatastore()
@@ -142,7 +143,7 @@ def test_a_hung_check_is_down_after_two_seconds_and_is_cancelled():
     assert cancelled == [hung]  # cancelled, not left waiting
 
 
-def test_checks_run_at_once_so_two_hung_checks_take_two_seconds_not_four():
+def test_checks_run_at_once_so_two_hung_checks_take_two_seconds_not_four() -> None:
     clock = Clock()
     checks = HealthChecks(node={"docker": Deferred}, shared={"queue": Deferred})
     ds = MemoryDatastore()
@@ -154,7 +155,7 @@ def test_checks_run_at_once_so_two_hung_checks_take_two_seconds_not_four():
     assert (status, json.loads(body)["down"]) == (503, ["docker", "queue"])
 
 
-def test_docker_down_on_the_fake_driver_is_503_and_up_again_is_200():
+def test_docker_down_on_the_fake_driver_is_503_and_up_again_is_200() -> None:
     clock = Clock()
     driver = FakeDriver(clock)
     checks = HealthChecks(node={"docker": driver.probe}, shared={"datastore": up})
@@ -166,7 +167,7 @@ def test_docker_down_on_the_fake_driver_is_503_and_up_again_is_200():
     assert call(treq, "GET", "/health") == (200, {"status": "ok"})
 
 
-def test_concurrent_health_requests_against_a_hung_engine_make_one_engine_call():
+def test_concurrent_health_requests_against_a_hung_engine_make_one_engine_call() -> None:
     clock = Clock()
     driver = FakeDriver(clock)
     driver.hung = True
@@ -183,7 +184,7 @@ def test_concurrent_health_requests_against_a_hung_engine_make_one_engine_call()
     assert driver.pings == 2
 
 
-def test_single_flight_probe_shares_one_check_and_answers_false_on_its_timeout():
+def test_single_flight_probe_shares_one_check_and_answers_false_on_its_timeout() -> None:
     clock = Clock()
     started: list[Deferred[None]] = []
 
@@ -210,7 +211,7 @@ def test_single_flight_probe_shares_one_check_and_answers_false_on_its_timeout()
     assert success_of(fourth) is False
 
 
-def test_cancelling_one_probe_leaves_the_others_waiting():
+def test_cancelling_one_probe_leaves_the_others_waiting() -> None:
     clock = Clock()
     check: Deferred[None] = Deferred()
     probe = SingleFlightProbe(lambda: check, clock, timeout=2)
@@ -221,7 +222,7 @@ def test_cancelling_one_probe_leaves_the_others_waiting():
     assert success_of(second) is True
 
 
-def test_metrics_serves_the_prometheus_text():
+def test_metrics_serves_the_prometheus_text() -> None:
     metrics = PrometheusMetrics()
     metrics.many([("time", "run.wait_time", 3)], app="a", path="/p")
     out = request(client(render_metrics=metrics.scrape), "GET", "/metrics")

@@ -12,6 +12,7 @@ from ironfunctions import errors
 from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import Call, CallRequest, CallResult, CallStatus, Route
+from ironfunctions.mq.interface import QueueItem
 from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.runner.async_worker import AsyncWorkerService, retry_delay
 from ironfunctions.runner.submit import AsyncSubmitter
@@ -92,7 +93,7 @@ def test_submitted_call_is_queued_then_run_and_recorded_with_body_and_log() -> N
     h.worker.stopService()
 
 
-def test_failures_retry_with_doubling_delay_then_stay_error():
+def test_failures_retry_with_doubling_delay_then_stay_error() -> None:
     h = Harness([CallStatus.ERROR, CallStatus.ERROR, CallStatus.ERROR])
     h.submit()
     h.worker.startService()
@@ -113,7 +114,7 @@ def test_failures_retry_with_doubling_delay_then_stay_error():
     h.worker.stopService()
 
 
-def test_retry_then_success():
+def test_retry_then_success() -> None:
     h = Harness([CallStatus.TIMEOUT, CallStatus.SUCCESS])
     h.submit()
     h.worker.startService()
@@ -165,6 +166,7 @@ def test_lease_is_renewed_while_a_long_call_runs() -> None:
     for _ in range(30):  # far past the 20 s lease (timeout 10 + 10 margin)
         h.clock.advance(5)
     assert len(h.started) == 1  # never redelivered
+    assert h.pending is not None
     h.pending.callback(CallResult("c1", CallStatus.SUCCESS, body=b"late"))
     assert h.record().status == "success"
     h.worker.stopService()
@@ -236,7 +238,7 @@ def test_sync_record_puts_every_value_in_its_field() -> None:
     route = Route(app_name="app", path="/path", image="image", type="sync", format="http")
     result = CallResult("c1", CallStatus.ERROR, error="oops", exit_code=7, wait_ms=11, start_ms=13, run_ms=17)
     assert sync_record("c1", route, 1000, result, 2000) == CallRecord(
-        id="c1", app_name="app", path="/path", image="image", type="sync", format="http", status="error",
+        id="c1", app_name="app", path="/path", image="image", type="sync", format="http", status=CallStatus.ERROR,
         reason="bad_exit", created_at=1000, started_at=1983, completed_at=2000, attempt=1, exit_code=7,
         error="oops", wait_ms=11, start_ms=13, run_ms=17, body=None, priority=0,
     )

@@ -15,7 +15,7 @@ from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.calls.model import CallRecord
 from ironfunctions.datastore.memory import MemoryDatastore
 from ironfunctions.errors import ValidationError
-from ironfunctions.models import App
+from ironfunctions.models import App, CallStatus
 from ironfunctions.routecache import RouteCache
 
 
@@ -25,13 +25,13 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return out[0]
 
 
-def setup():
+def setup() -> StubTreq:
     ds, store = MemoryDatastore(), MemoryCallStore()
     run(ds.insert_app(App("a")))
     calls = [CallRecord(id=f"c{n}", app_name="a", path="/p" if n % 2 else "/q", type="async" if n == 3 else "sync",
-                  status="error" if n in (2, 4) else "success", created_at=1_700_000_000_000 + n * 1000,
+                  status=CallStatus.ERROR if n in (2, 4) else CallStatus.SUCCESS, created_at=1_700_000_000_000 + n * 1000,
                   body=b"out" if n == 3 else None) for n in range(1, 6)]
-    calls.append(CallRecord(id="queued1", app_name="a", path="/p", type="async", status="queued", created_at=1))
+    calls.append(CallRecord(id="queued1", app_name="a", path="/p", type="async", status=CallStatus.QUEUED, created_at=1))
     run(store.put_calls(calls))
     run(store.put_log("a", "c1", b"stderr line\n"))
     clock = Clock()

@@ -88,7 +88,7 @@ def test_hot_transport_defaults_to_attach_and_accepts_socket() -> None:
     assert make({"hot-transport": "attach"}, {"HOT_TRANSPORT": "socket"}).hot_transport == "attach"
 
 
-def test_function_containers_default_to_a_read_only_root_and_the_images_user():
+def test_function_containers_default_to_a_read_only_root_and_the_images_user() -> None:
     c = make()
     assert (c.function_readonly_rootfs, c.function_user) == (True, "")
     assert make(env={"FUNCTION_READONLY_ROOTFS": "false"}).function_readonly_rootfs is False
@@ -96,7 +96,7 @@ def test_function_containers_default_to_a_read_only_root_and_the_images_user():
 
 
 @pytest.mark.parametrize("value, user", [("1000", "1000:1000"), ("1000:100", "1000:100"), (" 65534:0 ", "65534:0")])
-def test_function_user_is_a_numeric_uid_and_gid_which_defaults_to_the_uid(value, user):
+def test_function_user_is_a_numeric_uid_and_gid_which_defaults_to_the_uid(value: str, user: str) -> None:
     """Without a gid Docker would run a uid missing from the image's /etc/passwd in group 0."""
     assert make(env={"FUNCTION_USER": value}).function_user == user
 
@@ -109,14 +109,14 @@ def test_function_user_is_a_numeric_uid_and_gid_which_defaults_to_the_uid(value,
         ("FUNCTION_USER", "4294967295"), ("FUNCTION_USER", "1000:1000:1"),
     ],
 )
-def test_invalid_function_settings_raise_ConfigError_naming_the_variable(variable, value):
+def test_invalid_function_settings_raise_ConfigError_naming_the_variable(variable: str, value: str) -> None:
     """A user name is refused too: it would be looked up in the image's own /etc/passwd."""
     with pytest.raises(ConfigError) as e:
         make(env={variable: value})
     assert str(e.value).startswith(variable + ":")
 
 
-def test_function_allow_nets_are_parsed_cidrs_of_both_families():
+def test_function_allow_nets_are_parsed_cidrs_of_both_families() -> None:
     assert make().function_allow_nets == ()
     c = make(env={"FUNCTION_ALLOW_NETS": " 10.213.0.0/16, fd00::/64 ,"})
     assert c.function_allow_nets == ("10.213.0.0/16", "fd00::/64")
@@ -131,7 +131,7 @@ KEY = "k" * 32
     "ssl:443:privateKey=k.pem:interface=127.0.0.1", "ssl:443:k.pem:c.pem:TLSv1_2_METHOD:127.0.0.1",
     "unix:/run/ironfunctions.sock", "unix:address=/run/if.sock:mode=600",
 ])
-def test_loopback_and_unix_listens_are_local(listen):
+def test_loopback_and_unix_listens_are_local(listen: str) -> None:
     assert listen_is_local(listen)
 
 
@@ -143,22 +143,22 @@ def test_loopback_and_unix_listens_are_local(listen):
     # An escaped colon is part of the value, not a separator: this interface is "127.0.0.1:x".
     "tcp:8080:interface=127.0.0.1\\:x",
 ])
-def test_other_listens_reach_the_network(listen):
+def test_other_listens_reach_the_network(listen: str) -> None:
     assert not listen_is_local(listen)
 
 
-def test_endpoint_strings_are_parsed_as_twisted_does():
+def test_endpoint_strings_are_parsed_as_twisted_does() -> None:
     assert parse_endpoint("tcp6:80:interface=\\:\\:1:backlog=5") == (["tcp6", "80"], {"interface": "::1", "backlog": "5"})
     assert parse_endpoint("unix:/a\\:b") == (["unix", "/a:b"], {})
 
 
-def test_the_default_listen_is_loopback_and_needs_no_key():
+def test_the_default_listen_is_loopback_and_needs_no_key() -> None:
     c = make()
     assert listen_is_local(c.listen) and c.jwt_auth_key == "" and c.api_auth == "jwt"
     assert not c.open_api_on_network
 
 
-def test_a_network_listen_without_a_key_is_refused_naming_both_ways_out():
+def test_a_network_listen_without_a_key_is_refused_naming_both_ways_out() -> None:
     for env in ({"LISTEN": "tcp:8080"}, {"LISTEN": "tcp:8080:interface=0.0.0.0"}, {"LISTEN": "systemd:domain=INET:index=0"}):
         with pytest.raises(ConfigError) as e:
             make(env=env)
@@ -167,7 +167,7 @@ def test_a_network_listen_without_a_key_is_refused_naming_both_ways_out():
         assert "JWT_AUTH_KEY" in message and "API_AUTH=none" in message
 
 
-def test_a_network_listen_is_served_with_a_key_or_with_api_auth_none():
+def test_a_network_listen_is_served_with_a_key_or_with_api_auth_none() -> None:
     c = make(env={"LISTEN": "tcp:8080", "JWT_AUTH_KEY": KEY})
     assert c.jwt_auth_key == KEY and not c.open_api_on_network
     c = make(env={"LISTEN": "tcp:8080", "API_AUTH": "none"})
@@ -175,7 +175,7 @@ def test_a_network_listen_is_served_with_a_key_or_with_api_auth_none():
     assert make({"api-auth": "NONE", "listen": "tcp:8080"}).open_api_on_network
 
 
-def test_a_short_key_is_a_config_error_that_never_shows_the_key():
+def test_a_short_key_is_a_config_error_that_never_shows_the_key() -> None:
     with pytest.raises(ConfigError) as e:
         make(env={"JWT_AUTH_KEY": "nine-byte"})
     assert str(e.value).startswith("JWT_AUTH_KEY:") and "32" in str(e.value) and "nine-byte" not in str(e.value)

@@ -1,7 +1,7 @@
 """Hardening of function containers (issue 11, SPEC §8) as planned, purely: what every
 ``ContainerSpec`` asks of the engine, cold and hot, and that the runners hand the
 operator's ``FunctionPolicy`` down. What the engine makes of it is checked in a real
-container by ``tests/functional/test_hardened_containers.py``."""
+container by ``tests/functional/test_container_hardening.py``."""
 
 from __future__ import annotations
 

@@ -78,8 +78,8 @@ def ours(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("ironfunctions_") and "_created" not in line]
 
 
-def test_prometheus_many_gives_what_one_call_per_figure_gives():
-    batches = [
+def test_prometheus_many_gives_what_one_call_per_figure_gives() -> None:
+    batches: list[tuple[list[tuple[str, str, Any]], dict[str, Any]]] = [
         ([("count", "run.requests", 1), ("time", "run.exec_time", 12), ("gauge", "hot.containers", 2)], {"app": "a"}),
         ([("count", "run.requests", 1), ("time", "run.exec_time", 3), ("gauge", "hot.containers", 1)], {"app": "a"}),
         ([("count", "run.requests", 2), ("time", "run.requests", 5)], {"app": "b", "path": "/p"}),
@@ -103,7 +103,7 @@ def test_prometheus_many_gives_what_one_call_per_figure_gives():
     assert 'ironfunctions_run_requests_seconds_sum{app="b",path="/p"} 0.005' in lines
 
 
-def test_a_fresh_node_exposes_its_node_gauges_at_zero_and_the_process_metrics():
+def test_a_fresh_node_exposes_its_node_gauges_at_zero_and_the_process_metrics() -> None:
     text = PrometheusMetrics().render()
     for name in ("containers_running", "hot_containers", "queue_depth", "connections"):
         assert f"ironfunctions_{name} 0.0" in text.splitlines()
@@ -111,7 +111,7 @@ def test_a_fresh_node_exposes_its_node_gauges_at_zero_and_the_process_metrics():
     assert "python_info{" in text and "python_gc_objects_collected_total" in text
 
 
-def test_wait_time_is_a_histogram_with_buckets_a_quantile_can_be_read_from():
+def test_wait_time_is_a_histogram_with_buckets_a_quantile_can_be_read_from() -> None:
     """histogram_quantile(0.99, rate(ironfunctions_run_wait_time_seconds_bucket[5m]))
     needs cumulative _bucket{le=...} series: 98 calls waited 2 ms, 2 waited 3 s."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -131,7 +131,7 @@ def test_wait_time_is_a_histogram_with_buckets_a_quantile_can_be_read_from():
     assert "call_id" not in text
 
 
-def test_hot_containers_node_wide_and_per_route_are_two_families():
+def test_hot_containers_node_wide_and_per_route_are_two_families() -> None:
     metrics = PrometheusMetrics(process_metrics=False)
     metrics.gauge("hot.containers", 2, app="a", path="/p")
     metrics.gauge("hot.containers", 1, app="a", path="/q")
@@ -143,7 +143,7 @@ def test_hot_containers_node_wide_and_per_route_are_two_families():
     assert 'ironfunctions_hot_containers_route{app="a",path="/q"} 1.0' in lines
 
 
-def test_each_prometheus_sink_has_its_own_registry():
+def test_each_prometheus_sink_has_its_own_registry() -> None:
     from prometheus_client import REGISTRY
 
     first, second = PrometheusMetrics(), PrometheusMetrics()
@@ -152,7 +152,7 @@ def test_each_prometheus_sink_has_its_own_registry():
     assert REGISTRY.get_sample_value("ironfunctions_run_requests_total", {"app": "a", "path": ""}) is None
 
 
-def test_prometheus_sink_never_raises_on_odd_figures():
+def test_prometheus_sink_never_raises_on_odd_figures() -> None:
     metrics = PrometheusMetrics(process_metrics=False)
     metrics.count("odd.name", 1)
     metrics.gauge("odd.name", 1)  # the counter holds the name: dropped, logged once
@@ -225,7 +225,7 @@ def statsd(resolver: FakeResolver, clock: Clock) -> tuple[StatsdMetrics, list[Fa
     return StatsdMetrics(clock, "statsd.example", 8125, resolve=resolver, socket_factory=new_socket), sockets
 
 
-def test_statsd_resolves_once_at_start_and_sends_each_batch_as_one_datagram():
+def test_statsd_resolves_once_at_start_and_sends_each_batch_as_one_datagram() -> None:
     clock = Clock()
     resolver = FakeResolver([(socket.AF_INET, ("10.0.0.5", 8125))])
     sink, sockets = statsd(resolver, clock)
@@ -244,7 +244,7 @@ def test_statsd_resolves_once_at_start_and_sends_each_batch_as_one_datagram():
     assert sock.closed
 
 
-def test_statsd_re_resolves_on_its_timer_and_follows_a_moved_host():
+def test_statsd_re_resolves_on_its_timer_and_follows_a_moved_host() -> None:
     clock = Clock()
     first, moved = [(socket.AF_INET, ("10.0.0.5", 8125))], [(socket.AF_INET6, ("fd00::7", 8125, 0, 0))]
     resolver = FakeResolver(first, first, moved)
@@ -260,7 +260,7 @@ def test_statsd_re_resolves_on_its_timer_and_follows_a_moved_host():
     sink.stopService()
 
 
-def test_statsd_keeps_the_last_address_when_resolution_fails_and_logs_once():
+def test_statsd_keeps_the_last_address_when_resolution_fails_and_logs_once() -> None:
     clock = Clock()
     address = [(socket.AF_INET, ("10.0.0.5", 8125))]
     resolver = FakeResolver(address, OSError("dns down"), OSError("dns down"), address)
@@ -276,7 +276,7 @@ def test_statsd_keeps_the_last_address_when_resolution_fails_and_logs_once():
     sink.stopService()
 
 
-def test_statsd_uses_the_first_address_it_can_route_to():
+def test_statsd_uses_the_first_address_it_can_route_to() -> None:
     """A host with an IPv6 address first, on a node without IPv6 routes."""
     clock = Clock()
     resolver = FakeResolver([(socket.AF_INET6, ("fd00::7", 8125, 0, 0)), (socket.AF_INET, ("10.0.0.5", 8125))])
@@ -297,7 +297,7 @@ def test_statsd_uses_the_first_address_it_can_route_to():
     sink.stopService()
 
 
-def test_statsd_send_errors_are_counted_never_raised():
+def test_statsd_send_errors_are_counted_never_raised() -> None:
     clock = Clock()
     resolver = FakeResolver([(socket.AF_INET, ("10.0.0.5", 8125))])
     sink, sockets = statsd(resolver, clock)
@@ -309,7 +309,7 @@ def test_statsd_send_errors_are_counted_never_raised():
     sink.stopService()
 
 
-def test_statsd_url_is_parsed_into_host_and_port_in_config():
+def test_statsd_url_is_parsed_into_host_and_port_in_config() -> None:
     def make(url: str) -> Config:
         return Config.from_sources({}, {"STATSD_URL": url}, "/srv", cpu_count=2, host_memory_mb=4096)
 
@@ -338,7 +338,7 @@ class ManualThreads:
         f(*args)
 
 
-def test_scrapes_are_made_off_the_reactor_thread_one_at_a_time_and_shared():
+def test_scrapes_are_made_off_the_reactor_thread_one_at_a_time_and_shared() -> None:
     """A big exposition takes ~1 ms per route: it must not stall the reactor."""
     threads = ManualThreads()
     metrics = PrometheusMetrics(process_metrics=False, reactor=threads)

@@ -12,11 +12,11 @@ from ironfunctions.drivers.netguard_service import NetguardService
 class ScriptedGuard:
     network = "ironfunctions"
 
-    def __init__(self, *results):
+    def __init__(self, *results: list[str] | Exception) -> None:
         self.results = list(results)
         self.calls = 0
 
-    def ensure(self):
+    def ensure(self) -> list[str]:
         self.calls += 1
         result = self.results.pop(0) if self.results else []
         if isinstance(result, Exception):
@@ -24,15 +24,15 @@ class ScriptedGuard:
         return result
 
 
-def make(guard, docker_host=""):
+def make(guard: ScriptedGuard, docker_host: str = "") -> tuple[NetguardService, Clock, list[str]]:
     clock = Clock()
-    fatal = []
+    fatal: list[str] = []
     service = NetguardService(guard, reactor=None, on_fatal=fatal.append, clock=clock,
                               docker_host=docker_host, in_pool=maybeDeferred)
     return service, clock, fatal
 
 
-def test_rules_are_put_in_place_at_start_then_rechecked_every_30s_and_repairs_logged():
+def test_rules_are_put_in_place_at_start_then_rechecked_every_30s_and_repairs_logged() -> None:
     guard = ScriptedGuard(["ipv4 chain IFN-ironfunctions"], [], ["ipv4 jump INPUT -> IFN-ironfunctions-IN"])
     service, clock, fatal = make(guard)
     with capturedLogs() as events:
@@ -50,7 +50,7 @@ def test_rules_are_put_in_place_at_start_then_rechecked_every_30s_and_repairs_lo
     assert fatal == []
 
 
-def test_health_fails_until_the_rules_are_in_place_while_the_engine_is_retried_each_second():
+def test_health_fails_until_the_rules_are_in_place_while_the_engine_is_retried_each_second() -> None:
     guard = ScriptedGuard(EngineUnavailable("connection refused"), [])
     service, clock, fatal = make(guard)
     service.startService()
@@ -60,15 +60,15 @@ def test_health_fails_until_the_rules_are_in_place_while_the_engine_is_retried_e
     assert ping(service) is None
 
 
-def ping(service):
+def ping(service: NetguardService) -> BaseException | None:
     """What ``service.ping()`` ended with: None, or its exception."""
-    outcome = []
+    outcome: list[BaseException | None] = []
     d = Deferred.fromCoroutine(service.ping())
     d.addCallbacks(outcome.append, lambda f: outcome.append(f.value))
     return outcome[0]
 
 
-def test_no_permission_at_start_stops_the_daemon_with_one_line_saying_what_to_do():
+def test_no_permission_at_start_stops_the_daemon_with_one_line_saying_what_to_do() -> None:
     service, clock, fatal = make(ScriptedGuard(GuardError("iptables -w 5 -S DOCKER-USER: Permission denied")))
     service.startService()
     assert len(fatal) == 1
@@ -77,7 +77,7 @@ def test_no_permission_at_start_stops_the_daemon_with_one_line_saying_what_to_do
     assert len(fatal) == 1  # the loop stopped
 
 
-def test_a_failure_after_start_is_logged_and_retried_not_fatal():
+def test_a_failure_after_start_is_logged_and_retried_not_fatal() -> None:
     guard = ScriptedGuard([], GuardError("iptables timed out"), [])
     service, clock, fatal = make(guard)
     with capturedLogs() as events:
@@ -88,7 +88,7 @@ def test_a_failure_after_start_is_logged_and_retried_not_fatal():
     assert any(e.get("error") == "iptables timed out" for e in events)
 
 
-def test_a_remote_docker_host_is_fatal_before_any_command():
+def test_a_remote_docker_host_is_fatal_before_any_command() -> None:
     guard = ScriptedGuard()
     service, clock, fatal = make(guard, docker_host="tcp://10.0.0.5:2376")
     service.startService()
@@ -96,13 +96,13 @@ def test_a_remote_docker_host_is_fatal_before_any_command():
     assert "DOCKER_HOST=tcp://10.0.0.5:2376" in fatal[0] and "choose DOCKER_NETWORK" in fatal[0]
 
 
-def test_calls_wait_for_the_rules_and_give_up_with_NotReady():
+def test_calls_wait_for_the_rules_and_give_up_with_NotReady() -> None:
     from ironfunctions.drivers.netguard_service import guarded_calls
     from ironfunctions.errors import NotReady
 
-    ran = []
+    ran: list[str] = []
 
-    async def run_call(call):
+    async def run_call(call: str) -> str:
         ran.append(call)
         return "result"
 

@@ -9,12 +9,12 @@ from ironfunctions.drivers.netplan import (
 )
 
 
-def test_default_network_and_its_prefixed_names_are_guarded_others_are_the_operators():
+def test_default_network_and_its_prefixed_names_are_guarded_others_are_the_operators() -> None:
     assert is_guarded("ironfunctions") and is_guarded("ironfunctions-test-1")
     assert not any(map(is_guarded, ["none", "bridge", "host", "ironfunctionsx", "my-net"]))
 
 
-def test_rules_refuse_host_other_containers_link_local_and_private_ranges_in_order():
+def test_rules_refuse_host_other_containers_link_local_and_private_ranges_in_order() -> None:
     p = plan("ironfunctions", "br-abc", forward_parent={4: "DOCKER-USER", 6: "FORWARD"})
     reject4 = "-j REJECT --reject-with icmp-admin-prohibited"
     assert p.rules[4]["IFN-ironfunctions"] == (
@@ -43,7 +43,7 @@ def test_rules_refuse_host_other_containers_link_local_and_private_ranges_in_ord
     }
 
 
-def test_allowed_nets_and_private_nameservers_open_before_the_private_ranges_close():
+def test_allowed_nets_and_private_nameservers_open_before_the_private_ranges_close() -> None:
     nets = parse_allow_nets("10.213.0.0/16,fd00:1::/64")
     servers = parse_nameservers("nameserver 10.255.255.53\nnameserver 127.0.0.53\nnameserver 1.1.1.1\n")
     p = plan("ironfunctions", "br-abc", nets, servers)
@@ -59,12 +59,12 @@ def test_allowed_nets_and_private_nameservers_open_before_the_private_ranges_clo
     assert "-o br-abc" in forward[1]
 
 
-def test_public_nameservers_need_no_rule():
+def test_public_nameservers_need_no_rule() -> None:
     p = plan("n", "br-x", nameservers=[ipaddress.ip_address("1.1.1.1")])
     assert not any("--dport 53" in rule for rule in p.rules[4]["IFN-n"])
 
 
-def test_restore_text_redeclares_the_chains_so_they_are_replaced_in_one_transaction():
+def test_restore_text_redeclares_the_chains_so_they_are_replaced_in_one_transaction() -> None:
     p = plan("ironfunctions", "br-abc")
     text = p.restore_text(4, ["IFN-ironfunctions-IN"])
     assert text.splitlines() == [
@@ -72,7 +72,7 @@ def test_restore_text_redeclares_the_chains_so_they_are_replaced_in_one_transact
     ]
 
 
-def test_chain_names_fit_iptables_and_stay_distinct():
+def test_chain_names_fit_iptables_and_stay_distinct() -> None:
     long_a, long_b = "ironfunctions-" + "a" * 40, "ironfunctions-" + "a" * 39 + "b"
     for name in ("ironfunctions", long_a, long_b):
         chains = chain_names(name)
@@ -85,11 +85,11 @@ def test_chain_names_fit_iptables_and_stay_distinct():
     ("tcp://localhost:2375", False), ("tcp://[::1]:2375", False), ("tcp://10.0.0.5:2376", True),
     ("tcp://docker.example:2376", True), ("ssh://user@host", True),
 ])
-def test_remote_docker_host(host, remote):
+def test_remote_docker_host(host: str, remote: bool) -> None:
     assert remote_docker_host(host) is remote
 
 
-def test_allow_nets_reject_non_cidrs_naming_the_entry():
+def test_allow_nets_reject_non_cidrs_naming_the_entry() -> None:
     with pytest.raises(ValueError, match="'10.1.2.3/8'"):
         parse_allow_nets("10.1.2.3/8")
     assert parse_allow_nets(" , ") == ()

@@ -60,12 +60,12 @@ def test_backend_service_retries_until_ready() -> None:
     assert backend.closed
 
 
-def test_periodic_service_runs_at_start_if_asked_and_survives_errors():
+def test_periodic_service_runs_at_start_if_asked_and_survives_errors() -> None:
     from ironfunctions.services import PeriodicService
 
     clock, runs = Clock(), []
 
-    async def tick():
+    async def tick() -> None:
         runs.append(clock.seconds())
         if len(runs) == 2:
             raise RuntimeError("flaky")

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from ironfunctions.models import FUNCTION_CAPABILITIES
+from tests.daemon import Daemon, DaemonFactory
 from tests.images import IMAGES_DIR, bridge_binary, build_image, image_tag, test_images  # noqa: F401 (fixtures)
 
 # Bits of /proc/self/status's capability masks (linux/capability.h).
@@ -24,7 +25,7 @@ def mask(names: tuple[str, ...]) -> int:
     return sum(1 << CAP_BITS[name] for name in names)
 
 
-def probe(daemon, path: str = "/probe") -> dict[str, str]:  # type: ignore[no-untyped-def]
+def probe(daemon: Daemon, path: str = "/probe") -> dict[str, str]:
     """Call the probe route ``path`` of app ``h``; its report as a dict."""
     reply = daemon.post(f"/r/h{path}", "")
     assert reply.status == 200, (reply.body, daemon.log()[-3000:])
@@ -32,13 +33,13 @@ def probe(daemon, path: str = "/probe") -> dict[str, str]:  # type: ignore[no-un
 
 
 @pytest.fixture(scope="module")
-def nonroot_probe(test_images) -> str:  # noqa: F811
+def nonroot_probe(test_images: dict[str, str]) -> str:  # noqa: F811
     """``iftest/probe-nonroot:1``: the probe in an image whose ``USER`` is 1000:1000."""
     return build_image(image_tag("probe-nonroot"), os.path.join(IMAGES_DIR, "Dockerfile.nonroot"),
                        [os.path.join(IMAGES_DIR, "probe", "run.sh")])
 
 
-def test_a_cold_function_runs_with_few_capabilities_no_new_privileges_and_limits(test_images, daemon_factory):  # noqa: F811
+def test_a_cold_function_runs_with_few_capabilities_no_new_privileges_and_limits(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:  # noqa: F811
     daemon = daemon_factory()
     daemon.add_route("h", "/probe", image_tag("probe"), memory=256)
     report = probe(daemon)
@@ -52,8 +53,8 @@ def test_a_cold_function_runs_with_few_capabilities_no_new_privileges_and_limits
 
 
 def test_the_root_is_read_only_and_tmp_writable_by_default_within_the_memory_limit(
-    test_images, daemon_factory,  # noqa: F811
-):
+    test_images: dict[str, str], daemon_factory: DaemonFactory,  # noqa: F811
+) -> None:
     daemon = daemon_factory()
     daemon.add_route("h", "/probe", image_tag("probe"), config={"TMP_FILL_MB": "16"})
     report = probe(daemon)
@@ -61,14 +62,14 @@ def test_the_root_is_read_only_and_tmp_writable_by_default_within_the_memory_lim
     assert int(report["tmp_charged"]) >= 12 * 1024 * 1024  # /tmp is no way around the memory limit
 
 
-def test_FUNCTION_READONLY_ROOTFS_false_keeps_a_writable_root(test_images, daemon_factory):  # noqa: F811
+def test_FUNCTION_READONLY_ROOTFS_false_keeps_a_writable_root(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:  # noqa: F811
     daemon = daemon_factory(env={"FUNCTION_READONLY_ROOTFS": "false"})
     daemon.add_route("h", "/probe", image_tag("probe"))
     report = probe(daemon)
     assert report["root_write"] == "ok" and report["NoNewPrivs"] == "1"
 
 
-def test_FUNCTION_USER_runs_functions_as_that_user(test_images, daemon_factory):  # noqa: F811
+def test_FUNCTION_USER_runs_functions_as_that_user(test_images: dict[str, str], daemon_factory: DaemonFactory) -> None:  # noqa: F811
     daemon = daemon_factory(env={"FUNCTION_USER": "1000:1000"})
     daemon.add_route("h", "/probe", image_tag("probe"))
     report = probe(daemon)
@@ -77,8 +78,8 @@ def test_FUNCTION_USER_runs_functions_as_that_user(test_images, daemon_factory):
 
 
 def test_on_the_socket_transport_the_socket_directory_is_read_only_and_its_host_parent_0700(
-    test_images, bridge_binary, daemon_factory,  # noqa: F811
-):
+    test_images: dict[str, str], bridge_binary: str, daemon_factory: DaemonFactory,  # noqa: F811
+) -> None:
     daemon = daemon_factory(env={"HOT_TRANSPORT": "socket"})
     daemon.add_route("h", "/probe", image_tag("probe"), format="http")
     report = probe(daemon)
@@ -91,8 +92,8 @@ def test_on_the_socket_transport_the_socket_directory_is_read_only_and_its_host_
 
 
 def test_a_hot_function_with_a_non_root_USER_works_on_the_socket_transport(
-    nonroot_probe, bridge_binary, daemon_factory,  # noqa: F811
-):
+    nonroot_probe: str, bridge_binary: str, daemon_factory: DaemonFactory,  # noqa: F811
+) -> None:
     daemon = daemon_factory(env={"HOT_TRANSPORT": "socket"})
     daemon.add_route("h", "/probe", nonroot_probe, format="http")
     for _ in range(3):

@@ -6,23 +6,26 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
+from typing import Any, Callable, Collection, cast
 
 import jwt
 
-from tests.daemon import REPO, TWISTD
+from tests.daemon import REPO, TWISTD, Daemon, DaemonFactory, Reply
 from tests.images import image_tag
 
 KEY = "functional-tests-api-key-32bytes"
 UNAUTHORIZED = {"error": {"message": "Invalid API Authorization token."}}
 
 
-def submit(daemon, path, body=b""):
+def submit(daemon: Daemon, path: str, body: bytes = b"") -> str:
     reply = daemon.post(f"/r/myapp{path}", body)
     assert reply.status == 202, (reply.status, reply.body)
-    return reply.json()["call_id"]
+    return cast(str, reply.json()["call_id"])
 
 
-def wait_for(daemon, call_id, statuses=("success", "error", "timeout", "cancelled"), timeout=60.0):
+def wait_for(daemon: Daemon, call_id: str, statuses: Collection[str] = ("success", "error", "timeout", "cancelled"),
+             timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         call = daemon.get(f"/v1/apps/myapp/calls/{call_id}").json()["call"]
@@ -32,24 +35,31 @@ def wait_for(daemon, call_id, statuses=("success", "error", "timeout", "cancelle
     raise AssertionError(f"call {call_id} still {call['status']} after {timeout}s")
 
 
-def bearer(key: str = KEY, **claims):
+def bearer(key: str = KEY, **claims: Any) -> dict[str, str]:
     claims.setdefault("exp", int(time.time()) + 600)
     if claims["exp"] is None:
         del claims["exp"]
     return {"Authorization": "Bearer " + jwt.encode(claims, key, algorithm="HS256")}
 
 
-def keyed(daemon_factory, **env):
+class KeyedDaemon(Daemon):
+    """For the type checker only: a ``Daemon`` whose ``request`` sends an operator's
+    token and whose ``anonymous`` is the plain request (set by ``keyed``)."""
+
+    anonymous: Callable[..., Reply]
+
+
+def keyed(daemon_factory: DaemonFactory, **env: object) -> KeyedDaemon:
     """A daemon with the API key whose helpers send an operator's token."""
-    d = daemon_factory(env={"JWT_AUTH_KEY": KEY, "ASYNC_RETRY_DELAY": "100ms", **{k: str(v) for k, v in env.items()}})
+    d = cast(KeyedDaemon, daemon_factory(env={"JWT_AUTH_KEY": KEY, "ASYNC_RETRY_DELAY": "100ms", **{k: str(v) for k, v in env.items()}}))
     plain = d.request
-    d.request = lambda method, path, body=None, headers=None, **kw: plain(
+    d.request = lambda method, path, body=None, headers=None, **kw: plain(  # type: ignore[method-assign]  # adds the token
         method, path, body, {**bearer(), **(headers or {})}, **kw)
     d.anonymous = plain
     return d
 
 
-def test_anonymous_tasks_is_401_with_a_key(daemon_factory):
+def test_anonymous_tasks_is_401_with_a_key(daemon_factory: DaemonFactory) -> None:
     d = keyed(daemon_factory, NUM_ASYNC=0)
     d.add_route("myapp", "/echo", image_tag("cat"), type="async")
     submit(d, "/echo", b"secret payload")
@@ -60,7 +70,7 @@ def test_anonymous_tasks_is_401_with_a_key(daemon_factory):
     assert d.get("/tasks").json()["payload"] == "secret payload"  # an operator's token gets it
 
 
-def test_deleting_an_unreserved_task_is_404_and_the_call_still_runs(daemon_factory):
+def test_deleting_an_unreserved_task_is_404_and_the_call_still_runs(daemon_factory: DaemonFactory) -> None:
     d = keyed(daemon_factory, NUM_ASYNC=0)
     d.add_route("myapp", "/echo", image_tag("cat"), type="async")
     call_id = submit(d, "/echo", b"run me")
@@ -75,7 +85,7 @@ def test_deleting_an_unreserved_task_is_404_and_the_call_still_runs(daemon_facto
     assert call["attempt"] == 1 and call.get("reason") != "external_runner", call
 
 
-def test_a_task_is_deleted_by_its_reservation_only_once(daemon_factory):
+def test_a_task_is_deleted_by_its_reservation_only_once(daemon_factory: DaemonFactory) -> None:
     d = keyed(daemon_factory, NUM_ASYNC=0)
     d.add_route("myapp", "/echo", image_tag("cat"), type="async")
     call_id = submit(d, "/echo")
@@ -85,7 +95,7 @@ def test_a_task_is_deleted_by_its_reservation_only_once(daemon_factory):
     assert d.request("DELETE", "/tasks", task).status == 404
 
 
-def test_tokens_without_exp_are_refused_on_v1_and_on_jwt_key_routes(daemon_factory):
+def test_tokens_without_exp_are_refused_on_v1_and_on_jwt_key_routes(daemon_factory: DaemonFactory) -> None:
     d = keyed(daemon_factory)
     route_key = "route-key-of-the-functional-test!"
     # The key check comes before the image is looked at: no container is needed.
@@ -99,7 +109,7 @@ def test_tokens_without_exp_are_refused_on_v1_and_on_jwt_key_routes(daemon_facto
     assert reply.status != 401, reply.body  # past the key: the missing image answers
 
 
-def test_an_apps_token_cannot_see_another_app(daemon_factory):
+def test_an_apps_token_cannot_see_another_app(daemon_factory: DaemonFactory) -> None:
     d = keyed(daemon_factory, NUM_ASYNC=0)
     for app in ("mine", "theirs"):
         d.add_route(app, "/echo", image_tag("cat"), type="async")
@@ -116,14 +126,14 @@ def test_an_apps_token_cannot_see_another_app(daemon_factory):
     assert d.get("/tasks").json()["call_id"] == theirs  # untouched until an operator's runner asks
 
 
-def _start_refused(tmp_path, env):
+def _start_refused(tmp_path: Path, env: dict[str, str]) -> tuple[int, list[str]]:
     proc = subprocess.run([TWISTD, "-n", "--pidfile=", "ironfunctions"], cwd=tmp_path,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO, **env},
                           capture_output=True, timeout=60)
     return proc.returncode, proc.stderr.decode().strip().splitlines()
 
 
-def test_an_all_interfaces_listen_without_a_key_refuses_to_start(tmp_path):
+def test_an_all_interfaces_listen_without_a_key_refuses_to_start(tmp_path: Path) -> None:
     for listen in ("tcp:18080", "tcp:18080:interface=0.0.0.0", "tcp6:18080:interface=\\:\\:"):
         code, err = _start_refused(tmp_path, {"LISTEN": listen})
         assert code == 2 and len(err) == 1, (listen, err)
@@ -131,13 +141,13 @@ def test_an_all_interfaces_listen_without_a_key_refuses_to_start(tmp_path):
         assert "JWT_AUTH_KEY" in err[0] and "API_AUTH=none" in err[0]
 
 
-def test_a_short_key_refuses_to_start(tmp_path):
+def test_a_short_key_refuses_to_start(tmp_path: Path) -> None:
     code, err = _start_refused(tmp_path, {"JWT_AUTH_KEY": "s3cret-ab"})
     assert code == 2 and len(err) == 1 and "JWT_AUTH_KEY" in err[0] and "32" in err[0], err
     assert "s3cret" not in err[0]
 
 
-def test_api_auth_none_serves_a_network_listen_and_warns_at_every_start(daemon_factory):
+def test_api_auth_none_serves_a_network_listen_and_warns_at_every_start(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory(start=False, env={"API_AUTH": "none"})
     d.env["LISTEN"] = f"tcp:{d.port}:interface=0.0.0.0"
     d.start()
