@@ -99,7 +99,7 @@ def test_a_jwt_routes_authorization_is_neither_in_the_env_nor_stored_with_an_asy
     assert reply.status == 202, reply.body
     # NUM_ASYNC=0: the call waits in the queue; an external runner sees what was stored.
     task = node.get("/tasks").json()
-    assert task["id"] == reply.json()["call_id"]
+    assert task["call_id"] == reply.json()["call_id"]
     assert "HEADER_AUTHORIZATION" not in task["env_vars"] and task["env_vars"]["HEADER_X_OTHER"] == "kept"
     data = os.path.join(node.workdir, "data")
     for name in os.listdir(data):
