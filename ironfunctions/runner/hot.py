@@ -42,15 +42,8 @@ from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
 class HotRunner:
     """Runs calls of format ``http`` on pooled hot containers (see the module doc).
 
-    :param driver: starts and removes the containers (``start_attached``/``remove``).
-    :param slots: the node's container admission, shared with the cold runner.
-    :param clock: time for waits, timeouts and idle expiry.
-    :param node_id: labels the containers (crash and stop cleanup).
-    :param metrics: receives the ``hot.containers`` gauge per route when it changes.
-    :param network_mode: the containers' network.
-    :param max_response_size: largest response body a function may announce.
-    :param max_waiting: calls that may wait for a container of one route.
-    :param policy: how the containers are hardened (``FUNCTION_*`` settings).
+    Its parameters are the fields of ``HotContext`` (``runner/hot_pool.py``), which every
+    pool of this runner shares.
     """
 
     def __init__(

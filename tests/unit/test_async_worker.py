@@ -16,16 +16,11 @@ from ironfunctions.mq.interface import QueueItem
 from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.runner.async_worker import AsyncWorkerService, retry_delay
 from ironfunctions.runner.submit import AsyncSubmitter
+from tests.sync import run
 
 ROUTE = Route("a", "/job", "img", type="async", timeout=10)
 
 
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    out: list[Any] = []
-    Deferred.fromCoroutine(coro).addBoth(out.append)
-    if out and hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0] if out else None
 
 
 class Harness:

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
 from ironfunctions import errors
@@ -25,6 +25,7 @@ from ironfunctions.models import App, Call, CallRequest, Route
 from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.routecache import RouteCache
 from ironfunctions.runner.submit import AsyncSubmitter
+from tests.sync import run
 
 KEY = "an-api-key-of-at-least-32-bytes!"
 ROUTE_KEY = "a-route-jwt-key-of-32-bytes-long"
@@ -32,12 +33,6 @@ UNAUTHORIZED = (401, {"error": {"message": "Invalid API Authorization token."}})
 APP_NOT_FOUND = (404, {"error": {"message": "App not found"}})
 
 
-def run(coro: Any) -> Any:
-    out: list[Any] = []
-    Deferred.fromCoroutine(coro).addBoth(out.append)
-    if out and hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0] if out else None
 
 
 def token(key: str = KEY, **claims: Any) -> str:

@@ -1,11 +1,10 @@
 """The calls API in-process over a memory datastore with preloaded call records."""
 
 import json
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
@@ -17,12 +16,9 @@ from ironfunctions.datastore.memory import MemoryDatastore
 from ironfunctions.errors import ValidationError
 from ironfunctions.models import App, CallStatus
 from ironfunctions.routecache import RouteCache
+from tests.sync import run
 
 
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    out: list[Any] = []
-    Deferred.fromCoroutine(coro).addBoth(out.append)
-    return out[0]
 
 
 def setup() -> StubTreq:

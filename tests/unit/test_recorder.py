@@ -1,6 +1,6 @@
 """CallRecorder: batched, off the request path, bounded, retried when the store is down."""
 
-from typing import Any, Coroutine
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -10,14 +10,9 @@ from ironfunctions.calls.model import LOG_TRUNCATED_MARKER, CallQuery, CallRecor
 from ironfunctions.calls.recorder import CallRecorder
 from ironfunctions.errors import DatastoreUnavailable
 from ironfunctions.metrics import MemoryMetrics
+from tests.sync import run
 
 
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    out: list[Any] = []
-    Deferred.fromCoroutine(coro).addBoth(out.append)
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 class FlakyStore(MemoryCallStore):

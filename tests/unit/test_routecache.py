@@ -1,6 +1,6 @@
 """The per-node route cache: bounded staleness, negative entries, shared misses."""
 
-from typing import Any, Coroutine, cast
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -10,6 +10,7 @@ from ironfunctions.datastore.memory import MemoryDatastore
 from ironfunctions.errors import AppNotFound, RouteNotFound
 from ironfunctions.models import App, Route
 from ironfunctions.routecache import RouteCache
+from tests.sync import run
 
 
 class CountingDatastore(MemoryDatastore):
@@ -22,14 +23,6 @@ class CountingDatastore(MemoryDatastore):
         return await super().get_route(app_name, path)
 
 
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    d = Deferred.fromCoroutine(coro)
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "coroutine did not finish synchronously"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 def hold_route_reads(ds: CountingDatastore, read_first: bool = False) -> Deferred[None]:

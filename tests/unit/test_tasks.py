@@ -5,12 +5,11 @@ the runner's (``runner/external.py``) together."""
 from __future__ import annotations
 
 import json
-from typing import Any, Coroutine
+from typing import Any
 
 import attrs
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from ironfunctions import errors
@@ -23,16 +22,11 @@ from ironfunctions.models import Call, CallRequest, CallStatus, Route
 from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.runner.async_worker import LEASE_MARGIN_S
 from ironfunctions.runner.submit import AsyncSubmitter
+from tests.sync import run
 
 ROUTE = Route("a", "/job", "img", type="async", timeout=10, config={"route-key": "r"})
 
 
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    out: list[Any] = []
-    Deferred.fromCoroutine(coro).addBoth(out.append)
-    if out and hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0] if out else None
 
 
 class Node:
