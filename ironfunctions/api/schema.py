@@ -22,8 +22,8 @@ from ironfunctions.models import (
 )
 from ironfunctions.paths import INVALID_PATH, normalize_path
 
-APP_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+APP_NAME = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: "$" would let a trailing newline in
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 MAX_APP_NAME = 30
 
 # Numeric route fields: (name, low, high or None for "the host's memory").
@@ -65,7 +65,7 @@ def validate_app_name(name: Any) -> str:
         raise ValidationError("Invalid app name")
     if len(name) > MAX_APP_NAME:
         raise ValidationError("App name must be 30 characters or less")
-    if not APP_NAME.match(name):
+    if not APP_NAME.fullmatch(name):
         raise ValidationError("Invalid app name")
     return name
 
@@ -140,7 +140,7 @@ def _parse_headers(value: Any, problems: list[str], allow_delete: bool) -> dict[
         return {}
     headers: dict[str, list[str] | None] = {}
     for name, values in value.items():
-        if not HEADER_NAME.match(name):
+        if not HEADER_NAME.fullmatch(name):
             problems.append(f"Invalid header name {name!r}")
             continue
         if values is None or values == []:
