@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
 import docker
@@ -31,6 +30,7 @@ from ironfunctions.drivers.netguard import (
 )
 from ironfunctions.drivers.netplan import is_guarded, remote_docker_host
 from ironfunctions.errors import NotReady
+from ironfunctions.threads import stop_pools
 
 CHECK_INTERVAL = 30.0
 
@@ -105,16 +105,9 @@ class NetguardService(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        # Joining the pool waits for a command in flight (bounded by its timeout): on a
-        # thread of its own, not the reactor thread nor its default pool.
-        done: Deferred[None] = Deferred()
-
-        def stop_pool() -> None:
-            self._pool.stop()
-            self._reactor.callFromThread(done.callback, None)
-
-        threading.Thread(target=stop_pool, name="netguard-stop", daemon=True).start()
-        return done
+        # Joining the pool waits for a command in flight (bounded by its timeout): off
+        # the reactor thread, as every pool is stopped.
+        return stop_pools(self._reactor, self._pool, name="netguard-stop")
 
     async def check(self) -> list[str]:
         """Put the network and rules in place now (on the guard's pool); return what
@@ -157,7 +150,13 @@ class NetguardService(Service):
             if not self.ready:
                 self._fatal(fatal_message(self._guard.network, e))
             else:
-                self.log.error("Guarding {network} failed: {error}", network=self._guard.network, error=str(e))
+                # The rules may be gone (a firewall reload) and could not be repaired: no
+                # function runs on the network, and /health says so, until a repair works.
+                self.ready = False
+                if self._loop is not None and self._loop.running:
+                    self._loop.interval = self._retry_delay
+                self.log.error("Guarding {network} failed: {error}; calls wait until it is repaired",
+                               network=self._guard.network, error=str(e))
             return
         except Exception as e:  # the loop must go on (it dies on an uncaught error)
             self.log.error("Guarding {network} failed: {error}", network=self._guard.network, error=repr(e))

@@ -1,6 +1,6 @@
 """The Lua scripts that make every ``RedisQueue`` operation atomic on the server.
 
-Keys (``KEYS[1..8]``, in this order, all under the queue's prefix):
+Keys (``KEYS[1..9]``, in this order, all under the queue's prefix):
 
 - ``items``    hash  call_id -> QueueItem JSON
 - ``scores``   hash  call_id -> place in order: ``(2 - priority) * 1e15 + seq``, so one

@@ -88,6 +88,21 @@ def test_a_failure_after_start_is_logged_and_retried_not_fatal() -> None:
     assert any(e.get("error") == "iptables timed out" for e in events)
 
 
+def test_a_failed_repair_holds_calls_and_health_until_a_repair_works() -> None:
+    """The rules may be gone and could not be put back: no function runs meanwhile."""
+    guard = ScriptedGuard([], GuardError("iptables-restore: Permission denied"), [])
+    service, clock, fatal = make(guard)
+    service.startService()
+    clock.advance(30)
+    assert guard.calls == 2 and not service.ready and fatal == []
+    assert isinstance(ping(service), RuntimeError)
+    clock.advance(1)  # retried at once, not 30 s later
+    assert guard.calls == 3 and service.ready and ping(service) is None
+    for _ in range(60):
+        clock.advance(1)
+    assert guard.calls == 5  # back to a re-check every 30 s, not every second
+
+
 def test_a_remote_docker_host_is_fatal_before_any_command() -> None:
     guard = ScriptedGuard()
     service, clock, fatal = make(guard, docker_host="tcp://10.0.0.5:2376")
