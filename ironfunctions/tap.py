@@ -188,7 +188,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     slots = Slots(config.max_concurrency, reactor, DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S)
     policy = FunctionPolicy(config.function_readonly_rootfs, config.function_user)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size, policy)
-    hot = HotRunner(driver, slots, reactor, config.node_id, metrics, config.docker_network, config.max_response_size,
+    hot = HotRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size,
                     policy=policy)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
     slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot stops an idle hot container

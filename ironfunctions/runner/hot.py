@@ -31,7 +31,6 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.drivers.interface import IContainerDriver
-from ironfunctions.metrics import IMetrics
 from ironfunctions.models import Call, CallResult
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot_pool import HotContext, RoutePool
@@ -52,14 +51,13 @@ class HotRunner:
         slots: Slots,
         clock: IReactorTime,
         node_id: str,
-        metrics: IMetrics,
         network_mode: str = "bridge",
         max_response_size: int = 6 * 1024 * 1024,
         max_waiting: int = DEFAULT_MAX_WAITING,
         policy: FunctionPolicy = FunctionPolicy(),
     ) -> None:
         self._context = HotContext(
-            driver, slots, clock, node_id, metrics, network_mode, max_response_size, max_waiting, policy,
+            driver, slots, clock, node_id, network_mode, max_response_size, max_waiting, policy,
         )
         self._pools: dict[tuple[str, str], RoutePool] = {}
         self._draining: set[RoutePool] = set()

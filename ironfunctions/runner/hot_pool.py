@@ -30,7 +30,6 @@ from twisted.python.failure import Failure
 
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import Overloaded
-from ironfunctions.metrics import IMetrics
 from ironfunctions.models import Call, CallResult, CallStatus, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
@@ -50,7 +49,6 @@ class HotContext:
     :param slots: the node's container admission, shared with the cold runner.
     :param clock: time for waits, timeouts and idle expiry.
     :param node_id: labels the containers (crash and stop cleanup).
-    :param metrics: receives the ``hot.containers`` gauge per route when it changes.
     :param network_mode: the containers' network.
     :param max_response_size: largest response body a function may announce.
     :param max_waiting: calls that may wait for a container of one route.
@@ -61,7 +59,6 @@ class HotContext:
     slots: Slots
     clock: IReactorTime
     node_id: str
-    metrics: IMetrics
     network_mode: str = "bridge"
     max_response_size: int = 6 * 1024 * 1024
     max_waiting: int = DEFAULT_MAX_WAITING
@@ -196,7 +193,6 @@ class RoutePool:
         self._starting -= 1
         container.started(attached, ms(self._clock.seconds() - began))
         self._live.add(container)
-        self._gauge()
         log.debug("Started hot container {container_id}", container_id=attached.container_id, **self._fields)
         if container.dead:
             # Its function exited while it started: the call it was started for gets
@@ -272,7 +268,6 @@ class RoutePool:
         except ValueError:
             pass
         container.cancel_timer()
-        self._gauge()
         d = Deferred.fromCoroutine(self._remove(container))
         self._maybe_start()
         return d
@@ -291,9 +286,6 @@ class RoutePool:
             context.slots.release()
             container.mark_removed()
             self._check_drained()
-
-    def _gauge(self) -> None:
-        self._context.metrics.gauge("hot.containers", len(self._live), **self._fields)
 
     # -- retirement
 

@@ -9,7 +9,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import FUNCTION_CAPABILITIES, Call, CallRequest, ContainerSpec, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.agent import ColdRunner
@@ -70,7 +69,7 @@ class RunnerTests(SynchronousTestCase):
         clock = Clock()
         driver = fake_driver(clock)
         policy = FunctionPolicy(user="2000:3000")
-        runner = HotRunner(driver, Slots(2, clock, 10, 10.0), clock, "node", MemoryMetrics(), policy=policy)
+        runner = HotRunner(driver, Slots(2, clock, 10, 10.0), clock, "node", policy=policy)
         Deferred.fromCoroutine(runner.run(make_call(fmt="http"))).addErrback(lambda _: None)
         clock.advance(60)
         spec = driver.started_specs[0]

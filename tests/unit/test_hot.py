@@ -14,7 +14,6 @@ from zope.interface import implementer
 from ironfunctions.drivers.fake import FakeDriver
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerStream
 from ironfunctions.errors import ImageNotFound, Overloaded
-from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import Call, CallRequest, CallStatus, ContainerSpec, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot import HotRunner
@@ -100,8 +99,7 @@ class PoolTests(SynchronousTestCase):
         self.clock = Clock()
         self.driver = HotFakeDriver(self.clock)
         self.slots = Slots(4, self.clock, 100, 10.0)
-        self.metrics = MemoryMetrics()
-        self.runner = HotRunner(self.driver, self.slots, self.clock, "node1", self.metrics)
+        self.runner = HotRunner(self.driver, self.slots, self.clock, "node1")
 
     def run_call(self, call: Call):  # type: ignore[no-untyped-def]
         from twisted.internet.defer import Deferred
@@ -163,7 +161,7 @@ class PoolTests(SynchronousTestCase):
 
     def test_a_call_waiting_for_a_slot_stops_the_longest_idle_container(self) -> None:
         slots = Slots(2, self.clock, 100, 10.0)
-        runner = HotRunner(self.driver, slots, self.clock, "node1", self.metrics)
+        runner = HotRunner(self.driver, slots, self.clock, "node1")
         slots.on_pressure(runner.reclaim_idle)
         older = Deferred.fromCoroutine(runner.run(make_call(b"a", "A")))
         self.clock.advance(0.01)
@@ -188,8 +186,7 @@ class PoolTests(SynchronousTestCase):
         assert self.live() == 1
         self.clock.advance(1)
         assert self.live() == 0 and self.slots.in_use == 0
-        gauges = [(s.value, s.fields) for s in self.metrics.samples if s.name == "hot.containers"]
-        assert gauges == [(1, {"app": "a", "path": "/hot"}), (0, {"app": "a", "path": "/hot"})]
+        assert self.runner.containers() == {("a", "/hot"): 0}  # what the node gauges report
 
     def test_timeout_kills_the_container_then_answers_timeout(self) -> None:
         self.finish(self.run_call(make_call(timeout=3)))
@@ -271,7 +268,7 @@ class PoolTests(SynchronousTestCase):
         assert self.successResultOf(Deferred.fromCoroutine(self.runner.cancel("NOPE"))) is False
 
     def test_calls_beyond_the_routes_waiting_bound_are_refused_at_once(self) -> None:
-        runner = HotRunner(self.driver, self.slots, self.clock, "node1", self.metrics, max_waiting=1)
+        runner = HotRunner(self.driver, self.slots, self.clock, "node1", max_waiting=1)
         self.driver.script = lambda body: None
         first = Deferred.fromCoroutine(runner.run(make_call(call_id="C1", max_concurrency=1, timeout=7)))
         self.clock.advance(0)  # C1 runs
