@@ -11,6 +11,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from ironfunctions.threads import stop_pools
 
 
 class IronFunctionsService(MultiService):
@@ -176,3 +179,21 @@ class FlushOnStopService(Service):
     def stopService(self) -> None:  # noqa: N802
         super().stopService()  # type: ignore[no-untyped-call]
         self._flush()
+
+
+class ThreadPoolService(Service):
+    """Starts a dedicated thread pool with the daemon and stops it (off the reactor
+    thread) when the daemon stops."""
+
+    def __init__(self, name: str, pool: ThreadPool, reactor: Any) -> None:
+        self.name = name
+        self._pool = pool
+        self._reactor = reactor
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()  # type: ignore[no-untyped-call]
+        self._pool.start()
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        super().stopService()  # type: ignore[no-untyped-call]
+        return stop_pools(self._reactor, self._pool, name=f"{self.name}-stop")

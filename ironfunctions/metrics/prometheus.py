@@ -31,6 +31,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -96,17 +97,21 @@ class PrometheusMetrics:
     :param namespace: the prefix of our metric names.
     :param process_metrics: also register the process, platform and GC collectors
         (``process_*``, ``python_*``) on the registry.
-    :param reactor: where ``scrape`` makes the text: on the reactor's thread pool
-        when given (the daemon), inline otherwise (tests).
+    :param reactor: with ``pool``, where ``scrape`` makes the text: on ``pool`` (the
+        daemon gives it one thread of its own, not the reactor's pool that DNS lookups
+        share); inline without them (tests).
+    :param pool: the thread pool of ``scrape``.
     """
 
     log = Logger(namespace="ironfunctions.metrics")
 
     def __init__(
         self, namespace: str = NAMESPACE, process_metrics: bool = True, reactor: Any = None,
+        pool: ThreadPool | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self._reactor = reactor
+        self._pool = pool
         self._scrapers: list[Deferred[bytes]] | None = None  # waiting for the text in the making
         self._namespace = namespace
         self._families: dict[tuple[str, str, tuple[str, ...]], _Family | None] = {}
@@ -134,12 +139,12 @@ class PrometheusMetrics:
         call in flight. prometheus_client's metrics are thread-safe.
         One text is made at a time; scrapes meanwhile share it."""
         waiter: Deferred[bytes] = Deferred()
-        if self._reactor is None:
+        if self._reactor is None or self._pool is None:
             waiter.callback(self.exposition())
             return waiter
         if self._scrapers is None:
             self._scrapers = []
-            making = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self.exposition)
+            making = deferToThreadPool(self._reactor, self._pool, self.exposition)
             making.addBoth(self._made)
         self._scrapers.append(waiter)
         return waiter

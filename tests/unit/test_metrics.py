@@ -10,6 +10,7 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, capturedLogs
+from twisted.python.threadpool import ThreadPool
 
 from ironfunctions.metrics import (
     FanoutMetrics,
@@ -323,13 +324,10 @@ def test_statsd_url_is_parsed_into_host_and_port_in_config() -> None:
 
 
 class ManualThreads:
-    """A reactor whose thread pool runs its work when the test says so."""
+    """A reactor and thread pool that run the pool's work when the test says so."""
 
     def __init__(self) -> None:
         self.work: list[Any] = []
-
-    def getThreadPool(self) -> "ManualThreads":  # noqa: N802 (Twisted API)
-        return self
 
     def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any) -> None:  # noqa: N802
         self.work.append(lambda: on_result(True, f(*args)))
@@ -341,7 +339,7 @@ class ManualThreads:
 def test_scrapes_are_made_off_the_reactor_thread_one_at_a_time_and_shared() -> None:
     """A big exposition takes ~1 ms per route: it must not stall the reactor."""
     threads = ManualThreads()
-    metrics = PrometheusMetrics(process_metrics=False, reactor=threads)
+    metrics = PrometheusMetrics(process_metrics=False, reactor=threads, pool=cast(ThreadPool, threads))
     metrics.count("run.requests", 1, app="a", path="/p")
     first, second = metrics.scrape(), metrics.scrape()
     assert len(threads.work) == 1 and not first.called
