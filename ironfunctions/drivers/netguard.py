@@ -24,7 +24,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from ironfunctions.drivers.netplan import Jump, Plan, chain_names, parse_nameservers, plan
+from ironfunctions.drivers.netplan import Address, Jump, Plan, chain_names, parse_nameservers, plan
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
@@ -107,16 +107,19 @@ class NetworkGuard:
     :param allow_nets: CIDRs left open although private (``FUNCTION_ALLOW_NETS``).
     :param resolv_conf: where the host's nameservers are read (Docker's embedded DNS
         forwards to them from the container's side, so port 53 of a private one stays open).
+    :param resolved_conf: read instead when ``resolv_conf`` names only loopback servers
+        (systemd-resolved's stub at 127.0.0.53), as Docker itself does.
     :param lock_path: the host-wide lock every daemon takes around its changes.
     """
 
     def __init__(self, api: docker.APIClient, network: str, allow_nets: Sequence[str] = (),
                  resolv_conf: str = "/etc/resolv.conf", lock_path: str = LOCK_PATH,
+                 resolved_conf: str = "/run/systemd/resolve/resolv.conf",
                  iptables: Callable[[int], Iptables] = Iptables) -> None:
         self._api = api
         self.network = network
         self._allow_nets = [ipaddress.ip_network(net) for net in allow_nets]
-        self._resolv_conf = resolv_conf
+        self._resolv_confs = (resolv_conf, resolved_conf)
         self._lock_path = lock_path
         self._tables = {family: iptables(family) for family in (4, 6)}
 
@@ -148,11 +151,15 @@ class NetworkGuard:
     def plan(self) -> Plan:
         """The rules as they should be now (bridge, nameservers, Docker's chains)."""
         bridge = self.bridge()
-        try:
-            with open(self._resolv_conf) as f:
-                nameservers = parse_nameservers(f.read())
-        except OSError:
-            nameservers = []
+        nameservers: list[Address] = []
+        for path in self._resolv_confs:
+            try:
+                with open(path) as f:
+                    nameservers = parse_nameservers(f.read())
+            except OSError:
+                continue
+            if nameservers:
+                break
         parents = {family: "DOCKER-USER" if table.chain("DOCKER-USER") is not None else "FORWARD"
                    for family, table in self._tables.items()}
         return plan(self.network, bridge, self._allow_nets, nameservers, parents)
