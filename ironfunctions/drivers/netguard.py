@@ -24,7 +24,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from ironfunctions.drivers.netplan import Address, Jump, Plan, chain_names, parse_nameservers, plan
+from ironfunctions.drivers.netplan import CHAIN_PREFIX, Address, Jump, Plan, chain_names, parse_nameservers, plan
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
@@ -184,11 +184,20 @@ class NetworkGuard:
                     expected = {f"-A {jump.parent} {' '.join(jump.spec)}" for jump in jumps
                                 if jump.parent == parent}
                     seen: set[str] = set()
+                    # A rule of someone else's above our jump (an ACCEPT a firewall tool
+                    # inserted) would let packets by: our jumps must come first, after at
+                    # most the jumps of other guarded networks (which only refuse).
+                    behind_foreign_rule = False
                     for line in lines:
                         if line.split()[-1] not in (wanted.chains.forward, wanted.chains.inbound):
+                            if line.startswith("-A ") and f" -j {CHAIN_PREFIX}" not in line:
+                                behind_foreign_rule = True
                             continue  # not ours
-                        if line in expected and line not in seen:
+                        if line in expected and line not in seen and not behind_foreign_rule:
                             seen.add(line)
+                        elif line in expected and line not in seen:  # put back in front below
+                            table.delete(line)
+                            repaired.append(f"ipv{family} moved {line} ahead of other rules")
                         else:  # a stale bridge name, or a duplicate
                             table.delete(line)
                             repaired.append(f"ipv{family} removed stale {line}")

@@ -81,6 +81,9 @@ class Chains:
     inbound: str
 
 
+CHAIN_PREFIX = "IFN-"  # every chain of ours starts with it
+
+
 def chain_names(network: str) -> Chains:
     """``IFN-<net>`` and ``IFN-<net>-IN``; a name too long for iptables is shortened
     with a hash, so distinct networks keep distinct chains."""

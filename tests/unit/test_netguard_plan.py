@@ -49,3 +49,54 @@ def test_behind_systemd_resolved_the_upstream_nameservers_are_read_as_docker_doe
 
 def test_no_nameserver_file_opens_nothing(tmp_path: pathlib.Path) -> None:
     assert dns_rules(guard(tmp_path, "nameserver 127.0.0.53\n", None)) == []
+
+
+class StatefulTable:
+    """``iptables -S`` output per chain, changed by what the guard does."""
+
+    def __init__(self) -> None:
+        self.chains: dict[str, list[str]] = {
+            "INPUT": ["-P INPUT ACCEPT", "-A INPUT -i lo -j ACCEPT"],
+            "FORWARD": ["-P FORWARD DROP", "-A FORWARD -j DOCKER-USER"],
+            "DOCKER-USER": ["-N DOCKER-USER", "-A DOCKER-USER -j RETURN"],
+        }
+
+    def chain(self, name: str) -> list[str] | None:
+        """Only the ``-A`` lines, as ``Iptables.chain`` gives them."""
+        lines = self.chains.get(name)
+        return None if lines is None else [line for line in lines if line.startswith("-A ")]
+
+    def restore(self, text: str) -> None:
+        for line in text.splitlines():
+            if line.startswith(":"):
+                name = line[1:].split()[0]
+                self.chains[name] = [f"-N {name}"]
+            elif line.startswith("-A "):
+                self.chains[line.split()[1]].append(line)
+
+    def insert(self, jump: Any) -> None:
+        lines = self.chains[jump.parent]
+        head = 1 if lines and not lines[0].startswith("-A ") else 0
+        lines.insert(head, f"-A {jump.parent} {' '.join(jump.spec)}")
+
+    def delete(self, line: str) -> None:
+        self.chains[line.split()[1]].remove(line)
+
+
+def test_a_rule_put_above_our_jump_is_repaired_by_moving_the_jump_first(tmp_path: pathlib.Path) -> None:
+    """An ACCEPT a firewall tool inserts at the top would let functions reach the host."""
+    tables = {4: StatefulTable(), 6: StatefulTable()}
+    (tmp_path / "resolv.conf").write_text("")
+    g = NetworkGuard(cast(docker.APIClient, FakeApi()), "ironfunctions-t", resolv_conf=str(tmp_path / "resolv.conf"),
+                     resolved_conf=str(tmp_path / "none"), lock_path=str(tmp_path / "lock"),
+                     iptables=lambda family: cast(Iptables, tables[family]))
+    assert g.ensure()  # put in place
+    assert g.ensure() == []  # in place: nothing to do
+    inp = tables[4].chains["INPUT"]
+    ours = inp[1]
+    assert ours.endswith("-j IFN-ironfunctions-t-IN")
+    inp.insert(1, "-A INPUT -i br-0123456789ab -j ACCEPT")
+    repaired = g.ensure()
+    assert any("moved" in r for r in repaired)
+    assert tables[4].chains["INPUT"][1] == ours and tables[4].chains["INPUT"].count(ours) == 1
+    assert g.ensure() == []
