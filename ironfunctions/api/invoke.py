@@ -18,6 +18,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from ironfunctions.http.headers import canonical_name
 from ironfunctions.http.hosts import authority
 from ironfunctions.runner.invoker import Invocation, Invoker, Reply
 
@@ -59,6 +60,8 @@ def _write_reply(reply: Reply, request: Any) -> None:
     request.setResponseCode(reply.code)
     headers = request.responseHeaders
     for name, value in reply.headers:
+        if canonical_name(name) is None:  # not a token: dropped, as the lean channel does
+            continue
         headers.addRawHeader(name, value)
     headers.setRawHeaders(b"content-length", [b"%d" % len(reply.body)])
     request.write(reply.body)

@@ -71,7 +71,7 @@ class Functions:
         if call.route is HOSTILE:
             return CallResult(call.id, CallStatus.SUCCESS, body=b"hello", status_code=200, headers={
                 "Date": ["Mon, 01 Jan 2024 00:00:00 GMT"], "Server": ["fn"], "Fn-Call-Id": ["forged"],
-                "Server-Timing": ["forged"]})
+                "Server-Timing": ["forged"], "Bad Name": ["v"]})
         summary = {"method": call.request.method, "url": call.request.url,
                    "headers": {k: v for k, v in call.request.headers.items() if k != "Content-Length"}}
         return CallResult(call.id, CallStatus.SUCCESS, body=json.dumps(summary).encode() + b"|" + call.request.body,
@@ -379,6 +379,16 @@ def test_no_framing_or_daemon_header_comes_from_a_function_or_route() -> None:
         assert len([line for line in lines if line.startswith(name + b":")]) == 1, name
     assert b"transfer-encoding" not in head and b"forged" not in head
     assert b"content-length: 5" in lines and b"server: route" not in lines
+
+
+def test_a_function_header_whose_name_is_no_token_is_dropped_by_both_servers() -> None:
+    """twisted.web would refuse to write it and drop the connection with no reply."""
+    data = b"GET /r/app/hostile HTTP/1.1\r\nHost: h\r\n\r\n"
+    fast, _ = exchange(data)
+    web, _ = exchange(data, fast=False)
+    assert len(fast) == 1 and len(web) == 1
+    assert fast[0][0] == web[0][0] == 200 and fast[0][2] == web[0][2] == b"hello"
+    assert not any(name.lower().startswith("bad") for name in web[0][1])
 
 
 def test_connection_close_then_keep_alive_still_closes() -> None:
