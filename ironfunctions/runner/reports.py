@@ -17,8 +17,9 @@ no agent, queue or pools.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Callable, Coroutine, Mapping, Sequence
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -61,7 +62,7 @@ class NodeGaugesService(PeriodicService):
         metrics: IMetrics,
         clock: IReactorTime,
         slots: Slots,
-        queue_depth: Callable[[], Awaitable[int]],
+        queue_depth: Callable[[], Coroutine[Any, Any, int]],
         hot_containers: Callable[[], Mapping[tuple[str, str], int]],
         connections: Callable[[], int] | None = None,
         interval: float = GAUGES_INTERVAL_S,
@@ -74,13 +75,17 @@ class NodeGaugesService(PeriodicService):
         self._connections = connections
         self._hot_routes: set[tuple[str, str]] = set()  # routes last reported above 0
         self._queue_answered = False
+        self._clock = clock
+        self._depth_timeout = interval / 2  # so the next round starts on time
 
     async def report(self) -> None:
         """Report every gauge once. Raise what ``queue_depth`` raises (once the queue
         has answered before)."""
         self.report_local()
         try:
-            depth = await self._queue_depth()
+            # Bounded here too: the next round must not wait on a slow queue.
+            asking = Deferred.fromCoroutine(self._queue_depth())
+            depth = await asking.addTimeout(self._depth_timeout, self._clock)
         except Exception as e:
             if self._queue_answered:
                 raise

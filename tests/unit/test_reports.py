@@ -29,6 +29,8 @@ class NodeGaugesTests(SynchronousTestCase):
     async def queue_depth(self) -> int:
         if isinstance(self.depth, Exception):
             raise self.depth
+        if self.depth < 0:  # a queue that never answers
+            await Deferred()
         return self.depth
 
     def gauges(self) -> list[tuple[str, int, dict[str, str]]]:
@@ -51,6 +53,17 @@ class NodeGaugesTests(SynchronousTestCase):
         self.service.stopService()
         self.clock.advance(10)
         assert self.gauges() == [] and self.clock.getDelayedCalls() == []
+
+    def test_a_queue_that_never_answers_does_not_stop_the_other_gauges(self) -> None:
+        self.service.startService()
+        self.gauges()
+        self.depth = -1
+        with capturedLogs():
+            for _ in range(4):
+                self.clock.advance(5)
+        running = [v for n, v, f in self.gauges() if n == "containers.running"]
+        assert len(running) >= 3  # a round every interval, each bounded by it
+        self.service.stopService()
 
     def test_hot_containers_per_route_and_for_the_node(self) -> None:
         """Two routes of one app are two series (app= and path=); the node-wide figure
