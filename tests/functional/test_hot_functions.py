@@ -208,7 +208,9 @@ def test_stderr_is_logged_with_the_call_id_and_metrics_are_per_call(hot: HotDaem
     assert any(f"log {call_id}" in line and f"call_id={call_id}" in line for line in lines)
     assert any("metric=run.requests " in line and f"call_id={call_id}" in line for line in lines)
     assert any("metric=run.succeeded " in line and f"call_id={call_id}" in line for line in lines)
-    assert any("metric=hot.containers value=1 type=gauge" in line and "path=/log" in line for line in lines)
+    # The node gauges report hot containers per route every 5 s.
+    wait_for(lambda: any("metric=hot.containers value=1 type=gauge" in line and "path=/log" in line
+                         for line in hot.log().splitlines()), timeout=8)
 
 
 def test_busybox_shell_function_in_the_ironfunctions_style(hot: HotDaemon) -> None:
