@@ -83,6 +83,23 @@ SETTINGS = [
      "and a writable /tmp counted in the route's memory; false keeps a writable root [default: true]"),
     ("function-user", "FUNCTION_USER", "Run function containers as this numeric uid[:gid] "
      "[default: the image's user]"),
+    ("header-timeout", "HEADER_TIMEOUT", "A request head must arrive within this of its first byte [default: 20s]"),
+    ("idle-timeout", "IDLE_TIMEOUT", "An idle keep-alive connection closes after this [default: 60s]"),
+    ("body-min-rate", "BODY_MIN_RATE", "A request body slower than this (over 10 s) gets 408 [default: 1KiB/s]"),
+    ("max-buffered", "MAX_BUFFERED", "Request bytes held in memory across connections [default: 64MiB]"),
+    ("max-spooled", "MAX_SPOOLED", "Request bytes spooled to disk across connections [default: 1GiB]"),
+    ("admission-wait", "ADMISSION_WAIT", "How long a call may wait for a container slot [default: 10s]"),
+    ("admission-max-waiting", "ADMISSION_MAX_WAITING", "How many calls may wait for a slot [default: 1000]"),
+    ("app-max-concurrency", "APP_MAX_CONCURRENCY", "Containers one app may hold while others wait "
+     "[default: half of MAX_CONCURRENCY]"),
+    ("async-max-queued", "ASYNC_MAX_QUEUED", "Async calls per app waiting in the queue [default: 10000]"),
+    ("async-max-queued-bytes", "ASYNC_MAX_QUEUED_BYTES", "Queued async payload bytes per app [default: 256MiB]"),
+    ("async-max-age", "ASYNC_MAX_AGE", "An async call the platform could not run for this long ends "
+     "error/expired [default: 24h]"),
+    ("call-retention", "CALL_RETENTION", "Finished call records and logs older than this are deleted [default: 7d]"),
+    ("route-cache-stale", "ROUTE_CACHE_STALE", "How old a cached route may be served while the datastore "
+     "is down; 0: never [default: 10m]"),
+    ("record-buffer", "RECORD_BUFFER", "Call records and logs held while the datastore is down [default: 64MiB]"),
 ]
 
 

@@ -180,3 +180,38 @@ def test_a_short_key_is_a_config_error_that_never_shows_the_key() -> None:
         make(env={"JWT_AUTH_KEY": "nine-byte"})
     assert str(e.value).startswith("JWT_AUTH_KEY:") and "32" in str(e.value) and "nine-byte" not in str(e.value)
     assert make(env={"JWT_AUTH_KEY": "é" * 16}).jwt_auth_key == "é" * 16  # 32 bytes in UTF-8
+
+
+def test_bounds_and_outage_settings_have_the_spec_defaults() -> None:
+    """SPEC §2: the settings of §8 (hostile load) and §10 (backend outages)."""
+    c = make()
+    assert (c.header_timeout, c.idle_timeout, c.body_min_rate) == (20.0, 60.0, 1024)
+    assert (c.max_buffered, c.max_spooled) == (64 * 1024 * 1024, 1024 * 1024 * 1024)
+    assert (c.admission_wait, c.admission_max_waiting) == (10.0, 1000)
+    assert c.app_concurrency == 32  # half of MAX_CONCURRENCY (64)
+    assert (c.async_max_queued, c.async_max_queued_bytes) == (10_000, 256 * 1024 * 1024)
+    assert (c.async_max_age, c.call_retention) == (86400.0, 7 * 86400.0)
+    assert (c.route_cache_stale, c.record_buffer) == (600.0, 64 * 1024 * 1024)
+
+
+def test_bounds_settings_parse_units() -> None:
+    c = make(env={
+        "HEADER_TIMEOUT": "5s", "IDLE_TIMEOUT": "2m", "BODY_MIN_RATE": "2KiB/s", "MAX_BUFFERED": "1MiB",
+        "ASYNC_MAX_AGE": "1h", "CALL_RETENTION": "30d", "ROUTE_CACHE_STALE": "0", "ADMISSION_WAIT": "250ms",
+        "APP_MAX_CONCURRENCY": "3", "MAX_CONCURRENCY": "2",
+    })
+    assert (c.header_timeout, c.idle_timeout, c.body_min_rate, c.max_buffered) == (5.0, 120.0, 2048, 1024 * 1024)
+    assert (c.async_max_age, c.call_retention, c.route_cache_stale) == (3600.0, 30 * 86400.0, 0.0)
+    assert c.admission_wait == 0.25
+    assert c.app_concurrency == 3
+    assert make(env={"MAX_CONCURRENCY": "1"}).app_concurrency == 1
+
+
+@pytest.mark.parametrize("name, value", [
+    ("HEADER_TIMEOUT", "0"), ("IDLE_TIMEOUT", "soon"), ("BODY_MIN_RATE", "fast"), ("MAX_SPOOLED", "-1"),
+    ("ASYNC_MAX_QUEUED", "0"), ("ASYNC_MAX_AGE", "1y"), ("APP_MAX_CONCURRENCY", "0"),
+    ("ADMISSION_MAX_WAITING", "-3"), ("RECORD_BUFFER", "lots"),
+])
+def test_bad_bounds_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        make(env={name: value})
