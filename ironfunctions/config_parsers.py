@@ -200,6 +200,21 @@ def parse_allow_nets(name: str, value: str) -> tuple[str, ...]:
         raise ConfigError(f"{name}: {e}") from None
 
 
+def parse_cidrs(name: str, value: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs (or single addresses), IPv4 or IPv6, normalised."""
+    import ipaddress
+
+    nets = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        try:
+            nets.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name}: expected comma-separated CIDRs such as 10.0.0.0/8,::1, got {part.strip()!r}") from None
+    return tuple(nets)
+
+
 def parse_hot_transport(name: str, value: str) -> str:
     transport = value.strip().lower()
     if transport not in HOT_TRANSPORTS:

@@ -100,6 +100,10 @@ SETTINGS = [
     ("route-cache-stale", "ROUTE_CACHE_STALE", "How old a cached route may be served while the datastore "
      "is down; 0: never [default: 10m]"),
     ("record-buffer", "RECORD_BUFFER", "Call records and logs held while the datastore is down [default: 64MiB]"),
+    ("lb-agent-port", "LB_AGENT_PORT", "TCP port of this node's HAProxy agent-check responder [default: off]"),
+    ("trusted-proxies", "TRUSTED_PROXIES", "CIDRs whose X-Forwarded-For/-Proto/-Host are believed; dropped from others"),
+    ("drain-grace", "DRAIN_GRACE", "After SIGTERM, keep serving this long while the balancer notices [default: 3s]"),
+    ("shutdown-timeout", "SHUTDOWN_TIMEOUT", "After the grace, longest wait for in-flight calls [default: 60s]"),
 ]
 
 
