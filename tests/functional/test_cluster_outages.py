@@ -50,6 +50,7 @@ class Sent:
     ok: bool
     retry_after: str | None = None
     call_id: str | None = None
+    balancer: bool = False  # the answer came from HAProxy itself (no node to send it to)
 
 
 class Stream:
@@ -94,6 +95,8 @@ class Stream:
         except OSError:  # refused, reset or timed out: the client got nothing
             return Sent(kind, started, time.monotonic(), 0, False)
         ended = time.monotonic()
+        if b"No server is available" in reply.body:
+            return Sent(kind, started, ended, reply.status, False, balancer=True)
         if kind == "async":
             call_id = reply.json().get("call_id") if reply.status == 202 else None
             return Sent(kind, started, ended, reply.status, reply.status == 202, reply.header("retry-after"), call_id)
@@ -145,7 +148,7 @@ def window_figures(sent: list[Sent], start: float, back: float) -> dict[str, Any
         figures[kind] = {
             "sent": len(calls),
             "succeeded" if kind != "async" else "accepted": len(calls) - len(failed),
-            "statuses": _count(str(s.status) for s in calls),
+            "statuses": _count(f"{s.status} from haproxy" if s.balancer else str(s.status) for s in calls),
             "failing_until_s": round(max([s.ended - back for s in failed] + [0.0]), 2),
         }
     return figures
