@@ -62,14 +62,17 @@ class SqliteQueue:
         text = item.to_json()
         size = len(text)
 
-        def insert(c: sqlite3.Connection) -> bool:
+        # A refusal comes back as a value, raised here: raised in the thread, it would
+        # travel in a Failure whose traceback cycles through the awaiting frames and
+        # keeps this item's megabytes alive until the garbage collector runs.
+        def insert(c: sqlite3.Connection) -> bool | tuple[str, int]:
             with transaction(c):
                 if c.execute("SELECT 1 FROM mq_items WHERE call_id = ?", (item.call_id,)).fetchone():
                     return False
                 if limits is not None:
                     refused = limits.refusal(item.app_name, _usage(c, item.app_name, now), size)
                     if refused is not None:
-                        raise QueueFull(item.app_name, *refused)
+                        return refused
                 c.execute(
                     "INSERT INTO mq_items (call_id, priority, item, visible_at, app_name, size)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
@@ -83,6 +86,8 @@ class SqliteQueue:
             return True
 
         added = await self._db.run(insert)
+        if isinstance(added, tuple):
+            raise QueueFull(item.app_name, *added)
         if added:
             self._waiters.wake_all()
         return added

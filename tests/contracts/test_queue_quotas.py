@@ -10,6 +10,8 @@ and ``rebuild_counts`` repairs counters that parted from the items.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 from typing import cast
 
@@ -193,6 +195,33 @@ async def test_rebuild_counts_agrees_with_the_counters(queue: IMessageQueue) -> 
     assert before == (usage(job("a1", body="z"), job("a2", body="zz"), job("a3", body="zzz")), usage(job("b0", "b")))
     await queue.rebuild_counts()
     assert (await queue.app_usage("a"), await queue.app_usage("b")) == before
+
+
+async def refused_item(queue: IMessageQueue, limits: QueueLimits) -> weakref.ref[QueueItem]:
+    """Push an item ``limits`` refuse; return a weak reference to it."""
+    item = job("big", body="x" * 100_000)
+    ref = weakref.ref(item)
+    try:
+        await queue.push(item, limits=limits)
+    except QueueFull:
+        pass
+    else:
+        raise AssertionError("not refused")
+    return ref
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_item_is_freed_at_once(queue: IMessageQueue) -> None:
+    """A flood of refused megabyte posts must not pile up until the garbage collector
+    runs: no reference cycle (e.g. a Failure's traceback) keeps a refused item alive."""
+    limits = QueueLimits(max_calls=1, max_bytes=10**9)
+    await queue.push(job("a1"), limits=limits)
+    gc.disable()
+    try:
+        ref = await refused_item(queue, limits)
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 # -- provider-specific
