@@ -6,11 +6,11 @@ Every daemon runs with ``NUM_ASYNC=0`` (nothing drains the queue) and
 (a) refused: ``--flood`` submits of one app on a Redis queue with ``ASYNC_MAX_QUEUED=100``;
     how many were 202 and how many 429 (target: exactly 100 accepted, the rest 429 with
     ``Retry-After``, nothing else), and a second app's submit after the flood (202).
-(b) memory: 60 × 1 MiB posts on the embedded default (SQLite datastore and queue), with
-    ``ASYNC_MAX_QUEUED_BYTES=4MiB`` and with the default (256 MiB): the daemon's RSS
-    growth (peak while posting, minus before) and the queue file's growth. The finding
-    of issue 13 was +86 MiB RSS for these posts. On Redis the items sit in redis-server
-    instead: its ``used_memory`` growth is printed for the same posts.
+(b) memory: 60 × 1 MiB posts with ``ASYNC_MAX_QUEUED_BYTES=4MiB`` and with the default
+    (256 MiB), on the embedded default (SQLite datastore and queue) and on ``memory://``
+    queue: the daemon's RSS growth (peak while posting, minus before) and the SQLite
+    queue file's growth. The finding of issue 13 was +86 MiB for these posts. On Redis
+    the items sit in redis-server instead: its ``used_memory`` growth is printed.
 (c) submit cost: p50 and p99 of sequential async POSTs (one keep-alive connection,
     ``DB_URL=memory://`` so the queue push dominates) on Redis, this checkout vs
     ``--before`` (a git revision before the bound, exported with ``git archive``),
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import os
 import subprocess
 import sys
@@ -103,9 +104,10 @@ def refused(workdir: str, redis: RedisServer, flood: int) -> list[str]:
 def memory(workdir: str, redis: RedisServer) -> list[str]:
     rows = []
     body = b"x" * MIB
-    for label, bound in (("4MiB", "4MiB"), ("default", None)):
-        env = {} if bound is None else {"ASYNC_MAX_QUEUED_BYTES": bound}
-        d = daemon(workdir, f"memory-{label}", **env)
+    for (queue, mq_env), (label, bound) in itertools.product(
+            (("SQLite", {}), ("memory", {"MQ_URL": "memory://"})), (("4MiB", "4MiB"), ("default", None))):
+        env = {**mq_env, **({} if bound is None else {"ASYNC_MAX_QUEUED_BYTES": bound})}
+        d = daemon(workdir, f"memory-{queue}-{label}", **env)
         try:
             assert d.proc is not None
             mq = os.path.join(d.workdir, "data", "mq.db")
@@ -116,9 +118,10 @@ def memory(workdir: str, redis: RedisServer) -> list[str]:
                 statuses, _, _ = post_many(d.port, "/r/flood/job", body, 60)
             after = rss_kb(d.proc.pid)
             rows.append(
-                f"(b) 60 x 1 MiB posts, SQLite, ASYNC_MAX_QUEUED_BYTES={label:<8}: 202 x{statuses.get(202, 0):<3} "
-                f"429 x{statuses.get(429, 0):<3} daemon RSS +{(peak.kb - before) / 1024:.1f} MiB peak, "
-                f"+{(after - before) / 1024:.1f} MiB after; queue file +{(_size(mq) - mq_before) / MIB:.1f} MiB"
+                f"(b) 60 x 1 MiB posts, {queue + ',':<7} ASYNC_MAX_QUEUED_BYTES={label:<8}: "
+                f"202 x{statuses.get(202, 0):<3} 429 x{statuses.get(429, 0):<3} "
+                f"daemon RSS +{(peak.kb - before) / 1024:.1f} MiB peak, +{(after - before) / 1024:.1f} MiB after"
+                + (f"; queue file +{(_size(mq) - mq_before) / MIB:.1f} MiB" if queue == "SQLite" else "")
             )
         finally:
             d.stop()
