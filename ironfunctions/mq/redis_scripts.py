@@ -205,14 +205,29 @@ surface(leased)
 return {redis.call('HGET', app_calls, ARGV[1]) or '0', redis.call('HGET', app_bytes, ARGV[1]) or '0'}
 """
 
+_REBUILD = """
+local function rebuild()
+  surface(leased)
+  redis.call('DEL', app_calls, app_bytes)
+  local ids = redis.call('HKEYS', items)
+  for _, id in ipairs(ids) do
+    if not redis.call('ZSCORE', leased, id) then count(id, 1) end
+  end
+  return #ids
+end
+"""
+
 # No ARGV. Recomputes every app's counters from the items: every item not in
 # ``leased`` (after surfacing expired leases) is waiting. O(items): for the reconciler.
-REBUILD = _PRELUDE + """
-surface(leased)
-redis.call('DEL', app_calls, app_bytes)
-local ids = redis.call('HKEYS', items)
-for _, id in ipairs(ids) do
-  if not redis.call('ZSCORE', leased, id) then count(id, 1) end
+REBUILD = _PRELUDE + _REBUILD + "return rebuild()"
+
+# No ARGV. Run by ``start``: items but no counters at all means a queue filled before
+# the counters existed (an upgrade), or nothing but leased items (then rebuilding is
+# cheap): rebuild. Returns 1 if it did.
+INIT = _PRELUDE + _REBUILD + """
+if redis.call('EXISTS', app_calls) == 0 and redis.call('HLEN', items) > 0 then
+  rebuild()
+  return 1
 end
-return #ids
+return 0
 """

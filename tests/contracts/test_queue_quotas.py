@@ -275,6 +275,28 @@ async def test_redis_rebuild_counts_repairs_lost_counters(redis_server: RedisSer
 
 
 @pytest_twisted.ensureDeferred
+async def test_redis_start_counts_a_queue_filled_before_the_counters_existed(redis_server: RedisServer) -> None:
+    """An upgrade: items queued by a version without counters are counted on start."""
+    redis_server.flush()
+    old = RedisQueue.from_url(redis_server.url(prefix="upgrade"), reactor)
+    await old.start()
+    try:
+        await old.push(job("a1"))
+        await old.push(job("a2"))
+        await old.push(job("b1", "b"))
+        await take(old)
+    finally:
+        await old.close()
+    redis_server.command("DEL", "upgrade:app_calls", "upgrade:app_bytes")
+    new = RedisQueue.from_url(redis_server.url(prefix="upgrade"), reactor)
+    await new.start()
+    try:
+        assert (await new.app_usage("a"), await new.app_usage("b")) == (usage(job("a2")), usage(job("b1", "b")))
+    finally:
+        await new.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_sqlite_rebuild_counts_repairs_lost_totals_and_counts_survive_reopening(tmp_path: Path) -> None:
     import sqlite3
 
