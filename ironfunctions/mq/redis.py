@@ -176,6 +176,7 @@ class RedisQueue:
         if self._factory is None:
             self._connect()
         await self._eval("return redis.call('PING')", wait_for_connection=True)
+        await self._eval(lua.INIT)  # counters for a queue filled before they existed
 
     async def close(self) -> None:
         self._closed = True
