@@ -11,6 +11,7 @@ and ``rebuild_counts`` repairs counters that parted from the items.
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from pathlib import Path
 from typing import cast
@@ -318,3 +319,31 @@ async def test_sqlite_rebuild_counts_repairs_lost_totals_and_counts_survive_reop
         assert await reopened.app_usage("a") == usage(job("a2"))
     finally:
         await reopened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_upgrade_counts_the_items_queued_before_it(tmp_path: Path) -> None:
+    """The 0002 migration fills the new columns and totals from the items already there."""
+    import sqlite3
+    from importlib import resources
+
+    path = f"{tmp_path}/mq.db"
+    schema = resources.files("ironfunctions.storage") / "schema" / "sqlite_mq" / "0001_initial.sql"
+    waiting, running = job("a1", body="żółw"), job("a2")
+    with sqlite3.connect(path) as conn:
+        conn.executescript(schema.read_text("utf-8"))
+        conn.execute("CREATE TABLE mq_schema_migrations (version INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO mq_schema_migrations VALUES (1, 'initial')")
+        conn.execute("INSERT INTO mq_items (call_id, priority, item, visible_at) VALUES (?, 0, ?, 0)",
+                     (waiting.call_id, waiting.to_json()))
+        conn.execute("INSERT INTO mq_items (call_id, priority, item, visible_at, token) VALUES (?, 0, ?, ?, 't')",
+                     (running.call_id, running.to_json(), time.time() + 60))
+    queue = queue_from_url(f"sqlite:///{path}", reactor)
+    await queue.start()
+    try:
+        assert await queue.app_usage("a") == usage(waiting)
+        await queue.remove("a2")
+        await queue.remove("a1")
+        assert await queue.app_usage("a") == AppUsage(0, 0)
+    finally:
+        await queue.close()
