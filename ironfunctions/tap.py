@@ -34,7 +34,7 @@ from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, Prometheu
 from ironfunctions.routecache import RouteCache
 from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.recorder import CallRecorder
-from ironfunctions.mq import queue_from_url
+from ironfunctions.mq import QueueLimits, queue_from_url
 from ironfunctions.runner.async_worker import AsyncWorkerService
 from ironfunctions.runner.cancel import make_canceller
 from ironfunctions.runner.submit import AsyncSubmitter
@@ -229,7 +229,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # agent), cancellable wherever they are.
     kill_call = agent.cancel  # stops a call running on this node, cold or hot
 
-    submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics)
+    submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics,
+                               QueueLimits(config.async_max_queued, config.async_max_queued_bytes))
     if config.num_async:
         workers = AsyncWorkerService(
             queue, stores.calls, route_cache.lookup, route_cache.app_config, run_call, kill_call,

@@ -37,3 +37,8 @@ class ICallStore(Interface):
 
     async def get_log(app_name: str, call_id: str) -> bytes:
         """The call's log (empty if it wrote none). Raise ``CallNotFound``."""
+
+    async def delete_call(app_name: str, call_id: str) -> bool:
+        """Delete the call and its log; return whether it was there (another app's
+        call is not). An async submit the queue refused takes its record back with it
+        (``runner/submit.py``)."""

@@ -55,3 +55,12 @@ class MemoryCallStore:
     async def get_log(self, app_name: str, call_id: str) -> bytes:
         self._get(app_name, call_id)
         return self._logs.get(call_id, b"")
+
+    async def delete_call(self, app_name: str, call_id: str) -> bool:
+        try:
+            self._get(app_name, call_id)
+        except CallNotFound:
+            return False
+        del self._calls[call_id]
+        self._logs.pop(call_id, None)
+        return True

@@ -82,3 +82,14 @@ class PostgresCallStore:
         if not rows:
             raise CallNotFound()
         return b"" if rows[0][0] is None else bytes(rows[0][0])
+
+    async def delete_call(self, app_name: str, call_id: str) -> bool:
+        async def delete(cur: Any) -> bool:
+            await cur.execute("DELETE FROM calls WHERE id = %s AND app_name = %s RETURNING id", (call_id, app_name))
+            if cur.fetchone() is None:
+                return False
+            await cur.execute("DELETE FROM call_logs WHERE id = %s", (call_id,))
+            return True
+
+        found: bool = await self._db.transaction(delete)
+        return found

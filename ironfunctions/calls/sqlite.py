@@ -101,3 +101,13 @@ class SqliteCallStore:
             return b"" if row is None else bytes(row[0])
 
         return await self._db.run(select)
+
+    async def delete_call(self, app_name: str, call_id: str) -> bool:
+        def delete(c: sqlite3.Connection) -> bool:
+            with transaction(c):
+                found = c.execute("DELETE FROM calls WHERE id = ? AND app_name = ?", (call_id, app_name)).rowcount
+                if found:
+                    c.execute("DELETE FROM call_logs WHERE id = ?", (call_id,))
+            return bool(found)
+
+        return await self._db.run(delete)

@@ -6,9 +6,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ironfunctions.errors import ConfigError
-from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation
+from ironfunctions.mq.interface import AppUsage, IMessageQueue, Lease, QueueItem, QueueLimits, Reservation
 
-__all__ = ["IMessageQueue", "Lease", "QueueItem", "Reservation", "queue_from_url"]
+__all__ = ["AppUsage", "IMessageQueue", "Lease", "QueueItem", "QueueLimits", "Reservation", "queue_from_url"]
 
 
 def queue_from_url(url: str, reactor: Any) -> IMessageQueue:

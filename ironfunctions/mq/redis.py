@@ -26,10 +26,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ironfunctions.errors import ConfigError, LeaseLost, QueueUnavailable
+from ironfunctions.errors import ConfigError, LeaseLost, QueueFull, QueueUnavailable
 import ironfunctions.mq.redis_scripts as lua
 from ironfunctions.mq._waiting import Waiters, reserve_loop
-from ironfunctions.mq.interface import APPS_SCAN_LIMIT, IMessageQueue, Lease, QueueItem, Reservation, lease_of
+from ironfunctions.mq.interface import (
+    APPS_SCAN_LIMIT, AppUsage, IMessageQueue, Lease, QueueItem, QueueLimits, Reservation, lease_of,
+)
 
 DEFAULT_PREFIX = "ironfunctions:mq"
 _ERRORS = (txredisapi.RedisError, DeferredTimeout, ConnectError, ConnectionLost)
@@ -174,6 +176,7 @@ class RedisQueue:
         if self._factory is None:
             self._connect()
         await self._eval("return redis.call('PING')", wait_for_connection=True)
+        await self._eval(lua.INIT)  # counters for a queue filled before they existed
 
     async def close(self) -> None:
         self._closed = True
@@ -193,9 +196,15 @@ class RedisQueue:
     async def ping(self) -> None:
         await self._eval("return redis.call('PING')")
 
-    async def push(self, item: QueueItem, delay: float = 0) -> bool:
+    async def push(self, item: QueueItem, delay: float = 0, limits: QueueLimits | None = None) -> bool:
+        bounds = () if limits is None else (limits.max_calls, limits.max_bytes)
         added = await self._eval(lua.PUSH, item.call_id, item.to_json(), item.priority,
-                                 _ms(delay), self._channel, item.app_name)
+                                 _ms(delay), self._channel, item.app_name, *bounds)
+        if isinstance(added, list):  # refused: {-1, 'calls'|'bytes'}
+            assert limits is not None
+            if _text(added[1]) == "calls":
+                raise QueueFull(item.app_name, "ASYNC_MAX_QUEUED", limits.max_calls)
+            raise QueueFull(item.app_name, "ASYNC_MAX_QUEUED_BYTES", limits.max_bytes)
         if int(added):
             self._waiters.wake_all()  # this node's waiters, without the round trip
         return bool(int(added))
@@ -246,6 +255,17 @@ class RedisQueue:
 
     async def depth(self) -> int:
         return int(await self._eval(lua.DEPTH))
+
+    async def app_usage(self, app_name: str) -> AppUsage:
+        calls, size = await self._eval(lua.USAGE, app_name)
+        return AppUsage(int(calls), int(size))
+
+    async def rebuild_counts(self) -> None:
+        await self._eval(lua.REBUILD)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _ms(seconds: float) -> int:

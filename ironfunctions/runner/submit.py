@@ -4,6 +4,17 @@ The record (``queued``) is written first, then the queue entry. Only when both a
 stored does the caller answer 202; if either fails it answers 503, and a record whose
 queue entry could not be written is marked ``error`` (best effort) so nothing shows as
 queued that no worker will ever run.
+
+Per-app bounds (SPEC §8, issue 13): the push carries ``limits``; the queue checks them
+and stores the item in one atomic step, so concurrent submits on any number of nodes
+never pass them. A refused push (``QueueFull``, 429) deletes the record just written:
+nothing of the call stays. Why record, then checked push, then take back on refusal,
+rather than check first: a separate check before the record is a race (two submits
+both see room), and pushing before the record lets a worker take a call with no
+record. A crash between the record and the delete leaves a ``queued`` record with no
+entry, the same state as a crash before any push, which the reconciler already
+handles; should the delete itself fail, the record is marked ``error`` instead, so
+nothing runs a call the client was told was refused.
 """
 
 from __future__ import annotations
@@ -17,17 +28,20 @@ from ironfunctions.calls.interface import ICallStore
 from ironfunctions.calls.model import CallRecord
 from ironfunctions.metrics import IMetrics
 from ironfunctions.models import Call
-from ironfunctions.mq.interface import IMessageQueue, QueueItem
+from ironfunctions.mq.interface import IMessageQueue, QueueItem, QueueLimits
 from ironfunctions.runner.records import failed_record, new_record, request_payload
 
 
 class AsyncSubmitter:
     """``await submitter.submit(call)`` -> the queued record; raises
-    ``DatastoreUnavailable`` or ``QueueUnavailable`` (both mean 503: not accepted)."""
+    ``DatastoreUnavailable`` or ``QueueUnavailable`` (both mean 503: not accepted), or
+    ``QueueFull`` (429: the app is at one of its ``limits``; nothing stored)."""
 
     log = Logger()
 
-    def __init__(self, queue: IMessageQueue, calls: ICallStore, clock: IReactorTime, metrics: IMetrics) -> None:
+    def __init__(self, queue: IMessageQueue, calls: ICallStore, clock: IReactorTime, metrics: IMetrics,
+                 limits: QueueLimits | None = None) -> None:
+        self._limits = limits
         self._queue = queue
         self._calls = calls
         self._clock = clock
@@ -42,7 +56,11 @@ class AsyncSubmitter:
         await self._calls.put_calls([record])
         item = QueueItem(call.id, route.app_name, route.path, priority, request_payload(call.request))
         try:
-            await self._queue.push(item)
+            await self._queue.push(item, limits=self._limits)
+        except errors.QueueFull as full:
+            await self._take_back(record, now)
+            self._metrics.count("async.refused", 1, app=route.app_name, path=route.path, bound=full.bound)
+            raise
         except Exception as e:
             try:
                 await self._calls.put_calls([failed_record(record, "queue unavailable", now)])
@@ -53,3 +71,16 @@ class AsyncSubmitter:
             raise errors.QueueUnavailable(f"queue unavailable: {e}") from e
         self._metrics.count("async.submitted", 1, app=route.app_name, path=route.path, call_id=call.id)
         return record
+
+    async def _take_back(self, record: CallRecord, now: int) -> None:
+        """Delete the record of a call the queue refused; if that fails, mark it
+        ``error`` so no reconciler runs it (best effort, logged)."""
+        try:
+            await self._calls.delete_call(record.app_name, record.id)
+            return
+        except Exception as e:
+            self.log.warn("Could not delete refused call {call_id}: {error}", call_id=record.id, error=str(e))
+        try:
+            await self._calls.put_calls([failed_record(record, "queue full", now, reason="queue_full")])
+        except Exception as e:
+            self.log.warn("Could not mark refused call {call_id}: {error}", call_id=record.id, error=str(e))

@@ -172,3 +172,19 @@ async def test_one_batch_with_an_id_twice_keeps_the_last(calls: ICallStore) -> N
     """The recorder may hand over a call's 'running' and final records together."""
     await calls.put_calls([call(1, status=CallStatus.RUNNING), call(2), call(1, status=CallStatus.SUCCESS)])
     assert (await calls.get_call("a", "call0001")).status == "success"
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_call_removes_the_record_and_its_log_only_for_its_app(calls: ICallStore) -> None:
+    await calls.put_calls([call(1), call(2)])
+    await calls.put_log("a", "call0001", b"log")
+    assert await calls.delete_call("b", "call0001") is False  # another app's call stays
+    assert await calls.delete_call("a", "call0001") is True
+    with pytest.raises(CallNotFound):
+        await calls.get_call("a", "call0001")
+    with pytest.raises(CallNotFound):
+        await calls.get_log("a", "call0001")
+    assert [c.id for c in (await calls.list_calls(CallQuery("a"))).calls] == ["call0002"]
+    assert await calls.delete_call("a", "call0001") is False
+    await calls.put_calls([call(1)])  # the id can be stored again, with no old log
+    assert await calls.get_log("a", "call0001") == b""

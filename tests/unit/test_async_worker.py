@@ -12,7 +12,7 @@ from ironfunctions import errors
 from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import Call, CallRequest, CallResult, CallStatus, Route
-from ironfunctions.mq.interface import QueueItem
+from ironfunctions.mq.interface import QueueItem, QueueLimits
 from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.runner.async_worker import AsyncWorkerService, retry_delay
 from ironfunctions.runner.submit import AsyncSubmitter
@@ -188,7 +188,7 @@ def test_route_deleted_before_run_fails_for_good() -> None:
 
 
 class DownQueue(MemoryQueue):
-    async def push(self, item: QueueItem, delay: float = 0) -> bool:
+    async def push(self, item: QueueItem, delay: float = 0, limits: QueueLimits | None = None) -> bool:
         raise errors.QueueUnavailable()
 
 
