@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import uuid
-from typing import AbstractSet
+from typing import AbstractSet, Collection
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -161,6 +161,10 @@ class MemoryQueue:
     async def remove(self, call_id: str) -> bool:
         self._check_open()
         return self._entries.pop(call_id, None) is not None
+
+    async def holds(self, call_ids: Collection[str]) -> set[str]:
+        self._check_open()
+        return {call_id for call_id in call_ids if call_id in self._entries}
 
     async def depth(self) -> int:
         self._check_open()
