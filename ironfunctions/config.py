@@ -92,6 +92,7 @@ class Config:
     call_retention: float = 7 * 86400.0
     route_cache_stale: float = 600.0
     record_buffer: int = 64 * MIB
+    reconcile_interval: float = 20.0
 
     @property
     def app_concurrency(self) -> int:
@@ -183,6 +184,7 @@ class Config:
             call_retention=get("CALL_RETENTION", parse_positive_duration, 7 * 86400.0),
             route_cache_stale=get("ROUTE_CACHE_STALE", parse_duration, 600.0),
             record_buffer=get("RECORD_BUFFER", parse_size, 64 * MIB),
+            reconcile_interval=get("RECONCILE_INTERVAL", parse_positive_duration, 20.0),
         )
 
 
