@@ -13,9 +13,3 @@ CREATE TABLE call_requests (
     request  TEXT NOT NULL
 );
 
--- A lease naming the one node that runs a cluster-wide task (the reconciler).
-CREATE TABLE leader_leases (
-    name       TEXT PRIMARY KEY,
-    owner      TEXT NOT NULL,
-    expires_at INTEGER NOT NULL
-);
