@@ -98,6 +98,7 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     drain_grace: float = 3.0
     shutdown_timeout: float = 60.0
+    reconcile_interval: float = 20.0
 
     @property
     def app_concurrency(self) -> int:
@@ -193,6 +194,7 @@ class Config:
             trusted_proxies=get("TRUSTED_PROXIES", parse_cidrs, ()),
             drain_grace=get("DRAIN_GRACE", parse_duration, 3.0),
             shutdown_timeout=get("SHUTDOWN_TIMEOUT", parse_positive_duration, 60.0),
+            reconcile_interval=get("RECONCILE_INTERVAL", parse_positive_duration, 20.0),
         )
 
 

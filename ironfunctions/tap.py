@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -37,6 +38,8 @@ from ironfunctions.calls.recorder import CallRecorder
 from ironfunctions.mq import QueueLimits, queue_from_url
 from ironfunctions.runner.async_worker import AsyncWorkerService
 from ironfunctions.runner.cancel import make_canceller
+from ironfunctions.runner.attempts import AttemptPolicy
+from ironfunctions.runner.reconciler import Reconciler
 from ironfunctions.runner.submit import AsyncSubmitter
 from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
 from ironfunctions.runner.agent import Agent, ColdRunner
@@ -44,7 +47,9 @@ from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.reports import NodeGaugesService, RunningSyncRecordsService
-from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService, ThreadPoolService
+from ironfunctions.services import (
+    BackendService, FlushOnStopService, IronFunctionsService, PeriodicService, ThreadPoolService,
+)
 from ironfunctions.http.site import make_site
 
 log = Logger()
@@ -104,6 +109,8 @@ SETTINGS = [
     ("trusted-proxies", "TRUSTED_PROXIES", "CIDRs whose X-Forwarded-For/-Proto/-Host are believed; dropped from others"),
     ("drain-grace", "DRAIN_GRACE", "After SIGTERM, keep serving this long while the balancer notices [default: 3s]"),
     ("shutdown-timeout", "SHUTDOWN_TIMEOUT", "After the grace, longest wait for in-flight calls [default: 60s]"),
+    ("reconcile-interval", "RECONCILE_INTERVAL", "How often one node re-queues accepted async calls "
+     "the queue lost [default: 20s]"),
 ]
 
 
@@ -231,18 +238,26 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics,
                                QueueLimits(config.async_max_queued, config.async_max_queued_bytes))
+    backends_ready = lambda: gatherResults([datastore_service.when_ready(), queue_service.when_ready()])  # noqa: E731
     if config.num_async:
         workers = AsyncWorkerService(
             queue, stores.calls, route_cache.lookup, route_cache.app_config, run_call, kill_call,
             reactor, metrics, config.num_async, config.async_max_attempts, config.async_retry_delay,
+            max_age=config.async_max_age, when_ready=backends_ready,
         )
         workers.setServiceParent(root)  # type: ignore[no-untyped-call]
+    # Re-queues what the queue lost, from the datastore; one node at a time where the
+    # datastore is shared (Postgres: its lease row; SQLite and memory are per node).
+    reconciler = Reconciler(stores.calls, queue, route_cache.lookup, reactor, metrics, config.node_id,
+                            try_lead=getattr(stores.calls, "try_lead", None), interval=config.reconcile_interval)
+    PeriodicService("reconciler", config.reconcile_interval, reconciler.tick, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
 
     invoker = Invoker(
         route_cache.lookup, route_cache.app_config, run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor, ready=lambda: datastore_service.ready,
     )
-    tasks = TasksAPI(queue, stores.calls, route_cache.lookup, route_cache.app_config, reactor)
+    tasks = TasksAPI(queue, stores.calls, route_cache.lookup, route_cache.app_config, reactor,
+                     policy=AttemptPolicy(config.async_max_attempts, config.async_retry_delay, config.async_max_age))
 
     api = build_api(
         datastore,

@@ -71,6 +71,7 @@ HELP = {
     "queue.wait_time": "Time an async call waited in the queue before running",
     "async.submitted": "Async calls accepted",
     "async.dead": "Async calls that ran out of attempts",
+    "reconciler.requeued": "Async calls queued again from the datastore after the queue lost them",
     "calls.dropped": "Call records or logs dropped because the record buffer was full",
     "hot.containers.route": "Hot containers of one route on this node",
 }

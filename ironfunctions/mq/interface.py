@@ -28,7 +28,7 @@ Semantics shared by every provider (SPEC §4 Async, issue 5):
 from __future__ import annotations
 
 import json
-from typing import AbstractSet, Any, Mapping
+from typing import AbstractSet, Any, Collection, Mapping
 
 import attrs
 from zope.interface import Interface
@@ -206,6 +206,11 @@ class IMessageQueue(Interface):
         """Delete the item ``call_id`` whether it waits or is reserved (cancelling a
         call); return whether it was there. A holder's later ack/renew/release raises
         ``LeaseLost``."""
+
+    async def holds(call_ids: Collection[str]) -> set[str]:
+        """Which of ``call_ids`` the queue has, in any state: waiting, delayed or
+        reserved (even under an expired lease). The reconciler's question: a queued
+        call the queue does not hold was lost (SPEC §10). Raise ``QueueUnavailable``."""
 
     async def depth() -> int:
         """Items waiting to run: visible or delayed, not under a live lease (the

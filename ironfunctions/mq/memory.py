@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import uuid
-from typing import AbstractSet
+from typing import AbstractSet, Collection
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -200,6 +200,10 @@ class MemoryQueue:
             return False
         self._count(entry, False)
         return True
+
+    async def holds(self, call_ids: Collection[str]) -> set[str]:
+        self._check_open()
+        return {call_id for call_id in call_ids if call_id in self._entries}
 
     async def depth(self) -> int:
         self._check_open()

@@ -15,7 +15,7 @@ only bounds the wait for a notification lost while the subscriber reconnects.
 from __future__ import annotations
 
 import uuid
-from typing import AbstractSet, Any
+from typing import AbstractSet, Any, Collection
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi  # untyped: ignore_missing_imports in mypy.ini
@@ -252,6 +252,21 @@ class RedisQueue:
 
     async def remove(self, call_id: str) -> bool:
         return bool(int(await self._eval(lua.REMOVE, call_id)))
+
+    async def holds(self, call_ids: Collection[str]) -> set[str]:
+        wanted = sorted(set(call_ids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):  # keep each script short
+            chunk = wanted[start:start + 500]
+            flags = await self._eval(lua.HOLDS, *chunk)
+            found.update(call_id for call_id, flag in zip(chunk, flags) if int(flag))
+        return found
+
+    async def try_lead(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Take or keep the lease ``name`` for ``owner`` for ``ttl_ms`` (a key set NX
+        with a PX expiry); False while another owner's lease lasts. See
+        ``runner/reconciler.py``."""
+        return bool(int(await self._eval(lua.LEAD, name, owner, max(1, int(ttl_ms)))))
 
     async def depth(self) -> int:
         return int(await self._eval(lua.DEPTH))

@@ -231,3 +231,22 @@ if redis.call('EXISTS', app_calls) == 0 and redis.call('HLEN', items) > 0 then
 end
 return 0
 """
+
+# ARGV: call_id... Returns, for each, 1 if the queue has the item (in any state), else 0.
+HOLDS = """
+local out = {}
+for i, id in ipairs(ARGV) do out[i] = redis.call('HEXISTS', KEYS[1], id) end
+return out
+"""
+
+# ARGV: lease name, owner, ttl ms. The key is KEYS[1] (items) plus ":lead:" and the
+# name. Returns 1 if ``owner`` holds the lease now (taken, or kept and extended).
+LEAD = """
+local key = KEYS[1] .. ':lead:' .. ARGV[1]
+if redis.call('GET', key) == ARGV[2] then
+  redis.call('PEXPIRE', key, ARGV[3])
+  return 1
+end
+if redis.call('SET', key, ARGV[2], 'NX', 'PX', ARGV[3]) then return 1 end
+return 0
+"""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from typing import AbstractSet, Any
+from typing import AbstractSet, Any, Collection
 
 from zope.interface import implementer
 
@@ -177,6 +177,21 @@ class SqliteQueue:
             return _delete(c, "call_id = ?", call_id)
 
         return await self._db.run(delete)
+
+    async def holds(self, call_ids: Collection[str]) -> set[str]:
+        wanted = sorted(set(call_ids))
+
+        def select(c: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(wanted), 500):  # within SQLite's variable limit
+                chunk = wanted[start:start + 500]
+                rows = c.execute(
+                    "SELECT call_id FROM mq_items WHERE call_id IN (%s)" % ", ".join("?" * len(chunk)), chunk
+                ).fetchall()
+                found.update(row[0] for row in rows)
+            return found
+
+        return await self._db.run(select) if wanted else set()
 
     async def depth(self) -> int:
         now = self._reactor.seconds()
