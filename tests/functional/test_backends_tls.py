@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
@@ -63,7 +63,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ca = make_ca(folder, "ca")
     other = make_ca(folder, "other")
     server = ca.issue("server", dns=SERVER_NAMES, ips=())
-    return {"ca": ca.cert, "other": other.cert, "cert": server.cert, "key": server.key}
+    impostor = other.issue("impostor", dns=SERVER_NAMES, ips=())
+    return {"ca": ca.cert, "other": other.cert, "cert": server.cert, "key": server.key,
+            "impostor_cert": impostor.cert, "impostor_key": impostor.key}
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +160,34 @@ async def test_queue_refuses_a_server_it_cannot_verify(case: str, tls_redis: Red
     server = "127.0.0.1" if case != "wrong CA" else "localhost"
     assert failures[0].startswith(f"Redis TLS connection to {server}:{tls_redis.port} failed:")
     assert len(failures) <= 2, failures  # not one per reconnection (one per distinct reason)
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_keeps_retrying_after_a_failed_handshake(pki: dict[str, str],
+                                                             queues: Callable[..., RedisQueue]) -> None:
+    """A failed handshake is retried like a refused connection: once the server shows a
+    certificate the CA signed (say, after a botched rotation), the queue is back, with no
+    restart. (txredisapi gives up for good if its first command fails, so the protocol
+    must not see a connection before the handshake is done.)"""
+    server = start_redis_server(tls=ServerTLS(pki["impostor_cert"], pki["impostor_key"], pki["other"]))
+    try:
+        queue = queues(rediss(server, pki["ca"]), timeout=2, max_retry_delay=0.5)
+        with pytest.raises(QueueUnavailable):
+            await queue.start()
+        await threads.deferToThread(server.stop)
+        server.tls = ServerTLS(pki["cert"], pki["key"], pki["ca"])
+        await threads.deferToThread(server.start)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                await queue.ping()
+                break
+            except QueueUnavailable:
+                assert time.monotonic() < deadline, "the queue never reconnected"
+                await task.deferLater(_reactor(), 0.2, lambda: None)
+        assert await queue.push(QueueItem("c1", "myapp", "/hello", 0, {}))
+    finally:
+        await threads.deferToThread(stop_redis_server, server)
 
 
 @pytest_twisted.ensureDeferred
