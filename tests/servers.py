@@ -314,3 +314,18 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         stop_redis_server(server)
+
+
+@pytest.fixture(scope="session")
+def rediss_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A throwaway Redis speaking only TLS, with a certificate for ``localhost`` from a
+    CA made for it; its ``url()`` is ``rediss://`` trusting that CA."""
+    from tests.tlscerts import make_ca
+
+    ca = make_ca(str(tmp_path_factory.mktemp("rediss-pki")))
+    issued = ca.issue("server")
+    server = start_redis_server(tls=ServerTLS(issued.cert, issued.key, ca.cert))
+    try:
+        yield server
+    finally:
+        stop_redis_server(server)
