@@ -62,7 +62,7 @@ SETTINGS = [
     ("data-dir", "DATA_DIR", "Folder for the embedded store, queue and node id [default: ./data]"),
     ("db-url", "DB_URL", "Datastore: sqlite:///path, postgres://user:pass@host:port/db or memory:// "
      "[default: sqlite:///<data dir>/ironfunctions.db]"),
-    ("mq-url", "MQ_URL", "Async queue: sqlite:///path, redis://[:pass@]host:port[/db] or memory:// "
+    ("mq-url", "MQ_URL", "Async queue: sqlite:///path, redis[s]://[:pass@]host:port[/db] or memory:// "
      "[default: sqlite:///<data dir>/mq.db]"),
     ("api-url", "API_URL", "Where external async runners reach /tasks [default: http://127.0.0.1:$PORT]"),
     ("log-level", "LOG_LEVEL", "debug, info, warn or error [default: info]"),

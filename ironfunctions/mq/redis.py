@@ -1,4 +1,5 @@
-"""``redis://[:password@]host:port[/db][?prefix=x]``: a queue many nodes share.
+"""``redis[s]://[:password@]host:port[/db][?prefix=x]``: a queue many nodes share
+(``rediss://``: over TLS, see ``redis_url`` and ``redis_tls``).
 
 Built on txredisapi. Every operation is one Lua script (``redis_scripts.py``), so a
 reservation is atomic: concurrent reservers on any node never get the same item, and
@@ -16,24 +17,23 @@ from __future__ import annotations
 
 import uuid
 from typing import AbstractSet, Any, Collection
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi  # untyped: ignore_missing_imports in mypy.ini
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ironfunctions.errors import ConfigError, LeaseLost, QueueFull, QueueUnavailable
+from ironfunctions.errors import LeaseLost, QueueFull, QueueUnavailable
 import ironfunctions.mq.redis_scripts as lua
 from ironfunctions.mq._waiting import Waiters, reserve_loop
 from ironfunctions.mq.interface import (
     APPS_SCAN_LIMIT, AppUsage, IMessageQueue, Lease, QueueItem, QueueLimits, Reservation, lease_of,
 )
+from ironfunctions.mq.redis_tls import client_creator, redis_endpoint
+from ironfunctions.mq.redis_url import DEFAULT_PREFIX, RedisTLS, parse_redis_url
 
-DEFAULT_PREFIX = "ironfunctions:mq"
 _ERRORS = (txredisapi.RedisError, DeferredTimeout, ConnectError, ConnectionLost)
 
 
@@ -95,10 +95,13 @@ class RedisQueue:
         poll_interval: float = 5.0,
         pool_size: int = 4,
         max_retry_delay: float = 2.0,
+        tls: RedisTLS | None = None,
     ) -> None:
         """``reactor`` provides IReactorTCP and IReactorTime; ``timeout`` bounds every
-        call (and the first connection in ``start``)."""
+        call (and the first connection in ``start``); ``tls`` None: in the clear.
+        Raise ``ConfigError`` if a TLS file cannot be used."""
         self._reactor = reactor
+        self._tls = client_creator(host, tls) if tls is not None else None
         self._host, self._port, self._db = host, port, db
         self._password, self._username = password, username
         self._keys = [f"{prefix}:{name}" for name in lua.KEY_NAMES]
@@ -114,28 +117,15 @@ class RedisQueue:
 
     @classmethod
     def from_url(cls, url: str, reactor: Any, **options: Any) -> RedisQueue:
-        """Parse ``redis://[[user]:password@]host[:port][/db][?prefix=x]``.
-        Raise ``ConfigError`` naming MQ_URL."""
-        parts = urlsplit(url)
-        try:
-            port = parts.port or 6379
-            db_text = parts.path.lstrip("/")
-            db = int(db_text) if db_text else 0
-            query = parse_qs(parts.query, strict_parsing=bool(parts.query))
-        except ValueError:
-            raise ConfigError(f"MQ_URL: expected redis://[:password@]host:port[/db][?prefix=x], got {url!r}") from None
-        unknown = set(query) - {"prefix"}
-        if parts.scheme != "redis" or not parts.hostname or db < 0 or unknown:
-            raise ConfigError(f"MQ_URL: expected redis://[:password@]host:port[/db][?prefix=x], got {url!r}")
-        prefix = query.get("prefix", [DEFAULT_PREFIX])[-1] or DEFAULT_PREFIX
-        password = unquote(parts.password) if parts.password else None
-        username = unquote(parts.username) if parts.username else None
-        return cls(reactor, parts.hostname, port, db, password, username, prefix, **options)
+        """Parse ``redis[s]://[[user]:password@]host[:port][/db][?prefix=x&ssl_...]``
+        (``redis_url``). Raise ``ConfigError`` naming MQ_URL."""
+        u = parse_redis_url(url)
+        return cls(reactor, u.host, u.port, u.db, u.password, u.username, u.prefix, tls=u.tls, **options)
 
     # -- connections
 
     def _connect(self) -> None:
-        endpoint = HostnameEndpoint(self._reactor, self._host, self._port, timeout=self._timeout)
+        endpoint = redis_endpoint(self._reactor, self._host, self._port, self._timeout, self._tls)
         factories = [
             txredisapi.RedisFactory(
                 f"{self._host}:{self._port}", self._db, self._pool_size, isLazy=True,
