@@ -189,7 +189,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     datastore = stores.datastore
     datastore_service = BackendService("datastore", datastore, reactor)
     datastore_service.setServiceParent(root)  # type: ignore[no-untyped-call]
-    route_cache = RouteCache(datastore, reactor)
+    route_cache = RouteCache(datastore, reactor, stale=config.route_cache_stale, metrics=metrics)
     queue = queue_from_url(config.mq_url, reactor)
     queue_service = BackendService("queue", queue, reactor)
     queue_service.setServiceParent(root)  # type: ignore[no-untyped-call]

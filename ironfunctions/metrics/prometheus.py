@@ -71,7 +71,9 @@ HELP = {
     "queue.wait_time": "Time an async call waited in the queue before running",
     "async.submitted": "Async calls accepted",
     "async.dead": "Async calls that ran out of attempts",
-    "calls.dropped": "Call records or logs dropped because the record buffer was full",
+    "calls.dropped": "Call records dropped because the record buffer was full",
+    "calls.logs_dropped": "Call logs dropped (their records kept) because the record buffer was full",
+    "routes.stale_served": "Calls served a cached route older than its TTL because the datastore failed",
     "hot.containers.route": "Hot containers of one route on this node",
 }
 
