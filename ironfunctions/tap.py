@@ -216,7 +216,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots)
     # Sync call records are batched off the request path; the recorder stops after the
     # agent has drained, so the last calls' records are written too.
-    recorder = CallRecorder(stores.calls, reactor, metrics)
+    recorder = CallRecorder(stores.calls, reactor, metrics, max_bytes=config.record_buffer)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
     run_call = guarded_calls(agent.run_call, guard)  # no function runs before its network's rules
