@@ -13,6 +13,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from ironfunctions.ratelimit import OutageLog
 from ironfunctions.threads import stop_pools
 
 
@@ -146,12 +147,20 @@ class PeriodicService(Service):
         self._clock = clock
         self._now = now
         self._loop: LoopingCall | None = None
+        # A backend outage fails every round (the queue depth every 5 s): one line when
+        # it starts, a count a minute, one when it ends (issue 13).
+        self._failures = OutageLog(
+            self.log, clock, started="{name} failed: {error}",
+            ongoing="{name} still failing: {failures} failures in {seconds}s: {error}",
+            ended="{name} works again after {seconds}s ({total} failures)")
 
     async def _tick(self) -> None:
         try:
             await self._fn()
         except Exception as e:
-            self.log.warn("{name} failed: {error}", name=self.name, error=str(e))
+            self._failures.failed(name=self.name, error=str(e))
+            return
+        self._failures.recovered(name=self.name)
 
     def startService(self) -> None:  # noqa: N802
         super().startService()  # type: ignore[no-untyped-call]

@@ -33,6 +33,7 @@ from ironfunctions.calls.model import CallRecord, cap_log
 from ironfunctions.metrics import IMetrics
 from ironfunctions.models import Call, CallResult, CallStatus, Route
 from ironfunctions.mq.interface import IMessageQueue, Reservation
+from ironfunctions.ratelimit import OutageLog
 from ironfunctions.runner.records import (
     failed_record,
     finished_record,
@@ -101,6 +102,10 @@ class AsyncWorkerService(Service):
         self._held: dict[str, Reservation] = {}
         self._abandoned: set[str] = set()  # released at stop: their outcome is not ours to write
         self.running_calls = 0
+        self._queue_down = OutageLog(  # one line per outage, not one per worker and retry
+            self.log, clock, started="Queue unavailable ({error}); async workers back off",
+            ongoing="Queue still unavailable ({error}): {failures} failed reserves in {seconds}s",
+            ended="Queue available again after {seconds}s; async workers resume")
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -151,10 +156,11 @@ class AsyncWorkerService(Service):
             self._waits.add(reserve)
             try:
                 held = await reserve
+                self._queue_down.recovered()
             except CancelledError:
                 return
             except errors.QueueUnavailable as e:
-                self.log.warn("Queue unavailable ({error}); worker {worker} backs off", error=str(e), worker=worker)
+                self._queue_down.failed(error=str(e), worker=worker)
                 try:
                     await self._sleep(QUEUE_DOWN_BACKOFF_S)
                 except CancelledError:
