@@ -75,6 +75,10 @@ class BackendService(Service):
         self._ready = False
         self._starting: Deferred[None] | None = None
         self._waiters: list[Deferred[None]] = []
+        self._not_up = OutageLog(  # a backend down at start is retried every second
+            self.log, clock, started="{backend} not available yet ({error}); retrying every {delay}s",
+            ongoing="{backend} still not available ({error}) after {attempt} attempts",
+            ended="{backend} available after {seconds}s")
 
     @property
     def ready(self) -> bool:
@@ -109,13 +113,11 @@ class BackendService(Service):
             except CancelledError:  # stopService: stop trying (it is an Exception too)
                 raise
             except Exception as e:
-                self.log.warn(
-                    "{backend} not available yet ({error}); retrying in {delay}s",
-                    backend=self.name, error=str(e), delay=self._retry_delay, attempt=attempt,
-                )
+                self._not_up.failed(backend=self.name, error=str(e), delay=self._retry_delay, attempt=attempt)
                 await deferLater(self._clock, self._retry_delay, lambda: None)
                 continue
             self._ready = True
+            self._not_up.recovered(backend=self.name)
             self.log.info("{backend} ready", backend=self.name)
             waiters, self._waiters = self._waiters, []
             for d in waiters:

@@ -20,6 +20,7 @@ from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.async_worker import AsyncWorkerService
 from ironfunctions.runner.reports import NodeGaugesService
+from ironfunctions.services import BackendService
 
 THREE_MINUTES = 170  # seconds of outage: a start line and two counts
 
@@ -116,3 +117,29 @@ def test_the_network_guard_warns_once_while_the_engine_is_down() -> None:
         clock.advance(1)
     assert service.ready
     assert outage_kinds(events) == ["started", "ongoing", "ongoing", "ended"]
+
+
+class DownBackend:
+    def __init__(self) -> None:
+        self.down = True
+
+    async def start(self) -> None:
+        if self.down:
+            raise ConnectionError("connection refused")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_backend_down_at_start_is_retried_quietly() -> None:
+    clock, backend = Clock(), DownBackend()
+    service = BackendService("datastore", backend, clock, retry_delay=1.0)
+    with capturedLogs() as events:
+        service.startService()
+        for _ in range(THREE_MINUTES):
+            clock.advance(1)
+        backend.down = False
+        clock.advance(1)
+    assert service.ready
+    assert outage_kinds(events) == ["started", "ongoing", "ongoing", "ended"]
+    service.stopService()
