@@ -21,7 +21,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
-from ironfunctions.api.admin import HealthChecks
+from ironfunctions.api.admin import HealthChecks, report_backends
 from ironfunctions.api.invoke import InvokeResource
 from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
@@ -43,7 +43,8 @@ from ironfunctions.runner.agent import Agent, ColdRunner
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
 from ironfunctions.runner.plan import FunctionPolicy
-from ironfunctions.runner.reports import NodeGaugesService, RunningSyncRecordsService
+from ironfunctions.runner.reports import GAUGES_INTERVAL_S, NodeGaugesService, RunningSyncRecordsService
+from ironfunctions.services import PeriodicService
 from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService, ThreadPoolService
 from ironfunctions.http.site import make_site
 
@@ -266,6 +267,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     NodeGaugesService(
         metrics, reactor, slots, queue.depth, hot.containers, connections=lambda: site.open_connections,
     ).setServiceParent(root)  # type: ignore[no-untyped-call]
+    # datastore.up / queue.up gauges: /health stays 200 in a shared outage; alert on these.
+    backends = HealthChecks(shared={"datastore": datastore.ping, "queue": queue.ping})
+    PeriodicService("backend-gauges", GAUGES_INTERVAL_S, lambda: report_backends(backends, reactor, metrics),
+                    reactor, now=True).setServiceParent(root)  # type: ignore[no-untyped-call]
     listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
     listener.setName("http")
     listener.setServiceParent(root)

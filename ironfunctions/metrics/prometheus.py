@@ -57,6 +57,8 @@ NODE_GAUGES = {
     "hot.containers": "Hot containers on this node",
     "queue.depth": "Async calls waiting in the queue, as this node last read it",
     "connections": "Client connections open on this node",
+    "datastore.up": "1 when the datastore answered this node's last check (every 5 s), 0 when not",
+    "queue.up": "1 when the async queue answered this node's last check (every 5 s), 0 when not",
 }
 
 HELP = {
