@@ -41,7 +41,9 @@ def test_each_shared_backend_gets_an_up_gauge_0_or_1_and_hung_counts_as_down() -
 
 def test_up_gauges_are_node_gauges_in_prometheus() -> None:
     metrics = PrometheusMetrics(process_metrics=False)
+    assert "_up" not in metrics.render()  # not 0 before the first check: that would read as down
     metrics.gauge("queue.up", 0)
     metrics.gauge("datastore.up", 1)
     text = metrics.render()
     assert "ironfunctions_queue_up 0.0" in text and "ironfunctions_datastore_up 1.0" in text
+    assert "# HELP ironfunctions_queue_up 1 when the async queue answered" in text
