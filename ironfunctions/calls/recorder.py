@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from ironfunctions.calls.interface import ICallStore
 from ironfunctions.calls.model import CallRecord, cap_log
-from ironfunctions.metrics import IMetrics
+from ironfunctions.metrics import COUNT, IMetrics
 from ironfunctions.ratelimit import OutageLog
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -107,7 +107,9 @@ class CallRecorder(Service):
         self._make_room()
 
     def _make_room(self) -> None:
-        """Drop logs, then records, oldest first, until the buffer is within bounds."""
+        """Drop logs, then records, oldest first, until the buffer is within bounds.
+        (Counted with ``many``, which the log sink coalesces: a full buffer drops on
+        every call.)"""
         while self._bytes > self._max_bytes and self._pending:
             if self._logged:
                 entry = self._logged.popleft()
@@ -115,12 +117,12 @@ class CallRecorder(Service):
                 self._bytes -= len(entry.log)
                 entry.log = None
                 self._logs_dropped += 1
-                self._metrics.count("calls.logs_dropped", 1, app=entry.call.app_name)
+                self._metrics.many(((COUNT, "calls.logs_dropped", 1),), app=entry.call.app_name)
             else:
                 entry = self._pending.popleft()
                 self._bytes -= entry.bytes
                 self._records_dropped += 1
-                self._metrics.count("calls.dropped", 1, app=entry.call.app_name)
+                self._metrics.many(((COUNT, "calls.dropped", 1),), app=entry.call.app_name)
             self._drops.failed(max_bytes=self._max_bytes, logs_dropped=self._logs_dropped,
                                records_dropped=self._records_dropped, call_id=entry.call.id)
 
