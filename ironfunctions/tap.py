@@ -22,7 +22,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
-from ironfunctions.api.admin import HealthChecks
+from ironfunctions.api.admin import HealthChecks, report_backends
 from ironfunctions.api.invoke import InvokeResource
 from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
@@ -46,7 +46,7 @@ from ironfunctions.runner.agent import Agent, ColdRunner
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
 from ironfunctions.runner.plan import FunctionPolicy
-from ironfunctions.runner.reports import NodeGaugesService, RunningSyncRecordsService
+from ironfunctions.runner.reports import GAUGES_INTERVAL_S, NodeGaugesService, RunningSyncRecordsService
 from ironfunctions.services import (
     BackendService, FlushOnStopService, IronFunctionsService, PeriodicService, ThreadPoolService,
 )
@@ -200,7 +200,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     datastore = stores.datastore
     datastore_service = BackendService("datastore", datastore, reactor)
     datastore_service.setServiceParent(root)  # type: ignore[no-untyped-call]
-    route_cache = RouteCache(datastore, reactor)
+    route_cache = RouteCache(datastore, reactor, stale=config.route_cache_stale, metrics=metrics)
     queue = queue_from_url(config.mq_url, reactor)
     queue_service = BackendService("queue", queue, reactor)
     queue_service.setServiceParent(root)  # type: ignore[no-untyped-call]
@@ -227,7 +227,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots)
     # Sync call records are batched off the request path; the recorder stops after the
     # agent has drained, so the last calls' records are written too.
-    recorder = CallRecorder(stores.calls, reactor, metrics)
+    recorder = CallRecorder(stores.calls, reactor, metrics, max_bytes=config.record_buffer)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
     run_call = guarded_calls(agent.run_call, guard)  # no function runs before its network's rules
@@ -286,6 +286,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     NodeGaugesService(
         metrics, reactor, slots, queue.depth, hot.containers, connections=lambda: site.open_connections,
     ).setServiceParent(root)  # type: ignore[no-untyped-call]
+    # datastore.up / queue.up gauges: /health stays 200 in a shared outage; alert on these.
+    backends = HealthChecks(shared={"datastore": datastore.ping, "queue": queue.ping})
+    PeriodicService("backend-gauges", GAUGES_INTERVAL_S, lambda: report_backends(backends, reactor, metrics),
+                    reactor, now=True).setServiceParent(root)  # type: ignore[no-untyped-call]
     listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
     listener.setName("http")
     listener.setServiceParent(root)

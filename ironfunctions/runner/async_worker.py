@@ -39,6 +39,7 @@ from ironfunctions.calls.model import CallRecord, cap_log
 from ironfunctions.metrics import IMetrics
 from ironfunctions.models import Call, CallResult, CallStatus, Route
 from ironfunctions.mq.interface import IMessageQueue, Reservation
+from ironfunctions.ratelimit import OutageLog
 from ironfunctions.runner.attempts import (
     PLATFORM_RETRY,
     RETRY,
@@ -124,8 +125,11 @@ class AsyncWorkerService(Service):
         self._held: dict[str, Reservation] = {}
         self._leases: dict[str, float] = {}  # call id -> lease seconds of the held call
         self._abandoned: set[str] = set()  # released at stop: their outcome is not ours to write
-        self._queue_down = False  # logged once per outage, not once per worker and second
         self.running_calls = 0
+        self._queue_down = OutageLog(  # one line per outage, not one per worker and retry
+            self.log, clock, started="Queue unavailable ({error}); async workers back off",
+            ongoing="Queue still unavailable ({error}): {failures} failed reserves in {seconds}s",
+            ended="Queue available again after {seconds}s; async workers resume")
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -174,16 +178,12 @@ class AsyncWorkerService(Service):
         try:
             held = await reserve
         except errors.QueueUnavailable as e:
-            if not self._queue_down:
-                self._queue_down = True
-                self.log.warn("Queue unavailable ({error}); async workers back off", error=str(e), worker=worker)
+            self._queue_down.failed(error=str(e), worker=worker)
             await self._sleep(QUEUE_DOWN_BACKOFF_S)
             return None
         finally:
             self._waits.discard(reserve)
-        if self._queue_down:
-            self._queue_down = False
-            self.log.info("Queue available again; async workers resume")
+        self._queue_down.recovered()
         return held
 
     async def _work(self, worker: int) -> None:
