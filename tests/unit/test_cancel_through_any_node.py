@@ -15,7 +15,7 @@ from zope.interface import implementer
 from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.calls.model import CallRecord
 from ironfunctions.cancelbus import CancelHandler, ICancelBus
-from ironfunctions.cancelbus.memory import MemoryCancelBus
+from ironfunctions.testing import MemoryCancelBus
 from ironfunctions.errors import CallNotFound, QueueUnavailable
 from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import LABEL_CALL, Call, CallRequest, CallResult, CallStatus, Route
