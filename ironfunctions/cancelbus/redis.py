@@ -83,10 +83,11 @@ class RedisCancelBus:
         self._queue = queue
         self._clock = clock
         self._id = uuid.uuid4().hex
+        self.reply_channel = f"{REPLIES}:{self._id}"  # where this bus's answers arrive
         self._handler: CancelHandler | None = None
         self._questions: dict[str, _Question] = {}
         queue.subscribe(REQUESTS, self._request_received)
-        queue.subscribe(f"{REPLIES}:{self._id}", self._answer_received)
+        queue.subscribe(self.reply_channel, self._answer_received)
 
     def on_cancel(self, handler: CancelHandler) -> None:
         self._handler = handler

@@ -251,3 +251,25 @@ async def test_redis_a_killed_subscriber_connection_resubscribes(redis_server: R
     finally:
         for q in queues:
             await q.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_malformed_messages_are_ignored_and_the_bus_goes_on(redis_server: RedisServer) -> None:
+    url = redis_server.url(prefix=f"cancel-{uuid.uuid4().hex[:8]}")
+    queues = redis_queues(url, 2)
+    a, b = (Node(RedisCancelBus(q, reactor)) for q in queues)
+    a.runs()
+    b.runs("c1")
+    for q in queues:
+        await q.start()
+    try:
+        for garbage in ("not json", "[]", '{"app_name": "myapp"}', '{"app_name": "a", "call_id": "c", "ask": 3}'):
+            await queues[0].publish("cancel", garbage)
+        assert isinstance(a.bus, RedisCancelBus)
+        for garbage in ("not json", '{"ask": "x", "record": {"id": 1}}', '{"record": null}'):
+            await queues[1].publish(a.bus.reply_channel, garbage)
+        assert await a.bus.publish("myapp", "c1", wait=5) == cancelled_record("myapp", "c1")
+        assert b.heard == [("myapp", "c1")]
+    finally:
+        for q in queues:
+            await q.close()
