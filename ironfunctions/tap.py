@@ -37,7 +37,8 @@ from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.recorder import CallRecorder
 from ironfunctions.mq import QueueLimits, queue_from_url
 from ironfunctions.runner.async_worker import AsyncWorkerService
-from ironfunctions.runner.cancel import make_canceller
+from ironfunctions.runner.cancel import make_cancel_handler, make_canceller
+from ironfunctions.cancelbus import cancel_bus_for
 from ironfunctions.runner.attempts import AttemptPolicy
 from ironfunctions.runner.reconciler import Reconciler
 from ironfunctions.runner.submit import AsyncSubmitter
@@ -235,6 +236,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # Async calls: durable before the 202, run by NUM_ASYNC workers (stopped before the
     # agent), cancellable wherever they are.
     kill_call = agent.cancel  # stops a call running on this node, cold or hot
+    # A cancel reaches the node running the call, whichever node the DELETE reached
+    # (Redis pub/sub beside the queue; in memory for a single node).
+    cancel_bus = cancel_bus_for(config.mq_url, queue, reactor)
+    cancel_bus.on_cancel(make_cancel_handler(agent.running_call, kill_call, reactor))
 
     submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics,
                                QueueLimits(config.async_max_queued, config.async_max_queued_bytes))
@@ -275,7 +280,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         render_metrics=prometheus.scrape,
         stats=agent.stats,
         invoke=InvokeResource(invoker),
-        cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call),
+        cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call, cancel_bus),
         tasks=tasks.resource_for,
     )
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",

@@ -11,12 +11,16 @@ deadline (``timeout``).
 Waiting reservers sleep on a pub/sub channel: pushes and releases from any node
 publish to it, so a waiting ``reserve`` wakes at once, with no polling. ``poll_interval``
 only bounds the wait for a notification lost while the subscriber reconnects.
+
+Other node-to-node messages ride on the same two connections: ``subscribe`` adds a
+channel to the subscriber (before ``start``), ``publish`` sends on one (the cancel bus,
+``ironfunctions/cancelbus/redis.py``).
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import AbstractSet, Any, Collection
+from typing import AbstractSet, Any, Callable, Collection
 
 import txredisapi  # untyped: ignore_missing_imports in mypy.ini
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
@@ -38,8 +42,9 @@ _ERRORS = (txredisapi.RedisError, DeferredTimeout, ConnectError, ConnectionLost)
 
 
 class _WakeProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-    """The subscriber connection: (re)subscribes to the wake channel each time it
-    connects, and wakes the queue's waiting reservers on every message."""
+    """The subscriber connection: (re)subscribes to the wake channel (and any channel
+    added by ``RedisQueue.subscribe``) each time it connects, wakes the queue's waiting
+    reservers on every wake message and hands other messages to their channel's handler."""
 
     factory: _WakeFactory
 
@@ -51,7 +56,7 @@ class _WakeProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
     def _subscribe(self) -> None:
         if not self._ready:
             return  # authentication failed; txredisapi logs it
-        d = self.subscribe(self.factory.channel)
+        d = self.subscribe(sorted(self.factory.channels))
         # Wake everyone once subscribed: whatever was pushed while we were
         # disconnected is found by their next try.
         d.addCallback(lambda _: self.factory.on_wake())
@@ -60,19 +65,27 @@ class _WakeProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
     def _subscribe_failed(self, failure: Failure) -> None:
         if isinstance(failure.value, txredisapi.ConnectionError):
             return  # lost the connection meanwhile: we subscribe again on reconnect
-        RedisQueue.log.failure("Subscribing to {channel} failed", failure, channel=self.factory.channel)
+        RedisQueue.log.failure("Subscribing to {channels} failed", failure,
+                               channels=" ".join(sorted(self.factory.channels)))
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
-        self.factory.on_wake()
+        handler = self.factory.channels.get(_text(channel))
+        if handler is None:
+            return
+        try:
+            handler(_text(message))
+        except Exception:  # one bad handler must not drop the connection
+            RedisQueue.log.failure("Handling a message on {channel} failed", channel=_text(channel))
 
 
 class _WakeFactory(txredisapi.RedisFactory):  # type: ignore[misc]
     protocol = _WakeProtocol
 
-    def __init__(self, channel: str, on_wake: Any, password: str | None, username: str | None) -> None:
+    def __init__(self, channels: dict[str, Callable[[str], None]], on_wake: Any, password: str | None,
+                 username: str | None) -> None:
         super().__init__(None, None, 1, isLazy=True, password=password, convertNumbers=False,
                          username=username)
-        self.channel = channel
+        self.channels = channels  # channel -> handler of its messages (text)
         self.on_wake = on_wake
 
 
@@ -114,6 +127,8 @@ class RedisQueue:
         self._wake_factory: Any = None
         self._waiters = Waiters(reactor)
         self._closed = False
+        self._prefix = prefix
+        self._channels: dict[str, Callable[[str], None]] = {self._channel: lambda _: self._waiters.wake_all()}
 
     @classmethod
     def from_url(cls, url: str, reactor: Any, **options: Any) -> RedisQueue:
@@ -132,7 +147,7 @@ class RedisQueue:
                 password=self._password, username=self._username,
                 replyTimeout=self._timeout, convertNumbers=False,
             ),
-            _WakeFactory(self._channel, self._waiters.wake_all, self._password, self._username),
+            _WakeFactory(self._channels, self._waiters.wake_all, self._password, self._username),
         ]
         for factory in factories:
             factory.initialDelay = min(0.1, self._max_retry_delay)
@@ -154,6 +169,10 @@ class RedisQueue:
         if self._factory.size == 0 and not wait_for_connection:
             raise self._unavailable("not connected")
         d = self._factory.handler.eval(script, self._keys, [str(a) for a in args])
+        return await self._bounded(d)
+
+    async def _bounded(self, d: Deferred[Any]) -> Any:
+        """``d``'s result within the timeout; every failure becomes QueueUnavailable."""
         d.addTimeout(self._timeout, self._reactor)
         try:
             return await d
@@ -167,6 +186,28 @@ class RedisQueue:
             self._connect()
         await self._eval("return redis.call('PING')", wait_for_connection=True)
         await self._eval(lua.INIT)  # counters for a queue filled before they existed
+
+    # -- pub/sub for other node-to-node messages
+
+    def _channel_name(self, name: str) -> str:
+        return f"{self._prefix}:{name}:{self._db}"  # as the wake channel: not per database
+
+    def subscribe(self, name: str, on_message: Callable[[str], None]) -> None:
+        """Listen on channel ``name`` (under the queue's prefix): ``on_message(text)``
+        for each message, on the subscriber connection, which resubscribes each time it
+        reconnects (messages sent while it is down are lost). Call before ``start``."""
+        if self._factory is not None:
+            raise RuntimeError("subscribe before the queue starts")
+        self._channels[self._channel_name(name)] = on_message
+
+    async def publish(self, name: str, message: str) -> int:
+        """Send ``message`` on channel ``name``; return how many subscribers (on every
+        node, this one included) received it. Raise ``QueueUnavailable``."""
+        if self._closed or self._factory is None:
+            raise QueueUnavailable("queue not started or closed")
+        if self._factory.size == 0:
+            raise self._unavailable("not connected")
+        return int(await self._bounded(self._factory.handler.publish(self._channel_name(name), message)))
 
     async def close(self) -> None:
         self._closed = True
