@@ -8,11 +8,13 @@ the connection cap or the body budget), written straight to the transport.
 connection cap (``http/conncap.py``). It must cost next to nothing and must not let
 the node run out of descriptors, yet ``/health`` must still answer there (a balancer
 that cannot reach it takes the node out, and the cap is a defence, not a failure of
-the node). So the first ``HEALTH_ROOM`` such connections at a time are checked: their
-request line (at most ``_LINE`` bytes, within ``TRIAGE_S``) is read, and a
-``GET``/``HEAD /health`` goes on to an ordinary channel and is answered; anything else,
-and every connection beyond those few, is answered 503 with ``Retry-After`` at once,
-without reading its request. The answer is followed by a half close, so that the
+the node). So the newest ``HEALTH_ROOM`` such connections are checked: their request
+line (at most ``_LINE`` bytes, within ``TRIAGE_S``) is read, and a ``GET``/``HEAD
+/health`` goes on to an ordinary channel and is answered; anything else is answered 503
+with ``Retry-After``. A new connection takes the place of the oldest one being checked,
+which is answered 503 at once without its request being read: silent connections
+cannot hold the places, and a balancer's check, whose request line follows its
+connection at once, is read and answered. The answer is followed by a half close, so that the
 client reads it rather than a reset, and the connection is aborted ``LINGER_S``
 seconds later if the client has not closed its side. Beyond ``MAX_REFUSING`` such
 connections at once (a flood), a new one is aborted at once: its descriptor is back
@@ -60,7 +62,7 @@ class CapSite(TypingProtocol):
     """What ``BeyondCap`` needs of its site (``http/site.py``'s ``FastSite``)."""
 
     watchdog: Watchdog
-    triaging: int  # connections beyond the cap being checked for /health now
+    triage: dict[BeyondCap, None]  # connections beyond the cap being checked for /health, oldest first
     refusing: int  # connections beyond the cap being refused now
 
     def refused(self) -> None:
@@ -88,7 +90,7 @@ class BeyondCap(Protocol):
     def __init__(self, site: CapSite, addr: IAddress | None) -> None:
         self._site = site
         self._addr = addr
-        self._triage = False  # counted in site.triaging
+        self._triage = False  # in site.triage
         self._refusing = False  # counted in site.refusing
         self._line = b""
         self._inner: Protocol | None = None
@@ -96,17 +98,12 @@ class BeyondCap(Protocol):
 
     def connectionMade(self) -> None:
         site = self._site
-        if site.triaging < HEALTH_ROOM:
-            self._triage = True
-            site.triaging += 1
-        elif site.refusing >= MAX_REFUSING:
-            site.refused()
-            self.transport.abortConnection()  # type: ignore[union-attr]
-            return
+        if len(site.triage) >= HEALTH_ROOM:
+            next(iter(site.triage))._refuse()  # the oldest gives its place
+        self._triage = True
+        site.triage[self] = None
         self.deadline = _Short(site.watchdog.clock.seconds())
         site.watchdog.watch(self)
-        if not self._triage:
-            self._refuse()
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
@@ -152,7 +149,7 @@ class BeyondCap(Protocol):
     def _stop_triage(self) -> None:
         if self._triage:
             self._triage = False
-            self._site.triaging -= 1
+            del self._site.triage[self]
 
     def expire(self, verdict: Verdict) -> None:
         if self._triage:

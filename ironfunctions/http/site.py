@@ -199,7 +199,7 @@ class FastSite(ApiSite):
         self.date = HttpDate(clock)
         self.open_connections = 0
         self.max_connections = max_connections
-        self.triaging = 0
+        self.triage: dict[BeyondCap, None] = {}
         self.refusing = 0
         self._metrics = metrics
         self._alarm = CapAlarm()

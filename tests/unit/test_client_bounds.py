@@ -222,24 +222,27 @@ def test_beyond_the_spool_budget_a_new_body_gets_503(fast: bool) -> None:
     assert budget.on_disk == 900
 
 
-def test_beyond_the_cap_a_connection_gets_503_without_its_request_being_read() -> None:
+def test_beyond_the_cap_connections_get_503_and_the_oldest_unchecked_one_without_being_read() -> None:
     clock = Clock()
     metrics = MemoryMetrics()
     site = build(clock, cap=2, metrics=metrics)
     served = [connect(site) for _ in range(2)]
-    triaged = [connect(site) for _ in range(HEALTH_ROOM)]  # read for a health check first
-    assert all(isinstance(p, BeyondCap) for p, _ in triaged)
-    protocol, transport = connect(site)
-    value = transport.value()
+    checked = [connect(site) for _ in range(HEALTH_ROOM)]  # read for a health check first
+    assert all(isinstance(p, BeyondCap) for p, _ in checked)
+    assert all(t.value() == b"" for _, t in checked)
+    newest = connect(site)  # takes the place of the oldest being checked
+    value = checked[0][1].value()
     assert int(value.split(b" ", 2)[1]) == 503 and b"retry-after: 5" in value.lower()
-    assert transport.disconnecting  # half closed: it reads the answer, not a reset
-    triaged[0][0].dataReceived(b"POST /r/app/echo HTTP/1.1\r\n")
-    assert status(triaged[0][1]) == 503
+    assert b"Too many connections" in value
+    assert checked[0][1].disconnecting  # half closed: it reads the answer, not a reset
+    checked[1][0].dataReceived(b"POST /r/app/echo HTTP/1.1\r\n")  # not a health check
+    assert status(checked[1][1]) == 503
     tick(clock, 5)  # no request line within 2 s: refused; the linger ends 2 s later
-    assert transport.disconnected and all(t.disconnected for _, t in triaged)
-    for protocol, _ in triaged + [(protocol, transport)]:
+    everyone = checked + [newest]
+    assert all(t.disconnected for _, t in everyone)
+    for protocol, _ in everyone:
         protocol.connectionLost(Failure(ConnectionDone()))
-    assert site.refusing == site.triaging == 0
+    assert site.refusing == 0 and not site.triage
     assert metrics.total("connections.refused") == HEALTH_ROOM + 1
     assert site.open_connections == len(served)
 
@@ -256,9 +259,19 @@ def test_a_health_check_beyond_the_cap_is_answered() -> None:
 def test_a_flood_beyond_the_cap_is_aborted_once_the_refusals_pile_up() -> None:
     clock = Clock()
     site = build(clock, cap=0)
-    for _ in range(HEALTH_ROOM):
-        connect(site)  # silent: being checked for a health request
-    for _ in range(MAX_REFUSING):
-        assert status(connect(site)[1]) == 503
-    protocol, transport = connect(site)
+    flood = [connect(site) for _ in range(HEALTH_ROOM + MAX_REFUSING)]
+    assert all(status(t) == 503 for _, t in flood[:MAX_REFUSING])
+    connect(site)
+    _, transport = flood[MAX_REFUSING]
     assert transport.value() == b"" and transport.disconnected  # aborted: its descriptor is back at once
+
+
+def test_a_silent_flood_beyond_the_cap_does_not_keep_a_health_check_out() -> None:
+    clock = Clock()
+    site = build(clock, cap=1)
+    connect(site)
+    for _ in range(HEALTH_ROOM * 3):
+        connect(site)
+    protocol, transport = connect(site)
+    protocol.dataReceived(b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert status(transport) == 200
