@@ -92,7 +92,7 @@ def test_a_head_sent_a_line_a_second_gets_408_within_the_header_timeout(quick: D
     elapsed = time.monotonic() - started
     assert status_of(answer) == 408, answer
     assert b"connection: close" in answer.lower() and b"Request head not received in time" in answer
-    assert 1.5 <= elapsed <= 4.0
+    assert 1.5 <= elapsed <= 5.0
 
 
 def test_a_body_slower_than_the_minimum_rate_gets_408(daemon_factory: DaemonFactory) -> None:
@@ -112,7 +112,7 @@ def test_a_body_slower_than_the_minimum_rate_gets_408(daemon_factory: DaemonFact
             break
     answer += read_answer(sock, 5)
     assert status_of(answer) == 408 and b"Request body too slow" in answer
-    assert 9 <= time.monotonic() - started <= 13
+    assert 9 <= time.monotonic() - started <= 15
 
 
 def test_an_idle_keep_alive_connection_closes_after_the_idle_timeout(quick: Daemon) -> None:
@@ -120,7 +120,7 @@ def test_an_idle_keep_alive_connection_closes_after_the_idle_timeout(quick: Daem
     keep_alive_exchange(sock, b"GET /r/app/path HTTP/1.1\r\nHost: h\r\n\r\n")
     started = time.monotonic()
     assert read_answer(sock, 10) == b""  # closed, without a word
-    assert 1.5 <= time.monotonic() - started <= 4.0
+    assert 1.5 <= time.monotonic() - started <= 5.0
 
 
 @pytest.mark.parametrize("channel", ["lean", "twisted.web"])
