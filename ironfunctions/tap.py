@@ -51,6 +51,9 @@ from ironfunctions.runner.reports import GAUGES_INTERVAL_S, NodeGaugesService, R
 from ironfunctions.services import (
     BackendService, FlushOnStopService, IronFunctionsService, PeriodicService, ThreadPoolService,
 )
+from ironfunctions.http.budget import BodyBudget
+from ironfunctions.http.conncap import connection_cap, raise_file_limit
+from ironfunctions.http.deadlines import ClientLimits
 from ironfunctions.http.site import make_site
 
 log = Logger()
@@ -283,8 +286,16 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call, cancel_bus),
         tasks=tasks.resource_for,
     )
+    # Clients are bounded (SPEC §8): deadlines, a shared body budget, a connection cap
+    # below the file limit (raised to the hard limit first).
+    before, file_limit = raise_file_limit()
+    connection_limit = connection_cap(file_limit, config.max_concurrency)
+    log.info("Open files limit {file_limit} (was {before}): at most {connection_cap} client connections",
+             file_limit=file_limit, before=before, connection_cap=connection_limit)
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",
-                     invoker=invoker, clock=reactor)
+                     invoker=invoker, clock=reactor, max_connections=connection_limit, metrics=metrics,
+                     limits=ClientLimits(config.header_timeout, config.idle_timeout, config.body_min_rate),
+                     budget=BodyBudget(config.max_buffered, config.max_spooled))
     # A sync call's record is written when it ends; one still running after a second
     # gets a "running" record too, so it can be listed and cancelled meanwhile.
     RunningSyncRecordsService(agent.calls_running, recorder.record, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
