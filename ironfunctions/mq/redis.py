@@ -35,13 +35,14 @@ from ironfunctions.mq._waiting import Waiters, reserve_loop
 from ironfunctions.mq.interface import (
     APPS_SCAN_LIMIT, AppUsage, IMessageQueue, Lease, QueueItem, QueueLimits, Reservation, lease_of,
 )
+from ironfunctions.mq.redis_protocol import KeepTrying, Protocol, keep_trying
 from ironfunctions.mq.redis_tls import client_creator, redis_endpoint
 from ironfunctions.mq.redis_url import DEFAULT_PREFIX, RedisTLS, parse_redis_url
 
 _ERRORS = (txredisapi.RedisError, DeferredTimeout, ConnectError, ConnectionLost)
 
 
-class _WakeProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _WakeProtocol(KeepTrying, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     """The subscriber connection: (re)subscribes to the wake channel (and any channel
     added by ``RedisQueue.subscribe``) each time it connects, wakes the queue's waiting
     reservers on every wake message and hands other messages to their channel's handler."""
@@ -141,13 +142,16 @@ class RedisQueue:
 
     def _connect(self) -> None:
         endpoint = redis_endpoint(self._reactor, self._host, self._port, self._timeout, self._tls)
+        pool = txredisapi.RedisFactory(
+            f"{self._host}:{self._port}", self._db, self._pool_size, isLazy=True,
+            password=self._password, username=self._username,
+            replyTimeout=self._timeout, convertNumbers=False,
+        )
+        pool.protocol = Protocol
         factories = [
-            txredisapi.RedisFactory(
-                f"{self._host}:{self._port}", self._db, self._pool_size, isLazy=True,
-                password=self._password, username=self._username,
-                replyTimeout=self._timeout, convertNumbers=False,
-            ),
-            _WakeFactory(self._channels, self._waiters.wake_all, self._password, self._username),
+            keep_trying(pool, self._reactor, f"queue at {self._host}:{self._port}"),
+            keep_trying(_WakeFactory(self._channels, self._waiters.wake_all, self._password, self._username),
+                        self._reactor, f"subscriber at {self._host}:{self._port}"),
         ]
         for factory in factories:
             factory.initialDelay = min(0.1, self._max_retry_delay)
