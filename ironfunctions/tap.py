@@ -38,7 +38,7 @@ from ironfunctions.mq import queue_from_url
 from ironfunctions.runner.async_worker import AsyncWorkerService
 from ironfunctions.runner.cancel import make_canceller
 from ironfunctions.runner.submit import AsyncSubmitter
-from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
+from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.agent import Agent, ColdRunner
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
@@ -205,12 +205,14 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
     if guard is not None:
         guard.setServiceParent(root)  # type: ignore[no-untyped-call]
-    # Cold and hot (format "http") runners share the node's container slots.
-    slots = Slots(config.max_concurrency, reactor, DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S)
+    # Cold and hot (format "http") runners share the node's container slots, at most
+    # APP_MAX_CONCURRENCY of them per app (SPEC 8 "Apps share fairly").
+    slots = Slots(config.max_concurrency, reactor, config.admission_max_waiting, config.admission_wait,
+                  config.app_concurrency, metrics)
     policy = FunctionPolicy(config.function_readonly_rootfs, config.function_user)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size, policy)
     hot = HotRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size,
-                    policy=policy)
+                    max_waiting=config.admission_max_waiting, policy=policy)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
     slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot stops an idle hot container
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots)

@@ -72,6 +72,8 @@ HELP = {
     "async.submitted": "Async calls accepted",
     "async.dead": "Async calls that ran out of attempts",
     "calls.dropped": "Call records or logs dropped because the record buffer was full",
+    "app.throttled": "Calls that waited for a container because their app held APP_MAX_CONCURRENCY",
+    "calls.expired": "Finished call records deleted after CALL_RETENTION",
     "hot.containers.route": "Hot containers of one route on this node",
 }
 
