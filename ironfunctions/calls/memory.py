@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from zope.interface import implementer
 
+from ironfunctions.calls import ending
 from ironfunctions.calls.interface import CallChange, ICallStore
 from ironfunctions.calls.model import CallRecord, CallPage, CallQuery, page_of
 from ironfunctions.errors import CallNotFound
+from ironfunctions.models import CallStatus
 
 
 @implementer(ICallStore)
@@ -55,3 +57,23 @@ class MemoryCallStore:
     async def get_log(self, app_name: str, call_id: str) -> bytes:
         self._get(app_name, call_id)
         return self._logs.get(call_id, b"")
+
+    async def delete_finished(self, before_ms: int, limit: int, app_name: str | None = None) -> int:
+        doomed: list[str] = []
+        for call in self._calls.values():
+            if len(doomed) >= limit:
+                break
+            if ending.expired(call, before_ms, app_name):
+                doomed.append(call.id)
+        for call_id in doomed:
+            del self._calls[call_id]
+            self._logs.pop(call_id, None)
+        return len(doomed)
+
+    async def cancel_unfinished(self, app_name: str, now_ms: int, reason: str) -> list[tuple[str, CallStatus]]:
+        ended: list[tuple[str, CallStatus]] = []
+        for call in list(self._calls.values()):
+            if call.app_name == app_name and call.status in ending.UNFINISHED:
+                ended.append((call.id, call.status))
+                self._calls[call.id] = ending.cancelled_for(call, now_ms, reason)
+        return ended
