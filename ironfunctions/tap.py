@@ -34,9 +34,10 @@ from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, Prometheu
 from ironfunctions.routecache import RouteCache
 from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.recorder import CallRecorder
+from ironfunctions.calls.retention import CallRetentionService
 from ironfunctions.mq import queue_from_url
 from ironfunctions.runner.async_worker import AsyncWorkerService
-from ironfunctions.runner.cancel import make_canceller
+from ironfunctions.runner.cancel import make_app_calls_ender, make_canceller
 from ironfunctions.runner.submit import AsyncSubmitter
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.agent import Agent, ColdRunner
@@ -97,6 +98,7 @@ SETTINGS = [
     ("async-max-age", "ASYNC_MAX_AGE", "An async call the platform could not run for this long ends "
      "error/expired [default: 24h]"),
     ("call-retention", "CALL_RETENTION", "Finished call records and logs older than this are deleted [default: 7d]"),
+    ("retention-interval", "RETENTION_INTERVAL", "How often CALL_RETENTION's sweep runs [default: 5m]"),
     ("route-cache-stale", "ROUTE_CACHE_STALE", "How old a cached route may be served while the datastore "
      "is down; 0: never [default: 10m]"),
     ("record-buffer", "RECORD_BUFFER", "Call records and logs held while the datastore is down [default: 64MiB]"),
@@ -220,6 +222,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # agent has drained, so the last calls' records are written too.
     recorder = CallRecorder(stores.calls, reactor, metrics)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
+    CallRetentionService(  # CALL_RETENTION: finished calls expire, swept off the request path
+        stores.calls, reactor, metrics, config.call_retention, config.retention_interval,
+    ).setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
     run_call = guarded_calls(agent.run_call, guard)  # no function runs before its network's rules
 
@@ -259,6 +264,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         invoke=InvokeResource(invoker),
         cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call),
         tasks=tasks.resource_for,
+        end_app_calls=make_app_calls_ender(  # a deleted app's calls: queued cancelled, finished deleted
+            stores.calls, reactor, queue, kill_call, lambda: [c for c, _ in agent.calls_running()]),
     )
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",
                      invoker=invoker, clock=reactor)

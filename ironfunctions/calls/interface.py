@@ -51,3 +51,7 @@ class ICallStore(Interface):
         ``reason``, completed at ``now_ms``, in one transaction; return each one's id
         and the status it had (so the caller can take queued ones out of the queue
         and stop running ones)."""
+
+
+# Ends the calls of a deleted app: app name -> None (see runner/cancel.py).
+AppCallsEnder = Callable[[str], Awaitable[None]]
