@@ -3,13 +3,14 @@
 One daemon (``MAX_CONCURRENCY=4``, ``APP_MAX_CONCURRENCY`` as given, default 2;
 ``DOCKER_NETWORK=none``, the embedded SQLite store). App ``flood`` sends ``--flood``
 concurrent cold calls that sleep ``--sleep`` seconds (the test image ``iftest/sleep``);
-while they last, app ``quiet`` sends one cold call (``iftest/cat``) every half second.
+while they last, app ``quiet`` starts one cold call (``iftest/cat``) every ``--every``
+seconds (1 s: slower than its own calls, so it never queues behind itself).
 Printed: the quiet app's call latency (p50, max) and the flood's own figures. With
 ``--app-max-concurrency 4`` (no share kept) the quiet app waits behind the flood.
 
 Target: the quiet app's p50 well under the flood's sleep (it still gets containers).
 
-    PYTHONPATH=. python bench/hostile_fairshare.py [--flood 10] [--sleep 2] [--app-max-concurrency 2]
+    PYTHONPATH=. python bench/hostile_fairshare.py [--flood 10] [--sleep 4] [--every 1] [--app-max-concurrency 2]
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def timed_post(daemon: Daemon, path: str, body: str) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flood", type=int, default=10, help="concurrent slow calls of the flooding app")
-    parser.add_argument("--sleep", type=float, default=2.0, help="seconds each flooding call sleeps")
+    parser.add_argument("--sleep", type=float, default=4.0, help="seconds each flooding call sleeps")
     parser.add_argument("--app-max-concurrency", type=int, default=2)
-    parser.add_argument("--quiet-calls", type=int, default=8, help="calls of the quiet app, one every 0.5 s")
+    parser.add_argument("--quiet-calls", type=int, default=8, help="calls of the quiet app")
+    parser.add_argument("--every", type=float, default=1.0, help="seconds between the quiet app's calls")
     args = parser.parse_args()
     ensure_dockerd()
     build_test_images()
@@ -63,7 +65,7 @@ def main() -> None:
                 quiet = []
                 for _ in range(args.quiet_calls):
                     quiet.append(pool.submit(timed_post, daemon, "/r/quiet/fast", "q"))
-                    time.sleep(0.5)
+                    time.sleep(args.every)
                 quiet_results = [f.result() for f in quiet]
                 flood_results = [f.result() for f in flood]
                 flood_wall = time.monotonic() - began
@@ -71,7 +73,7 @@ def main() -> None:
             print(f"MAX_CONCURRENCY=4 APP_MAX_CONCURRENCY={args.app_max_concurrency}; "
                   f"flood: {args.flood} concurrent calls of {args.sleep:g} s")
             print(f"quiet app alone: p50 {statistics.median(alone) * 1000:.0f} ms")
-            print(f"quiet app during the flood ({len(quiet_s)} calls, one every 0.5 s): "
+            print(f"quiet app during the flood ({len(quiet_s)} calls, one every {args.every:g} s): "
                   f"p50 {statistics.median(quiet_s) * 1000:.0f} ms  max {max(quiet_s) * 1000:.0f} ms  "
                   f"statuses {sorted({s for _, s in quiet_results})}")
             print(f"flood: all done in {flood_wall:.1f} s, statuses {sorted({s for _, s in flood_results})}")
