@@ -37,6 +37,21 @@ def test_a_call_over_capacity_gets_503_after_ADMISSION_WAIT(
         assert busy.result(timeout=30).status == 200
 
 
+def test_a_call_finding_ADMISSION_MAX_WAITING_calls_waiting_gets_503_at_once(
+    test_images: dict[str, str], daemon_factory: DaemonFactory,  # noqa: F811
+) -> None:
+    daemon = daemon_factory(env={"MAX_CONCURRENCY": "1", "ADMISSION_MAX_WAITING": "0"})
+    daemon.add_route("app", "/slow", image_tag("sleep"), config={"SLEEP": "5"}, timeout=30)
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(daemon.post, "/r/app/slow", "")
+        wait_for_running(daemon, 1)
+        began = time.monotonic()
+        reply = daemon.post("/r/app/slow", "")
+        assert reply.status == 503 and reply.header("retry-after"), reply
+        assert time.monotonic() - began < 1  # not after ADMISSION_WAIT: no room to wait
+        assert busy.result(timeout=30).status == 200
+
+
 def test_one_app_flooding_the_node_does_not_keep_another_apps_calls_waiting(
     test_images: dict[str, str], daemon_factory: DaemonFactory,  # noqa: F811
 ) -> None:
