@@ -5,6 +5,8 @@ The record is marked ``cancelled`` (atomically: a finished call refuses with
 this node has its container removed at once; one running on another node is stopped by
 that node's worker, which checks the record each time it renews the lease.
 
+Deleting an app ends its calls the same ways (``make_app_calls_ender``).
+
 A sync call has no record until it ends (records are written off the request path);
 one in flight on this node is found through the agent and stopped the same way, and
 its final record says ``cancelled``. A DELETE reaching another node than the one
@@ -84,8 +86,9 @@ def make_app_calls_ender(
     - its finished calls and their logs are deleted, a batch at a time.
 
     The records just cancelled are kept (until ``CALL_RETENTION``): they say what
-    became of calls that were accepted and never ran. Without ``queue`` and
-    ``kill_call`` (a bare API) only the records change."""
+    became of calls that were accepted and never ran. (A sync call stopped here still
+    gets its final, cancelled record when it ends, as any cancelled call does.)
+    Without ``queue`` and ``kill_call`` (a bare API) only the records change."""
 
     async def end(app_name: str) -> None:
         now_ms = int(clock.seconds() * 1000)

@@ -174,3 +174,18 @@ class AppDeletionTests(SynchronousTestCase):
     def test_a_missing_app_is_404_and_ends_nothing(self) -> None:
         assert request(self.treq, "DELETE", "/v1/apps/nope")[0] == 404
         assert self.killed.ids == [] and run(self.node.queue.depth()) == 2
+
+    def test_calls_in_flight_on_this_node_of_a_deleted_app_are_stopped(self) -> None:
+        """A sync call has no record before it ends (or a running one after a second):
+        the runner's own list finds it."""
+        from ironfunctions.models import Call, CallRequest, Route
+
+        def in_flight() -> list[Call]:
+            request = CallRequest(method="GET", url="http://h/r/x/p")
+            return [Call("sync-a", Route(app_name="a", path="/p", image="i"), request),
+                    Call("sync-b", Route(app_name="b", path="/p", image="i"), request)]
+
+        killed = KilledCalls()
+        end = make_app_calls_ender(self.node.calls, self.clock, self.node.queue, killed, in_flight)
+        self.successResultOf(Deferred.fromCoroutine(end("a")))  # type: ignore[arg-type]  # an async def
+        assert killed.ids == ["c0004", "sync-a"]
