@@ -168,7 +168,15 @@ class AgentFairShareTests(SynchronousTestCase):
         agent = Agent.cold(self.driver, self.clock, "node", MemoryMetrics(), max_concurrency=4,
                            wait_bound=30, app_limit=app_limit)
         agent.startService()
+        self.addCleanup(self.finish, agent)
         return agent
+
+    def finish(self, agent: Agent) -> None:
+        """Let every call end and stop the agent: no call is left suspended."""
+        for _ in range(30):
+            self.clock.advance(1)
+        self.successResultOf(agent.stopService())
+        assert agent.slots.in_use == 0 and agent.slots.waiting == 0
 
     def flood_then_other_app(self, agent: Agent) -> tuple[list[Deferred[CallResult]], Deferred[CallResult]]:
         def run(call: Call) -> Deferred[CallResult]:
