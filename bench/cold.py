@@ -61,7 +61,9 @@ def main() -> None:
     build_test_images()
     api = docker.APIClient(version="1.41")
     with tempfile.TemporaryDirectory() as workdir:
+        # One app: it may use the whole node (APP_MAX_CONCURRENCY's default is half).
         daemon = Daemon(workdir, env={"DOCKER_NETWORK": network, "MAX_CONCURRENCY": "64",
+                                      "APP_MAX_CONCURRENCY": "64",
                                       "DB_URL": "memory://", "LOG_LEVEL": "warn"}).start()
         try:
             daemon.post("/v1/apps/bench/routes", {"route": {"path": "/echo", "image": IMAGE}})

@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     node_id = f"bench-load-{os.getpid()}"
     bad = 0
     with tempfile.TemporaryDirectory() as workdir:
+        # One app: it may use the whole node (APP_MAX_CONCURRENCY's default is half).
         daemon = Daemon(workdir, env={"DOCKER_NETWORK": "none", "MAX_CONCURRENCY": str(args.concurrency),
+                                      "APP_MAX_CONCURRENCY": str(args.concurrency),
                                       "DB_URL": "memory://", "LOG_LEVEL": "warn", "NODE_ID": node_id}).start()
         try:
             reply = daemon.post("/v1/apps/bench/routes", {"route": {

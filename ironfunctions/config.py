@@ -91,6 +91,7 @@ class Config:
     async_max_queued_bytes: int = 256 * MIB
     async_max_age: float = 24 * 3600.0
     call_retention: float = 7 * 86400.0
+    retention_interval: float = 300.0  # seconds between CALL_RETENTION sweeps
     route_cache_stale: float = 600.0
     record_buffer: int = 64 * MIB
     # Production behind HAProxy (SPEC §9).
@@ -188,6 +189,7 @@ class Config:
             async_max_queued_bytes=get("ASYNC_MAX_QUEUED_BYTES", parse_size, 256 * MIB),
             async_max_age=get("ASYNC_MAX_AGE", parse_positive_duration, 24 * 3600.0),
             call_retention=get("CALL_RETENTION", parse_positive_duration, 7 * 86400.0),
+            retention_interval=get("RETENTION_INTERVAL", parse_positive_duration, 300.0),
             route_cache_stale=get("ROUTE_CACHE_STALE", parse_duration, 600.0),
             record_buffer=get("RECORD_BUFFER", parse_size, 64 * MIB),
             lb_agent_port=get("LB_AGENT_PORT", parse_port, 0),

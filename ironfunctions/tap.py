@@ -35,14 +35,15 @@ from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, Prometheu
 from ironfunctions.routecache import RouteCache
 from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.recorder import CallRecorder
+from ironfunctions.calls.retention import CallRetentionService
 from ironfunctions.mq import QueueLimits, queue_from_url
 from ironfunctions.runner.async_worker import AsyncWorkerService
-from ironfunctions.runner.cancel import make_cancel_handler, make_canceller
+from ironfunctions.runner.cancel import make_app_calls_ender, make_cancel_handler, make_canceller
 from ironfunctions.cancelbus import cancel_bus_for
 from ironfunctions.runner.attempts import AttemptPolicy
 from ironfunctions.runner.reconciler import Reconciler
 from ironfunctions.runner.submit import AsyncSubmitter
-from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
+from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.agent import Agent, ColdRunner
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.ids import CallIds
@@ -106,6 +107,7 @@ SETTINGS = [
     ("async-max-age", "ASYNC_MAX_AGE", "An async call the platform could not run for this long ends "
      "error/expired [default: 24h]"),
     ("call-retention", "CALL_RETENTION", "Finished call records and logs older than this are deleted [default: 7d]"),
+    ("retention-interval", "RETENTION_INTERVAL", "How often CALL_RETENTION's sweep runs [default: 5m]"),
     ("route-cache-stale", "ROUTE_CACHE_STALE", "How old a cached route may be served while the datastore "
      "is down; 0: never [default: 10m]"),
     ("record-buffer", "RECORD_BUFFER", "Call records and logs held while the datastore is down [default: 64MiB]"),
@@ -220,12 +222,14 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
     if guard is not None:
         guard.setServiceParent(root)  # type: ignore[no-untyped-call]
-    # Cold and hot (format "http") runners share the node's container slots.
-    slots = Slots(config.max_concurrency, reactor, DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S)
+    # Cold and hot (format "http") runners share the node's container slots, at most
+    # APP_MAX_CONCURRENCY of them per app (SPEC 8 "Apps share fairly").
+    slots = Slots(config.max_concurrency, reactor, config.admission_max_waiting, config.admission_wait,
+                  config.app_concurrency, metrics)
     policy = FunctionPolicy(config.function_readonly_rootfs, config.function_user)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size, policy)
     hot = HotRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size,
-                    policy=policy)
+                    max_waiting=config.admission_max_waiting, policy=policy)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
     slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot stops an idle hot container
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots)
@@ -233,6 +237,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # agent has drained, so the last calls' records are written too.
     recorder = CallRecorder(stores.calls, reactor, metrics, max_bytes=config.record_buffer)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
+    CallRetentionService(  # CALL_RETENTION: finished calls expire, swept off the request path
+        stores.calls, reactor, metrics, config.call_retention, config.retention_interval,
+    ).setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
     run_call = guarded_calls(agent.run_call, guard)  # no function runs before its network's rules
 
@@ -285,6 +292,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         invoke=InvokeResource(invoker),
         cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call, cancel_bus),
         tasks=tasks.resource_for,
+        end_app_calls=make_app_calls_ender(  # a deleted app's calls: queued cancelled, finished deleted
+            stores.calls, reactor, queue, kill_call, lambda: [c for c, _ in agent.calls_running()]),
     )
     # Clients are bounded (SPEC §8): deadlines, a shared body budget, a connection cap
     # below the file limit (raised to the hard limit first).

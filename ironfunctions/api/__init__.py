@@ -22,7 +22,7 @@ from werkzeug.exceptions import NotFound
 from ironfunctions.api import admin
 from ironfunctions.api.apps import AppsAPI
 from ironfunctions.api.calls import store_canceller
-from ironfunctions.calls.interface import Canceller, ICallStore
+from ironfunctions.calls.interface import AppCallsEnder, Canceller, ICallStore
 from ironfunctions.api.auth import EVERYTHING, Access, authorize
 from ironfunctions.api.http import json_response, klein_app
 from ironfunctions.api.routes import AllRoutesAPI
@@ -30,6 +30,7 @@ from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.errors import NotReady, ValidationError
 from ironfunctions.names import text_from_url
 from ironfunctions.routecache import RouteCache
+from ironfunctions.runner.cancel import make_app_calls_ender
 
 
 class V1API:
@@ -45,6 +46,7 @@ class V1API:
         host_memory_mb: int,
         cancel: Canceller,
         access: Access = EVERYTHING,
+        end_app_calls: AppCallsEnder | None = None,
     ) -> None:
         self._datastore = datastore
         self._calls = calls
@@ -52,15 +54,18 @@ class V1API:
         self._host_memory_mb = host_memory_mb
         self._cancel = cancel
         self._access = access
+        self._end_app_calls = end_app_calls
 
     def scoped(self, access: Access) -> V1API:
         """This API as seen by a request granted ``access``."""
-        return V1API(self._datastore, self._calls, self._routes, self._host_memory_mb, self._cancel, access)
+        return V1API(self._datastore, self._calls, self._routes, self._host_memory_mb, self._cancel, access,
+                     self._end_app_calls)
 
     @app.route("/apps", branch=True)
     def apps(self, request: IRequest) -> IResource:
         return AppsAPI(
             self._datastore, self._calls, self._routes, self._host_memory_mb, self._cancel, self._access,
+            self._end_app_calls,
         ).app.resource()
 
     @app.route("/routes", branch=True)
@@ -199,14 +204,17 @@ def build_api(
     invoke: IResource | None = None,
     cancel: Canceller | None = None,
     tasks: Callable[[Access], IResource] | None = None,
+    end_app_calls: AppCallsEnder | None = None,
 ) -> IResource:
     """The whole HTTP API as one resource for a ``Site``. ``calls`` is the call store
     beside ``datastore``; ``cancel`` stops a call (default: mark its record cancelled,
     see ``api.calls.store_canceller``); ``tasks`` gives the ``/tasks`` resource for a
     request granted some access (``TasksAPI.resource_for``). ``health_checks`` default to
     the datastore's ping as a shared backend; ``render_metrics`` gives ``/metrics``'
-    Prometheus text."""
-    v1 = V1API(datastore, calls, routes, host_memory_mb, cancel or store_canceller(calls, clock))
+    Prometheus text. ``end_app_calls`` ends a deleted app's calls (default: their
+    records only, ``runner.cancel.make_app_calls_ender`` with no queue or runner)."""
+    v1 = V1API(datastore, calls, routes, host_memory_mb, cancel or store_canceller(calls, clock),
+               end_app_calls=end_app_calls or make_app_calls_ender(calls, clock))
     main = MainAPI(
         v1,
         jwt_auth_key,

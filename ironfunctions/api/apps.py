@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from ironfunctions.api import schema
 from ironfunctions.api.auth import EVERYTHING, Access
 from ironfunctions.api.calls import CallsAPI
-from ironfunctions.calls.interface import Canceller, ICallStore
+from ironfunctions.calls.interface import AppCallsEnder, Canceller, ICallStore
 from ironfunctions.api.http import body_of, json_response, klein_app
 from ironfunctions.api.routes import RoutesAPI
 from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.routecache import RouteCache
 
+log = Logger()
+
 
 class AppsAPI:
     """Apps, and the branch to each app's routes. ``access`` is what the request's
-    token grants: apps outside it are answered as missing ones (``api/auth.py``)."""
+    token grants: apps outside it are answered as missing ones (``api/auth.py``).
+    ``end_calls`` ends a deleted app's calls (``runner.cancel.make_app_calls_ender``)."""
 
     app = klein_app()
 
     def __init__(
         self, datastore: IDatastore, calls: ICallStore, routes: RouteCache, host_memory_mb: int,
-        cancel: Canceller, access: Access = EVERYTHING,
+        cancel: Canceller, access: Access = EVERYTHING, end_calls: AppCallsEnder | None = None,
     ) -> None:
         self._datastore = datastore
         self._calls = calls
@@ -30,6 +34,7 @@ class AppsAPI:
         self._host_memory_mb = host_memory_mb
         self._cancel = cancel
         self._access = access
+        self._end_calls = end_calls
 
     @app.route("/", methods=["GET"])
     async def list_apps(self, request: IRequest) -> bytes:
@@ -66,6 +71,13 @@ class AppsAPI:
         self._access.check(name)
         await self._datastore.remove_app(name)
         self._routes.invalidate(name)
+        if self._end_calls is not None:
+            # After the app is gone, so no new call of it starts meanwhile; a failure
+            # here leaves calls for CALL_RETENTION, and must not make the delete look failed.
+            try:
+                await self._end_calls(name)
+            except Exception as e:
+                log.warn("App {app} deleted, but its calls could not all be ended: {error}", app=name, error=str(e))
         return json_response(request, {"message": "App deleted"})
 
     def _routes_of(self, name: str) -> RoutesAPI:

@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from zope.interface import Interface
 
 from ironfunctions.calls.model import CallRecord, CallPage, CallQuery
+from ironfunctions.models import CallStatus
 
 CallChange = Callable[[CallRecord], CallRecord]
 # Cancels a call: (app name, call id) -> the cancelled record (see runner/cancel.py).
@@ -59,3 +60,19 @@ class ICallStore(Interface):
         """Delete the call and its log; return whether it was there (another app's
         call is not). An async submit the queue refused takes its record back with it
         (``runner/submit.py``)."""
+    async def delete_finished(before_ms: int, limit: int, app_name: str | None = None) -> int:
+        """Delete at most ``limit`` finished calls (success, error, timeout, cancelled)
+        that ended (``completed_at``, else ``created_at``) before ``before_ms``, of
+        ``app_name`` only when given, and their logs, in one transaction; return how
+        many were deleted (fewer than ``limit``: no more are left). Queued and running
+        calls are never deleted (``calls/ending.py``)."""
+
+    async def cancel_unfinished(app_name: str, now_ms: int, reason: str) -> list[tuple[str, CallStatus]]:
+        """Mark every queued or running call of ``app_name`` ``cancelled`` with
+        ``reason``, completed at ``now_ms``, in one transaction; return each one's id
+        and the status it had (so the caller can take queued ones out of the queue
+        and stop running ones)."""
+
+
+# Ends the calls of a deleted app: app name -> None (see runner/cancel.py).
+AppCallsEnder = Callable[[str], Awaitable[None]]

@@ -12,9 +12,11 @@ from typing import Any, Mapping
 
 from zope.interface import implementer
 
+from ironfunctions.calls import ending
 from ironfunctions.calls.interface import CallChange, ICallStore
 from ironfunctions.calls.model import CallRecord, CallPage, CallQuery, page_of, sort_key
 from ironfunctions.errors import CallNotFound
+from ironfunctions.models import CallStatus
 
 
 @implementer(ICallStore)
@@ -96,3 +98,24 @@ class MemoryCallStore:
         self._logs.pop(call_id, None)
         self._requests.pop(call_id, None)
         return True
+    async def delete_finished(self, before_ms: int, limit: int, app_name: str | None = None) -> int:
+        doomed: list[str] = []
+        for call in self._calls.values():
+            if len(doomed) >= limit:
+                break
+            if ending.expired(call, before_ms, app_name):
+                doomed.append(call.id)
+        for call_id in doomed:
+            del self._calls[call_id]
+            self._logs.pop(call_id, None)
+            self._requests.pop(call_id, None)
+        return len(doomed)
+
+    async def cancel_unfinished(self, app_name: str, now_ms: int, reason: str) -> list[tuple[str, CallStatus]]:
+        ended: list[tuple[str, CallStatus]] = []
+        for call in list(self._calls.values()):
+            if call.app_name == app_name and call.status in ending.UNFINISHED:
+                ended.append((call.id, call.status))
+                self._calls[call.id] = ending.cancelled_for(call, now_ms, reason)
+                self._requests.pop(call.id, None)  # ended: never queued again
+        return ended

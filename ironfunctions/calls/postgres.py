@@ -8,10 +8,11 @@ from typing import Any, Mapping
 
 from zope.interface import implementer
 
-from ironfunctions.calls import sql
+from ironfunctions.calls import ending, sql
 from ironfunctions.calls.interface import CallChange, ICallStore
 from ironfunctions.calls.model import CallRecord, CallPage, CallQuery, encode_cursor
 from ironfunctions.errors import CallNotFound
+from ironfunctions.models import CallStatus
 from ironfunctions.storage.postgres import PostgresDatabase
 
 _COLUMNS = [c.strip() for c in sql.CALL_COLUMNS.split(",")]
@@ -139,3 +140,27 @@ class PostgresCallStore:
 
         found: bool = await self._db.transaction(delete)
         return found
+    async def delete_finished(self, before_ms: int, limit: int, app_name: str | None = None) -> int:
+        # SKIP LOCKED: two nodes sweeping at once take different rows, neither waits.
+        select = ending.expired_ids_sql(limit, "%s", app_name is not None) + " FOR UPDATE SKIP LOCKED"
+        params: tuple[object, ...] = (before_ms,) if app_name is None else (before_ms, app_name)
+        rows = await self._db.query(
+            f"WITH doomed AS ({select}),"
+            " logs AS (DELETE FROM call_logs WHERE id IN (SELECT id FROM doomed)),"
+            " requests AS (DELETE FROM call_requests WHERE id IN (SELECT id FROM doomed))"
+            " DELETE FROM calls WHERE id IN (SELECT id FROM doomed) RETURNING id",
+            params,
+        )
+        return len(rows)
+
+    async def cancel_unfinished(self, app_name: str, now_ms: int, reason: str) -> list[tuple[str, CallStatus]]:
+        async def cancel(cur: Any) -> list[tuple[str, CallStatus]]:
+            await cur.execute(ending.unfinished_sql("%s") + " FOR UPDATE", (app_name,))
+            ended = [(row[0], CallStatus(row[1])) for row in cur.fetchall()]
+            if ended:
+                await cur.execute(ending.cancel_unfinished_sql("%s"), (reason, now_ms, app_name))
+                await cur.execute("DELETE FROM call_requests WHERE app_name = %s", (app_name,))
+            return ended
+
+        ended: list[tuple[str, CallStatus]] = await self._db.transaction(cancel)
+        return ended

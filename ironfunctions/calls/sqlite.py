@@ -13,10 +13,11 @@ from typing import Any, Mapping
 
 from zope.interface import implementer
 
-from ironfunctions.calls import sql
+from ironfunctions.calls import ending, sql
 from ironfunctions.calls.interface import CallChange, ICallStore
 from ironfunctions.calls.model import CallRecord, CallPage, CallQuery, encode_cursor
 from ironfunctions.errors import CallNotFound
+from ironfunctions.models import CallStatus
 from ironfunctions.storage.sqlite import SqliteDatabase, transaction
 
 _ROW = f"({', '.join('?' * sql.N_COLUMNS)})"
@@ -151,3 +152,33 @@ class SqliteCallStore:
             return bool(found)
 
         return await self._db.run(delete)
+    async def delete_finished(self, before_ms: int, limit: int, app_name: str | None = None) -> int:
+        select = ending.expired_ids_sql(limit, "?", app_name is not None)
+        params: tuple[object, ...] = (before_ms,) if app_name is None else (before_ms, app_name)
+
+        def delete(c: sqlite3.Connection) -> int:
+            with transaction(c):
+                ids = [row[0] for row in c.execute(select, params).fetchall()]
+                for start in range(0, len(ids), _DELETE_CHUNK):  # under the old 999-variable limit
+                    chunk = ids[start:start + _DELETE_CHUNK]
+                    marks = ", ".join("?" * len(chunk))
+                    c.execute(f"DELETE FROM call_logs WHERE id IN ({marks})", chunk)
+                    c.execute(f"DELETE FROM call_requests WHERE id IN ({marks})", chunk)
+                    c.execute(f"DELETE FROM calls WHERE id IN ({marks})", chunk)
+            return len(ids)
+
+        return await self._db.run(delete)
+
+    async def cancel_unfinished(self, app_name: str, now_ms: int, reason: str) -> list[tuple[str, CallStatus]]:
+        def cancel(c: sqlite3.Connection) -> list[tuple[str, CallStatus]]:
+            with transaction(c):
+                ended = [(row[0], CallStatus(row[1])) for row in c.execute(ending.unfinished_sql("?"), (app_name,))]
+                if ended:
+                    c.execute(ending.cancel_unfinished_sql("?"), (reason, now_ms, app_name))
+                    c.execute("DELETE FROM call_requests WHERE app_name = ?", (app_name,))
+            return ended
+
+        return await self._db.run(cancel)
+
+
+_DELETE_CHUNK = 500

@@ -75,6 +75,8 @@ HELP = {
     "calls.dropped": "Call records dropped because the record buffer was full",
     "calls.logs_dropped": "Call logs dropped (their records kept) because the record buffer was full",
     "routes.stale_served": "Calls served a cached route older than its TTL because the datastore failed",
+    "app.throttled": "Calls that waited for a container because their app held APP_MAX_CONCURRENCY",
+    "calls.expired": "Finished call records deleted after CALL_RETENTION",
     "hot.containers.route": "Hot containers of one route on this node",
     # Not declared up front: a node that has not checked yet must not read as "down".
     "datastore.up": "1 when the datastore answered this node's last check (every 5 s), 0 when not",

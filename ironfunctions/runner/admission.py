@@ -1,15 +1,27 @@
-"""Admission: at most ``limit`` containers at once on this node, with a bounded wait.
+"""Admission: at most ``limit`` containers at once on this node, at most ``app_limit``
+of them for one app, with a bounded wait.
 
-A call that cannot get a slot within ``wait_bound`` seconds, or that finds
-``max_waiting`` calls already waiting, is refused with ``Overloaded`` (the API answers
-503 + Retry-After): the node never accepts work it cannot run and its memory stays
-bounded however many clients pile up. Slots are handed to waiters in FIFO order
-(a ``WaitQueue``, the same queue the hot pools use).
+A call that cannot get a slot within ``wait_bound`` seconds (``ADMISSION_WAIT``), or
+that finds ``max_waiting`` calls already waiting (``ADMISSION_MAX_WAITING``), is
+refused with ``Overloaded`` (the API answers 503 + Retry-After): the node never
+accepts work it cannot run and its memory stays bounded however many clients pile up.
+
+Fair share (SPEC §8, ``APP_MAX_CONCURRENCY``): one app never holds more than
+``app_limit`` slots. Running calls cannot be preempted, so this cap is what keeps
+slots free for another app's call to start at once while one app floods the node; an
+app at its cap waits for one of its own containers to end, even when slots are free
+(a node that serves a single app sets ``APP_MAX_CONCURRENCY`` to ``MAX_CONCURRENCY``).
+Each app's waiting calls form their own FIFO line (``runner/fairqueue.py``); a freed
+slot goes to the waiting app that holds the fewest slots, so a flooding app's queue
+never stands in front of another app's call. Waits caused by the cap are counted as
+``app.throttled``.
 
 Cold calls hold a slot for one container run; hot pools (``runner/hot_pool.py``) hold
-one per live container, so both share the node's ``MAX_CONCURRENCY``. A call that has
-to wait asks the ``on_pressure`` hooks to free a slot: the hot runner then stops its
-longest idle container rather than keep it until its idle timeout.
+one per live container, so both share the node's ``MAX_CONCURRENCY`` and an app's
+``APP_MAX_CONCURRENCY``. A call that has to wait asks the ``on_pressure`` hooks to free
+a slot: the hot runner then stops the longest idle container, of the waiting call's
+own app when that app is at its cap (only that frees a slot it may take), of any app
+otherwise, rather than keep it until its idle timeout.
 """
 
 from __future__ import annotations
@@ -21,28 +33,53 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ironfunctions.errors import Overloaded
-from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING, WaitQueue
+from ironfunctions.metrics import IMetrics
+from ironfunctions.runner.fairqueue import FairWaitQueue
+from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
 
 __all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT_BOUND_S", "Slots"]
 
-DEFAULT_WAIT_BOUND_S = 10.0
+DEFAULT_WAIT_BOUND_S = 10.0  # ADMISSION_WAIT's default
 
 log = Logger()
 
+# reclaim(app): free a slot by stopping an idle container of ``app`` (of any app when
+# None); True if one is going (its slot is released once it is gone).
+Reclaim = Callable[[str | None], bool]
+
 
 class Slots:
-    """A counting semaphore with a bounded, time-limited queue."""
+    """A counting semaphore with a per-app cap and a bounded, time-limited, fair queue.
 
-    def __init__(self, limit: int, clock: IReactorTime, max_waiting: int, wait_bound: float) -> None:
+    :param limit: containers this node runs at once (``MAX_CONCURRENCY``).
+    :param clock: times the waits.
+    :param max_waiting: calls that may wait at once (``ADMISSION_MAX_WAITING``).
+    :param wait_bound: seconds a call may wait (``ADMISSION_WAIT``).
+    :param app_limit: containers one app may hold (``APP_MAX_CONCURRENCY``); 0: ``limit``.
+    :param metrics: where ``app.throttled`` is counted.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        clock: IReactorTime,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+        wait_bound: float = DEFAULT_WAIT_BOUND_S,
+        app_limit: int = 0,
+        metrics: IMetrics | None = None,
+    ) -> None:
         self.limit = limit
+        self.app_limit = app_limit or limit
         self.in_use = 0
+        self._held: dict[str, int] = {}
         self._wait_bound = wait_bound
-        self._waiters: WaitQueue[None] = WaitQueue(clock, max_waiting)
-        self._pressure: list[Callable[[], bool]] = []
+        self._waiters = FairWaitQueue(clock, max_waiting)
+        self._pressure: list[Reclaim] = []
+        self._metrics = metrics
 
-    def on_pressure(self, reclaim: Callable[[], bool]) -> None:
-        """Call ``reclaim()`` when a caller has to wait for a slot; it returns True if
-        it is freeing one (released once that container is gone)."""
+    def on_pressure(self, reclaim: Reclaim) -> None:
+        """Call ``reclaim(app)`` when a caller has to wait for a slot: ``app`` is the
+        caller's app when it waits because that app is at its cap, else None."""
         self._pressure.append(reclaim)
 
     @property
@@ -50,24 +87,50 @@ class Slots:
         """Calls waiting for a slot now (``/stats``' ``Queue``)."""
         return len(self._waiters)
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting at most ``wait_bound`` s. Raise ``Overloaded``."""
-        if self.in_use < self.limit and not self._waiters:
+    def held(self, app: str) -> int:
+        """Slots ``app`` holds now."""
+        return self._held.get(app, 0)
+
+    async def acquire(self, app: str) -> None:
+        """Take a slot for ``app``, waiting at most ``wait_bound`` s. Raise ``Overloaded``."""
+        held = self._held.get(app, 0)
+        # No waiter could take a free slot (``_hand_over`` serves them as slots free),
+        # so a free slot within the app's cap is this caller's.
+        if self.in_use < self.limit and held < self.app_limit:
             self.in_use += 1
+            self._held[app] = held + 1
             return
-        waiter = self._waiters.wait(self._wait_bound)  # Overloaded when full
+        capped = held >= self.app_limit
+        waiter = self._waiters.wait(app, self._wait_bound)  # Overloaded when full
+        if capped and self._metrics is not None:
+            self._metrics.count("app.throttled", 1, app=app)
         try:
             for reclaim in self._pressure:
-                if reclaim():
+                if reclaim(app if capped else None):
                     break
         except Exception:  # a bug in a hook must not strand this waiter in the queue
             log.failure("Freeing a container slot failed")
         try:
-            await waiter  # Overloaded after wait_bound
+            await waiter  # Overloaded after wait_bound; the slot is counted by _hand_over
         except CancelledError:
             raise Overloaded(retry_after=1) from None
 
-    def release(self) -> None:
-        """Give a slot back (to the longest waiter, if any)."""
-        if not self._waiters.give(None):  # else the slot passes on; in_use is unchanged
-            self.in_use -= 1
+    def release(self, app: str) -> None:
+        """Give ``app``'s slot back; it goes to a waiting call if one may take it."""
+        held = self._held[app] - 1
+        if held:
+            self._held[app] = held
+        else:
+            del self._held[app]
+        self.in_use -= 1
+        if self._waiters:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self.in_use < self.limit:
+            handoff = self._waiters.pop_next(self.held, self.app_limit)
+            if handoff is None:
+                return
+            self.in_use += 1
+            self._held[handoff.app] = self._held.get(handoff.app, 0) + 1
+            handoff.fire()  # may run the caller on, even release again: state is settled

@@ -107,12 +107,13 @@ class ColdRunner:
     async def run(self, call: Call) -> CallResult:
         spec = container_spec(call, self._node_id, self._network_mode, self._max_response_size, self._policy)
         queued_at = self._clock.seconds()
-        await self._slots.acquire()
+        app = call.route.app_name
+        await self._slots.acquire(app)
         try:
             wait_ms = int(round((self._clock.seconds() - queued_at) * 1000))
             result = await self._driver.run(spec)
         finally:
-            self._slots.release()
+            self._slots.release(app)
         return cold_outcome(call.id, result, wait_ms)
 
 
@@ -163,10 +164,11 @@ class Agent(Service):
         max_response_size: int = 6 * 1024 * 1024,
         wait_bound: float = DEFAULT_WAIT_BOUND_S,
         max_waiting: int = DEFAULT_MAX_WAITING,
+        app_limit: int = 0,
     ) -> "Agent":
         """An agent with the cold runner for every format, hot ones included (a node
-        or a test that wants no hot pools)."""
-        slots = Slots(max_concurrency, clock, max_waiting, wait_bound)
+        or a test that wants no hot pools). ``app_limit``: see ``Slots``."""
+        slots = Slots(max_concurrency, clock, max_waiting, wait_bound, app_limit, metrics)
         cold = ColdRunner(driver, slots, clock, node_id, network_mode, max_response_size)
         return cls(driver, clock, node_id, metrics, {"default": cold}, slots)
 

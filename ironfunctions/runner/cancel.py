@@ -33,11 +33,13 @@ whatever its type, and answers with its record. The client of a sync call cancel
 through any node gets the same reply as one cancelled on its own node: 502
 ``Call cancelled`` (``runner/invoker.py``), and the call's final record says
 ``cancelled``, reason ``client_request``.
+
+Deleting an app ends its calls the same ways (``make_app_calls_ender``).
 """
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 import attrs
 
@@ -45,7 +47,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ironfunctions.calls.interface import Canceller, ICallStore
+from ironfunctions.calls.interface import AppCallsEnder, Canceller, ICallStore
 from ironfunctions.calls.model import CallRecord, cancelled
 from ironfunctions.cancelbus import CancelHandler, ICancelBus
 from ironfunctions.cancelbus.memory import MemoryCancelBus
@@ -128,3 +130,58 @@ def make_canceller(
         return record
 
     return cancel
+
+
+APP_DELETED_REASON = "route_deleted"  # SPEC §10 names this reason for calls of deleted apps and routes
+DELETE_BATCH = 1000
+
+
+def make_app_calls_ender(
+    calls: ICallStore,
+    clock: IReactorTime,
+    queue: IMessageQueue | None = None,
+    kill_call: Callable[[str], Awaitable[Any]] | None = None,
+    running_calls: Callable[[], Iterable[Call]] = lambda: (),
+) -> AppCallsEnder:
+    """What deleting an app does to its calls (SPEC §8 "Data has an end"), so that none
+    of them shows up under a new app of the same name:
+
+    - its queued and running calls are cancelled (reason ``route_deleted``): queued
+      ones are taken out of ``queue``; running ones on this node are stopped by
+      ``kill_call`` (``Agent.cancel``), on other nodes by their workers, which see the
+      cancelled record when they renew the lease. Calls in flight on this node
+      (``running_calls``: sync ones may have no record yet) are stopped too;
+    - its finished calls and their logs are deleted, a batch at a time.
+
+    The records just cancelled are kept (until ``CALL_RETENTION``): they say what
+    became of calls that were accepted and never ran. (A sync call stopped here still
+    gets its final, cancelled record when it ends, as any cancelled call does.)
+    Without ``queue`` and ``kill_call`` (a bare API) only the records change."""
+
+    async def end(app_name: str) -> None:
+        now_ms = int(clock.seconds() * 1000)
+        ended = await calls.cancel_unfinished(app_name, now_ms, APP_DELETED_REASON)
+        in_flight = [call.id for call in running_calls() if call.route.app_name == app_name]
+        stop = {call_id for call_id, status in ended if status == CallStatus.RUNNING} | set(in_flight)
+        for call_id, status in ended:
+            if status == CallStatus.QUEUED and queue is not None:
+                await _quietly(queue.remove(call_id), call_id)
+        if kill_call is not None:
+            for call_id in sorted(stop):
+                await _quietly(kill_call(call_id), call_id)
+        while await calls.delete_finished(now_ms, DELETE_BATCH, app_name) == DELETE_BATCH:
+            pass
+        cancelled_ids = {call_id for call_id, _ in ended} | set(in_flight)
+        if cancelled_ids:
+            log.info("App {app} deleted: cancelled {count} calls", app=app_name, count=len(cancelled_ids))
+
+    return end
+
+
+async def _quietly(step: Awaitable[Any], call_id: str) -> None:
+    """Take a call out of the queue or stop it; a failure is logged, not raised: the
+    record already says cancelled, and workers honour it."""
+    try:
+        await step
+    except Exception as e:
+        log.warn("Cancelled {call_id}, but could not stop it yet: {error}", call_id=call_id, error=str(e))

@@ -95,13 +95,16 @@ class HotRunner:
                 return True
         return False
 
-    def reclaim_idle(self) -> bool:
-        """Stop the hot container idle the longest, of any route, so its slot can go to
-        a call waiting for one (a ``Slots.on_pressure`` hook): idle containers must not
-        keep cold calls and other routes out until their ``idle_timeout``. False if
-        none is idle."""
+    def reclaim_idle(self, app: str | None = None) -> bool:
+        """Stop the hot container idle the longest, of any route (of ``app``'s routes
+        when given: an app at its ``APP_MAX_CONCURRENCY`` can only use a slot of its
+        own), so its slot can go to a call waiting for one (a ``Slots.on_pressure``
+        hook): idle containers must not keep cold calls and other routes out until
+        their ``idle_timeout``. False if none is idle."""
         oldest: tuple[float, RoutePool] | None = None
         for pool in self._pools.values():
+            if app is not None and pool.route.app_name != app:
+                continue
             since = pool.least_recently_used()
             if since is not None and (oldest is None or since < oldest[0]):
                 oldest = (since, pool)

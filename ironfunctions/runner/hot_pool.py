@@ -174,7 +174,7 @@ class RoutePool:
         context = self._context
         began = self._clock.seconds()
         try:
-            await context.slots.acquire()
+            await context.slots.acquire(self.route.app_name)
         except Exception as e:
             self._starting -= 1
             self._start_failed(e)
@@ -187,7 +187,7 @@ class RoutePool:
             attached = await context.driver.start_attached(self._spec, container)
         except Exception as e:
             self._starting -= 1
-            context.slots.release()
+            context.slots.release(self.route.app_name)
             self._start_failed(e)
             return
         self._starting -= 1
@@ -283,7 +283,7 @@ class RoutePool:
             log.error("Could not remove hot container {container_id}: {error}",
                       container_id=container_id, error=str(e), **self._fields)
         finally:
-            context.slots.release()
+            context.slots.release(self.route.app_name)
             container.mark_removed()
             self._check_drained()
 

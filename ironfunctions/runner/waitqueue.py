@@ -1,9 +1,9 @@
 """A FIFO of callers waiting for something scarce, each for a bounded time.
 
-Both kinds of waiting on this node have this shape: a call waiting for a container
-slot (``admission.Slots``) and a call waiting for a hot container of its route
-(``hot_pool.RoutePool``). A waiter joins at the end and is served first come, first
-served; it leaves early when it waits longer than its timeout (it then fails with
+A call waiting for a hot container of its route (``hot_pool.RoutePool``) waits in
+one; a call waiting for a container slot (``admission.Slots``) waits in its app's line
+of a ``fairqueue.FairWaitQueue``, which has the same rules per app. A waiter joins at
+the end and is served first come, first served; it leaves early when it waits longer than its timeout (it then fails with
 ``Overloaded``, which the API answers 503 + Retry-After) or when its caller cancels
 the wait. The queue is bounded: when ``max_waiting`` callers already wait, a new one
 is refused at once, so the node's memory stays bounded however many clients pile up.

@@ -240,3 +240,100 @@ async def test_list_unfinished_pages_queued_and_running_of_every_app_oldest_firs
         seen.extend(c.id for c in page)
         after = (page[-1].created_at, page[-1].id)
     assert seen == ["call0001", "call0002", "call0004", "same-b", "call0006"]
+async def ids_of(calls: ICallStore, app: str) -> set[str]:
+    return {c.id for c in (await calls.list_calls(CallQuery(app, per_page=100))).calls}
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_finished_takes_calls_that_ended_before_the_cutoff_with_their_logs(calls: ICallStore) -> None:
+    """CALL_RETENTION: finished calls end at completed_at (created_at if none); queued
+    and running ones are never deleted, however old."""
+    S = CallStatus
+    await calls.put_calls([
+        call(1, status=S.SUCCESS, completed_at=5_000),
+        call(2, status=S.ERROR, completed_at=4_000),
+        call(3, status=S.TIMEOUT, completed_at=6_000),
+        call(4, status=S.CANCELLED),  # no completed_at: created_at 1_004
+        call(5, status=S.SUCCESS, completed_at=9_000),  # ended after the cutoff
+        call(6, status=S.QUEUED),
+        call(7, status=S.RUNNING, started_at=1_010),
+        call(8, app="b", status=S.SUCCESS, completed_at=2_000),
+    ])
+    await calls.put_log("a", "call0001", b"old log")
+    await calls.put_log("a", "call0005", b"new log")
+    assert await calls.delete_finished(8_000, 100) == 5
+    assert await ids_of(calls, "a") == {"call0005", "call0006", "call0007"}
+    assert await ids_of(calls, "b") == set()
+    with pytest.raises(CallNotFound):
+        await calls.get_log("a", "call0001")
+    assert await calls.get_log("a", "call0005") == b"new log"
+    await calls.put_calls([call(1)])  # the id is free again, and no old log comes back with it
+    assert await calls.get_log("a", "call0001") == b""
+    assert await calls.delete_finished(10**15, 100) == 1  # call0005; queued and running stay
+    assert await ids_of(calls, "a") == {"call0001", "call0006", "call0007"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_finished_goes_in_batches_of_at_most_limit(calls: ICallStore) -> None:
+    await calls.put_calls([call(n, status=CallStatus.SUCCESS, completed_at=2_000) for n in range(25)])
+    assert [await calls.delete_finished(3_000, 10) for _ in range(4)] == [10, 10, 5, 0]
+    assert await ids_of(calls, "a") == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_finished_of_one_app_leaves_other_apps(calls: ICallStore) -> None:
+    done = {"status": CallStatus.SUCCESS, "completed_at": 2_000}
+    await calls.put_calls([call(1, app="a", **done), call(2, app="b", **done), call(3, app="a", **done)])
+    assert await calls.delete_finished(3_000, 100, app_name="a") == 2
+    assert await ids_of(calls, "a") == set() and await ids_of(calls, "b") == {"call0002"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_unfinished_cancels_an_apps_queued_and_running_calls(calls: ICallStore) -> None:
+    S = CallStatus
+    await calls.put_calls([
+        call(1, status=S.QUEUED), call(2, status=S.RUNNING), call(3, status=S.SUCCESS, completed_at=1_500),
+        call(4, app="b", status=S.QUEUED),
+    ])
+    ended = await calls.cancel_unfinished("a", 7_000, "route_deleted")
+    assert sorted(ended) == [("call0001", S.QUEUED), ("call0002", S.RUNNING)]
+    for call_id in ("call0001", "call0002"):
+        got = await calls.get_call("a", call_id)
+        assert (got.status, got.reason, got.completed_at) == (S.CANCELLED, "route_deleted", 7_000)
+    assert (await calls.get_call("a", "call0003")).status == S.SUCCESS
+    assert (await calls.get_call("b", "call0004")).status == S.QUEUED
+    assert await calls.cancel_unfinished("a", 8_000, "route_deleted") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_retention_sweep_finds_expired_calls_through_an_index(tmp_path: Path) -> None:
+    """(SQLite's plan; Postgres has the same index, 0004_call_expiry.sql.)"""
+    from twisted.internet import reactor
+    from twisted.internet.interfaces import IReactorFromThreads
+
+    from ironfunctions.calls import ending
+    from ironfunctions.datastore.sqlite import sqlite_database
+
+    database = sqlite_database(str(tmp_path / "ds.db"), cast(IReactorFromThreads, reactor))
+    await database.open()
+    try:
+        statement = ending.expired_ids_sql(1000, "?", by_app=False)
+        plan = await database.run(lambda c: c.execute("EXPLAIN QUERY PLAN " + statement, (1,)).fetchall())
+        assert "calls_ended_at" in str(plan), plan
+    finally:
+        await database.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ending_an_apps_calls_or_expiring_them_drops_their_stored_requests(calls: ICallStore) -> None:
+    """A request is kept only to queue its call again; a cancelled or deleted call must
+    leave none behind (the reconciler would find nothing to run, and it holds a body)."""
+    await calls.put_async(call(1), {"method": "POST"})
+    await calls.put_async(call(2, app="b"), {"method": "POST"})
+    assert [i for i, _ in await calls.cancel_unfinished("a", 9_000, "route_deleted")] == ["call0001"]
+    with pytest.raises(CallNotFound):
+        await calls.get_request("a", "call0001")
+    assert await calls.get_request("b", "call0002") == {"method": "POST"}  # another app's stays
+    assert await calls.delete_finished(10_000, 100, app_name="a") == 1
+    with pytest.raises(CallNotFound):
+        await calls.get_request("a", "call0001")

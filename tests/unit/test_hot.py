@@ -169,13 +169,32 @@ class PoolTests(SynchronousTestCase):
         self.clock.advance(0.01)
         assert self.successResultOf(older).body == b"a" and self.successResultOf(newer).body == b"b"
         assert slots.in_use == 2 and self.live() == 2
-        cold = Deferred.fromCoroutine(slots.acquire())  # e.g. a cold call: no slot is free
+        cold = Deferred.fromCoroutine(slots.acquire("b"))  # e.g. a cold call: no slot is free
         self.clock.advance(0)
         self.successResultOf(cold)
         assert self.live() == 1 and slots.in_use == 2
         assert runner.containers() == {("a", "/hot"): 0, ("a", "/hot2"): 1}  # the longest idle went
         assert runner.reclaim_idle() is True and self.live() == 0
         assert runner.reclaim_idle() is False
+
+    def test_an_app_at_its_cap_stops_its_own_idle_container_not_another_apps(self) -> None:
+        """APP_MAX_CONCURRENCY: app a at its cap of 1 has an idle container on one route
+        and a call for another; only a's idle container frees a slot a may take."""
+        import attrs
+
+        slots = Slots(4, self.clock, 100, 10.0, app_limit=1)
+        runner = HotRunner(self.driver, slots, self.clock, "node1")
+        slots.on_pressure(runner.reclaim_idle)
+        other = make_call(b"b", "B")
+        other = attrs.evolve(other, route=attrs.evolve(other.route, app_name="b"))
+        assert self.finish(Deferred.fromCoroutine(runner.run(other))).body == b"b"  # idle the longest
+        self.clock.advance(1)
+        assert self.finish(Deferred.fromCoroutine(runner.run(make_call(b"a", "A")))).body == b"a"
+        second_route = Deferred.fromCoroutine(runner.run(make_call(b"a2", "A2", path_suffix=True)))
+        self.clock.advance(0.01)
+        assert self.successResultOf(second_route).body == b"a2"
+        assert runner.containers() == {("b", "/hot"): 1, ("a", "/hot"): 0, ("a", "/hot2"): 1}
+        assert slots.held("a") == 1 and slots.held("b") == 1
 
     def test_idle_container_is_removed_after_idle_timeout_and_its_slot_freed(self) -> None:
         self.finish(self.run_call(make_call(idle_timeout=10)))

@@ -40,7 +40,7 @@ class NodeGaugesTests(SynchronousTestCase):
         return out
 
     def test_gauges_are_reported_at_start_and_every_five_seconds(self) -> None:
-        self.successResultOf(Deferred.fromCoroutine(self.slots.acquire()))
+        self.successResultOf(Deferred.fromCoroutine(self.slots.acquire("a")))
         self.service.startService()
         assert self.gauges() == [
             ("containers.running", 1, {}), ("hot.containers", 0, {}), ("queue.depth", 3, {}),

@@ -120,14 +120,14 @@ class SlotsTests(SynchronousTestCase):
     def test_waiters_get_slots_in_order_and_time_out_with_Overloaded(self) -> None:
         clock = Clock()
         slots = Slots(1, clock, max_waiting=2, wait_bound=5)
-        first = Deferred.fromCoroutine(slots.acquire())
+        first = Deferred.fromCoroutine(slots.acquire("a"))
         self.successResultOf(first)
-        second = Deferred.fromCoroutine(slots.acquire())
-        third = Deferred.fromCoroutine(slots.acquire())
-        fourth = Deferred.fromCoroutine(slots.acquire())
+        second = Deferred.fromCoroutine(slots.acquire("a"))
+        third = Deferred.fromCoroutine(slots.acquire("a"))
+        fourth = Deferred.fromCoroutine(slots.acquire("a"))
         self.failureResultOf(fourth, Overloaded)  # queue full: refused at once
         self.assertNoResult(second)
-        slots.release()
+        slots.release("a")
         self.successResultOf(second)
         clock.advance(5)
         self.failureResultOf(third, Overloaded)
@@ -137,15 +137,15 @@ class SlotsTests(SynchronousTestCase):
         clock = Clock()
         slots = Slots(1, clock, max_waiting=2, wait_bound=5)
 
-        def broken() -> bool:
+        def broken(app: str | None) -> bool:
             raise RuntimeError("bug")
 
         slots.on_pressure(broken)
-        self.successResultOf(Deferred.fromCoroutine(slots.acquire()))
-        second = Deferred.fromCoroutine(slots.acquire())
+        self.successResultOf(Deferred.fromCoroutine(slots.acquire("a")))
+        second = Deferred.fromCoroutine(slots.acquire("a"))
         self.assertNoResult(second)  # waiting, not failed by the hook's bug
         assert len(self.flushLoggedErrors(RuntimeError)) == 1
-        slots.release()
+        slots.release("a")
         self.successResultOf(second)
         assert slots.waiting == 0
 
