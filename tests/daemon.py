@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import attrs
 import pytest
 
+from ironfunctions.tap import SETTINGS
 from tests.servers import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,12 +170,9 @@ class RoutedDaemon(Daemon):
     route: Callable[..., Reply]
 
 
-_SETTINGS = {
-    "PORT", "LISTEN", "DATA_DIR", "DB_URL", "MQ_URL", "API_URL", "LOG_LEVEL", "JWT_AUTH_KEY",
-    "NUM_ASYNC", "MAX_CONCURRENCY", "MAX_REQUEST_SIZE", "MAX_RESPONSE_SIZE", "STATSD_URL",
-    "DOCKER_NETWORK", "NODE_ID", "ASYNC_MAX_ATTEMPTS", "ASYNC_RETRY_DELAY", "HOT_TRANSPORT", "API_AUTH",
-    "FUNCTION_READONLY_ROOTFS", "FUNCTION_USER", "FUNCTION_ALLOW_NETS",
-}
+# Every setting the daemon reads (tap.SETTINGS), so none leaks in from the environment
+# the tests run in.
+_SETTINGS = {env for _, env, _ in SETTINGS}
 
 
 class DaemonFactory(Protocol):
