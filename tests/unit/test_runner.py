@@ -199,7 +199,7 @@ class AgentTests(SynchronousTestCase):
     def test_stderr_lines_are_logged_with_the_call_id(self) -> None:
         with capturedLogs() as events:
             self.successResultOf(self.run_call(make_call("stderr-chatter")))
-        lines = [e for e in events if e.get("stream") == "stderr"]
+        lines = [e for e in events if e.get("log_format") == "function stderr"]
         assert [e["line"] for e in lines] == ["chatter line 1", "chatter line 2", "chatter line 3"]
         assert all(e["call_id"] == "01CALL" for e in lines)
 
