@@ -107,28 +107,32 @@ class IdleStderr:
         self._owner = owner
         self._app = app
         self._window = owner.budget.idle_window()
-        self._lines = self._bytes = self._logged = 0
+        self._newlines = self._bytes = self._logged = 0
+        self._open = False  # the last chunk ended inside a line
 
     def feed(self, data: bytes, fields: Mapping[str, str]) -> None:
         """``data`` written between calls; ``fields`` go on its log lines."""
-        if self._lines and self._window.expired(self._owner.now()):
+        if self._bytes and self._window.expired(self._owner.now()):
             self.flush(lambda: fields)
-        lines = count_lines(data)
-        granted = self._owner.budget.idle_lines(self._app, self._window, lines)
+        granted = self._owner.budget.idle_lines(self._app, self._window, count_lines(data))
         for line in first_lines(data, granted):
             log.info("function stderr", line=line_text(line), **fields)
-        self._lines += lines
+        # Chunks end anywhere: a line cut between two counts once, by its newline.
+        self._newlines += data.count(b"\n")
+        self._open = not data.endswith(b"\n")
         self._bytes += len(data)
         self._logged += granted
 
     def flush(self, fields: Callable[[], Mapping[str, str]]) -> None:
         """Write the summary of what was dropped since the last one, if anything was
         (``fields()`` its fields). Cheap when nothing was written: it runs per call."""
-        if not self._lines:
+        if not self._bytes:
             return
-        if self._lines > self._logged:
-            _summary(self._lines, self._bytes, self._logged, fields())
-        self._lines = self._bytes = self._logged = 0
+        lines = self._newlines + self._open
+        if lines > self._logged:
+            _summary(lines, self._bytes, self._logged, fields())
+        self._newlines = self._bytes = self._logged = 0
+        self._open = False
 
 
 def _summary(lines: int, size: int, logged: int, fields: Mapping[str, str]) -> None:

@@ -240,6 +240,16 @@ class HotContainerTests(SynchronousTestCase):
         [summary] = summaries(events)
         assert (summary["lines"], summary["truncated"], summary["call_id"]) == (300, 200, "c1")
 
+    def test_a_line_cut_between_two_chunks_counts_once(self) -> None:
+        self.call("c1")
+        with capturedLogs() as events:
+            for _ in range(300):
+                self.container.stderr_received(b"half a li")
+                self.container.stderr_received(b"ne\n")
+            self.call("c2")
+        [summary] = summaries(events)
+        assert (summary["lines"], summary["bytes"], summary["logged"]) == (300, 3600, 100)
+
     def test_a_quiet_container_costs_no_summary(self) -> None:
         self.call("c1")
         with capturedLogs() as events:
