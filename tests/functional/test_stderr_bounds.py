@@ -55,6 +55,8 @@ def test_a_flood_of_100000_lines_is_100_log_lines_and_health_stays_fast(fn: Rout
     fn.route("/flood", "stderr-flood", timeout=60)
     reply, latencies = while_probing(fn.url, lambda: fn.post("/r/noisy/flood", timeout=60))
     assert (reply.status, reply.body) == (200, b"ok\n")
+    p99 = percentile(latencies, 99)
+    assert p99 < HEALTH_P99_S, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} probes"
     call_id = cast(str, reply.header("fn-call-id"))
     log = wait_for_log(fn, f'msg="function stderr truncated" lines=100000 bytes=3100000 logged=100 truncated=99900 app=noisy path=/flood call_id={call_id}')
     stderr_lines = [line for line in log.splitlines() if "flood line" in line]
@@ -65,14 +67,14 @@ def test_a_flood_of_100000_lines_is_100_log_lines_and_health_stays_fast(fn: Rout
     kept = call_log(fn, call_id)
     assert kept.endswith(LOG_TRUNCATED_MARKER) and len(kept) == LOG_CAP + len(LOG_TRUNCATED_MARKER)
     assert kept.startswith(b"flood line of a noisy function\n")
-    p99 = percentile(latencies, 99)
-    assert p99 < HEALTH_P99_S, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} probes"
 
 
 def test_200_kb_of_bare_newlines_is_100_log_lines(fn: RoutedDaemon) -> None:
     fn.route("/newlines", "stderr-flood", config={"NEWLINES": "200000"})
     reply, latencies = while_probing(fn.url, lambda: fn.post("/r/noisy/newlines"))
     assert reply.status == 200
+    p99 = percentile(latencies, 99)
+    assert p99 < HEALTH_P99_S, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} probes"
     call_id = cast(str, reply.header("fn-call-id"))
     summary = summary_of(wait_for_log(fn, 'msg="function stderr truncated"'), call_id)
     assert (summary["lines"], summary["bytes"], summary["logged"]) == ("200000", "200000", "100")
@@ -80,7 +82,6 @@ def test_200_kb_of_bare_newlines_is_100_log_lines(fn: RoutedDaemon) -> None:
     assert len([line for line in log.splitlines() if f"call_id={call_id}" in line]) <= 200
     assert len(log.encode()) < 200_000  # it was 25 MB
     assert call_log(fn, call_id) == b"\n" * 200_000  # under 1 MiB: kept whole
-    assert percentile(latencies, 99) < HEALTH_P99_S
 
 
 def test_an_apps_calls_share_1000_lines_a_minute(fn: RoutedDaemon) -> None:
@@ -121,10 +122,10 @@ def test_a_hot_call_flooding_stderr_is_capped_and_health_stays_fast(hot: RoutedD
     assert hot.post("/r/noisy/loud", "warm").status == 200  # started: the flood is read by the reactor
     reply, latencies = while_probing(hot.url, lambda: hot.post("/r/noisy/loud", "flood-call", timeout=60))
     assert (reply.status, reply.body) == (200, b"ok")
+    p99 = percentile(latencies, 99)
+    assert p99 < HEALTH_P99_S, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} probes"
     call_id = cast(str, reply.header("fn-call-id"))
     log = wait_for_log(hot, f'msg="function stderr truncated" lines=100000 bytes=3400000 logged=100 truncated=99900 app=noisy path=/loud call_id={call_id}')
     assert len([line for line in log.splitlines() if "call line" in line]) == 100
     kept = call_log(hot, call_id)
     assert kept.endswith(LOG_TRUNCATED_MARKER) and len(kept) == LOG_CAP + len(LOG_TRUNCATED_MARKER)
-    p99 = percentile(latencies, 99)
-    assert p99 < HEALTH_P99_S, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} probes"
