@@ -16,9 +16,10 @@ from tests.daemon import DaemonFactory, Reply, RoutedDaemon
 from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
 from tests.probe import while_probing
 
-# /health answers in a few ms; the old code held the reactor for ~1 s logging a flood.
-# Generous for a loaded 2-core box, far below what a per-line flood costs.
-HEALTH_P99_S = 0.1
+# /health answers in a few ms, and under 100 ms during these floods on a quiet box
+# (bench/hostile_stderr.py); the old code held the reactor for 2.7 to 12 s logging them.
+# Generous for a shared 2-core box under load, far below what a per-line flood costs.
+HEALTH_P99_S = 0.5
 
 
 @pytest.fixture
@@ -37,9 +38,9 @@ def wait_for_log(fn: RoutedDaemon, text: str, timeout: float = 10.0) -> str:
 
 
 def call_log(fn: RoutedDaemon, call_id: str, timeout: float = 10.0) -> bytes:
-    """The call's own log, once its record is written (sync records are batched)."""
+    """The call's own log, once written (sync records are batched, logs after them)."""
     deadline = time.monotonic() + timeout
-    while (reply := fn.get(f"/v1/apps/noisy/calls/{call_id}/log")).status != 200:
+    while not (reply := fn.get(f"/v1/apps/noisy/calls/{call_id}/log")).body or reply.status != 200:
         assert time.monotonic() < deadline, reply
         time.sleep(0.1)
     return reply.body
