@@ -246,9 +246,10 @@ class HotContainerTests(SynchronousTestCase):
             for _ in range(300):
                 self.container.stderr_received(b"half a li")
                 self.container.stderr_received(b"ne\n")
+            self.container.stderr_received(b"a last line without newline")
             self.call("c2")
         [summary] = summaries(events)
-        assert (summary["lines"], summary["bytes"], summary["logged"]) == (300, 3600, 100)
+        assert (summary["lines"], summary["bytes"], summary["logged"]) == (301, 3627, 100)
 
     def test_a_quiet_container_costs_no_summary(self) -> None:
         self.call("c1")
