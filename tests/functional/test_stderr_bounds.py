@@ -85,6 +85,21 @@ def test_200_kb_of_bare_newlines_is_100_log_lines(fn: RoutedDaemon) -> None:
     assert call_log(fn, call_id) == b"\n" * 200_000  # under 1 MiB: kept whole
 
 
+def test_control_characters_a_function_writes_reach_the_log_escaped(fn: RoutedDaemon) -> None:
+    text = "red \x1b[31m \x7f \u202eevil\u2028 \x85end"
+    fn.route("/ctl", "stderr-flood", config={"LINES": "2", "TEXT": text})
+    reply = fn.post("/r/noisy/ctl")
+    assert reply.status == 200
+    call_id = cast(str, reply.header("fn-call-id"))
+    escaped = 'line="red \\x1b[31m \\x7f \\u202eevil\\u2028 \\x85end"'
+    log = wait_for_log(fn, f"{escaped} app=noisy path=/ctl call_id={call_id}")
+    assert log.count(escaped) == 2
+    with open(fn.log_path, "rb") as f:
+        raw = f.read()
+    for char in ("\x1b", "\x7f", "\u202e", "\u2028", "\x85"):
+        assert char.encode() not in raw, repr(char)
+
+
 def test_an_apps_calls_share_1000_lines_a_minute(fn: RoutedDaemon) -> None:
     fn.route("/some", "stderr-flood", config={"LINES": "300"})
     replies: list[Reply] = [fn.post("/r/noisy/some") for _ in range(12)]
