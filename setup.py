@@ -20,7 +20,7 @@ setup(
     include_package_data=True,
     zip_safe=False,
     install_requires=[
-        "twisted>=24.7,<27",
+        "twisted[tls]>=24.7,<27",  # rediss://: pyOpenSSL, service_identity, idna
         "klein>=24.8,<25",
         "treq>=24.9,<27",
         "txredisapi>=1.4.10,<2",

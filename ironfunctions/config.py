@@ -20,6 +20,7 @@ from ironfunctions.config_parsers import (
     parse_allow_nets,
     parse_api_auth,
     parse_bool,
+    parse_cidrs,
     parse_db_url,
     parse_docker_network,
     parse_duration,
@@ -92,6 +93,12 @@ class Config:
     call_retention: float = 7 * 86400.0
     route_cache_stale: float = 600.0
     record_buffer: int = 64 * MIB
+    # Production behind HAProxy (SPEC §9).
+    lb_agent_port: int = 0  # 0: no agent
+    trusted_proxies: tuple[str, ...] = ()
+    drain_grace: float = 3.0
+    shutdown_timeout: float = 60.0
+    reconcile_interval: float = 20.0
 
     @property
     def app_concurrency(self) -> int:
@@ -183,6 +190,11 @@ class Config:
             call_retention=get("CALL_RETENTION", parse_positive_duration, 7 * 86400.0),
             route_cache_stale=get("ROUTE_CACHE_STALE", parse_duration, 600.0),
             record_buffer=get("RECORD_BUFFER", parse_size, 64 * MIB),
+            lb_agent_port=get("LB_AGENT_PORT", parse_port, 0),
+            trusted_proxies=get("TRUSTED_PROXIES", parse_cidrs, ()),
+            drain_grace=get("DRAIN_GRACE", parse_duration, 3.0),
+            shutdown_timeout=get("SHUTDOWN_TIMEOUT", parse_positive_duration, 60.0),
+            reconcile_interval=get("RECONCILE_INTERVAL", parse_positive_duration, 20.0),
         )
 
 

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from ironfunctions.errors import ConfigError
 from ironfunctions.listen import parse_endpoint
+from ironfunctions.mq.redis_url import SCHEMES as REDIS_SCHEMES, parse_redis_url
+from ironfunctions.storage.pgurl import postgres_files
 from ironfunctions.storage.urls import sqlite_path
 
 MIB = 1024 * 1024
@@ -148,14 +150,36 @@ def parse_db_url(name: str, value: str) -> str:
         raise ConfigError(
             f"{name}: expected memory://, sqlite:///path or postgres://..., got {redact(value)!r}"
         )
+    if scheme in ("postgres", "postgresql"):
+        for parameter, path in postgres_files(name, value):
+            check_readable(name, parameter, path)
     return checked_sqlite(name, value)
 
 
 def parse_mq_url(name: str, value: str) -> str:
     scheme = urlsplit(value).scheme
-    if scheme not in ("memory", "sqlite", "redis"):
-        raise ConfigError(f"{name}: expected memory://, sqlite:///path or redis://..., got {redact(value)!r}")
+    if scheme not in ("memory", "sqlite", *REDIS_SCHEMES):
+        raise ConfigError(
+            f"{name}: expected memory://, sqlite:///path, redis://... or rediss://..., got {redact(value)!r}"
+        )
+    if scheme in REDIS_SCHEMES:
+        tls = parse_redis_url(value, name).tls
+        if tls is not None:
+            for option, path in (("ssl_ca_certs", tls.ca_certs), ("ssl_certfile", tls.certfile),
+                                 ("ssl_keyfile", tls.keyfile)):
+                if path:
+                    check_readable(name, option, path)
     return checked_sqlite(name, value)
+
+
+def check_readable(name: str, option: str, path: str) -> None:
+    """A file a URL names (a CA, a certificate, a key) must be there and readable now:
+    found missing only at connection time, it would leave the daemon retrying forever."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{name}: {option}: cannot read {path}: {e.strerror}") from None
 
 
 def checked_sqlite(name: str, value: str) -> str:
@@ -198,6 +222,21 @@ def parse_allow_nets(name: str, value: str) -> tuple[str, ...]:
         return tuple(str(net) for net in netplan.parse_allow_nets(value))
     except ValueError as e:
         raise ConfigError(f"{name}: {e}") from None
+
+
+def parse_cidrs(name: str, value: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs (or single addresses), IPv4 or IPv6, normalised."""
+    import ipaddress
+
+    nets = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        try:
+            nets.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name}: expected comma-separated CIDRs such as 10.0.0.0/8,::1, got {part.strip()!r}") from None
+    return tuple(nets)
 
 
 def parse_hot_transport(name: str, value: str) -> str:

@@ -76,6 +76,26 @@ class QueueUnavailable(IronFunctionsError):
     message = "queue unavailable"
 
 
+class QueueFull(IronFunctionsError):
+    """An app already has as many async calls, or as many payload bytes, waiting in
+    the queue as its bound allows (SPEC §8 "Apps share fairly"): the submit is refused
+    (429 + ``Retry-After``) and nothing of it is stored. ``bound`` names the setting
+    (``ASYNC_MAX_QUEUED`` or ``ASYNC_MAX_QUEUED_BYTES``), ``limit`` its value."""
+
+    message = "Too many async calls waiting in the queue; retry later"
+
+    def __init__(self, app_name: str, bound: str, limit: int, retry_after: int = 5) -> None:
+        what = "calls" if bound == "ASYNC_MAX_QUEUED" else "bytes of payload"
+        super().__init__(
+            f"App {app_name!r} has too many async {what} waiting in the queue "
+            f"({bound}={limit}); retry later"
+        )
+        self.app_name = app_name
+        self.bound = bound
+        self.limit = limit
+        self.retry_after = retry_after
+
+
 class LeaseLost(IronFunctionsError):
     """A queue reservation is no longer held: its lease expired, it was released, or
     the item was removed or delivered again. Whoever held it must not ack it."""

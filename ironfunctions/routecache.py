@@ -6,41 +6,73 @@ a route deleted or changed through another node must stop being served soon. Eac
 staleness across nodes; changes made through this node's API invalidate at once.
 Concurrent misses for one key share a single datastore query. App configs (which the
 invocation path needs too) are cached the same way, with the same bound.
+
+While the datastore is down (SPEC §10), a route found (and an app config read) up to
+``stale`` seconds ago (``ROUTE_CACHE_STALE``) is served when its refresh fails, so sync
+calls to routes this node knows keep working; each such answer counts in
+``routes.stale_served``. A failed refresh is remembered for ``ttl`` too, so a dead store
+gets at most one query per key per ``ttl``, however many calls arrive. A route not
+known (or known only as missing) fails with the store's error: 503.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Generic, Mapping, TypeVar
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.errors import AppNotFound, RouteNotFound
+from ironfunctions.metrics import COUNT, IMetrics
 from ironfunctions.models import Route
 
 DEFAULT_TTL_S = 1.0
+MAX_ROUTES = 100_000  # bound memory under path scans
+MAX_CONFIGS = 10_000
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class _Entry(Generic[T]):
+    """A cached answer: ``value`` (a route, a config, or the exception to raise) is
+    served until ``expires``; ``good`` is the last value read from the store and when
+    (served stale while a refresh fails), if there is one."""
+
+    expires: float
+    value: T | Exception
+    good: tuple[float, T] | None = None
 
 
 class RouteCache:
-    """``await cache.lookup(app, path)`` -> Route, or AppNotFound / RouteNotFound."""
+    """``await cache.lookup(app, path)`` -> Route, or AppNotFound / RouteNotFound, or
+    the store's error (e.g. DatastoreUnavailable) when it fails with nothing to serve."""
 
-    def __init__(self, datastore: IDatastore, clock: IReactorTime, ttl: float = DEFAULT_TTL_S) -> None:
+    def __init__(
+        self, datastore: IDatastore, clock: IReactorTime, ttl: float = DEFAULT_TTL_S,
+        stale: float = 0.0, metrics: IMetrics | None = None,
+    ) -> None:
         self._datastore = datastore
         self._clock = clock
         self._ttl = ttl
-        # key -> (expires_at, Route or the exception to raise)
-        self._entries: dict[tuple[str, str], tuple[float, Route | Exception]] = {}
+        self._stale = stale
+        self._metrics = metrics
+        self._entries: dict[tuple[str, str], _Entry[Route]] = {}
         self._pending: dict[tuple[str, str], Deferred[Route | Exception]] = {}
         self._generation = 0  # bumped by every invalidate
         self._listeners: list[Callable[[str, str | None], None]] = []
-        self._configs: dict[str, tuple[float, Mapping[str, str]]] = {}
+        self._configs: dict[str, _Entry[Mapping[str, str]]] = {}
 
     async def lookup(self, app_name: str, path: str) -> Route:
         key = (app_name, path)
         entry = self._entries.get(key)
-        if entry is not None and entry[0] > self._clock.seconds():
-            return _unwrap(entry[1])
+        if entry is not None and entry.expires > self._clock.seconds():
+            value = entry.value
+            if not isinstance(value, Exception):  # the hot path: a route read within the TTL
+                return value
+            return self._served(entry, key)
         shared = self._pending.get(key)
         if shared is None:
             shared = Deferred.fromCoroutine(self._load_shared(key))
@@ -56,7 +88,28 @@ class RouteCache:
             return result
 
         shared.addCallback(hand_over)
-        return _unwrap(await mine)
+        result = await mine
+        entry = self._entries.get(key)
+        if entry is not None and entry.value is result:
+            return self._served(entry, key)
+        return _unwrap(result)
+
+    def _served(self, entry: _Entry[Route], key: tuple[str, str]) -> Route:
+        """The route ``entry`` holds; a stale one (its refresh failed) is counted."""
+        route = self._good_or_raise(entry)
+        if entry.value is not route and self._metrics is not None:
+            # many(): coalesced with the call's own figures, not a log line per call
+            self._metrics.many(((COUNT, "routes.stale_served", 1),), app=key[0], path=key[1])
+        return route
+
+    def _good_or_raise(self, entry: _Entry[T]) -> T:
+        """The value of ``entry``, or while its refresh fails the last good value up to
+        ``stale`` seconds old; else raise (a fresh copy of) its error."""
+        if not isinstance(entry.value, Exception):
+            return entry.value
+        if entry.good is not None and self._clock.seconds() - entry.good[0] <= self._stale:
+            return entry.good[1]
+        raise _fresh(entry.value)
 
     async def _load_shared(self, key: tuple[str, str]) -> Route | Exception:
         """Load ``key`` once for every caller waiting on it; never fails (an error is
@@ -64,14 +117,14 @@ class RouteCache:
         generation = self._generation
         try:
             result = await self._load(*key)
-        except Exception as e:  # e.g. DatastoreUnavailable: given to the callers, not cached
-            self._pending.pop(key, None)
-            return e
+        except Exception as e:  # e.g. DatastoreUnavailable
+            result = e
         self._pending.pop(key, None)
         if generation == self._generation:
-            if len(self._entries) > 100_000:  # bound memory under path scans
-                self._entries.clear()
-            self._entries[key] = (self._clock.seconds() + self._ttl, result)
+            entry = self._entry(self._entries.get(key), result)
+            if len(self._entries) >= MAX_ROUTES:
+                _shrink(self._entries, self._clock.seconds(), self._keep())
+            self._entries[key] = entry
         return result
 
     async def _load(self, app_name: str, path: str) -> Route | Exception:
@@ -84,20 +137,42 @@ class RouteCache:
                 return app_missing
             return not_found
 
-    async def app_config(self, app_name: str) -> Mapping[str, str]:
-        """The app's config (empty for a missing app: ``lookup`` reports that)."""
-        entry = self._configs.get(app_name)
+    def _entry(self, old: _Entry[T] | None, result: T | Exception) -> _Entry[T]:
+        """The entry for a load's ``result``: a store error keeps the last good value
+        while it is at most ``stale`` seconds old (served stale); a not-found drops it."""
         now = self._clock.seconds()
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        try:
-            config: Mapping[str, str] = (await self._datastore.get_app(app_name)).config
-        except AppNotFound:
-            config = {}
-        if len(self._configs) > 10_000:
-            self._configs.clear()
-        self._configs[app_name] = (now + self._ttl, config)
-        return config
+        if isinstance(result, (AppNotFound, RouteNotFound)):
+            return _Entry(now + self._ttl, result)
+        if isinstance(result, Exception):
+            good = old.good if old is not None else None
+            if good is not None and now - good[0] > self._stale:
+                good = None
+            return _Entry(now + self._ttl, result, good)
+        return _Entry(now + self._ttl, result, (now, result))
+
+    def _keep(self) -> float:
+        """How long an entry may be of use after it was read."""
+        return max(self._ttl, self._stale)
+
+    async def app_config(self, app_name: str) -> Mapping[str, str]:
+        """The app's config (empty for a missing app: ``lookup`` reports that); the
+        last one read, up to ``stale`` seconds old, while the store fails."""
+        entry = self._configs.get(app_name)
+        if entry is None or entry.expires <= self._clock.seconds():
+            generation = self._generation
+            result: Mapping[str, str] | Exception
+            try:
+                result = (await self._datastore.get_app(app_name)).config
+            except AppNotFound:
+                result = {}
+            except Exception as e:
+                result = e
+            entry = self._entry(self._configs.get(app_name), result)
+            if generation == self._generation:
+                if len(self._configs) >= MAX_CONFIGS:
+                    _shrink(self._configs, self._clock.seconds(), self._keep())
+                self._configs[app_name] = entry
+        return self._good_or_raise(entry)
 
     def invalidate(self, app_name: str, path: str | None = None) -> None:
         """Forget what is cached for one route (or, with no path, a whole app) and tell
@@ -117,7 +192,34 @@ class RouteCache:
         self._listeners.append(listener)
 
 
+K = TypeVar("K")
+
+
+def _shrink(entries: dict[K, _Entry[T]], now: float, keep: float) -> None:
+    """Make room in a full cache: drop entries of no more use (expired, and nothing
+    good to serve stale), then, if still more than half full, every entry without a
+    good value (not-found answers of a path scan), then everything. Each step is one
+    pass, and leaves at most half the bound, so the cost is amortised."""
+    limit = len(entries) // 2
+    for key in [k for k, e in entries.items()
+                if e.expires <= now and (e.good is None or now - e.good[0] > keep)]:
+        del entries[key]
+    if len(entries) > limit:
+        for key in [k for k, e in entries.items() if e.good is None]:
+            del entries[key]
+    if len(entries) > limit:
+        entries.clear()
+
+
 def _unwrap(result: Route | Exception) -> Route:
     if isinstance(result, Exception):
-        raise type(result)(*result.args)  # a fresh one: no traceback piles up on the cached one
+        raise _fresh(result)
     return result
+
+
+def _fresh(error: Exception) -> Exception:
+    """A copy of a cached ``error`` to raise: no traceback piles up on the cached one."""
+    try:
+        return type(error)(*error.args)
+    except Exception:  # an exception class with another signature
+        return error

@@ -13,6 +13,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from ironfunctions.ratelimit import OutageLog
 from ironfunctions.threads import stop_pools
 
 
@@ -74,6 +75,10 @@ class BackendService(Service):
         self._ready = False
         self._starting: Deferred[None] | None = None
         self._waiters: list[Deferred[None]] = []
+        self._not_up = OutageLog(  # a backend down at start is retried every second
+            self.log, clock, started="{backend} not available yet ({error}); retrying every {delay}s",
+            ongoing="{backend} still not available ({error}) after {attempt} attempts",
+            ended="{backend} available after {seconds}s")
 
     @property
     def ready(self) -> bool:
@@ -108,13 +113,11 @@ class BackendService(Service):
             except CancelledError:  # stopService: stop trying (it is an Exception too)
                 raise
             except Exception as e:
-                self.log.warn(
-                    "{backend} not available yet ({error}); retrying in {delay}s",
-                    backend=self.name, error=str(e), delay=self._retry_delay, attempt=attempt,
-                )
+                self._not_up.failed(backend=self.name, error=str(e), delay=self._retry_delay, attempt=attempt)
                 await deferLater(self._clock, self._retry_delay, lambda: None)
                 continue
             self._ready = True
+            self._not_up.recovered(backend=self.name)
             self.log.info("{backend} ready", backend=self.name)
             waiters, self._waiters = self._waiters, []
             for d in waiters:
@@ -146,12 +149,20 @@ class PeriodicService(Service):
         self._clock = clock
         self._now = now
         self._loop: LoopingCall | None = None
+        # A backend outage fails every round (the queue depth every 5 s): one line when
+        # it starts, a count a minute, one when it ends (issue 13).
+        self._failures = OutageLog(
+            self.log, clock, started="{name} failed: {error}",
+            ongoing="{name} still failing: {failures} failures in {seconds}s: {error}",
+            ended="{name} works again after {seconds}s ({total} failures)")
 
     async def _tick(self) -> None:
         try:
             await self._fn()
         except Exception as e:
-            self.log.warn("{name} failed: {error}", name=self.name, error=str(e))
+            self._failures.failed(name=self.name, error=str(e))
+            return
+        self._failures.recovered(name=self.name)
 
     def startService(self) -> None:  # noqa: N802
         super().startService()  # type: ignore[no-untyped-call]

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -21,7 +22,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
-from ironfunctions.api.admin import HealthChecks
+from ironfunctions.api.admin import HealthChecks, report_backends
 from ironfunctions.api.invoke import InvokeResource
 from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
@@ -34,9 +35,12 @@ from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, Prometheu
 from ironfunctions.routecache import RouteCache
 from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.recorder import CallRecorder
-from ironfunctions.mq import queue_from_url
+from ironfunctions.mq import QueueLimits, queue_from_url
 from ironfunctions.runner.async_worker import AsyncWorkerService
-from ironfunctions.runner.cancel import make_canceller
+from ironfunctions.runner.cancel import make_cancel_handler, make_canceller
+from ironfunctions.cancelbus import cancel_bus_for
+from ironfunctions.runner.attempts import AttemptPolicy
+from ironfunctions.runner.reconciler import Reconciler
 from ironfunctions.runner.submit import AsyncSubmitter
 from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
 from ironfunctions.runner.agent import Agent, ColdRunner
@@ -44,8 +48,13 @@ from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.stderr_log import StderrLog
 from ironfunctions.runner.ids import CallIds
 from ironfunctions.runner.plan import FunctionPolicy
-from ironfunctions.runner.reports import NodeGaugesService, RunningSyncRecordsService
-from ironfunctions.services import BackendService, FlushOnStopService, IronFunctionsService, ThreadPoolService
+from ironfunctions.runner.reports import GAUGES_INTERVAL_S, NodeGaugesService, RunningSyncRecordsService
+from ironfunctions.services import (
+    BackendService, FlushOnStopService, IronFunctionsService, PeriodicService, ThreadPoolService,
+)
+from ironfunctions.http.budget import BodyBudget
+from ironfunctions.http.conncap import connection_cap, raise_file_limit
+from ironfunctions.http.deadlines import ClientLimits
 from ironfunctions.http.site import make_site
 
 log = Logger()
@@ -58,7 +67,7 @@ SETTINGS = [
     ("data-dir", "DATA_DIR", "Folder for the embedded store, queue and node id [default: ./data]"),
     ("db-url", "DB_URL", "Datastore: sqlite:///path, postgres://user:pass@host:port/db or memory:// "
      "[default: sqlite:///<data dir>/ironfunctions.db]"),
-    ("mq-url", "MQ_URL", "Async queue: sqlite:///path, redis://[:pass@]host:port[/db] or memory:// "
+    ("mq-url", "MQ_URL", "Async queue: sqlite:///path, redis[s]://[:pass@]host:port[/db] or memory:// "
      "[default: sqlite:///<data dir>/mq.db]"),
     ("api-url", "API_URL", "Where external async runners reach /tasks [default: http://127.0.0.1:$PORT]"),
     ("log-level", "LOG_LEVEL", "debug, info, warn or error [default: info]"),
@@ -101,6 +110,12 @@ SETTINGS = [
     ("route-cache-stale", "ROUTE_CACHE_STALE", "How old a cached route may be served while the datastore "
      "is down; 0: never [default: 10m]"),
     ("record-buffer", "RECORD_BUFFER", "Call records and logs held while the datastore is down [default: 64MiB]"),
+    ("lb-agent-port", "LB_AGENT_PORT", "TCP port of this node's HAProxy agent-check responder [default: off]"),
+    ("trusted-proxies", "TRUSTED_PROXIES", "CIDRs whose X-Forwarded-For/-Proto/-Host are believed; dropped from others"),
+    ("drain-grace", "DRAIN_GRACE", "After SIGTERM, keep serving this long while the balancer notices [default: 3s]"),
+    ("shutdown-timeout", "SHUTDOWN_TIMEOUT", "After the grace, longest wait for in-flight calls [default: 60s]"),
+    ("reconcile-interval", "RECONCILE_INTERVAL", "How often one node re-queues accepted async calls "
+     "the queue lost [default: 20s]"),
 ]
 
 
@@ -190,7 +205,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     datastore = stores.datastore
     datastore_service = BackendService("datastore", datastore, reactor)
     datastore_service.setServiceParent(root)  # type: ignore[no-untyped-call]
-    route_cache = RouteCache(datastore, reactor)
+    route_cache = RouteCache(datastore, reactor, stale=config.route_cache_stale, metrics=metrics)
     queue = queue_from_url(config.mq_url, reactor)
     queue_service = BackendService("queue", queue, reactor)
     queue_service.setServiceParent(root)  # type: ignore[no-untyped-call]
@@ -219,7 +234,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
                   stderr_log=stderr_log)
     # Sync call records are batched off the request path; the recorder stops after the
     # agent has drained, so the last calls' records are written too.
-    recorder = CallRecorder(stores.calls, reactor, metrics)
+    recorder = CallRecorder(stores.calls, reactor, metrics, max_bytes=config.record_buffer)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
     run_call = guarded_calls(agent.run_call, guard)  # no function runs before its network's rules
@@ -227,20 +242,33 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # Async calls: durable before the 202, run by NUM_ASYNC workers (stopped before the
     # agent), cancellable wherever they are.
     kill_call = agent.cancel  # stops a call running on this node, cold or hot
+    # A cancel reaches the node running the call, whichever node the DELETE reached
+    # (Redis pub/sub beside the queue; in memory for a single node).
+    cancel_bus = cancel_bus_for(config.mq_url, queue, reactor)
+    cancel_bus.on_cancel(make_cancel_handler(agent.running_call, kill_call, reactor))
 
-    submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics)
+    submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics,
+                               QueueLimits(config.async_max_queued, config.async_max_queued_bytes))
+    backends_ready = lambda: gatherResults([datastore_service.when_ready(), queue_service.when_ready()])  # noqa: E731
     if config.num_async:
         workers = AsyncWorkerService(
             queue, stores.calls, route_cache.lookup, route_cache.app_config, run_call, kill_call,
             reactor, metrics, config.num_async, config.async_max_attempts, config.async_retry_delay,
+            max_age=config.async_max_age, when_ready=backends_ready,
         )
         workers.setServiceParent(root)  # type: ignore[no-untyped-call]
+    # Re-queues what the queue lost, from the datastore; one node at a time where the
+    # datastore is shared (Postgres: its lease row; SQLite and memory are per node).
+    reconciler = Reconciler(stores.calls, queue, route_cache.lookup, reactor, metrics, config.node_id,
+                            try_lead=getattr(stores.calls, "try_lead", None), interval=config.reconcile_interval)
+    PeriodicService("reconciler", config.reconcile_interval, reconciler.tick, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
 
     invoker = Invoker(
         route_cache.lookup, route_cache.app_config, run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor, ready=lambda: datastore_service.ready,
     )
-    tasks = TasksAPI(queue, stores.calls, route_cache.lookup, route_cache.app_config, reactor)
+    tasks = TasksAPI(queue, stores.calls, route_cache.lookup, route_cache.app_config, reactor,
+                     policy=AttemptPolicy(config.async_max_attempts, config.async_retry_delay, config.async_max_age))
 
     api = build_api(
         datastore,
@@ -258,17 +286,29 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         render_metrics=prometheus.scrape,
         stats=agent.stats,
         invoke=InvokeResource(invoker),
-        cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call),
+        cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call, cancel_bus),
         tasks=tasks.resource_for,
     )
+    # Clients are bounded (SPEC §8): deadlines, a shared body budget, a connection cap
+    # below the file limit (raised to the hard limit first).
+    before, file_limit = raise_file_limit()
+    connection_limit = connection_cap(file_limit, config.max_concurrency)
+    log.info("Open files limit {file_limit} (was {before}): at most {connection_cap} client connections",
+             file_limit=file_limit, before=before, connection_cap=connection_limit)
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",
-                     invoker=invoker, clock=reactor)
+                     invoker=invoker, clock=reactor, max_connections=connection_limit, metrics=metrics,
+                     limits=ClientLimits(config.header_timeout, config.idle_timeout, config.body_min_rate),
+                     budget=BodyBudget(config.max_buffered, config.max_spooled))
     # A sync call's record is written when it ends; one still running after a second
     # gets a "running" record too, so it can be listed and cancelled meanwhile.
     RunningSyncRecordsService(agent.calls_running, recorder.record, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     NodeGaugesService(
         metrics, reactor, slots, queue.depth, hot.containers, connections=lambda: site.open_connections,
     ).setServiceParent(root)  # type: ignore[no-untyped-call]
+    # datastore.up / queue.up gauges: /health stays 200 in a shared outage; alert on these.
+    backends = HealthChecks(shared={"datastore": datastore.ping, "queue": queue.ping})
+    PeriodicService("backend-gauges", GAUGES_INTERVAL_S, lambda: report_backends(backends, reactor, metrics),
+                    reactor, now=True).setServiceParent(root)  # type: ignore[no-untyped-call]
     listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
     listener.setName("http")
     listener.setServiceParent(root)

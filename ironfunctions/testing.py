@@ -3,7 +3,8 @@
 Each fake is a real provider of its interface and passes the same contract suite as the
 real backend (``tests/contracts/``): ``FakeDriver`` (``IContainerDriver``: containers
 with scripted behaviour, on a clock), ``MemoryDatastore`` (``IDatastore``),
-``MemoryCallStore`` (``ICallStore``), ``MemoryQueue`` (``IMessageQueue``) and
+``MemoryCallStore`` (``ICallStore``), ``MemoryQueue`` (``IMessageQueue``),
+``MemoryCancelBus`` (``ICancelBus``; ``joined()`` gives another node's bus) and
 ``MemoryMetrics`` (``IMetrics``: every figure kept, summed by ``total``). They live
 beside their interfaces (the memory ones are also the ``memory://`` backends); this
 module is the one place to import them from::
@@ -22,6 +23,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.calls.memory import MemoryCallStore
+from ironfunctions.cancelbus.memory import MemoryCancelBus
 from ironfunctions.datastore.memory import MemoryDatastore
 from ironfunctions.drivers.fake import FakeDriver, FakeRun, cat
 from ironfunctions.metrics.memory import MemoryMetrics
@@ -29,7 +31,7 @@ from ironfunctions.mq.memory import MemoryQueue
 
 __all__ = [
     "FakeDriver", "FakeRun", "cat", "MemoryCallStore", "MemoryDatastore", "MemoryMetrics",
-    "MemoryQueue", "MemoryNode", "memory_node",
+    "MemoryQueue", "MemoryNode", "memory_node", "MemoryCancelBus",
 ]
 
 

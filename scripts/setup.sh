@@ -4,7 +4,7 @@
 # fetched again, so a second run takes seconds.
 #
 #   scripts/setup.sh          the daemon's needs (Docker, Python)
-#   scripts/setup.sh --test   also what the test suite needs (Postgres, Redis, gcc)
+#   scripts/setup.sh --test   also what the test suite needs (Postgres, Redis, HAProxy, gcc)
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # gcc + libc6-dev build the static bridge of HOT_TRANSPORT=socket (below).
 PACKAGES="docker.io busybox-static python3 python3-venv python3-pip ca-certificates gcc libc6-dev"
 if [ "${1:-}" = "--test" ]; then
-    PACKAGES="$PACKAGES postgresql redis-server wrk procps iproute2"
+    PACKAGES="$PACKAGES postgresql redis-server haproxy wrk procps iproute2"
 fi
 
 missing=""
@@ -26,7 +26,8 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 # Postgres' Debian package starts a cluster of its own on 5432; the tests start
-# throwaway ones on free ports and need nothing else running.
+# throwaway ones on free ports and need nothing else running. Likewise HAProxy: the
+# cluster tests (tests/cluster.py) run their own in the foreground on a free port.
 
 # The static stdio bridge of HOT_TRANSPORT=socket, shipped in the package beside its source.
 if [ ! -x ironfunctions/bridge/ifbridge ] || [ ironfunctions/bridge/ifbridge.c -nt ironfunctions/bridge/ifbridge ]; then

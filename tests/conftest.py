@@ -19,10 +19,12 @@ from ironfunctions.datastore.interface import IDatastore
 from ironfunctions.mq import queue_from_url
 from ironfunctions.mq.interface import IMessageQueue
 from tests.daemon import daemon, daemon_factory  # noqa: F401 (fixtures)
-from tests.servers import RedisServer, postgres_cluster, postgres_db, postgres_url, redis_server  # noqa: F401 (fixtures)
+from tests.servers import (  # noqa: F401 (fixtures)
+    RedisServer, postgres_cluster, postgres_db, postgres_url, redis_server, rediss_server,
+)
 
 DATASTORE_KINDS = ["memory", "sqlite", "postgres"]
-QUEUE_KINDS = ["memory", "sqlite", "redis"]
+QUEUE_KINDS = ["memory", "sqlite", "redis", "rediss"]  # rediss: Redis over TLS
 
 _T = TypeVar("_T")
 
@@ -70,8 +72,8 @@ def queue_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/mq.db"
-    if kind == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
+    if kind in ("redis", "rediss"):
+        server: RedisServer = request.getfixturevalue(f"{kind}_server")
         server.flush()  # no state leaks between tests
         return server.url()
     raise AssertionError(kind)  # pragma: no cover

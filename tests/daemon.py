@@ -69,6 +69,7 @@ class Daemon:
         self.env = dict(env or {})
         self.args = list(args or [])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec: Callable[[], None] | None = None  # run in the child before twistd (e.g. setrlimit)
         self.log_path = os.path.join(workdir, "daemon.log")
         os.makedirs(workdir, exist_ok=True)
 
@@ -85,6 +86,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [TWISTD, "--nodaemon", "--pidfile=", "ironfunctions", *self.args],
             cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=self.preexec,
         )
         log.close()
         if wait:

@@ -2,7 +2,9 @@
 on a free loopback port.
 
 The cluster is created with ``initdb`` into a temporary folder, started with
-``pg_ctl``, and deleted at the end of the session. When the tests run as root, the
+``pg_ctl``, and deleted at the end of the session. Either server can be started with TLS
+on (``ServerTLS``: a certificate, its key and the CA that signed it, see
+``tests/tlscerts.py``). When the tests run as root, the
 server runs as the ``postgres`` user (Postgres refuses to run as root). A cluster that
 cannot start raises: the tests that need it fail, they are never skipped.
 """
@@ -14,6 +16,7 @@ import os
 import pwd
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -46,6 +49,15 @@ def _pg_bin(name: str) -> str:
     raise RuntimeError(f"Postgres binary {name!r} not found (apt-get install postgresql)")
 
 
+@attrs.frozen
+class ServerTLS:
+    """A server's certificate and key files, and the CA file that signed the certificate."""
+
+    cert: str
+    key: str
+    ca: str
+
+
 @attrs.define
 class PostgresCluster:
     """A running throwaway cluster. ``url(db)`` names a database on it; ``stop()`` and
@@ -54,6 +66,7 @@ class PostgresCluster:
     folder: str
     port: int
     user: str
+    tls: ServerTLS | None = None  # ssl=on with these (copies owned by the server's user)
 
     @property
     def data(self) -> str:
@@ -78,7 +91,21 @@ class PostgresCluster:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         options = f"-k {self.folder} -h 127.0.0.1 -p {self.port} -c fsync=off -c full_page_writes=off"
+        if self.tls is not None:
+            cert, key = self._owned_copy(self.tls.cert, "server.crt"), self._owned_copy(self.tls.key, "server.key")
+            options += f" -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"
         self._pg_ctl("-l", os.path.join(self.folder, "postgres.log"), "-o", options, "start")
+
+    def _owned_copy(self, path: str, name: str) -> str:
+        """``path`` copied into the cluster's folder, owned by the server's user, mode
+        0600 (Postgres refuses a key file others can read)."""
+        target = os.path.join(self.folder, name)
+        shutil.copyfile(path, target)
+        os.chmod(target, 0o600)
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(self.user)
+            os.chown(target, entry.pw_uid, entry.pw_gid)
+        return target
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: ``fast`` disconnects clients, ``immediate`` is a crash."""
@@ -109,8 +136,9 @@ class PostgresCluster:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_postgres_cluster() -> PostgresCluster:
-    """initdb + pg_ctl start into a fresh temporary folder. Raise if it cannot start."""
+def start_postgres_cluster(tls: ServerTLS | None = None) -> PostgresCluster:
+    """initdb + pg_ctl start into a fresh temporary folder (with ``ssl=on`` if ``tls``).
+    Raise if it cannot start."""
     root = os.geteuid() == 0
     user = "postgres" if root else pwd.getpwuid(os.geteuid()).pw_name
     folder = tempfile.mkdtemp(prefix="ironfunctions-pg-")
@@ -118,7 +146,7 @@ def start_postgres_cluster() -> PostgresCluster:
         entry = pwd.getpwnam(user)
         os.chown(folder, entry.pw_uid, entry.pw_gid)
     os.chmod(folder, 0o700)
-    cluster = PostgresCluster(folder=folder, port=free_port(), user=user)
+    cluster = PostgresCluster(folder=folder, port=free_port(), user=user, tls=tls)
     argv = cluster._as_owner(
         [_pg_bin("initdb"), "-D", cluster.data, "-U", user, "-A", "trust", "-E", "UTF8", "--no-sync"]
     )
@@ -180,10 +208,15 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes] | None = None
     persistent: bool = False  # append-only file, fsync'd on every write: survives a restart
+    tls: ServerTLS | None = None  # TLS only (no plain port), clients not asked for certificates
 
     def url(self, db: int = 0, prefix: str | None = None) -> str:
-        url = f"redis://127.0.0.1:{self.port}/{db}"
-        return url if prefix is None else f"{url}?prefix={prefix}"
+        """``redis://``; with TLS, ``rediss://localhost`` trusting the server's CA."""
+        if self.tls is None:
+            url = f"redis://127.0.0.1:{self.port}/{db}"
+            return url if prefix is None else f"{url}?prefix={prefix}"
+        url = f"rediss://localhost:{self.port}/{db}?ssl_ca_certs={self.tls.ca}"
+        return url if prefix is None else f"{url}&prefix={prefix}"
 
     def start(self, timeout: float = 10) -> None:
         """Start the server and wait until it answers PING. Raise if it cannot start."""
@@ -193,6 +226,10 @@ class RedisServer:
         log = open(os.path.join(self.folder, "redis.log"), "ab")
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--dir", self.folder, "--daemonize", "no"]
+        if self.tls is not None:
+            argv[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            argv += ["--tls-cert-file", self.tls.cert, "--tls-key-file", self.tls.key,
+                     "--tls-ca-cert-file", self.tls.ca, "--tls-auth-clients", "no"]
         argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.process = subprocess.Popen(argv, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -227,7 +264,7 @@ class RedisServer:
         request = b"*%d\r\n" % len(args) + b"".join(
             b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args
         )
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+        with self._connect() as s:
             s.sendall(request)
             reply = b""
             while not reply.endswith(b"\r\n"):
@@ -237,16 +274,24 @@ class RedisServer:
                 reply += chunk
         return reply.split(b"\r\n", 1)[0]
 
+    def _connect(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        if self.tls is None:
+            return s
+        context = ssl.create_default_context(cafile=self.tls.ca)
+        return context.wrap_socket(s, server_hostname="localhost")
+
     def flush(self) -> None:
         """Empty every database."""
         if self.command("FLUSHALL") != b"+OK":
             raise RuntimeError("FLUSHALL failed")
 
 
-def start_redis_server(persistent: bool = False) -> RedisServer:
-    """A new redis-server in a fresh temporary folder. Raise if it cannot start."""
+def start_redis_server(persistent: bool = False, tls: ServerTLS | None = None) -> RedisServer:
+    """A new redis-server in a fresh temporary folder (TLS only, if ``tls``). Raise if
+    it cannot start."""
     server = RedisServer(folder=tempfile.mkdtemp(prefix="ironfunctions-redis-"), port=free_port(),
-                         persistent=persistent)
+                         persistent=persistent, tls=tls)
     try:
         server.start()
     except BaseException:
@@ -265,6 +310,21 @@ def stop_redis_server(server: RedisServer) -> None:
 def redis_server() -> Iterator[RedisServer]:
     """A throwaway Redis for the whole session; failing to start fails the tests."""
     server = start_redis_server()
+    try:
+        yield server
+    finally:
+        stop_redis_server(server)
+
+
+@pytest.fixture(scope="session")
+def rediss_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A throwaway Redis speaking only TLS, with a certificate for ``localhost`` from a
+    CA made for it; its ``url()`` is ``rediss://`` trusting that CA."""
+    from tests.tlscerts import make_ca
+
+    ca = make_ca(str(tmp_path_factory.mktemp("rediss-pki")))
+    issued = ca.issue("server")
+    server = start_redis_server(tls=ServerTLS(issued.cert, issued.key, ca.cert))
     try:
         yield server
     finally:

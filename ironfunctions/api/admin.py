@@ -12,6 +12,7 @@ from twisted.web.iweb import IRequest
 
 from ironfunctions import __version__
 from ironfunctions.api.http import json_response
+from ironfunctions.metrics import IMetrics
 
 log = Logger()
 
@@ -72,6 +73,15 @@ async def check_health(checks: HealthChecks, clock: IReactorTime) -> tuple[list[
     node_down = [name for (kind, name, _), up in zip(kinds, results) if kind == "node" and not up]
     shared_down = [name for (kind, name, _), up in zip(kinds, results) if kind == "shared" and not up]
     return node_down, shared_down
+
+
+async def report_backends(checks: HealthChecks, clock: IReactorTime, metrics: IMetrics) -> None:
+    """Set the gauge ``<name>.up`` (1 up, 0 down) of each shared backend, for alerts on
+    ``degraded`` (``ironfunctions_queue_up == 0``): ``/health`` stays 200 then, so a
+    balancer's check does not tell anyone (docs/operating/outages.md)."""
+    _, shared_down = await check_health(attrs.evolve(checks, node={}), clock)
+    for name in checks.shared:
+        metrics.gauge(f"{name}.up", 0 if name in shared_down else 1)
 
 
 def hello(request: IRequest) -> bytes:

@@ -32,6 +32,7 @@ from ironfunctions.calls.model import rfc3339
 from ironfunctions.models import CallStatus, Route
 from ironfunctions.names import check_storable
 from ironfunctions.mq.interface import IMessageQueue
+from ironfunctions.runner.attempts import AttemptPolicy
 from ironfunctions.runner.external import TASK_NOT_FOUND, RunnerTask, complete_for_runner, reserve_for_runner
 
 RouteLookup = Callable[[str, str], Awaitable[Route]]
@@ -44,7 +45,9 @@ class TasksAPI:
     app = klein_app()
 
     def __init__(self, queue: IMessageQueue, calls: ICallStore, lookup: RouteLookup,
-                 app_config: AppConfigLookup, clock: IReactorTime, access: Access = EVERYTHING) -> None:
+                 app_config: AppConfigLookup, clock: IReactorTime, access: Access = EVERYTHING,
+                 policy: AttemptPolicy = AttemptPolicy()) -> None:
+        self._policy = policy
         self._queue = queue
         self._calls = calls
         self._lookup = lookup
@@ -54,12 +57,13 @@ class TasksAPI:
 
     def resource_for(self, access: Access) -> IResource:
         """The ``/tasks`` resource for a request granted ``access``."""
-        return TasksAPI(self._queue, self._calls, self._lookup, self._app_config, self._clock, access).app.resource()
+        return TasksAPI(self._queue, self._calls, self._lookup, self._app_config, self._clock, access,
+                        self._policy).app.resource()
 
     @app.route("/", methods=["GET"])
     async def next_task(self, request: IRequest) -> bytes:
         task = await reserve_for_runner(self._queue, self._calls, self._lookup, self._app_config, self._clock,
-                                        self._access.apps)
+                                        self._access.apps, self._policy)
         return json_response(request, {} if task is None else task_json(task), status=202)
 
     @app.route("/", methods=["DELETE"])

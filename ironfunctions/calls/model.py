@@ -41,6 +41,8 @@ class CallRecord:
     run_ms: int | None = None
     body: bytes | None = None
     priority: int = 0
+    # Deliveries of an async call whose node died mid-call (SPEC §10: 3 end it, node_lost).
+    lost: int = 0
 
     @property
     def terminal(self) -> bool:

@@ -3,7 +3,8 @@ on the same pool (``storage.postgres.PostgresDatabase``, opened by the datastore
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Mapping
 
 from zope.interface import implementer
 
@@ -60,10 +61,54 @@ class PostgresCallStore:
                 raise CallNotFound()
             new = change(sql.call_from_row(row))
             await cur.execute(_upsert(1), sql.call_params(new))
+            if new.terminal:
+                await cur.execute("DELETE FROM call_requests WHERE id = %s", (call_id,))
             return new
 
         new: CallRecord = await self._db.transaction(update)
         return new
+
+    async def put_async(self, record: CallRecord, request: Mapping[str, Any]) -> None:
+        text = json.dumps(dict(request))
+
+        async def put(cur: Any) -> None:
+            await cur.execute(_upsert(1), sql.call_params(record))
+            await cur.execute(
+                "INSERT INTO call_requests (id, app_name, request) VALUES (%s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET app_name = EXCLUDED.app_name, request = EXCLUDED.request",
+                (record.id, record.app_name, text),
+            )
+
+        await self._db.transaction(put)
+
+    async def get_request(self, app_name: str, call_id: str) -> dict[str, Any]:
+        rows = await self._db.query(
+            "SELECT request FROM call_requests WHERE id = %s AND app_name = %s", (call_id, app_name)
+        )
+        if not rows:
+            raise CallNotFound()
+        request: dict[str, Any] = json.loads(rows[0][0])
+        return request
+
+    async def list_unfinished(
+        self, before_ms: int, after: tuple[int, str] | None = None, limit: int = 100,
+    ) -> list[CallRecord]:
+        statement, params = sql.unfinished_sql(before_ms, after, limit, "%s")
+        return [sql.call_from_row(r) for r in await self._db.query(statement, params)]
+
+    async def try_lead(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Take or keep the lease ``name`` for ``owner`` for ``ttl_ms`` (the server's
+        clock); False while another owner's lease lasts. See ``runner/reconciler.py``."""
+        rows = await self._db.query(
+            "INSERT INTO leader_leases (name, owner, expires_at) VALUES (%s, %s, "
+            " (extract(epoch from clock_timestamp()) * 1000)::bigint + %s) "
+            "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at "
+            " WHERE leader_leases.owner = EXCLUDED.owner"
+            "  OR leader_leases.expires_at < (extract(epoch from clock_timestamp()) * 1000)::bigint "
+            "RETURNING owner",
+            (name, owner, int(ttl_ms)),
+        )
+        return bool(rows)
 
     async def put_log(self, app_name: str, call_id: str, log: bytes) -> None:
         await self._db.query(
@@ -82,3 +127,15 @@ class PostgresCallStore:
         if not rows:
             raise CallNotFound()
         return b"" if rows[0][0] is None else bytes(rows[0][0])
+
+    async def delete_call(self, app_name: str, call_id: str) -> bool:
+        async def delete(cur: Any) -> bool:
+            await cur.execute("DELETE FROM calls WHERE id = %s AND app_name = %s RETURNING id", (call_id, app_name))
+            if cur.fetchone() is None:
+                return False
+            await cur.execute("DELETE FROM call_logs WHERE id = %s", (call_id,))
+            await cur.execute("DELETE FROM call_requests WHERE id = %s", (call_id,))
+            return True
+
+        found: bool = await self._db.transaction(delete)
+        return found

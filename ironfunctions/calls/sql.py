@@ -12,9 +12,9 @@ from ironfunctions.models import CallStatus
 
 CALL_COLUMNS = (
     "id, app_name, path, image, type, format, status, reason, created_at, started_at, "
-    "completed_at, attempt, exit_code, error, wait_ms, start_ms, run_ms, body, priority"
+    "completed_at, attempt, exit_code, error, wait_ms, start_ms, run_ms, body, priority, lost"
 )
-N_COLUMNS = 19
+N_COLUMNS = 20
 
 
 def call_params(call: CallRecord) -> tuple[Any, ...]:
@@ -22,7 +22,7 @@ def call_params(call: CallRecord) -> tuple[Any, ...]:
         call.id, call.app_name, call.path, call.image, call.type, call.format, call.status,
         call.reason, call.created_at, call.started_at, call.completed_at, call.attempt,
         call.exit_code, call.error, call.wait_ms, call.start_ms, call.run_ms, call.body,
-        call.priority,
+        call.priority, call.lost,
     )
 
 
@@ -33,7 +33,7 @@ def call_from_row(row: Sequence[Any]) -> CallRecord:
         status=CallStatus(row[6]), reason=row[7], created_at=int(row[8]), started_at=row[9],
         completed_at=row[10], attempt=int(row[11]), exit_code=row[12], error=row[13],
         wait_ms=row[14], start_ms=row[15], run_ms=row[16],
-        body=None if body is None else bytes(body), priority=int(row[18]),
+        body=None if body is None else bytes(body), priority=int(row[18]), lost=int(row[19]),
     )
 
 
@@ -61,5 +61,26 @@ def list_sql(query: CallQuery, placeholder: str) -> tuple[str, list[Any]]:
     sql = (
         f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(where)} "
         f"ORDER BY created_at DESC, id DESC LIMIT {int(query.per_page) + 1}"
+    )
+    return sql, params
+
+
+UNFINISHED = "status IN ('queued', 'running')"  # as the partial index calls_unfinished says
+
+
+def unfinished_sql(before_ms: int, after: tuple[int, str] | None, limit: int,
+                   placeholder: str) -> tuple[str, list[Any]]:
+    """SELECT queued or running calls of every app created before ``before_ms``, oldest
+    first by (created_at, id), after the key ``after``."""
+    where = [UNFINISHED, f"created_at < {placeholder}"]
+    params: list[Any] = [before_ms]
+    if after is not None:
+        where.append(
+            f"(created_at > {placeholder} OR (created_at = {placeholder} AND id > {placeholder}))"
+        )
+        params.extend([after[0], after[0], after[1]])
+    sql = (
+        f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(where)} "
+        f"ORDER BY created_at, id LIMIT {int(limit)}"
     )
     return sql, params

@@ -7,7 +7,9 @@ route writes never interleave.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from typing import Any, Mapping
 
 from zope.interface import implementer
 
@@ -82,9 +84,46 @@ class SqliteCallStore:
             with transaction(c):
                 new = change(_get(c, app_name, call_id))
                 c.execute(_UPSERT, sql.call_params(new))
+                if new.terminal:
+                    c.execute("DELETE FROM call_requests WHERE id = ?", (call_id,))
             return new
 
         return await self._db.run(update)
+
+    async def put_async(self, record: CallRecord, request: Mapping[str, Any]) -> None:
+        text = json.dumps(dict(request))
+
+        def put(c: sqlite3.Connection) -> None:
+            with transaction(c):
+                c.execute(_UPSERT, sql.call_params(record))
+                c.execute(
+                    "INSERT OR REPLACE INTO call_requests (id, app_name, request) VALUES (?, ?, ?)",
+                    (record.id, record.app_name, text),
+                )
+
+        await self._db.run(put)
+
+    async def get_request(self, app_name: str, call_id: str) -> dict[str, Any]:
+        def select(c: sqlite3.Connection) -> Any:
+            return c.execute(
+                "SELECT request FROM call_requests WHERE id = ? AND app_name = ?", (call_id, app_name)
+            ).fetchone()
+
+        row = await self._db.run(select)
+        if row is None:
+            raise CallNotFound()
+        request: dict[str, Any] = json.loads(row[0])
+        return request
+
+    async def list_unfinished(
+        self, before_ms: int, after: tuple[int, str] | None = None, limit: int = 100,
+    ) -> list[CallRecord]:
+        statement, params = sql.unfinished_sql(before_ms, after, limit, "?")
+
+        def select(c: sqlite3.Connection) -> list[CallRecord]:
+            return [sql.call_from_row(r) for r in c.execute(statement, params).fetchall()]
+
+        return await self._db.run(select)
 
     async def put_log(self, app_name: str, call_id: str, log: bytes) -> None:
         await self._db.run(
@@ -101,3 +140,14 @@ class SqliteCallStore:
             return b"" if row is None else bytes(row[0])
 
         return await self._db.run(select)
+
+    async def delete_call(self, app_name: str, call_id: str) -> bool:
+        def delete(c: sqlite3.Connection) -> bool:
+            with transaction(c):
+                found = c.execute("DELETE FROM calls WHERE id = ? AND app_name = ?", (call_id, app_name)).rowcount
+                if found:
+                    c.execute("DELETE FROM call_logs WHERE id = ?", (call_id,))
+                    c.execute("DELETE FROM call_requests WHERE id = ?", (call_id,))
+            return bool(found)
+
+        return await self._db.run(delete)

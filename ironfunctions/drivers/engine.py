@@ -157,9 +157,22 @@ class Engine:
         container_id = self.create(spec, stdin_once=True)
         result: ContainerResult | None = None
         try:
-            sock = self.attach(container_id)
             try:
-                self._api.start(container_id)
+                sock = self.attach(container_id)
+            except docker.errors.NotFound:  # removed from outside before it ran
+                result = self._removed_before_start(container_id, began)
+                deliver(result)
+                return
+            try:
+                try:
+                    self._api.start(container_id)
+                except docker.errors.APIError as e:
+                    # 404, or 409 "marked for removal": removed while being started
+                    if e.status_code not in (404, 409) or (e.status_code == 409 and "removal" not in str(e)):
+                        raise
+                    result = self._removed_before_start(container_id, began)
+                    deliver(result)
+                    return
                 started = time.monotonic()
                 deadline = started + spec.timeout_s
                 output = pump(
@@ -206,6 +219,12 @@ class Engine:
         finally:
             if result is None or not result.timed_out:
                 self.remove(container_id)
+
+    @staticmethod
+    def _removed_before_start(container_id: str, began: float) -> ContainerResult:
+        """A container removed from outside (the node's stop or crash cleanup) between
+        its creation and its start ran nothing: it ends as a killed one does."""
+        return ContainerResult(container_id, 137, b"", b"", start_ms=_ms(time.monotonic() - began), run_ms=0)
 
     def start_attached(self, spec: ContainerSpec) -> tuple[str, socket.socket]:
         container_id = self.create(spec, stdin_once=False)

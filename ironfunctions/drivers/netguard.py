@@ -32,6 +32,9 @@ LABEL = "ironfunctions.network"
 LOCK_PATH = "/run/ironfunctions-netguard.lock"
 COMMAND_TIMEOUT = 10.0
 JUMP_PARENTS = ("INPUT", "FORWARD", "DOCKER-USER")
+# Present when the kernel has IPv6; without it no IPv6 packet can flow, so there is
+# nothing for ip6tables to guard (and ip6tables itself fails there).
+IPV6_PROC = "/proc/net/if_inet6"
 
 
 class GuardError(Exception):
@@ -110,18 +113,21 @@ class NetworkGuard:
     :param resolved_conf: read instead when ``resolv_conf`` names only loopback servers
         (systemd-resolved's stub at 127.0.0.53), as Docker itself does.
     :param lock_path: the host-wide lock every daemon takes around its changes.
+    :param ipv6: guard IPv6 too; None: when the kernel has IPv6 (``IPV6_PROC``).
     """
 
     def __init__(self, api: docker.APIClient, network: str, allow_nets: Sequence[str] = (),
                  resolv_conf: str = "/etc/resolv.conf", lock_path: str = LOCK_PATH,
                  resolved_conf: str = "/run/systemd/resolve/resolv.conf",
-                 iptables: Callable[[int], Iptables] = Iptables) -> None:
+                 iptables: Callable[[int], Iptables] = Iptables, ipv6: bool | None = None) -> None:
         self._api = api
         self.network = network
         self._allow_nets = [ipaddress.ip_network(net) for net in allow_nets]
         self._resolv_confs = (resolv_conf, resolved_conf)
         self._lock_path = lock_path
-        self._tables = {family: iptables(family) for family in (4, 6)}
+        if ipv6 is None:
+            ipv6 = os.path.exists(IPV6_PROC)
+        self._tables = {family: iptables(family) for family in ((4, 6) if ipv6 else (4,))}
 
     def bridge(self) -> str:
         """The network's bridge interface, the network made first if missing."""
@@ -162,6 +168,7 @@ class NetworkGuard:
                 break
         parents = {family: "DOCKER-USER" if table.chain("DOCKER-USER") is not None else "FORWARD"
                    for family, table in self._tables.items()}
+        parents.setdefault(6, "FORWARD")  # planned, not applied, on a kernel without IPv6
         return plan(self.network, bridge, self._allow_nets, nameservers, parents)
 
     def ensure(self) -> list[str]:

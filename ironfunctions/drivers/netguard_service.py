@@ -30,6 +30,7 @@ from ironfunctions.drivers.netguard import (
 )
 from ironfunctions.drivers.netplan import is_guarded, remote_docker_host
 from ironfunctions.errors import NotReady
+from ironfunctions.ratelimit import OutageLog
 from ironfunctions.threads import stop_pools
 
 CHECK_INTERVAL = 30.0
@@ -87,6 +88,11 @@ class NetguardService(Service):
         self._loop: LoopingCall | None = None
         self._waiters: list[Deferred[None]] = []
         self.ready = False
+        self._engine_down = OutageLog(  # retried each second or 30 s: not a line each time
+            self.log, self._clock,
+            started="Guarding {network}: Docker engine not available ({error}); retrying",
+            ongoing="Guarding {network}: Docker engine still not available ({error}), {failures} tries in {seconds}s",
+            ended="Guarding {network}: Docker engine available again after {seconds}s")
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()  # type: ignore[no-untyped-call]
@@ -143,8 +149,7 @@ class NetguardService(Service):
         try:
             await self.check()
         except EngineUnavailable as e:
-            self.log.warn("Guarding {network}: Docker engine not available ({error}); retrying",
-                          network=self._guard.network, error=str(e))
+            self._engine_down.failed(network=self._guard.network, error=str(e))
             return
         except GuardError as e:
             if not self.ready:
@@ -161,6 +166,7 @@ class NetguardService(Service):
         except Exception as e:  # the loop must go on (it dies on an uncaught error)
             self.log.error("Guarding {network} failed: {error}", network=self._guard.network, error=repr(e))
             return
+        self._engine_down.recovered(network=self._guard.network)
         if not self.ready:
             self.ready = True
             self.log.info("Network {network} guarded", network=self._guard.network)

@@ -28,106 +28,31 @@ The channel knows its site only through ``ChannelSite`` (what ``http/site.py``'s
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import IAddress, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import NO_BODY_CODES, RESPONSES, HTTPChannel, datetimeToString
-from twisted.web.server import version as SERVER_VERSION
+from twisted.web.http import HTTPChannel
 
+from ironfunctions.http.channelsite import ChannelSite
+from ironfunctions.http.deadlines import BODY, BUSY, HEAD, IDLE, Deadline, Verdict
+from ironfunctions.http.encode import encode_reply
 from ironfunctions.http.headers import TOKEN, canonical_name
 from ironfunctions.http.hosts import authority
+from ironfunctions.http.refusal import SLOW_BODY, SLOW_HEAD, canned
 from ironfunctions.http.writethrough import write_through
-from ironfunctions.runner.invoker import Invocation, Invoker, Reply
+from ironfunctions.runner.invoker import Invocation, Reply
 
 MAX_HEAD = 16 * 1024  # request line and headers; a longer head goes to twisted.web
 MAX_HEADERS = HTTPChannel.maxHeaders  # more: twisted.web's 400
 _TARGET = re.compile(rb"/r/[!-~]*")  # visible ASCII only
 _HANDED_OFF = frozenset({"Transfer-Encoding", "Expect", "Upgrade", "Http2-Settings"})
-_FRAMING = frozenset({b"Content-Length", b"Transfer-Encoding", b"Connection", b"Date", b"Server"})
 
 log = Logger()
 access_log = Logger(namespace="ironfunctions.access")
-
-
-class HttpDate:
-    """The Date header's value at ``clock``'s time, formatted once a second."""
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._second = -1
-        self._value = b""
-
-    def __call__(self) -> bytes:
-        now = int(self._clock.seconds())
-        if now != self._second:
-            self._second, self._value = now, datetimeToString(now)
-        return self._value
-
-
-def encode_reply(reply: Reply, date: bytes, head_only: bool, close: bool) -> bytes:
-    """The HTTP/1.1 response for ``reply``: header names capitalised as Twisted does,
-    values with CR/LF replaced (no header can be injected), ``Content-Length``, and
-    no body for a HEAD request or a 204/304 (as twisted.web does)."""
-    body = reply.body
-    lines = [b"HTTP/1.1 %d %s\r\n" % (reply.code, RESPONSES.get(reply.code, b"Unknown Status"))]
-    for name, value in reply.headers:
-        canonical = canonical_name(name)
-        if canonical is None or canonical in _FRAMING:  # framing is ours alone
-            continue
-        if b"\r" in value or b"\n" in value:
-            value = value.replace(b"\r", b" ").replace(b"\n", b" ")
-        lines.append(b"%s: %s\r\n" % (canonical, value))
-    lines.append(b"Content-Length: %d\r\nServer: %s\r\nDate: %s\r\n%s\r\n" % (
-        len(body), SERVER_VERSION, date, b"Connection: close\r\n" if close else b""))
-    if not head_only and reply.code not in NO_BODY_CODES:
-        lines.append(body)
-    return b"".join(lines)
-
-
-class ChannelSite(TypingProtocol):
-    """What a ``FastChannel`` needs of the site that built it (``FastSite``).
-
-    ``open_connections`` is the site's count of open connections: the channel adds
-    one when its connection opens and takes it back when it closes, whether or not
-    the connection was handed to twisted.web in between.
-    """
-
-    open_connections: int
-
-    @property
-    def invoker(self) -> Invoker:
-        """Answers the requests the channel frames."""
-
-    @property
-    def clock(self) -> IReactorTime:
-        """For the idle timeout and the time of activity."""
-
-    @property
-    def date(self) -> Callable[[], bytes]:
-        """The Date header's value now."""
-
-    @property
-    def timeOut(self) -> float | None:  # noqa: N802 (Site's name)
-        """Close a connection idle this long (seconds); None: never."""
-
-    @property
-    def max_request_size(self) -> int:
-        """A larger body goes to twisted.web (its 413)."""
-
-    @property
-    def max_buffered(self) -> int:
-        """Stop reading beyond this many buffered bytes while a call runs."""
-
-    @property
-    def log_access(self) -> bool:
-        """Log each request at debug level."""
-
-    def build_web_channel(self, addr: IAddress | None) -> Protocol:
-        """An ordinary twisted.web channel of the site, for a connection handed over."""
 
 
 class _Request:
@@ -162,9 +87,9 @@ class FastChannel(Protocol):
         self._inner: Protocol | None = None  # the twisted.web channel after a hand-over
         self._local = ""
         self._secure = False
-        self._last_active = 0.0
-        self._idle_call: Any = None
         self._counted = False  # in the site's open_connections
+        self._charged = 0  # body bytes of the request in hand, held in the site's budget
+        self.deadline = Deadline(0.0)
 
     # -- connection
 
@@ -177,10 +102,8 @@ class FastChannel(Protocol):
         transport.registerProducer(self, True)
         self._local = authority(transport.getHost())
         self._secure = ISSLTransport.providedBy(transport)
-        clock = self._site.clock
-        self._last_active = clock.seconds()
-        if self._site.timeOut is not None:
-            self._idle_call = clock.callLater(self._site.timeOut, self._check_idle)
+        self.deadline = Deadline(self._site.clock.seconds())
+        self._site.watchdog.watch(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
@@ -189,7 +112,8 @@ class FastChannel(Protocol):
         if self._closing:
             return
         self._buffer += data
-        self._last_active = self._site.clock.seconds()
+        if self.deadline.phase == BODY:
+            self.deadline.window_bytes += len(data)
         if self._busy or self._send_paused:
             if len(self._buffer) > self._site.max_buffered and not self._read_paused:
                 self._read_paused = True
@@ -200,35 +124,37 @@ class FastChannel(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 (Twisted API)
         self._closing = True
         self._buffer = bytearray()
+        self._pending = None
         if self._counted:
             self._counted = False
             self._site.open_connections -= 1
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self._release()
+        self._site.watchdog.unwatch(self)
         if self._inner is not None:
             self._inner.connectionLost(reason)
 
-    def _check_idle(self) -> None:
-        self._idle_call = None
-        if self._inner is not None or self._closing:
+    def expire(self, verdict: Verdict) -> None:
+        """Past a deadline (``http/deadlines.py``, checked by the site's watchdog): a
+        slow head or body gets 408 (nothing of that request has been answered: no
+        request is answered before it is complete), an idle connection is closed,
+        and one whose close does not complete (the client reads nothing) is aborted,
+        as twisted.web does."""
+        transport: Any = self.transport
+        if verdict is Verdict.ABORT:
+            transport.abortConnection()
             return
-        timeout = self._site.timeOut
-        assert timeout is not None  # no timer without one
-        idle = self._site.clock.seconds() - self._last_active
-        if idle >= timeout and not self._busy:
-            self._closing = True
-            self._buffer = bytearray()
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            # As twisted.web: a client that reads nothing would keep a polite close
-            # waiting on its send buffer for ever.
-            self._idle_call = self._site.clock.callLater(HTTPChannel.abortTimeout, self._abort)
-            return
-        self._idle_call = self._site.clock.callLater(max(timeout - idle, 1.0), self._check_idle)
+        if verdict is not Verdict.CLOSE:
+            transport.write(canned(408, SLOW_HEAD if verdict is Verdict.HEAD_TIMEOUT else SLOW_BODY))
+        self._closing = True
+        self._buffer = bytearray()
+        self.deadline.closing(self._site.clock.seconds())
+        transport.loseConnection()
 
-    def _abort(self) -> None:
-        self._idle_call = None
-        self.transport.abortConnection()  # type: ignore[union-attr]
+    def _release(self) -> None:
+        """Give the body bytes of the request in hand back to the budget."""
+        if self._charged:
+            self._site.budget.release_memory(self._charged)
+            self._charged = 0
 
     # -- IPushProducer: the transport's send buffer
 
@@ -265,6 +191,8 @@ class FastChannel(Protocol):
                 self._start(request)
         finally:
             self._processing = False
+        if self._inner is None and not self._closing:
+            self._note_phase()
         # Reading pauses only while a call is in flight (or the send buffer is full):
         # with neither, the request at the front may need more bytes, so read on.
         if self._read_paused and not self._busy and self._inner is None:
@@ -272,13 +200,31 @@ class FastChannel(Protocol):
             if not self._send_paused and not self._closing:
                 self.transport.resumeProducing()  # type: ignore[union-attr]
 
+    def _note_phase(self) -> None:
+        """Tell the deadline what this connection waits for now (its time is read
+        only when the phase changes: one clock read per request)."""
+        deadline = self.deadline
+        phase = deadline.phase
+        if self._busy:
+            if phase != BUSY:
+                deadline.busy()
+        elif self._pending is not None:
+            if phase != BODY:
+                deadline.body(self._site.clock.seconds())
+        elif self._buffer:
+            if phase != HEAD:
+                deadline.head(self._site.clock.seconds())
+        elif phase != IDLE:
+            deadline.idle(self._site.clock.seconds())
+
     def _frame(self) -> _Request | None:
         """The request at the front of the buffer, if this channel answers it; None if
         its head is incomplete, or after handing the connection to twisted.web."""
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
-            if len(buffer) > MAX_HEAD:
+            # Too long, or a bare LF (the head may end at "\n\n"): twisted.web decides.
+            if len(buffer) > MAX_HEAD or buffer.count(b"\n") != buffer.count(b"\r\n"):
                 self._hand_over()
             return None
         if end > MAX_HEAD:
@@ -325,6 +271,13 @@ class FastChannel(Protocol):
                 headers[key] = [value]
             else:
                 values.append(value)
+        if length > 0:
+            # The body is held in memory until the call is answered: within the node's
+            # MAX_BUFFERED, else twisted.web spools it to disk (http/site.py).
+            if not self._site.budget.take_memory(length):
+                self._hand_over()
+                return None
+            self._charged = length
         host = headers.get("Host")
         body_start = end + 4
         return _Request(parts[0], parts[1], headers, host[-1] if host else None, close,
@@ -346,6 +299,7 @@ class FastChannel(Protocol):
 
     def _reply(self, reply: Reply, request: _Request, method: str) -> None:
         self._busy = False
+        self._release()
         if self._closing:
             return
         transport: Any = self.transport
@@ -355,25 +309,25 @@ class FastChannel(Protocol):
                              uri=request.target.decode("latin-1"), code=reply.code)
         if request.close:
             self._closing = True
+            self.deadline.closing(self._site.clock.seconds())
             transport.loseConnection()
             return
-        self._last_active = self._site.clock.seconds()
         self._process()
 
     def _reply_failed(self, failure: Failure) -> None:
         """Only a bug gets here (``Invoker.invoke`` never raises): log it and close."""
         log.failure("Answering an invocation failed", failure)
         self._busy = False
+        self._release()
         self._closing = True
+        self.deadline.closing(self._site.clock.seconds())
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _hand_over(self) -> None:
         """Give the connection, from the front of the buffer on, to twisted.web."""
         transport: Any = self.transport
         transport.unregisterProducer()  # the twisted.web channel registers itself
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self._site.watchdog.unwatch(self)  # the twisted.web channel is watched itself
         inner = self._site.build_web_channel(self._addr)
         self._inner = inner
         inner.makeConnection(transport)

@@ -24,6 +24,7 @@ ErrorAnswer = tuple[int, Headers, bytes]  # status, headers, body
 JSON = b"application/json"
 ROUTE_NOT_FOUND = "Route not found on that application"  # /r/'s RouteNotFound (the Go server's words)
 INTERNAL_ERROR = "Internal Server Error"
+_RETRY_LATER = (429, 503)  # answers that say when to try again (Retry-After)
 
 STATUS: list[tuple[type[Exception], int]] = [
     (errors.AppNotFound, 404),
@@ -37,6 +38,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.ValidationError, 400),  # includes InvalidJSON
     (errors.PayloadTooLarge, 413),
     (errors.Unauthorized, 401),
+    (errors.QueueFull, 429),
     (errors.ImageNotFound, 502),  # the function's image, not the client's request
     (errors.DatastoreUnavailable, 503),
     (errors.QueueUnavailable, 503),
@@ -63,13 +65,13 @@ def error_body(message: str, request_id: str | None = None) -> bytes:
 
 def error_answer(status: int, message: str, request_id: str | None = None, retry_after: int = 1,
                  headers: Headers | None = None) -> ErrorAnswer:
-    """An error answer: JSON content type, and for a 503 ``Retry-After`` (seconds).
+    """An error answer: JSON content type, and for a 503 or 429 ``Retry-After`` (seconds).
     Its headers follow ``headers`` (the caller's own, e.g. an invocation's call id),
     in that list."""
     if headers is None:
         headers = []
     headers.append((b"content-type", JSON))
-    if status == 503:
+    if status in _RETRY_LATER:
         headers.append((b"retry-after", b"%d" % retry_after))
     return status, headers, error_body(message, request_id)
 
@@ -94,7 +96,7 @@ def answer_for(exc: BaseException, call_id: str | None = None, headers: Headers 
         return None
     if call_id is not None and isinstance(exc, (errors.RouteNotFound, errors.ValidationError)):
         return error_answer(404, ROUTE_NOT_FOUND, call_id, headers=headers)
-    retry_after = getattr(exc, "retry_after", 1) if status == 503 else 1
+    retry_after = getattr(exc, "retry_after", 1) if status in _RETRY_LATER else 1
     answer = error_answer(status, str(exc), call_id, retry_after, headers)
     if status == 401 and call_id is not None:
         answer[1].append((b"www-authenticate", b"Bearer"))

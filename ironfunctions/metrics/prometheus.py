@@ -71,8 +71,14 @@ HELP = {
     "queue.wait_time": "Time an async call waited in the queue before running",
     "async.submitted": "Async calls accepted",
     "async.dead": "Async calls that ran out of attempts",
-    "calls.dropped": "Call records or logs dropped because the record buffer was full",
+    "reconciler.requeued": "Async calls queued again from the datastore after the queue lost them",
+    "calls.dropped": "Call records dropped because the record buffer was full",
+    "calls.logs_dropped": "Call logs dropped (their records kept) because the record buffer was full",
+    "routes.stale_served": "Calls served a cached route older than its TTL because the datastore failed",
     "hot.containers.route": "Hot containers of one route on this node",
+    # Not declared up front: a node that has not checked yet must not read as "down".
+    "datastore.up": "1 when the datastore answered this node's last check (every 5 s), 0 when not",
+    "queue.up": "1 when the async queue answered this node's last check (every 5 s), 0 when not",
 }
 
 _PROM_NAME = re.compile(r"[^a-zA-Z0-9_]")
@@ -226,7 +232,8 @@ class PrometheusMetrics:
                 family = Counter(base, HELP.get(name, name), labelnames, registry=self.registry)
             elif kind == GAUGE:
                 suffix = _GAUGE_SUFFIX.get(labelnames, "_" + "_".join(labelnames))
-                documentation = NODE_GAUGES.get(name) if not labelnames else HELP.get(name + suffix.replace("_", "."))
+                documentation = (NODE_GAUGES.get(name) or HELP.get(name) if not labelnames
+                                 else HELP.get(name + suffix.replace("_", ".")))
                 family = Gauge(base + suffix, documentation or name, labelnames, registry=self.registry)
             else:
                 family = Histogram(

@@ -1,4 +1,4 @@
-"""Async queues, chosen by URL: ``memory://``, ``sqlite:///path``, ``redis://...``."""
+"""Async queues, chosen by URL: ``memory://``, ``sqlite:///path``, ``redis[s]://...``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ironfunctions.errors import ConfigError
-from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation
+from ironfunctions.mq.interface import AppUsage, IMessageQueue, Lease, QueueItem, QueueLimits, Reservation
 
-__all__ = ["IMessageQueue", "Lease", "QueueItem", "Reservation", "queue_from_url"]
+__all__ = ["AppUsage", "IMessageQueue", "Lease", "QueueItem", "QueueLimits", "Reservation", "queue_from_url"]
 
 
 def queue_from_url(url: str, reactor: Any) -> IMessageQueue:
@@ -23,8 +23,8 @@ def queue_from_url(url: str, reactor: Any) -> IMessageQueue:
         from ironfunctions.storage.urls import sqlite_path
 
         return SqliteQueue(sqlite_path(url, "MQ_URL"), reactor)
-    if scheme == "redis":
+    if scheme in ("redis", "rediss"):
         from ironfunctions.mq.redis import RedisQueue
 
         return RedisQueue.from_url(url, reactor)
-    raise ConfigError(f"MQ_URL: unsupported scheme {scheme!r} (use memory://, sqlite:/// or redis://)")
+    raise ConfigError(f"MQ_URL: unsupported scheme {scheme!r} (use memory://, sqlite:///, redis:// or rediss://)")

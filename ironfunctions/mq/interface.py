@@ -15,12 +15,20 @@ Semantics shared by every provider (SPEC §4 Async, issue 5):
   ``attempt`` one higher. Two reservers never hold the same item at once.
 - Items are keyed by ``call_id``; pushing an id that is already queued is a no-op, so
   a submit can be retried safely.
+- Per-app bounds (SPEC §8 "Apps share fairly", issue 13): each provider keeps, per
+  app, the number and the bytes (``QueueItem.size``) of its *waiting* items: visible,
+  delayed, released for a retry, or with an expired lease; not those under a live
+  lease (running). ``push(item, limits=...)`` checks them and stores the item in one
+  atomic step (one Lua script on Redis, so across every node; one transaction on
+  SQLite), so no number of concurrent submitters gets an app past its bound. Counting
+  is cheap: counters kept up to date by every transition, no scan per push.
+  ``rebuild_counts`` recomputes them from the queue's content.
 """
 
 from __future__ import annotations
 
 import json
-from typing import AbstractSet, Any, Mapping
+from typing import AbstractSet, Any, Collection, Mapping
 
 import attrs
 from zope.interface import Interface
@@ -65,6 +73,39 @@ class QueueItem:
     def from_json(cls, text: str | bytes) -> QueueItem:
         data = json.loads(text)
         return cls(data["call_id"], data["app_name"], data["path"], data["priority"], data["payload"])
+
+    def size(self) -> int:
+        """The bytes the item takes in the queue: its JSON text (ASCII, as ``json.dumps``
+        escapes the rest), which is what sits in Redis or SQLite. What the per-app byte
+        bound counts."""
+        return len(self.to_json())
+
+
+@attrs.frozen
+class QueueLimits:
+    """How much of one app may wait in the queue: ``ASYNC_MAX_QUEUED`` calls and
+    ``ASYNC_MAX_QUEUED_BYTES`` bytes (``QueueItem.size``)."""
+
+    max_calls: int
+    max_bytes: int
+
+    def refusal(self, app_name: str, usage: AppUsage, size: int) -> tuple[str, int] | None:
+        """The bound (setting name, value) that one more item of ``size`` bytes would
+        pass, given the app's current ``usage``; None if it fits. Pure; the memory and
+        SQLite providers use it, the Redis script does the same in Lua."""
+        if usage.calls + 1 > self.max_calls:
+            return "ASYNC_MAX_QUEUED", self.max_calls
+        if usage.bytes + size > self.max_bytes:
+            return "ASYNC_MAX_QUEUED_BYTES", self.max_bytes
+        return None
+
+
+@attrs.frozen
+class AppUsage:
+    """What one app has waiting in the queue: how many calls, how many bytes."""
+
+    calls: int = 0
+    bytes: int = 0
 
 
 @attrs.frozen
@@ -120,11 +161,15 @@ class IMessageQueue(Interface):
     async def ping() -> None:
         """Return when the backend answers; raise ``QueueUnavailable`` otherwise."""
 
-    async def push(item: QueueItem, delay: float = 0) -> bool:
+    async def push(item: QueueItem, delay: float = 0, limits: QueueLimits | None = None) -> bool:
         """Store ``item`` durably (as durable as the backend is) and return True once
         it is stored; it can be reserved ``delay`` seconds from now. Return False, and
         change nothing, if an item with that ``call_id`` is already queued or reserved.
-        Wakes a waiting ``reserve``. Raise ``QueueUnavailable``."""
+        Wakes a waiting ``reserve``. Raise ``QueueUnavailable``.
+
+        With ``limits``, atomically with the store: raise ``QueueFull`` (naming the
+        bound), and change nothing, if the item's app would then have more than
+        ``limits.max_calls`` items or ``limits.max_bytes`` bytes waiting."""
 
     async def reserve(
         lease_seconds: float, timeout: float = 0, apps: AbstractSet[str] | None = None,
@@ -162,6 +207,11 @@ class IMessageQueue(Interface):
         call); return whether it was there. A holder's later ack/renew/release raises
         ``LeaseLost``."""
 
+    async def holds(call_ids: Collection[str]) -> set[str]:
+        """Which of ``call_ids`` the queue has, in any state: waiting, delayed or
+        reserved (even under an expired lease). The reconciler's question: a queued
+        call the queue does not hold was lost (SPEC §10). Raise ``QueueUnavailable``."""
+
     async def depth() -> int:
         """Items waiting to run: visible or delayed, not under a live lease (the
         ``queue.depth`` gauge)."""
@@ -169,3 +219,13 @@ class IMessageQueue(Interface):
     async def close() -> None:
         """Release connections and threads; waiting ``reserve`` calls return None.
         The queue is unusable afterwards."""
+
+    async def app_usage(app_name: str) -> AppUsage:
+        """The calls and bytes ``app_name`` has waiting (what ``push`` checks its
+        limits against): a counter read, no scan. Raise ``QueueUnavailable``."""
+
+    async def rebuild_counts() -> None:
+        """Recompute every app's waiting counters from the items actually queued
+        (the reconciler calls it after a queue restart, in case the counters and the
+        items parted). Scans the whole queue: not for the request path. Raise
+        ``QueueUnavailable``."""

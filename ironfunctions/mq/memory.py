@@ -7,15 +7,17 @@ from __future__ import annotations
 import heapq
 import itertools
 import uuid
-from typing import AbstractSet
+from typing import AbstractSet, Collection
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ironfunctions.errors import LeaseLost, QueueUnavailable
+from ironfunctions.errors import LeaseLost, QueueFull, QueueUnavailable
 from ironfunctions.mq._waiting import Waiters, reserve_loop
-from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation, lease_of
+from ironfunctions.mq.interface import (
+    AppUsage, IMessageQueue, Lease, QueueItem, QueueLimits, Reservation, lease_of,
+)
 
 
 @attrs.define
@@ -29,6 +31,11 @@ class _Entry:
     # rows with another generation are stale and skipped, which is cheaper than
     # deleting from a heap.
     generation: int = 0
+    size: int = 0
+    # Whether the entry is in its app's waiting counters (not under a live lease).
+    # Every transition goes through ``MemoryQueue._count``, which looks at this flag, so
+    # an entry is never counted twice nor taken off twice.
+    counted: bool = False
 
 
 @implementer(IMessageQueue)
@@ -45,6 +52,7 @@ class MemoryQueue:
         self._generations = itertools.count(1)
         self._waiters = Waiters(clock)
         self._closed = False
+        self._usage: dict[str, AppUsage] = {}
 
     def _check_open(self) -> None:
         if self._closed:
@@ -63,13 +71,29 @@ class MemoryQueue:
         return entry if entry is not None and entry.generation == generation else None
 
     def _surface(self, now: float) -> None:
-        """Move hidden items whose time has come back to their place among the visible."""
+        """Move hidden items whose time has come back to their place among the visible
+        (an expired lease makes its item waiting again: counted)."""
         while self._hidden and self._hidden[0][0] <= now:
             _, _, call_id, generation = heapq.heappop(self._hidden)
             entry = self._current(call_id, generation)
             if entry is not None:
                 entry.token = None
+                self._count(entry, True)
                 self._schedule(entry)
+
+    def _count(self, entry: _Entry, waiting: bool) -> None:
+        """Put ``entry`` in (``waiting``) or take it out of its app's counters."""
+        if entry.counted == waiting:
+            return
+        entry.counted = waiting
+        app = entry.item.app_name
+        old = self._usage.get(app, AppUsage())
+        sign = 1 if waiting else -1
+        new = AppUsage(old.calls + sign, old.bytes + sign * entry.size)
+        if new.calls:
+            self._usage[app] = new
+        else:
+            self._usage.pop(app, None)
 
     def _held(self, held: Reservation | Lease) -> _Entry:
         lease = lease_of(held)
@@ -84,12 +108,20 @@ class MemoryQueue:
     async def ping(self) -> None:
         self._check_open()
 
-    async def push(self, item: QueueItem, delay: float = 0) -> bool:
+    async def push(self, item: QueueItem, delay: float = 0, limits: QueueLimits | None = None) -> bool:
         self._check_open()
         if item.call_id in self._entries:
             return False
-        entry = _Entry(item, next(self._seq), self._clock.seconds() + max(0.0, delay))
+        now = self._clock.seconds()
+        size = item.size()
+        if limits is not None:
+            self._surface(now)  # expired leases count as waiting again
+            refused = limits.refusal(item.app_name, self._usage.get(item.app_name, AppUsage()), size)
+            if refused is not None:
+                raise QueueFull(item.app_name, *refused)
+        entry = _Entry(item, next(self._seq), now + max(0.0, delay), size=size)
         self._entries[item.call_id] = entry
+        self._count(entry, True)
         self._schedule(entry)
         self._waiters.wake_all()
         return True
@@ -120,6 +152,7 @@ class MemoryQueue:
         if entry is not None:
             call_id = entry.item.call_id
             entry.attempts += 1
+            self._count(entry, False)
             entry.token = uuid.uuid4().hex
             entry.visible_at = now + lease_seconds
             self._schedule(entry)
@@ -142,6 +175,7 @@ class MemoryQueue:
     async def ack(self, held: Reservation | Lease) -> None:
         self._check_open()
         entry = self._held(held)
+        self._count(entry, False)
         del self._entries[entry.item.call_id]
 
     async def renew(self, held: Reservation | Lease, lease_seconds: float) -> None:
@@ -154,13 +188,22 @@ class MemoryQueue:
         self._check_open()
         entry = self._held(held)
         entry.token = None
+        self._count(entry, True)
         entry.visible_at = self._clock.seconds() + max(0.0, delay)
         self._schedule(entry)
         self._waiters.wake_all()
 
     async def remove(self, call_id: str) -> bool:
         self._check_open()
-        return self._entries.pop(call_id, None) is not None
+        entry = self._entries.pop(call_id, None)
+        if entry is None:
+            return False
+        self._count(entry, False)
+        return True
+
+    async def holds(self, call_ids: Collection[str]) -> set[str]:
+        self._check_open()
+        return {call_id for call_id in call_ids if call_id in self._entries}
 
     async def depth(self) -> int:
         self._check_open()
@@ -170,3 +213,17 @@ class MemoryQueue:
     async def close(self) -> None:
         self._closed = True
         self._waiters.wake_all()
+
+    async def app_usage(self, app_name: str) -> AppUsage:
+        self._check_open()
+        self._surface(self._clock.seconds())
+        return self._usage.get(app_name, AppUsage())
+
+    async def rebuild_counts(self) -> None:
+        self._check_open()
+        now = self._clock.seconds()
+        self._surface(now)
+        self._usage = {}
+        for entry in self._entries.values():
+            entry.counted = False
+            self._count(entry, entry.token is None or entry.visible_at <= now)

@@ -7,19 +7,25 @@ own ``mq_schema_migrations`` table so queue and datastore may share one file.
 
 A waiting ``reserve`` is woken in-process by pushes and releases on this queue object;
 ``poll_interval`` bounds the wait for items another process writes to the same file.
+
+Per-app bounds (issue 13): ``mq_app_totals`` counts every item of an app, queued or
+leased, updated in the transaction of each insert and delete. A lease here is only
+``visible_at`` in the future (it expires by itself, with no write), so what an app has
+waiting is its totals minus its items under a live lease: a lookup and a count over the
+app's leased rows (a partial index), never over its waiting ones.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
-from typing import AbstractSet, Any
+from typing import AbstractSet, Any, Collection
 
 from zope.interface import implementer
 
-from ironfunctions.errors import LeaseLost, QueueUnavailable
+from ironfunctions.errors import LeaseLost, QueueFull, QueueUnavailable
 from ironfunctions.mq._waiting import Waiters, reserve_loop
-from ironfunctions.mq.interface import IMessageQueue, Lease, QueueItem, Reservation, lease_of
+from ironfunctions.mq.interface import AppUsage, IMessageQueue, Lease, QueueItem, QueueLimits, Reservation, lease_of
 from ironfunctions.storage.sqlite import SqliteDatabase, transaction
 
 
@@ -50,17 +56,38 @@ class SqliteQueue:
     async def ping(self) -> None:
         await self._db.run(lambda c: c.execute("SELECT 1").fetchone())
 
-    async def push(self, item: QueueItem, delay: float = 0) -> bool:
-        visible_at = self._reactor.seconds() + max(0.0, delay)
+    async def push(self, item: QueueItem, delay: float = 0, limits: QueueLimits | None = None) -> bool:
+        now = self._reactor.seconds()
+        visible_at = now + max(0.0, delay)
+        text = item.to_json()
+        size = len(text)
 
-        def insert(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO mq_items (call_id, priority, item, visible_at) VALUES (?, ?, ?, ?)",
-                (item.call_id, item.priority, item.to_json(), visible_at),
-            )
-            return cur.rowcount == 1
+        # A refusal comes back as a value, raised here: raised in the thread, it would
+        # travel in a Failure whose traceback cycles through the awaiting frames and
+        # keeps this item's megabytes alive until the garbage collector runs.
+        def insert(c: sqlite3.Connection) -> bool | tuple[str, int]:
+            with transaction(c):
+                if c.execute("SELECT 1 FROM mq_items WHERE call_id = ?", (item.call_id,)).fetchone():
+                    return False
+                if limits is not None:
+                    refused = limits.refusal(item.app_name, _usage(c, item.app_name, now), size)
+                    if refused is not None:
+                        return refused
+                c.execute(
+                    "INSERT INTO mq_items (call_id, priority, item, visible_at, app_name, size)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (item.call_id, item.priority, text, visible_at, item.app_name, size),
+                )
+                c.execute(
+                    "INSERT INTO mq_app_totals (app_name, calls, bytes) VALUES (?, 1, ?)"
+                    " ON CONFLICT (app_name) DO UPDATE SET calls = calls + 1, bytes = bytes + excluded.bytes",
+                    (item.app_name, size),
+                )
+            return True
 
         added = await self._db.run(insert)
+        if isinstance(added, tuple):
+            raise QueueFull(item.app_name, *added)
         if added:
             self._waiters.wake_all()
         return added
@@ -127,7 +154,14 @@ class SqliteQueue:
             raise LeaseLost()
 
     async def ack(self, held: Reservation | Lease) -> None:
-        await self._update_held(held, "DELETE FROM mq_items")
+        lease = lease_of(held)
+        now = self._reactor.seconds()
+
+        def delete(c: sqlite3.Connection) -> bool:
+            return _delete(c, "call_id = ? AND token = ? AND visible_at > ?", lease.call_id, lease.token, now)
+
+        if not await self._db.run(delete):
+            raise LeaseLost()
 
     async def renew(self, held: Reservation | Lease, lease_seconds: float) -> None:
         visible_at = self._reactor.seconds() + lease_seconds
@@ -140,9 +174,24 @@ class SqliteQueue:
 
     async def remove(self, call_id: str) -> bool:
         def delete(c: sqlite3.Connection) -> bool:
-            return c.execute("DELETE FROM mq_items WHERE call_id = ?", (call_id,)).rowcount == 1
+            return _delete(c, "call_id = ?", call_id)
 
         return await self._db.run(delete)
+
+    async def holds(self, call_ids: Collection[str]) -> set[str]:
+        wanted = sorted(set(call_ids))
+
+        def select(c: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(wanted), 500):  # within SQLite's variable limit
+                chunk = wanted[start:start + 500]
+                rows = c.execute(
+                    "SELECT call_id FROM mq_items WHERE call_id IN (%s)" % ", ".join("?" * len(chunk)), chunk
+                ).fetchall()
+                found.update(row[0] for row in rows)
+            return found
+
+        return await self._db.run(select) if wanted else set()
 
     async def depth(self) -> int:
         now = self._reactor.seconds()
@@ -154,3 +203,45 @@ class SqliteQueue:
             return int(row[0])
 
         return await self._db.run(count)
+
+    async def app_usage(self, app_name: str) -> AppUsage:
+        now = self._reactor.seconds()
+        return await self._db.run(_usage, app_name, now)
+
+    async def rebuild_counts(self) -> None:
+        def rebuild(c: sqlite3.Connection) -> None:
+            with transaction(c):
+                c.execute("DELETE FROM mq_app_totals")
+                c.execute(
+                    "INSERT INTO mq_app_totals (app_name, calls, bytes)"
+                    " SELECT app_name, COUNT(*), SUM(size) FROM mq_items GROUP BY app_name"
+                )
+
+        await self._db.run(rebuild)
+
+
+def _usage(c: sqlite3.Connection, app_name: str, now: float) -> AppUsage:
+    """What ``app_name`` has waiting: its totals minus its items under a live lease."""
+    totals = c.execute("SELECT calls, bytes FROM mq_app_totals WHERE app_name = ?", (app_name,)).fetchone()
+    if totals is None:
+        return AppUsage()
+    leased = c.execute(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM mq_items"
+        " WHERE app_name = ? AND token IS NOT NULL AND visible_at > ?",
+        (app_name, now),
+    ).fetchone()
+    return AppUsage(int(totals[0]) - int(leased[0]), int(totals[1]) - int(leased[1]))
+
+
+def _delete(c: sqlite3.Connection, where: str, *params: Any) -> bool:
+    """Delete the item matching ``where`` and take it off its app's totals, in one
+    transaction; return whether there was one."""
+    with transaction(c):
+        row = c.execute(f"DELETE FROM mq_items WHERE {where} RETURNING app_name, size", params).fetchone()
+        if row is None:
+            return False
+        app_name, size = row
+        c.execute("UPDATE mq_app_totals SET calls = calls - 1, bytes = bytes - ? WHERE app_name = ?",
+                  (size, app_name))
+        c.execute("DELETE FROM mq_app_totals WHERE app_name = ? AND calls <= 0", (app_name,))
+    return True

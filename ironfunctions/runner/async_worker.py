@@ -2,18 +2,24 @@
 
 ``NUM_ASYNC`` workers per node, each running one call at a time through the same
 ``Agent`` as sync calls (so the route's own timeout, memory and format apply, and hot
-routes run hot). At-least-once delivery:
+routes run hot). At-least-once delivery; what each delivery means and what a failure
+costs is decided from the call's record (``attempts.py``, SPEC §10):
 
 - A reservation's lease covers the route's timeout plus a margin and is renewed while
-  the call runs; a node that dies loses its leases and the calls run again elsewhere,
-  with ``attempt`` one higher.
-- A failed call (non-zero exit, timeout, could not start) is released back to the queue
-  after ``retry_delay`` seconds, doubling each time, up to ``max_attempts`` attempts in
-  all; then its record stays ``error``/``timeout`` for good.
+  the call runs; a node that dies loses its leases and the calls run again elsewhere
+  (``lost`` counts those; the 3rd ends the call ``node_lost``).
+- A call whose function failed (non-zero exit, timeout, out of memory, image not found)
+  is released back to the queue after ``retry_delay`` seconds, doubling each time, up
+  to ``max_attempts`` attempts in all; then its record stays ``error``/``timeout``.
+- A call the platform could not run (store or queue down, overload, Docker down, node
+  not ready or stopping) goes back to the queue with backoff, its attempt not counted,
+  until ``ASYNC_MAX_AGE`` (``expired``).
 - The record is written (``running``, then the outcome with body and log) *before* the
-  ack, so an acked call always has its final record.
+  ack, so an acked call always has its final record; an outcome the store cannot take
+  is retried (the lease kept) until it can.
 - A cancelled call (``DELETE /v1/apps/{app}/calls/{id}``) is skipped if still queued;
-  while it runs, the lease renewal notices the cancel and removes its container.
+  while it runs, the lease renewal notices the cancel and removes its container. A call
+  whose app or route was deleted ends ``cancelled`` (``route_deleted``).
 """
 
 from __future__ import annotations
@@ -33,34 +39,49 @@ from ironfunctions.calls.model import CallRecord, cap_log
 from ironfunctions.metrics import IMetrics
 from ironfunctions.models import Call, CallResult, CallStatus, Route
 from ironfunctions.mq.interface import IMessageQueue, Reservation
+from ironfunctions.ratelimit import OutageLog
+from ironfunctions.runner.attempts import (
+    PLATFORM_RETRY,
+    RETRY,
+    AttemptPolicy,
+    GiveUp,
+    Skip,
+    on_delivery,
+    platform_delay,
+    retries_after_failure,
+    retry_delay,
+)
+from ironfunctions.runner.lease_keeper import keep_lease, write_unless_cancelled
 from ironfunctions.runner.records import (
     failed_record,
     finished_record,
     request_from_payload,
+    route_deleted_record,
     running_record,
 )
+
+__all__ = ["AsyncWorkerService", "lease_for", "retry_delay", "FIRST_LEASE_S", "PLATFORM_FAILURES"]
 
 RouteLookup = Callable[[str, str], Awaitable[Route]]
 AppConfigLookup = Callable[[str], Awaitable[Mapping[str, str]]]
 # A coroutine function (``Agent.run_call``): its calls go to ``Deferred.fromCoroutine``.
 RunCall = Callable[[Call], Coroutine[Any, Any, CallResult]]
 KillCall = Callable[[str], Awaitable[Any]]
+# Fires when the queue and the call store have started (tap.py: their services).
+WhenReady = Callable[[], Awaitable[Any]]
 
 FIRST_LEASE_S = 60.0  # until the route (and so its timeout) is known
 LEASE_MARGIN_S = 10.0  # beyond the route timeout; renewed every third of the lease while running
 RESERVE_WAIT_S = 5.0
 QUEUE_DOWN_BACKOFF_S = 1.0
+STORE_RETRY_MAX_S = 5.0  # longest wait between tries of writing an outcome the store refused
+# The platform could not run the call: not the function's fault, not an attempt (SPEC §10).
+PLATFORM_FAILURES = (errors.Overloaded, errors.DockerUnavailable, errors.NotReady)
 
 
 def lease_for(route: Route) -> float:
     """A lease longer than anything one attempt of this route can take."""
     return float(route.timeout) + LEASE_MARGIN_S
-
-
-def retry_delay(base: float, attempt: int) -> float:
-    """Delay before attempt ``attempt + 1``: ``base``, doubling each attempt."""
-    factor: int = 2 ** max(0, attempt - 1)  # int ** int is Any in typeshed
-    return base * factor
 
 
 class AsyncWorkerService(Service):
@@ -83,6 +104,8 @@ class AsyncWorkerService(Service):
         max_attempts: int,
         retry_base: float,
         drain_timeout: float = 30.0,
+        max_age: float = 24 * 3600.0,
+        when_ready: WhenReady | None = None,
     ) -> None:
         self._queue = queue
         self._calls = calls
@@ -93,14 +116,20 @@ class AsyncWorkerService(Service):
         self._clock = clock
         self._metrics = metrics
         self._num_workers = num_workers
-        self._max_attempts = max_attempts
+        self._policy = AttemptPolicy(max_attempts, retry_base, max_age)
         self._retry_base = retry_base
         self._drain_timeout = drain_timeout
+        self._when_ready = when_ready
         self._loops: list[Deferred[None]] = []
         self._waits: set[Deferred[Any]] = set()
         self._held: dict[str, Reservation] = {}
+        self._leases: dict[str, float] = {}  # call id -> lease seconds of the held call
         self._abandoned: set[str] = set()  # released at stop: their outcome is not ours to write
         self.running_calls = 0
+        self._queue_down = OutageLog(  # one line per outage, not one per worker and retry
+            self.log, clock, started="Queue unavailable ({error}); async workers back off",
+            ongoing="Queue still unavailable ({error}): {failures} failed reserves in {seconds}s",
+            ended="Queue available again after {seconds}s; async workers resume")
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -130,10 +159,7 @@ class AsyncWorkerService(Service):
                               count=len(self._held))
             for held in list(self._held.values()):
                 self._abandoned.add(held.call_id)
-                try:
-                    await self._queue.release(held)
-                except Exception as e:
-                    self.log.warn("Could not release {call_id}: {error}", call_id=held.call_id, error=str(e))
+                await self._put_back(held, 0)
 
         return Deferred.fromCoroutine(stop())
 
@@ -145,46 +171,81 @@ class AsyncWorkerService(Service):
         finally:
             self._waits.discard(d)
 
+    async def _reserve(self, worker: int) -> Reservation | None:
+        """The next call, or None (nothing came, or the queue is down: backed off)."""
+        reserve = Deferred.fromCoroutine(self._queue.reserve(FIRST_LEASE_S, RESERVE_WAIT_S))
+        self._waits.add(reserve)
+        try:
+            held = await reserve
+        except errors.QueueUnavailable as e:
+            self._queue_down.failed(error=str(e), worker=worker)
+            await self._sleep(QUEUE_DOWN_BACKOFF_S)
+            return None
+        finally:
+            self._waits.discard(reserve)
+        self._queue_down.recovered()
+        return held
+
     async def _work(self, worker: int) -> None:
-        while self.running:
-            reserve = Deferred.fromCoroutine(self._queue.reserve(FIRST_LEASE_S, RESERVE_WAIT_S))
-            self._waits.add(reserve)
-            try:
-                held = await reserve
-            except CancelledError:
-                return
-            except errors.QueueUnavailable as e:
-                self.log.warn("Queue unavailable ({error}); worker {worker} backs off", error=str(e), worker=worker)
+        try:
+            if self._when_ready is not None:  # no noise about backends still starting
+                waiting = Deferred.fromCoroutine(_awaited(self._when_ready()))
+                self._waits.add(waiting)
                 try:
-                    await self._sleep(QUEUE_DOWN_BACKOFF_S)
-                except CancelledError:
-                    return
-                continue
-            finally:
-                self._waits.discard(reserve)
-            if held is None:
-                continue
-            if not self.running:
-                try:
-                    await self._queue.release(held)
-                except Exception as e:  # its lease expires instead
-                    self.log.warn("Could not release {call_id}: {error}", call_id=held.call_id, error=str(e))
-                return
-            self._held[held.call_id] = held
-            try:
-                await self.process(held)
-            except Exception:
-                # The store or queue failed mid-way: give the call back after the retry
-                # delay rather than leave it until its lease runs out. (A call whose final
-                # record was written is acked as done when it comes back.)
-                self.log.failure("Async call {call_id} could not be processed", call_id=held.call_id)
-                try:
-                    await self._queue.release(held, retry_delay(self._retry_base, held.attempt))
-                except Exception as e:
-                    self.log.warn("Could not give {call_id} back; its lease will expire: {error}",
-                                  call_id=held.call_id, error=str(e))
-            finally:
-                self._held.pop(held.call_id, None)
+                    await waiting
+                finally:
+                    self._waits.discard(waiting)
+            while self.running:
+                held = await self._reserve(worker)
+                if held is not None:
+                    await self._hold(held)
+        except CancelledError:  # stopService
+            return
+
+    async def _hold(self, held: Reservation) -> None:
+        if not self.running:
+            await self._release(held, 0)
+            return
+        self._held[held.call_id] = held
+        self._leases[held.call_id] = FIRST_LEASE_S
+        try:
+            await self.process(held)
+        except errors.LeaseLost:
+            # Another delivery has the call now: it records its own run.
+            self.log.warn("Lease of {call_id} lost; another delivery has the call", call_id=held.call_id)
+        except Exception as e:
+            # The store or queue failed mid-way (the platform, not the function): give
+            # the call back with a backoff rather than leave it until its lease runs
+            # out; its attempt is not counted (the record says so, SPEC §10).
+            self.log.warn("Async call {call_id} could not be processed ({error}); put back",
+                          call_id=held.call_id, error=str(e) or type(e).__name__)
+            if held.call_id not in self._abandoned:
+                await self._put_back(held, platform_delay(self._retry_base, held.attempt))
+        finally:
+            self._held.pop(held.call_id, None)
+            self._leases.pop(held.call_id, None)
+
+    async def _put_back(self, held: Reservation, delay: float) -> None:
+        """Release a call the platform could not finish: its record, if it says
+        ``running``, goes back to ``queued`` (``platform_retry``) first, so the next
+        delivery runs the same attempt instead of counting a lost node."""
+
+        def back(current: CallRecord) -> CallRecord:
+            if current.status != CallStatus.RUNNING:
+                raise errors.CallCompleted()  # queued already, or ended: leave it
+            return attrs.evolve(current, status=CallStatus.QUEUED, reason=PLATFORM_RETRY)
+
+        try:
+            await self._calls.update_call(held.item.app_name, held.call_id, back)
+        except Exception:  # ended, gone, or the store is down: the record stays as it is
+            pass
+        await self._release(held, delay)
+
+    async def _release(self, held: Reservation, delay: float) -> None:
+        try:
+            await self._queue.release(held, delay)
+        except Exception as e:  # its lease expires instead
+            self.log.warn("Could not release {call_id}: {error}", call_id=held.call_id, error=str(e))
 
     # -- one call
 
@@ -198,44 +259,57 @@ class AsyncWorkerService(Service):
             self.log.warn("Queued call {call_id} has no record; dropped", **fields)
             await self._ack(held)
             return
-        if record.terminal:  # cancelled while queued, or a duplicate delivery
+        now = self._now_ms()
+        decision = on_delivery(record, now, self._policy)
+        if isinstance(decision, Skip):  # cancelled while queued, or a duplicate delivery
             await self._ack(held)
             return
-        now = self._now_ms()
-        if held.attempt > self._max_attempts:
-            # The last allowed attempt was lost with its node: give up for good.
-            await self._finish(held, failed_record(record, "too many attempts", now, "killed"), None, ack=True)
+        record = attrs.evolve(record, lost=decision.lost)
+        if isinstance(decision, GiveUp):
+            self.log.warn("Async call {call_id} given up: {reason}", reason=decision.reason, **fields)
+            await self._finish(held, failed_record(record, decision.error, now, decision.reason), None, ack=True)
             return
+        attempt = decision.attempt
         try:
             route = await self._lookup(item.app_name, item.path)
             app_config = await self._app_config(item.app_name)
             request = request_from_payload(item.payload)
         except (errors.AppNotFound, errors.RouteNotFound) as e:
-            await self._finish(held, failed_record(record, str(e), now, "killed"), None, ack=True)
+            await self._finish(held, route_deleted_record(record, str(e), now), None, ack=True)
             return
         except (KeyError, ValueError, TypeError):
             await self._finish(held, failed_record(record, "invalid queued request", now, "killed"), None, ack=True)
             return
         lease = lease_for(route)
         await self._queue.renew(held, lease)
-        record = running_record(record, held.attempt, now)
-        if not await self._write_unless_cancelled(record):
+        self._leases[item.call_id] = lease
+        record = running_record(record, attempt, now)
+        if not await write_unless_cancelled(self._calls, record):
             await self._ack(held)
             return
         self._metrics.timing("queue.wait_time", record.wait_ms or 0, **fields)
 
         run = Deferred.fromCoroutine(self._run_call(Call(item.call_id, route, request, app_config)))
-        keeper = Deferred.fromCoroutine(self._keep_lease(held, lease, record, run))
+        keeper = Deferred.fromCoroutine(
+            keep_lease(self._queue, self._calls, self._kill_call, self._clock, held, lease, record))
         self.running_calls += 1
+        platform = False
         try:
             result: CallResult | None = await run
             error = ""
-        except (errors.Overloaded, errors.ImageNotFound, errors.DockerUnavailable, errors.NotReady) as e:
+        except errors.ImageNotFound as e:  # the function's own failure: an attempt
             result, error = None, str(e)
+        except PLATFORM_FAILURES as e:
+            result, error, platform = None, str(e), True
         finally:
             self.running_calls -= 1
             keeper.cancel()
         if item.call_id in self._abandoned:
+            return
+        if platform:
+            self.log.info("Async call {call_id} not run ({error}); put back", error=error, **fields)
+            back = attrs.evolve(record, status=CallStatus.QUEUED, reason=PLATFORM_RETRY)
+            await self._finish(held, back, None, ack=False, delay=platform_delay(self._retry_base, held.attempt))
             return
         now = self._now_ms()
         if result is not None:
@@ -245,11 +319,11 @@ class AsyncWorkerService(Service):
             log = result.stderr
         else:
             final, log = failed_record(record, error, now), None
-        if final.status == CallStatus.SUCCESS or held.attempt >= self._max_attempts:
+        if final.status == CallStatus.SUCCESS or not retries_after_failure(attempt, self._policy):
             await self._finish(held, final, log, ack=True)
         else:
-            delay = retry_delay(self._retry_base, held.attempt)
-            retrying = attrs.evolve(final, status=CallStatus.QUEUED, reason="retry")
+            delay = retry_delay(self._retry_base, attempt)
+            retrying = attrs.evolve(final, status=CallStatus.QUEUED, reason=RETRY)
             await self._finish(held, retrying, log, ack=False, delay=delay)
             self.log.info("Async call {call_id} failed ({error}); retry in {delay}s",
                           error=final.error, delay=delay, **fields)
@@ -258,36 +332,38 @@ class AsyncWorkerService(Service):
                       ack: bool, delay: float = 0) -> None:
         """Write the record (and log), then ack, or release for a retry. A call
         cancelled meanwhile keeps its cancelled record and is acked."""
-        if not await self._write_unless_cancelled(record):
+        if not await self._persist(held, record, log):
             await self._ack(held)
             return
-        if log:
-            await self._calls.put_log(record.app_name, record.id, cap_log(log))
         if ack:
             await self._ack(held)
             if record.status == CallStatus.ERROR:
                 self._metrics.count("async.dead", 1, app=record.app_name, path=record.path, call_id=record.id)
         else:
+            await self._release(held, delay)
+
+    async def _persist(self, held: Reservation, record: CallRecord, log: bytes | None) -> bool:
+        """Write the log and record (see ``write_unless_cancelled``), trying again
+        while the store is down, keeping the lease meanwhile: an outcome is never
+        dropped for a passing outage. Raise ``LeaseLost`` if another delivery took
+        the call, or the store's error once the service stops."""
+        wait = 0.5
+        while True:
             try:
-                await self._queue.release(held, delay)
-            except errors.LeaseLost:
-                self.log.warn("Lease of {call_id} lost before its retry was queued", call_id=held.call_id)
-
-    async def _write_unless_cancelled(self, record: CallRecord) -> bool:
-        """Replace the stored record by ``record`` in one atomic step, unless the call
-        was cancelled (by any node) since we read it; return whether it was written.
-        A read-then-put would let a cancel landing in between be overwritten."""
-
-        def change(current: CallRecord) -> CallRecord:
-            if current.status == CallStatus.CANCELLED:
-                raise errors.CallCompleted()
-            return record
-
-        try:
-            await self._calls.update_call(record.app_name, record.id, change)
-        except errors.CallCompleted:
-            return False
-        return True
+                if log:
+                    await self._calls.put_log(record.app_name, record.id, cap_log(log))
+                return await write_unless_cancelled(self._calls, record)
+            except (errors.DatastoreUnavailable, errors.QueueUnavailable) as e:
+                if not self.running:
+                    raise
+                self.log.warn("Could not record {call_id} ({error}); trying again in {wait}s",
+                              call_id=record.id, error=str(e), wait=wait)
+            await self._sleep(wait)
+            wait = min(wait * 2, STORE_RETRY_MAX_S)
+            try:
+                await self._queue.renew(held, self._leases.get(held.call_id, FIRST_LEASE_S))
+            except errors.QueueUnavailable:
+                pass  # the lease may run out: then another delivery records the call
 
     async def _ack(self, held: Reservation) -> None:
         try:
@@ -295,32 +371,11 @@ class AsyncWorkerService(Service):
         except errors.LeaseLost:
             # Our lease ran out and another worker may have it: it records its own run.
             self.log.warn("Lease of {call_id} lost before ack", call_id=held.call_id)
+        except errors.QueueUnavailable as e:
+            # The record is final: the next delivery finds it so and acks it then.
+            self.log.warn("Could not ack {call_id} ({error}); acked when delivered again",
+                          call_id=held.call_id, error=str(e))
 
-    async def _keep_lease(self, held: Reservation, lease: float, record: CallRecord, run: Deferred[Any]) -> None:
-        """While the call runs: renew the lease every third of it, and watch for a
-        cancel (made through any node) to stop the call's container."""
-        interval = max(0.5, min(lease / 3, 5.0))
-        try:
-            while True:
-                await deferLater(self._clock, interval, lambda: None)
-                try:
-                    await self._queue.renew(held, lease)
-                    current = await self._calls.get_call(record.app_name, record.id)
-                except errors.LeaseLost:
-                    self.log.warn("Lease of {call_id} lost while running", call_id=record.id)
-                    return
-                except CancelledError:  # the call ended: stop (CancelledError is an Exception)
-                    raise
-                except Exception as e:  # a passing outage: try again next tick
-                    self.log.warn("Could not renew {call_id}: {error}", call_id=record.id, error=str(e))
-                    continue
-                if current.status == CallStatus.CANCELLED:
-                    self.log.info("Call {call_id} cancelled while running; stopping it", call_id=record.id)
-                    try:
-                        await self._kill_call(record.id)
-                    except Exception as e:  # engine trouble: the call runs to its timeout
-                        self.log.warn("Could not stop cancelled call {call_id}: {error}",
-                                      call_id=record.id, error=str(e))
-                    return
-        except CancelledError:
-            return
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable

@@ -1,60 +1,128 @@
-"""Cancelling a call (``DELETE /v1/apps/{app}/calls/{id}``), wherever it is.
+"""Cancelling a call (``DELETE /v1/apps/{app}/calls/{id}``) through any node (SPEC §9).
 
-The record is marked ``cancelled`` (atomically: a finished call refuses with
-``CallCompleted``). A queued call is also taken out of the queue; a call running on
-this node has its container removed at once; one running on another node is stopped by
-that node's worker, which checks the record each time it renews the lease.
+The DELETE lands on whichever node the balancer picked; the call may be queued, or
+running on this node or another. In order:
 
-A sync call has no record until it ends (records are written off the request path);
-one in flight on this node is found through the agent and stopped the same way, and
-its final record says ``cancelled``. A DELETE reaching another node than the one
-running a sync call answers 404: only that node knows the call.
+1. A sync call running on this node: stopped at once (``Agent.cancel``).
+2. A call with a record: the record is marked ``cancelled`` (atomically: a finished
+   call refuses with ``CallCompleted``). A queued call is taken out of the queue. A
+   running one is stopped here if it runs here, else the cancel is published on the
+   cancel bus (``ironfunctions/cancelbus/``): the node running it stops it within a
+   Redis round trip. The answer is the record, without waiting for that node.
+3. No record: a sync call younger than the running-record threshold (a second:
+   ``reports.RunningSyncRecordsService``) has none, since sync records are written off
+   the request path. The cancel is published and this node waits up to ``ASK_WAIT_S``
+   for the node running the call to answer: 200 with its record if one does, 404 when
+   every node has said "not here" (one round trip: each node answers) or the wait is
+   over.
+
+Why ask the nodes instead of giving every sync call a record when it starts: that is
+a datastore write on the sync fast path, for the rare call that gets cancelled. What a
+user expects is that a DELETE of a running call through any node cancels it: the bus
+gives that for the price of one pub/sub round trip on the DELETE alone.
+
+Best effort: a message can be lost (a node's subscriber reconnecting). For an async
+call the record already says ``cancelled``, and its worker checks the record each time
+it renews the lease (within ~5 s), so the cancel still happens, later. A long sync call
+has no such check: it runs to its end. A DELETE of a call without a record while the
+shared Redis is down answers 503 (``QueueUnavailable``): we cannot tell whether some
+node runs it.
+
+Every node's handler (``make_cancel_handler``) stops the call if it runs there,
+whatever its type, and answers with its record. The client of a sync call cancelled
+through any node gets the same reply as one cancelled on its own node: 502
+``Call cancelled`` (``runner/invoker.py``), and the call's final record says
+``cancelled``, reason ``client_request``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import attrs
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ironfunctions.calls.interface import Canceller, ICallStore
 from ironfunctions.calls.model import CallRecord, cancelled
+from ironfunctions.cancelbus import CancelHandler, ICancelBus
+from ironfunctions.cancelbus.memory import MemoryCancelBus
+from ironfunctions.errors import CallNotFound
 from ironfunctions.models import Call, CallStatus
 from ironfunctions.runner.records import running_sync_record
 from ironfunctions.mq.interface import IMessageQueue
 
 log = Logger()
 
+ASK_WAIT_S = 0.2  # how long a DELETE of a call with no record waits for the node running it
+
+KillCall = Callable[[str], Awaitable[bool]]
+
+
+def _cancelled_record(call: Call, now_ms: int) -> CallRecord:
+    """The record of ``call`` (running on this node) as cancelled now."""
+    return attrs.evolve(
+        running_sync_record(call.id, call.route, now_ms),
+        type=call.route.type, status=CallStatus.CANCELLED, reason="client_request", completed_at=now_ms,
+    )
+
+
+def make_cancel_handler(
+    running_call: Callable[[str], Call | None], kill_call: KillCall, clock: IReactorTime,
+) -> CancelHandler:
+    """This node's handler on the cancel bus: stop the call if it runs here (its
+    container is removed in the background) and answer with its cancelled record."""
+
+    def handle(app_name: str, call_id: str) -> CallRecord | None:
+        call = running_call(call_id)
+        if call is None or call.route.app_name != app_name:
+            return None
+
+        async def stop() -> None:
+            await kill_call(call_id)
+
+        log.info("Call {call_id} cancelled through another node; stopping it", call_id=call_id)
+        Deferred.fromCoroutine(stop()).addErrback(
+            lambda f: log.warn("Could not stop cancelled call {call_id}: {error}", call_id=call_id,
+                               error=str(f.value)))
+        return _cancelled_record(call, int(clock.seconds() * 1000))
+
+    return handle
+
 
 def make_canceller(
     calls: ICallStore,
     queue: IMessageQueue,
-    kill_call: Callable[[str], Awaitable[Any]],
+    kill_call: KillCall,
     clock: IReactorTime,
     running_call: Callable[[str], Call | None] = lambda call_id: None,
+    bus: ICancelBus | None = None,
 ) -> Canceller:
-    """``kill_call(id)`` stops a call running on this node; ``running_call(id)`` finds
-    one (``Agent.cancel`` / ``Agent.running_call``)."""
+    """``kill_call(id)`` stops a call running on this node and says whether it ran
+    here; ``running_call(id)`` finds one (``Agent.cancel`` / ``Agent.running_call``);
+    ``bus`` reaches the other nodes (default: none, a single node)."""
+    cancel_bus: ICancelBus = bus if bus is not None else MemoryCancelBus()
 
     async def cancel(app_name: str, call_id: str) -> CallRecord:
         local = running_call(call_id)
         if local is not None and local.route.type == "sync" and local.route.app_name == app_name:
             await kill_call(call_id)
-            now = int(clock.seconds() * 1000)
-            return attrs.evolve(
-                running_sync_record(call_id, local.route, now),
-                status=CallStatus.CANCELLED, reason="client_request", completed_at=now,
-            )
-        before = await calls.get_call(app_name, call_id)
+            return _cancelled_record(local, int(clock.seconds() * 1000))
+        try:
+            before = await calls.get_call(app_name, call_id)
+        except CallNotFound:
+            elsewhere = await cancel_bus.publish(app_name, call_id, wait=ASK_WAIT_S)
+            if elsewhere is None:
+                raise
+            return elsewhere
         record = await calls.update_call(app_name, call_id, cancelled(int(clock.seconds() * 1000)))
         try:
             if before.status == CallStatus.QUEUED:
                 await queue.remove(call_id)
-            elif before.status == CallStatus.RUNNING:
-                await kill_call(call_id)
+            elif before.status == CallStatus.RUNNING and not await kill_call(call_id):
+                await cancel_bus.publish(app_name, call_id)
         except Exception as e:  # the record says cancelled: workers will honour it
             log.warn("Cancelled {call_id}, but could not stop it yet: {error}", call_id=call_id, error=str(e))
         return record

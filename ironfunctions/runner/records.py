@@ -83,6 +83,12 @@ def failed_record(record: CallRecord, error: str, now_ms: int, reason: str = "ki
     return attrs.evolve(record, status=CallStatus.ERROR, reason=reason, error=error, completed_at=now_ms)
 
 
+def route_deleted_record(record: CallRecord, error: str, now_ms: int) -> CallRecord:
+    """``record`` of a call whose app or route was deleted before it ran (SPEC §10)."""
+    return attrs.evolve(record, status=CallStatus.CANCELLED, reason="route_deleted", error=error,
+                        completed_at=now_ms)
+
+
 def running_record(record: CallRecord, attempt: int, now_ms: int) -> CallRecord:
     return attrs.evolve(record, status=CallStatus.RUNNING, attempt=attempt, started_at=now_ms,
                         wait_ms=max(0, now_ms - record.created_at))

@@ -172,3 +172,71 @@ async def test_one_batch_with_an_id_twice_keeps_the_last(calls: ICallStore) -> N
     """The recorder may hand over a call's 'running' and final records together."""
     await calls.put_calls([call(1, status=CallStatus.RUNNING), call(2), call(1, status=CallStatus.SUCCESS)])
     assert (await calls.get_call("a", "call0001")).status == "success"
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_call_removes_the_record_and_its_log_only_for_its_app(calls: ICallStore) -> None:
+    await calls.put_calls([call(1), call(2)])
+    await calls.put_log("a", "call0001", b"log")
+    assert await calls.delete_call("b", "call0001") is False  # another app's call stays
+    assert await calls.delete_call("a", "call0001") is True
+    with pytest.raises(CallNotFound):
+        await calls.get_call("a", "call0001")
+    with pytest.raises(CallNotFound):
+        await calls.get_log("a", "call0001")
+    assert [c.id for c in (await calls.list_calls(CallQuery("a"))).calls] == ["call0002"]
+    assert await calls.delete_call("a", "call0001") is False
+    await calls.put_calls([call(1)])  # the id can be stored again, with no old log
+    assert await calls.get_log("a", "call0001") == b""
+
+
+async def test_delete_call_removes_a_queued_calls_stored_request(calls: ICallStore) -> None:
+    """A refused submit takes back the record and the request stored beside it."""
+    await calls.put_async(call(3), {"method": "GET"})
+    assert await calls.delete_call("a", "call0003") is True
+    await calls.put_calls([call(3)])
+    with pytest.raises(CallNotFound):
+        await calls.get_request("a", "call0003")
+
+
+async def test_lost_round_trips(calls: ICallStore) -> None:
+    await calls.put_calls([call(1, lost=2)])
+    assert (await calls.get_call("a", "call0001")).lost == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_async_stores_the_record_and_its_request_until_the_call_ends(calls: ICallStore) -> None:
+    request = {"method": "POST", "url": "http://x/r/a/p", "headers": {"A": ["1", "ż"]}, "body": "aGk=", "params": {}}
+    record = call(1, type="async", priority=2)
+    await calls.put_async(record, request)
+    assert await calls.get_call("a", "call0001") == record
+    assert await calls.get_request("a", "call0001") == request
+    with pytest.raises(CallNotFound):  # another app's call
+        await calls.get_request("b", "call0001")
+    await calls.put_calls([call(2)])
+    with pytest.raises(CallNotFound):  # a call with no request stored (sync)
+        await calls.get_request("a", "call0002")
+    # Still unfinished (a retry): kept; finished: dropped with the change that ends it.
+    await calls.update_call("a", "call0001", lambda c: attrs.evolve(c, status=CallStatus.RUNNING))
+    assert await calls.get_request("a", "call0001") == request
+    await calls.update_call("a", "call0001", lambda c: attrs.evolve(c, status=CallStatus.SUCCESS))
+    with pytest.raises(CallNotFound):
+        await calls.get_request("a", "call0001")
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_unfinished_pages_queued_and_running_of_every_app_oldest_first(calls: ICallStore) -> None:
+    await calls.put_calls([
+        call(1, status=CallStatus.QUEUED), call(2, app="b", status=CallStatus.RUNNING),
+        call(3, status=CallStatus.SUCCESS), call(4, app="c", status=CallStatus.QUEUED),
+        call(5, status=CallStatus.CANCELLED), call(6, status=CallStatus.QUEUED),
+        call(7, status=CallStatus.RUNNING),  # too young: created at 1007
+        CallRecord(id="same-b", app_name="a", path="/p", created_at=1004),
+    ])
+    seen: list[str] = []
+    after: tuple[int, str] | None = None
+    while page := await calls.list_unfinished(1007, after, limit=2):
+        assert len(page) <= 2
+        seen.extend(c.id for c in page)
+        after = (page[-1].created_at, page[-1].id)
+    assert seen == ["call0001", "call0002", "call0004", "same-b", "call0006"]

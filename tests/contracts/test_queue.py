@@ -470,3 +470,20 @@ async def test_sqlite_queue_and_datastore_can_share_one_file(tmp_path: Path) -> 
     finally:
         await queue.close()
         await datastore.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_holds_tells_which_calls_the_queue_has_in_any_state(queue: IMessageQueue) -> None:
+    assert await queue.holds([]) == set()
+    await queue.push(item("waiting"))
+    await queue.push(item("delayed"), delay=30)
+    await queue.push(item("leased"))
+    await queue.push(item("acked"))
+    got = {}
+    while (r := await queue.reserve(30)) is not None:
+        got[r.call_id] = r
+    assert set(got) == {"waiting", "leased", "acked"}
+    await queue.release(got["waiting"])
+    await queue.ack(got["acked"])
+    assert await queue.holds(["waiting", "delayed", "leased", "acked", "never"]) == {"waiting", "delayed", "leased"}
+    assert await queue.holds([f"x{n}" for n in range(1200)] + ["leased"]) == {"leased"}  # many ids at once

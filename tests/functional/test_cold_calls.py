@@ -3,6 +3,7 @@ the real Docker engine, with the test images built locally FROM scratch."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
 @pytest.fixture
 def fn(test_images: dict[str, str], daemon_factory: DaemonFactory) -> RoutedDaemon:  # noqa: F811
     """A daemon with Docker and the test images; ``fn.route(path, image, **fields)``."""
-    daemon = cast(RoutedDaemon, daemon_factory(env={"NODE_ID": "fn-test-node", "MAX_CONCURRENCY": "8"}))
+    daemon = cast(RoutedDaemon, daemon_factory(env={"NODE_ID": f"fn-test-node-{os.getpid()}", "MAX_CONCURRENCY": "8"}))
 
     daemon.route = lambda path, image, **fields: daemon.add_route("myapp", path, image_tag(image), **fields)
     return daemon

@@ -18,7 +18,9 @@ from ironfunctions.models import LABEL_KIND, LABEL_NODE, LABEL_PATH
 from tests.daemon import Daemon, DaemonFactory, Reply, RoutedDaemon
 from tests.images import bridge_binary, image_tag, test_images  # noqa: F401 (session fixtures)
 
-NODE = "hot-test-node"
+# Per test run: a daemon removes the containers its NODE_ID left behind, so two runs
+# sharing one Docker engine (developers, CI) must not share it.
+NODE = f"hot-test-node-{os.getpid()}"
 
 
 class HotDaemon(RoutedDaemon):

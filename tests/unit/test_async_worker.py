@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Coroutine, Iterable, Mapping, cast
 
+import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -12,7 +13,7 @@ from ironfunctions import errors
 from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import Call, CallRequest, CallResult, CallStatus, Route
-from ironfunctions.mq.interface import QueueItem
+from ironfunctions.mq.interface import QueueItem, QueueLimits
 from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.runner.async_worker import AsyncWorkerService, retry_delay
 from ironfunctions.runner.submit import AsyncSubmitter
@@ -167,37 +168,55 @@ def test_lease_is_renewed_while_a_long_call_runs() -> None:
     h.worker.stopService()
 
 
-def test_redelivery_after_a_lost_node_counts_the_attempt() -> None:
+def test_redelivery_after_a_lost_node_counts_a_loss_not_an_attempt() -> None:
     h = Harness()
     h.submit()
-    # Another node reserved it and died: its lease expires.
+    # Another node reserved it, recorded it running and died: its lease expires.
     run(h.queue.reserve(60, 0))
+    run(h.calls.put_calls([attrs.evolve(h.record(), status=CallStatus.RUNNING)]))
     h.clock.advance(61)
     h.worker.startService()
-    assert (h.record().status, h.record().attempt) == ("success", 2)
+    rec = h.record()
+    assert (rec.status, rec.attempt, rec.lost) == ("success", 1, 1)
     h.worker.stopService()
 
 
-def test_route_deleted_before_run_fails_for_good() -> None:
+def test_a_reservation_that_never_started_the_call_counts_nothing() -> None:
+    h = Harness()
+    h.submit()
+    run(h.queue.reserve(60, 0))  # reserved, then its node died before writing "running"
+    h.clock.advance(61)
+    h.worker.startService()
+    rec = h.record()
+    assert (rec.status, rec.attempt, rec.lost) == ("success", 1, 0)
+    h.worker.stopService()
+
+
+def test_route_deleted_before_run_ends_cancelled_route_deleted() -> None:
     h = Harness()
     h.submit()
     del h.routes[("a", "/job")]
     h.worker.startService()
-    assert h.record().status == "error" and h.started == []
+    rec = h.record()
+    assert (rec.status, rec.reason) == ("cancelled", "route_deleted") and h.started == []
+    assert run(h.queue.depth()) == 0
     h.worker.stopService()
 
 
 class DownQueue(MemoryQueue):
-    async def push(self, item: QueueItem, delay: float = 0) -> bool:
+    async def push(self, item: QueueItem, delay: float = 0, limits: QueueLimits | None = None) -> bool:
         raise errors.QueueUnavailable()
 
 
-def test_submit_with_queue_down_raises_and_marks_the_record() -> None:
+def test_submit_with_queue_down_raises_and_marks_the_record_not_accepted() -> None:
     h = Harness()
     h.submitter = AsyncSubmitter(DownQueue(h.clock), h.calls, h.clock, h.metrics)
     with pytest.raises(errors.QueueUnavailable):
         h.submit()
-    assert h.record().status == "error"
+    rec = h.record()
+    assert (rec.status, rec.reason) == ("cancelled", "not_accepted")
+    with pytest.raises(errors.CallNotFound):  # nothing left for the reconciler to queue
+        run(h.calls.get_request("a", "c1"))
 
 
 def test_stop_releases_unfinished_reservations() -> None:

@@ -215,3 +215,16 @@ def test_bounds_settings_parse_units() -> None:
 def test_bad_bounds_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         make(env={name: value})
+
+
+def test_production_settings() -> None:
+    c = make()
+    assert (c.lb_agent_port, c.trusted_proxies, c.drain_grace, c.shutdown_timeout) == (0, (), 3.0, 60.0)
+    c = make(env={"LB_AGENT_PORT": "9101", "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1,::1", "DRAIN_GRACE": "0",
+                  "SHUTDOWN_TIMEOUT": "90s"})
+    assert c.lb_agent_port == 9101 and c.trusted_proxies == ("10.0.0.0/8", "127.0.0.1/32", "::1/128")
+    assert (c.drain_grace, c.shutdown_timeout) == (0.0, 90.0)
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
+        make(env={"TRUSTED_PROXIES": "10.0.0.0/33"})
+    with pytest.raises(ConfigError, match="LB_AGENT_PORT"):
+        make(env={"LB_AGENT_PORT": "70000"})

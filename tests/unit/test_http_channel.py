@@ -20,14 +20,14 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from ironfunctions.api.invoke import InvokeResource
 from ironfunctions.runner.invoker import Invoker, Reply
 from ironfunctions.errors import RouteNotFound
-from ironfunctions.http.channel import FastChannel, encode_reply
+from ironfunctions.http.channel import FastChannel
+from ironfunctions.http.encode import encode_reply
 from ironfunctions.http.headers import canonical_name
 from ironfunctions.models import Call, CallResult, CallStatus, Route
 from ironfunctions.http.site import make_site
@@ -100,7 +100,7 @@ def build(fast: bool, functions: Functions, clock: Clock, max_request_size: int 
     root.putChild(b"web", Web())
     if fast:
         return make_site(root, max_request_size, invoker=invoker, clock=clock)
-    return make_site(root, max_request_size)
+    return make_site(root, max_request_size, clock=clock)
 
 
 def connect(site: Any) -> tuple[Any, StringTransport]:
@@ -338,18 +338,6 @@ def test_reading_pauses_while_too_much_is_buffered() -> None:
     assert len(responses(transport.value())) == 201
 
 
-def test_an_idle_connection_is_closed_after_the_site_timeout() -> None:
-    clock = Clock()
-    site = build(True, Functions(), clock)
-    protocol, transport = connect(site)
-    clock.advance(site.timeOut - 1)
-    protocol.dataReceived(POST)
-    clock.advance(2)
-    assert not transport.disconnecting  # active a second ago
-    clock.advance(site.timeOut)
-    assert transport.disconnecting
-
-
 def test_a_reply_cannot_inject_headers() -> None:
     raw = encode_reply(Reply(200, [(b"x-a", b"1\r\nSet-Cookie: x"), (b"bad name", b"v")], b"ok"),
                        b"DATE", head_only=False, close=False)
@@ -396,16 +384,6 @@ def test_connection_close_then_keep_alive_still_closes() -> None:
     fast, _ = exchange(data + POST)
     web, _ = exchange(data + POST, fast=False)
     assert len(fast) == 1 and fast == web
-
-
-def test_an_idle_client_that_reads_nothing_is_aborted() -> None:
-    clock = Clock()
-    site = build(True, Functions(), clock)
-    protocol, transport = connect(site)
-    clock.advance(site.timeOut + 1)
-    assert transport.disconnecting and not transport.disconnected  # a polite close first
-    clock.advance(HTTPChannel.abortTimeout)
-    assert transport.disconnected  # then, as twisted.web does, an abort
 
 
 def test_reading_resumes_for_the_last_bytes_of_a_largest_request() -> None:

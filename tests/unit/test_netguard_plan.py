@@ -100,3 +100,26 @@ def test_a_rule_put_above_our_jump_is_repaired_by_moving_the_jump_first(tmp_path
     assert any("moved" in r for r in repaired)
     assert tables[4].chains["INPUT"][1] == ours and tables[4].chains["INPUT"].count(ours) == 1
     assert g.ensure() == []
+
+
+def test_a_kernel_without_ipv6_is_guarded_with_iptables_alone(tmp_path: pathlib.Path) -> None:
+    """ip6tables fails on a host whose kernel has no IPv6 (no IPv6 packet can flow
+    there either): the daemon must not refuse to start for it."""
+    (tmp_path / "resolv.conf").write_text("")
+    made: list[int] = []
+    tables = {4: StatefulTable(), 6: StatefulTable()}
+
+    def iptables(family: int) -> Iptables:
+        made.append(family)
+        return cast(Iptables, tables[family])
+
+    g = NetworkGuard(cast(docker.APIClient, FakeApi()), "ironfunctions-t", resolv_conf=str(tmp_path / "resolv.conf"),
+                     resolved_conf=str(tmp_path / "none"), lock_path=str(tmp_path / "lock"),
+                     iptables=iptables, ipv6=False)
+    repaired = g.ensure()
+    assert made == [4] and repaired and all(r.startswith("ipv4") for r in repaired)
+    assert any(line.endswith("-j IFN-ironfunctions-t-IN") for line in tables[4].chains["INPUT"])
+    both = NetworkGuard(cast(docker.APIClient, FakeApi()), "ironfunctions-t", resolv_conf=str(tmp_path / "resolv.conf"),
+                        resolved_conf=str(tmp_path / "none"), lock_path=str(tmp_path / "lock"),
+                        iptables=lambda family: cast(Iptables, StatefulTable()), ipv6=True)
+    assert any(r.startswith("ipv6") for r in both.ensure())

@@ -4,10 +4,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 
 from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.calls.model import LOG_TRUNCATED_MARKER, CallQuery, CallRecord
-from ironfunctions.calls.recorder import CallRecorder
+from ironfunctions.calls.recorder import CallRecorder, record_size
 from ironfunctions.errors import DatastoreUnavailable
 from ironfunctions.metrics import MemoryMetrics
 from tests.sync import run
@@ -57,8 +58,15 @@ def test_store_down_keeps_records_until_it_is_back() -> None:
     assert recorder.pending == 0 and run(store.get_call("a", "c1")).id == "c1"
 
 
+def call(n: int) -> CallRecord:
+    return CallRecord(id=f"c{n:04d}", app_name="a", path="/p")
+
+
+RECORD = record_size(call(0))  # each of these records' size in the buffer
+
+
 def test_buffer_is_bounded_and_drops_are_counted() -> None:
-    store, clock, metrics, recorder = make(max_buffer=3)
+    store, clock, metrics, recorder = make(max_bytes=3 * RECORD)
     for n in range(5):
         recorder.record(CallRecord(id=f"c{n}", app_name="a", path="/p"))
     assert recorder.pending == 3 and metrics.total("calls.dropped") == 2
@@ -85,7 +93,7 @@ def test_records_arriving_during_a_slow_write_are_neither_lost_nor_miscounted() 
     out of the buffer, so it cannot be 'dropped' nor make others drop)."""
     from twisted.internet.defer import Deferred as D
 
-    store, clock, metrics, recorder = make(max_batch=2, max_buffer=3)
+    store, clock, metrics, recorder = make(max_batch=2, max_bytes=3 * RECORD)
     gate: D[None] = D()
     written: list[str] = []
 
@@ -145,3 +153,67 @@ def test_records_arriving_during_a_write_wait_for_the_next_tick() -> None:
     store.open_gate()
     assert recorder.pending == 0
     assert sorted(c.id for c in run(store.list_calls(CallQuery("a", per_page=20))).calls) == [f"c{n}" for n in range(10)]
+
+
+# -- A datastore outage: a buffer bounded in bytes, logs dropped first, quiet logging
+
+
+def test_logs_are_dropped_oldest_first_before_any_record() -> None:
+    store, clock, metrics, recorder = make(max_bytes=5 * RECORD + 200)
+    store.down = True
+    for n in range(5):
+        recorder.record(call(n), b"x" * 100)
+    assert recorder.pending == 5 and recorder.pending_bytes <= 5 * RECORD + 200
+    assert (metrics.total("calls.logs_dropped"), metrics.total("calls.dropped")) == (3, 0)
+    store.down = False
+    clock.advance(0.2)
+    assert recorder.pending == 0
+    assert [run(store.get_call("a", call(n).id)).id for n in range(5)] == [call(n).id for n in range(5)]
+    assert [run(store.get_log("a", call(n).id)) for n in range(5)] == [b""] * 3 + [b"x" * 100] * 2
+
+
+def test_after_failed_writes_the_oldest_log_is_still_the_first_dropped() -> None:
+    """A batch that could not be written goes back in front, and its logs with it."""
+    store, clock, metrics, recorder = make(max_bytes=3 * RECORD + 250)
+    store.down = True
+    recorder.record(call(0), b"0" * 100)
+    recorder.record(call(1), b"1" * 100)
+    clock.advance(0.2)  # a failed write: both are taken out and put back
+    clock.advance(0.2)
+    recorder.record(call(2), b"2" * 100)  # over by 50 bytes: c0's log goes
+    assert metrics.total("calls.logs_dropped") == 1
+    store.down = False
+    clock.advance(0.2)
+    assert [run(store.get_log("a", call(n).id)) for n in range(3)] == [b"", b"1" * 100, b"2" * 100]
+    assert sorted(c.id for c in run(store.list_calls(CallQuery("a", per_page=20))).calls) == [call(n).id for n in range(3)]
+
+
+def test_a_long_outage_is_logged_in_a_few_lines_not_one_per_retry() -> None:
+    store, clock, _, recorder = make()
+    with capturedLogs() as events:
+        store.down = True
+        for n in range(3 * 60 * 5):  # 3 minutes of calls, a tick every 0.2 s
+            recorder.record(call(n))
+            clock.advance(0.2)
+        store.down = False
+        clock.advance(0.2)
+    warnings = [e for e in events if e["log_level"] >= LogLevel.warn]
+    assert [e.get("outage") for e in warnings] == ["started", "ongoing", "ongoing"]
+    ended = [e for e in events if e.get("outage") == "ended"]
+    assert len(ended) == 1 and ended[0]["total"] == 3 * 60 * 5
+    assert recorder.pending == 0
+
+
+def test_drops_are_logged_once_when_they_start_and_with_totals_when_the_store_is_back() -> None:
+    store, clock, metrics, recorder = make(max_bytes=10 * RECORD)
+    with capturedLogs() as events:
+        store.down = True
+        for n in range(1000):
+            recorder.record(call(n), b"log")
+        store.down = False
+        clock.advance(0.2)
+    warnings = [e for e in events if e["log_level"] >= LogLevel.warn]
+    assert len(warnings) == 1 and "full" in warnings[0]["log_format"]
+    ended = [e for e in events if "records_dropped" in e and e.get("outage") == "ended"]
+    assert len(ended) == 1 and (ended[0]["logs_dropped"], ended[0]["records_dropped"]) == (1000, 990)
+    assert metrics.total("calls.dropped") == 990 and recorder.pending == 0

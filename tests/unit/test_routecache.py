@@ -7,20 +7,33 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from ironfunctions.datastore.memory import MemoryDatastore
-from ironfunctions.errors import AppNotFound, RouteNotFound
+from ironfunctions.errors import AppNotFound, DatastoreUnavailable, RouteNotFound
+from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import App, Route
 from ironfunctions.routecache import RouteCache
 from tests.sync import run
 
 
 class CountingDatastore(MemoryDatastore):
+    """Counts route reads; ``down`` makes every read fail as a dead store's would."""
+
     def __init__(self) -> None:
         super().__init__()
         self.route_reads = 0
+        self.app_reads = 0
+        self.down = False
 
     async def get_route(self, app_name: str, path: str) -> Route:
         self.route_reads += 1
+        if self.down:
+            raise DatastoreUnavailable()
         return await super().get_route(app_name, path)
+
+    async def get_app(self, app_name: str) -> App:
+        self.app_reads += 1
+        if self.down:
+            raise DatastoreUnavailable()
+        return await super().get_app(app_name)
 
 
 
@@ -43,12 +56,12 @@ def hold_route_reads(ds: CountingDatastore, read_first: bool = False) -> Deferre
     return gate
 
 
-def setup() -> tuple[CountingDatastore, Clock, RouteCache]:
+def setup(stale: float = 0.0, metrics: MemoryMetrics | None = None) -> tuple[CountingDatastore, Clock, RouteCache]:
     ds = CountingDatastore()
-    run(ds.insert_app(App("a")))
+    run(ds.insert_app(App("a", {"K": "v"})))
     run(ds.insert_route(Route("a", "/r", "img")))
     clock = Clock()
-    return ds, clock, RouteCache(ds, clock, ttl=1.0)
+    return ds, clock, RouteCache(ds, clock, ttl=1.0, stale=stale, metrics=metrics)
 
 
 def test_hits_do_not_touch_the_datastore_until_ttl() -> None:
@@ -143,3 +156,112 @@ def test_a_load_overtaken_by_an_invalidate_is_not_cached() -> None:
     gate.callback(None)
     assert cast(Route, pending.result).image == "img"  # that caller got what it asked for
     assert run(cache.lookup("a", "/r")).image == "new"  # but it was not cached
+
+
+# -- While the datastore is down (SPEC §10)
+
+
+def test_a_known_route_and_its_app_config_are_served_stale_while_the_store_is_down() -> None:
+    metrics = MemoryMetrics()
+    ds, clock, cache = setup(stale=600, metrics=metrics)
+    assert run(cache.lookup("a", "/r")).image == "img"
+    assert run(cache.app_config("a")) == {"K": "v"}
+    ds.down = True
+    for _ in range(3):
+        clock.advance(1.01)  # past the TTL: each lookup tries a refresh, which fails
+        assert run(cache.lookup("a", "/r")).image == "img"
+        assert run(cache.app_config("a")) == {"K": "v"}
+    assert metrics.total("routes.stale_served", app="a", path="/r") == 3
+    ds.down = False
+    run(ds.update_route("a", "/r", lambda r: Route("a", "/r", "new")))  # as another node would
+    clock.advance(1.01)
+    assert run(cache.lookup("a", "/r")).image == "new"  # the store is back: fresh again
+    assert metrics.total("routes.stale_served") == 3
+
+
+def test_stale_entries_are_served_only_up_to_the_stale_bound() -> None:
+    ds, clock, cache = setup(stale=10)
+    run(cache.lookup("a", "/r"))
+    run(cache.app_config("a"))
+    ds.down = True
+    clock.advance(9.5)
+    assert run(cache.lookup("a", "/r")).image == "img"
+    assert run(cache.app_config("a")) == {"K": "v"}
+    clock.advance(1.0)  # read 10.5 s ago: too old
+    with pytest.raises(DatastoreUnavailable):
+        run(cache.lookup("a", "/r"))
+    with pytest.raises(DatastoreUnavailable):
+        run(cache.app_config("a"))
+    clock.advance(1.01)
+    with pytest.raises(DatastoreUnavailable):  # and it stays so
+        run(cache.lookup("a", "/r"))
+
+
+def test_with_no_stale_window_an_outage_fails_lookups_once_the_ttl_is_over() -> None:
+    ds, clock, cache = setup(stale=0)
+    run(cache.lookup("a", "/r"))
+    ds.down = True
+    clock.advance(1.01)
+    with pytest.raises(DatastoreUnavailable):
+        run(cache.lookup("a", "/r"))
+
+
+def test_unknown_routes_and_routes_known_missing_fail_during_an_outage() -> None:
+    ds, clock, cache = setup(stale=600)
+    with pytest.raises(RouteNotFound):
+        run(cache.lookup("a", "/nope"))
+    ds.down = True
+    clock.advance(1.01)
+    with pytest.raises(DatastoreUnavailable):
+        run(cache.lookup("a", "/nope"))
+    with pytest.raises(DatastoreUnavailable):
+        run(cache.lookup("a", "/never-seen"))
+
+
+def test_a_dead_store_is_asked_at_most_once_per_key_per_ttl() -> None:
+    ds, clock, cache = setup(stale=600)
+    run(cache.lookup("a", "/r"))
+    ds.down = True
+    reads = ds.route_reads
+    for step in range(50):  # 5 s of calls, every 0.1 s
+        clock.advance(0.1)
+        assert run(cache.lookup("a", "/r")).image == "img"
+        with pytest.raises(DatastoreUnavailable):
+            run(cache.lookup("a", "/unknown"))
+    # 5 s at most one read per TTL for each of the two keys (plus one at the start)
+    assert ds.route_reads - reads <= 2 * 6
+
+
+def test_concurrent_lookups_during_an_outage_share_one_query() -> None:
+    ds, clock, cache = setup(stale=600)
+    run(cache.lookup("a", "/r"))
+    clock.advance(1.01)
+    gate = hold_route_reads(ds)
+    ds.down = True
+    reads = ds.route_reads
+    results: list[Route] = []
+    for _ in range(3):
+        Deferred.fromCoroutine(cache.lookup("a", "/r")).addCallback(results.append)
+    gate.callback(None)
+    assert [r.image for r in results] == ["img"] * 3
+    assert ds.route_reads - reads == 1
+
+
+def test_a_full_cache_keeps_routes_it_may_serve_stale_over_a_scan_of_missing_paths() -> None:
+    from ironfunctions import routecache
+
+    ds, clock, cache = setup(stale=600)
+    run(cache.lookup("a", "/r"))
+    limit = 100
+    original = routecache.MAX_ROUTES
+    routecache.MAX_ROUTES = limit
+    try:
+        for n in range(3 * limit):  # a path scan
+            with pytest.raises(RouteNotFound):
+                run(cache.lookup("a", f"/scan{n}"))
+        assert len(cache._entries) <= limit
+        ds.down = True
+        clock.advance(1.01)
+        assert run(cache.lookup("a", "/r")).image == "img"
+    finally:
+        routecache.MAX_ROUTES = original

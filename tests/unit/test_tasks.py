@@ -96,7 +96,8 @@ def test_a_task_is_leased_for_its_route_timeout_then_delivered_again() -> None:
     assert node.request("GET") == (202, {})
     node.clock.advance(2)
     code, again = node.request("GET")
-    assert again["call_id"] == "c1" and again["attempt"] == 2
+    # The runner that never came back lost its lease: counted apart from attempts (SPEC §10).
+    assert again["call_id"] == "c1" and again["attempt"] == 1 and node.record().lost == 1
 
 
 NOT_RESERVED = (404, {"error": {"message": "Task not found: it is not reserved through /tasks now"}})
@@ -147,7 +148,7 @@ def test_a_task_whose_lease_expired_cannot_be_deleted() -> None:
     assert node.delete(task) == NOT_RESERVED
     assert node.record().status == "running"  # delivered again, to whoever reserves it next
     _, again = node.request("GET")
-    assert again["attempt"] == 2 and again["id"] != task["id"]
+    assert again["attempt"] == 1 and node.record().lost == 1 and again["id"] != task["id"]
     assert node.delete(task) == NOT_RESERVED  # the first runner's id is dead for good
     assert node.delete(again)[0] == 202
 
@@ -207,4 +208,5 @@ def test_stale_deliveries_are_acked_and_skipped() -> None:
     code, task = node.request("GET")
     assert task["call_id"] == "live"
     assert run(node.queue.depth()) == 0  # the stale ones were acknowledged
-    assert node.record("gone").status == "queued"  # a route deleted since: left as it was
+    gone = node.record("gone")  # a route deleted since: the call ends (SPEC §10)
+    assert (gone.status, gone.reason) == ("cancelled", "route_deleted")
