@@ -52,14 +52,39 @@ def logfmt_value(value: Any) -> str:
         return str(value)
     else:
         text = str(value)
-    # Four substring tests, not a generator over the characters: this runs for every
-    # field of every metric line.
-    if (text and " " not in text and "=" not in text and '"' not in text and "\\" not in text
-            and text.isprintable()):
+    # C-speed tests, not a generator over the characters: this runs for every field of
+    # every log line.
+    printable = text.isprintable()
+    if text and printable and " " not in text and "=" not in text and '"' not in text and "\\" not in text:
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    escaped = escaped.replace("\r", "\\r").replace("\t", "\\t")
+    if printable:  # only spaces, quotes, "=" or backslashes: the chain is the fastest
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    else:
+        # Control characters never reach the log raw (SPEC §8): a function's stderr or a
+        # client's bytes could otherwise move a terminal's cursor, hide text behind bidi
+        # overrides or forge a second line.
+        escaped = text.translate(_ESCAPES)
+        if not escaped.isprintable():  # other invisible ones: format, private, unassigned
+            escaped = "".join(c if c.isprintable() else _escape_char(c) for c in escaped)
     return f'"{escaped}"'
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+# What ``logfmt_value`` escapes in a value that is not printable: quotes and backslashes,
+# C0 (with the usual \n \r \t), DEL, C1, and the line separators and bidi controls
+# (U+061C, U+200E/F, U+2028..U+202E, U+2066..U+2069) that are invisible in a terminal.
+_ESCAPES: dict[int, str] = {
+    code: _escape_char(chr(code))
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F, *range(0x2028, 0x202F),
+                 *range(0x2066, 0x206A))
+}
+_ESCAPES.update({ord("\\"): "\\\\", ord('"'): '\\"', ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
 
 
 _stamp_cache: list[Any] = [-1, ""]  # (second, "YYYY-MM-DDTHH:MM:SS"): one strftime a second

@@ -162,6 +162,9 @@ class ContainerResult:
     stderr_truncated: bool = False
     start_ms: int = 0
     run_ms: int = 0
+    # Beyond ``stderr_limit``: what was counted, not kept (bytes, newlines).
+    stderr_lost_bytes: int = 0
+    stderr_lost_lines: int = 0
 
 
 @attrs.frozen
@@ -222,7 +225,9 @@ class CallResult:
     ``status_code``/``headers`` are set by functions that answer HTTP themselves
     (hot, format ``http``); cold functions leave them None/empty.
     Times are integer milliseconds: waiting for admission, starting the container,
-    running it."""
+    running it. ``stderr`` is what the function wrote to stderr, cut at 1 MiB while it
+    was read; ``stderr_lost_bytes``/``stderr_lost_lines`` count what was cut (bytes,
+    newlines)."""
 
     call_id: str
     # The converter keeps a result's status a member even when given its string.
@@ -236,3 +241,5 @@ class CallResult:
     wait_ms: int = 0
     start_ms: int = 0
     run_ms: int = 0
+    stderr_lost_bytes: int = 0
+    stderr_lost_lines: int = 0

@@ -46,6 +46,7 @@ from ironfunctions.runner.submit import AsyncSubmitter
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.agent import Agent, ColdRunner
 from ironfunctions.runner.hot import HotRunner
+from ironfunctions.runner.stderr_log import StderrLog
 from ironfunctions.runner.ids import CallIds
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.reports import GAUGES_INTERVAL_S, NodeGaugesService, RunningSyncRecordsService
@@ -228,11 +229,13 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
                   config.app_concurrency, metrics)
     policy = FunctionPolicy(config.function_readonly_rootfs, config.function_user)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size, policy)
+    stderr_log = StderrLog(reactor)  # one stderr budget per node, hot and cold calls alike
     hot = HotRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size,
-                    max_waiting=config.admission_max_waiting, policy=policy)
+                    max_waiting=config.admission_max_waiting, policy=policy, stderr_log=stderr_log)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
     slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot stops an idle hot container
-    agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots)
+    agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots,
+                  stderr_log=stderr_log)
     # Sync call records are batched off the request path; the recorder stops after the
     # agent has drained, so the last calls' records are written too.
     recorder = CallRecorder(stores.calls, reactor, metrics, max_bytes=config.record_buffer)

@@ -188,6 +188,7 @@ class Engine:
                     container_id, -1, output.stdout, output.stderr, timed_out=True,
                     stdout_truncated=output.stdout_truncated,
                     stderr_truncated=output.stderr_truncated,
+                    stderr_lost_bytes=output.stderr_lost_bytes, stderr_lost_lines=output.stderr_lost_lines,
                     start_ms=start_ms, run_ms=_ms(time.monotonic() - started),
                 )
                 deliver(result)
@@ -211,6 +212,7 @@ class Engine:
                 oom_killed=oom_killed,
                 stdout_truncated=output.stdout_truncated,
                 stderr_truncated=output.stderr_truncated,
+                stderr_lost_bytes=output.stderr_lost_bytes, stderr_lost_lines=output.stderr_lost_lines,
                 start_ms=start_ms, run_ms=_ms(ended - started),
             )
             deliver(result)

@@ -157,6 +157,8 @@ class FakeDriver(Service):
             oom_killed=run.oom_killed,
             stdout_truncated=len(stdout) > spec.stdout_limit,
             stderr_truncated=len(stderr) > spec.stderr_limit,
+            stderr_lost_bytes=max(0, len(stderr) - spec.stderr_limit),
+            stderr_lost_lines=stderr.count(b"\n", spec.stderr_limit),
             start_ms=start_ms,
             run_ms=int(round(run.duration * 1000)),
         )

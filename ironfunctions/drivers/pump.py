@@ -14,7 +14,8 @@ _READ_SIZE = 65536
 
 
 class PumpResult:
-    __slots__ = ("stdout", "stderr", "stdout_truncated", "stderr_truncated", "timed_out")
+    __slots__ = ("stdout", "stderr", "stdout_truncated", "stderr_truncated", "timed_out",
+                 "stderr_lost_bytes", "stderr_lost_lines")
 
     def __init__(self) -> None:
         self.stdout = b""
@@ -22,6 +23,8 @@ class PumpResult:
         self.stdout_truncated = False
         self.stderr_truncated = False
         self.timed_out = False
+        self.stderr_lost_bytes = 0  # stderr beyond its limit: counted, never kept
+        self.stderr_lost_lines = 0
 
 
 def pump(
@@ -95,8 +98,13 @@ def pump(
                             stdout += payload
                     else:
                         if len(stderr) + len(payload) > stderr_limit:
+                            # Kept up to the limit while reading; the rest only counted
+                            # (a function writing 200 MB costs us 1 MiB).
                             result.stderr_truncated = True
-                            stderr += payload[: max(0, stderr_limit - len(stderr))]
+                            room = max(0, stderr_limit - len(stderr))
+                            stderr += payload[:room]
+                            result.stderr_lost_bytes += len(payload) - room
+                            result.stderr_lost_lines += payload.count(b"\n", room)
                         else:
                             stderr += payload
     finally:

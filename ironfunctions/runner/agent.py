@@ -2,7 +2,7 @@
 
 It owns what every way of running a call shares: refusing work while stopping,
 counters for ``/stats``, per-call metrics (SPEC §6), logging the function's stderr with
-its call id, and draining in-flight calls at stop. *How* a call runs is a
+its call id (within the node's budget: ``runner/stderr_log.py``), and draining in-flight calls at stop. *How* a call runs is a
 ``CallRunner`` chosen by the route's format: ``ColdRunner`` here (one container per
 call) for ``default``, and ``runner.hot.HotRunner`` (pools of hot containers) for
 ``http``. Container admission (``Slots``) is shared between runners so cold and hot
@@ -14,7 +14,7 @@ At start the agent removes containers that a crashed previous run of this node (
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ironfunctions.calls.model import LOG_TRUNCATED_MARKER
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import NotReady
 from ironfunctions.metrics import IMetrics
@@ -36,6 +37,7 @@ from ironfunctions.models import (
 )
 from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
 from ironfunctions.runner.plan import FunctionPolicy, container_spec
+from ironfunctions.runner.stderr_log import StderrLog
 
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 CLEANUP_TIMEOUT_S = 30.0
@@ -72,6 +74,8 @@ def cold_outcome(call_id: str, result: ContainerResult, wait_ms: int) -> CallRes
         status=status,
         body=result.stdout if status == CallStatus.SUCCESS else b"",
         stderr=result.stderr,
+        stderr_lost_bytes=result.stderr_lost_bytes,
+        stderr_lost_lines=result.stderr_lost_lines,
         error=error,
         exit_code=None if result.timed_out else result.exit_code,
         wait_ms=wait_ms,
@@ -136,6 +140,7 @@ class Agent(Service):
         runners: dict[str, CallRunner],
         slots: Slots,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
+        stderr_log: StderrLog | None = None,
     ) -> None:
         self._driver = driver
         self._clock = clock
@@ -144,6 +149,7 @@ class Agent(Service):
         self._runners = runners
         self.slots = slots
         self._drain_timeout = drain_timeout
+        self.stderr_log = stderr_log if stderr_log is not None else StderrLog(clock)
         self._in_flight = 0
         self._calls: dict[str, tuple[Call, float]] = {}  # in flight: call id -> (call, start)
         self._cancelled: set[str] = set()
@@ -273,7 +279,10 @@ class Agent(Service):
             self._cancelled.discard(call_id)
             result = attrs.evolve(result, status=CallStatus.CANCELLED, error=CANCELLED_MESSAGE, body=b"")
         if result.stderr:
-            self._log_stderr(result.stderr, {"app": route.app_name, "path": route.path, "call_id": call_id})
+            self.stderr_log.call(result, route.app_name, route.path, call_id)
+            if result.stderr_lost_bytes:
+                # The call's own log says it was cut (``cap_log`` keeps the marker).
+                result = attrs.evolve(result, stderr=result.stderr + LOG_TRUNCATED_MARKER)
         # All of a call's figures in one go: one log event per call, not ten. The fields
         # as keywords, not **fields: that would build the same dict twice.
         self._metrics.many(
@@ -311,10 +320,6 @@ class Agent(Service):
             # its outcome "cancelled"; a container that does start runs to its end.
             self.log.info("Call {call_id} cancelled before or after its container", call_id=call_id)
         return True
-
-    def _log_stderr(self, stderr: bytes, fields: dict[str, Any]) -> None:
-        for line in stderr.decode("utf-8", "replace").splitlines():
-            self.log.info("{line}", line=line, stream="stderr", **fields)
 
 
 CANCELLED_MESSAGE = "Call cancelled"

@@ -35,6 +35,7 @@ from ironfunctions.models import Call, CallResult
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot_pool import HotContext, RoutePool
 from ironfunctions.runner.plan import FunctionPolicy
+from ironfunctions.runner.stderr_log import StderrLog
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
 
 
@@ -42,7 +43,8 @@ class HotRunner:
     """Runs calls of format ``http`` on pooled hot containers (see the module doc).
 
     Its parameters are the fields of ``HotContext`` (``runner/hot_pool.py``), which every
-    pool of this runner shares.
+    pool of this runner shares; give it the agent's ``stderr_log`` so that an app's stderr
+    budget counts its hot and cold calls together.
     """
 
     def __init__(
@@ -55,9 +57,11 @@ class HotRunner:
         max_response_size: int = 6 * 1024 * 1024,
         max_waiting: int = DEFAULT_MAX_WAITING,
         policy: FunctionPolicy = FunctionPolicy(),
+        stderr_log: StderrLog | None = None,
     ) -> None:
         self._context = HotContext(
-            driver, slots, clock, node_id, network_mode, max_response_size, max_waiting, policy,
+            driver, slots, clock, node_id, stderr_log if stderr_log is not None else StderrLog(clock),
+            network_mode, max_response_size, max_waiting, policy,
         )
         self._pools: dict[tuple[str, str], RoutePool] = {}
         self._draining: set[RoutePool] = set()

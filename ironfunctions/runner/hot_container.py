@@ -22,6 +22,7 @@ from ironfunctions.models import Call, CallResult, CallStatus
 from ironfunctions.runner.hot_owner import ContainerOwner
 from ironfunctions.runner.protocol import RequestEncoder
 from ironfunctions.runner.response import OversizedResponse, ProtocolError, ResponseParser
+from ironfunctions.runner.stderr_log import StderrLog
 
 STDERR_LIMIT = 1024 * 1024
 
@@ -48,6 +49,8 @@ class HotContainer:
     :param max_response_size: largest response body the function may announce.
     :param log_fields: fields of every log event about it (app, path).
     :param began: when its start began (it counts as idle from then).
+    :param stderr_log: the node's stderr log, for what it writes between calls (a
+        call's own stderr goes with its result, to the agent).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class HotContainer:
         max_response_size: int,
         log_fields: Mapping[str, str],
         began: float,
+        stderr_log: StderrLog,
     ) -> None:
         self._owner = owner
         self._clock = clock
@@ -81,8 +85,11 @@ class HotContainer:
         self._began = 0.0
         self._deadline = 0.0
         self._idle_since = began
-        self._stderr: list[bytes] = []
+        self._stderr: list[bytes] = []  # of the call in flight, up to STDERR_LIMIT bytes
         self._stderr_size = 0
+        self._stderr_lost_bytes = 0  # beyond STDERR_LIMIT: counted, not kept
+        self._stderr_lost_lines = 0
+        self._idle_stderr = stderr_log.idle(log_fields.get("app", ""))
         self._timer: IDelayedCall | None = None
 
     @property
@@ -119,6 +126,7 @@ class HotContainer:
     def stop_serving(self) -> None:
         """Take no more calls and ignore its output: its pool is killing it."""
         self._dead = True
+        self._idle_stderr.flush(self._idle_fields)
 
     def mark_removed(self) -> None:
         """Its pool has removed it (or given up trying)."""
@@ -129,6 +137,7 @@ class HotContainer:
     def serve(self, call: Call, wait_ms: int, start_ms: int) -> Deferred[CallResult]:
         """Write ``call``'s request; the Deferred fires with its result."""
         assert self._attached is not None and self._call is None and not self._dead
+        self._idle_stderr.flush(self._idle_fields)
         self._call = call
         self._calls += 1
         self._wait_ms = wait_ms
@@ -155,11 +164,14 @@ class HotContainer:
         if echoed is not None and echoed != [call.id]:
             self._fail("Invalid function response: answer to another call")
             return
+        stderr, lost_bytes, lost_lines = self._take_stderr()
         result = CallResult(
             call_id=call.id,
             status=CallStatus.SUCCESS,
             body=body,
-            stderr=self._take_stderr(),
+            stderr=stderr,
+            stderr_lost_bytes=lost_bytes,
+            stderr_lost_lines=lost_lines,
             status_code=code,
             headers=headers,
             wait_ms=self._wait_ms,
@@ -175,13 +187,16 @@ class HotContainer:
         self._owner.available(self)
         done.callback(result)
 
-    def _take_stderr(self) -> bytes:
+    def _take_stderr(self) -> tuple[bytes, int, int]:
+        """The call's stderr, and the bytes and newlines of it beyond STDERR_LIMIT."""
+        lost = (self._stderr_lost_bytes, self._stderr_lost_lines)
+        self._stderr_lost_bytes = self._stderr_lost_lines = 0
         if not self._stderr:
-            return b""
+            return b"", *lost
         stderr = b"".join(self._stderr)
         self._stderr = []
         self._stderr_size = 0
-        return stderr
+        return stderr, *lost
 
     def _end_call(self, status: str, error: str) -> None:
         """End the call in flight (if any) with an error result."""
@@ -189,9 +204,10 @@ class HotContainer:
         self._call = self._done = None
         if call is None or done is None:
             return
+        stderr, lost_bytes, lost_lines = self._take_stderr()
         result = CallResult(
-            call_id=call.id, status=status, error=error, stderr=self._take_stderr(),
-            wait_ms=self._wait_ms, start_ms=self._call_start_ms,
+            call_id=call.id, status=status, error=error, stderr=stderr,
+            stderr_lost_bytes=lost_bytes, stderr_lost_lines=lost_lines, wait_ms=self._wait_ms, start_ms=self._call_start_ms,
             run_ms=ms(self._clock.seconds() - self._began),
         )
         done.callback(result)
@@ -284,20 +300,34 @@ class HotContainer:
 
     def stderr_received(self, data: bytes) -> None:
         if self._call is not None:
-            if self._stderr_size < STDERR_LIMIT:
-                self._stderr.append(data[: STDERR_LIMIT - self._stderr_size])
+            # Kept up to the limit as it arrives, the rest only counted: a flood costs
+            # one bytes.count per chunk, never memory.
+            room = STDERR_LIMIT - self._stderr_size
+            if room >= len(data):
+                self._stderr.append(data)
                 self._stderr_size += len(data)
+            else:
+                if room > 0:
+                    self._stderr.append(data[:room])
+                    self._stderr_size = STDERR_LIMIT
+                self._stderr_lost_bytes += len(data) - max(room, 0)
+                self._stderr_lost_lines += data.count(b"\n", max(room, 0))
         elif not self._dead:
-            fields = dict(self._fields)
-            if self._last_call_id:
-                fields["call_id"] = self._last_call_id
-            for line in data.decode("utf-8", "replace").splitlines():
-                log.info("{line}", line=line, stream="stderr", container_id=self.container_id, **fields)
+            self._idle_stderr.feed(data, self._idle_fields())
+
+    def _idle_fields(self) -> dict[str, str]:
+        """The fields of what it writes between calls: its last call's id goes with it
+        (stderr may trail its answer: two pipes)."""
+        fields = dict(self._fields, container_id=self.container_id)
+        if self._last_call_id:
+            fields["call_id"] = self._last_call_id
+        return fields
 
     def stream_closed(self) -> None:
         if self._dead:
             return  # we are removing it
         self._dead = True
+        self._idle_stderr.flush(self._idle_fields)
         if self._attached is None:
             return  # still starting; the pool removes it once started
         if self._call is not None:

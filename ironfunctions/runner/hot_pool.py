@@ -35,6 +35,7 @@ from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.protocol import RequestEncoder, hot_container_spec
+from ironfunctions.runner.stderr_log import StderrLog
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING, WaitQueue
 
 REMOVE_TIMEOUT_S = 30.0
@@ -49,6 +50,7 @@ class HotContext:
     :param slots: the node's container admission, shared with the cold runner.
     :param clock: time for waits, timeouts and idle expiry.
     :param node_id: labels the containers (crash and stop cleanup).
+    :param stderr_log: the node's function stderr log (shared with the agent).
     :param network_mode: the containers' network.
     :param max_response_size: largest response body a function may announce.
     :param max_waiting: calls that may wait for a container of one route.
@@ -59,6 +61,7 @@ class HotContext:
     slots: Slots
     clock: IReactorTime
     node_id: str
+    stderr_log: StderrLog
     network_mode: str = "bridge"
     max_response_size: int = 6 * 1024 * 1024
     max_waiting: int = DEFAULT_MAX_WAITING
@@ -181,7 +184,7 @@ class RoutePool:
             return
         container = HotContainer(
             self, self._clock, self._encoder, self.route.idle_timeout, context.max_response_size,
-            self._fields, began,
+            self._fields, began, context.stderr_log,
         )
         try:
             attached = await context.driver.start_attached(self._spec, container)

@@ -150,6 +150,15 @@ async def test_run_collects_stderr_lines(driver: FakeDriver | DockerDriver, node
 
 
 @pytest_twisted.ensureDeferred
+async def test_stderr_beyond_its_limit_is_counted_not_kept(driver: FakeDriver | DockerDriver, node: str) -> None:
+    result = await driver.run(spec(node, "stderr-chatter", env={"LINES": "100"}, stderr_limit=100))
+    written = "".join(f"chatter line {i}\n" for i in range(1, 101)).encode()
+    assert result.stdout == b"ok\n"
+    assert result.stderr == written[:100] and result.stderr_truncated
+    assert (result.stderr_lost_bytes, result.stderr_lost_lines) == (len(written) - 100, written.count(b"\n", 100))
+
+
+@pytest_twisted.ensureDeferred
 async def test_timeout_kills_and_removes_the_container_before_returning(driver: FakeDriver | DockerDriver, node: str) -> None:
     labels = None
     s = spec(node, "sleep", env={"SLEEP": "30"}, timeout_s=1.0)

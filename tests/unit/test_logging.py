@@ -119,3 +119,38 @@ def test_rendered_metric_lines_each_get_time_and_level() -> None:
     assert format_logfmt({**event, "metric_lines": ["metric=a value=1 type=count", "metric=b value=2 type=time"],
                           "count": 2}) == f"{head}metric=a value=1 type=count\n{head}metric=b value=2 type=time"
     assert format_logfmt({**event, "metric_lines": [], "count": 0}) == ""
+
+
+def test_every_control_character_is_escaped() -> None:
+    # C0 (ESC, NUL, BEL...), DEL, C1 (NEL, CSI...), bidi controls, line and paragraph
+    # separators: none may reach the log raw, each becomes a visible escape.
+    cases = {
+        "\x1b[31mred": '"\\x1b[31mred"',
+        "a\x00b": '"a\\x00b"',
+        "bell\x07": '"bell\\x07"',
+        "del\x7f": '"del\\x7f"',
+        "nel\x85csi\x9b": '"nel\\x85csi\\x9b"',
+        "\u202eevil": '"\\u202eevil"',
+        "\u202a\u202b\u202c\u202d": '"\\u202a\\u202b\\u202c\\u202d"',
+        "\u2066\u2067\u2068\u2069": '"\\u2066\\u2067\\u2068\\u2069"',
+        "\u200e\u200f\u061c": '"\\u200e\\u200f\\u061c"',
+        "line\u2028para\u2029": '"line\\u2028para\\u2029"',
+        "tab\tcr\rnl\n": '"tab\\tcr\\rnl\\n"',
+        'q"b\\\x01': '"q\\"b\\\\\\x01"',
+        "zero\u200bwidth\ufeff": '"zero\\u200bwidth\\ufeff"',
+        "private\U000f0000": '"private\\U000f0000"',
+    }
+    for raw, escaped in cases.items():
+        assert logfmt_value(raw) == escaped, raw
+    for code in [*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, *range(0x2028, 0x202F), *range(0x2066, 0x206A)]:
+        value = logfmt_value(f"x{chr(code)}y")
+        assert value.isascii() and value.isprintable(), hex(code)
+
+
+def test_escaped_values_keep_the_line_whole() -> None:
+    line = format_logfmt({"log_format": "function stderr", "log_time": 0.0,
+                          "line": "a\x1b]0;title\x07\r\nforged=1\u2028b\x85"})
+    assert line.isprintable() and line.isascii()
+    assert line.endswith('line="a\\x1b]0;title\\x07\\r\\nforged=1\\u2028b\\x85"')
+    # Printable text outside ASCII is kept as it is.
+    assert logfmt_value("héllo wörld ✓") == '"héllo wörld ✓"'
