@@ -79,7 +79,10 @@ class Daemon:
     def start(self, wait: bool = True, timeout: float = 30) -> "Daemon":
         env = {k: v for k, v in os.environ.items() if k not in _SETTINGS}
         env.update({"PORT": str(self.port), "LISTEN": f"tcp:{self.port}:interface=127.0.0.1",
-                    "PYTHONPATH": REPO, "DOCKER_NETWORK": "none"})
+                    "PYTHONPATH": REPO, "DOCKER_NETWORK": "none",
+                    # No balancer polls a test daemon: stop at once (a test that wants the
+                    # drain sequence sets DRAIN_GRACE itself).
+                    "DRAIN_GRACE": "0"})
         env.update(self.env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -172,6 +175,7 @@ _SETTINGS = {
     "NUM_ASYNC", "MAX_CONCURRENCY", "MAX_REQUEST_SIZE", "MAX_RESPONSE_SIZE", "STATSD_URL",
     "DOCKER_NETWORK", "NODE_ID", "ASYNC_MAX_ATTEMPTS", "ASYNC_RETRY_DELAY", "HOT_TRANSPORT", "API_AUTH",
     "FUNCTION_READONLY_ROOTFS", "FUNCTION_USER", "FUNCTION_ALLOW_NETS",
+    "LB_AGENT_PORT", "TRUSTED_PROXIES", "DRAIN_GRACE", "SHUTDOWN_TIMEOUT",
 }
 
 
