@@ -56,7 +56,13 @@ class AgentTests(SynchronousTestCase):
         self.probe = SingleFlightProbe(self.engine.check, self.clock, timeout=2.5)
         self.drain = Drain(self.clock, 60)
         self.load = Load(calls=0, limit=10, wait_ms=0)
-        self.agent = LBAgent(self.probe.probe, lambda: self.load, self.drain, WeightGovernor(self.clock))
+        self.probes = 0
+
+        def probe() -> Deferred[bool]:
+            self.probes += 1
+            return self.probe.probe()
+
+        self.agent = LBAgent(probe, lambda: self.load, self.drain, WeightGovernor(self.clock))
 
     def test_one_line_per_connection_then_the_agent_closes_it(self) -> None:
         self.agent.refresh()
@@ -94,10 +100,10 @@ class AgentTests(SynchronousTestCase):
         self.agent.refresh()
         for _ in range(100):
             connect(self.agent)
-        assert self.engine.calls == 1
+        assert (self.probes, self.engine.calls) == (1, 1)
         self.engine.answer()
         self.agent.refresh()
-        assert self.engine.calls == 2
+        assert (self.probes, self.engine.calls) == (2, 2)
 
     def test_the_weight_follows_the_node_figures(self) -> None:
         self.load = Load(calls=20, limit=10, wait_ms=0)
