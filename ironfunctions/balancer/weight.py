@@ -31,6 +31,9 @@ IDLE_UTIL = (0.6, 0.8, 1.0, 1.5)
 IDLE_WAIT_MS = (50.0, 250.0, 1000.0, 3000.0)
 DOWN_HOLD_S = 2.0
 UP_HOLD_S = 10.0
+# Readings come from a once-a-second LoopingCall whose calls can be a few ms late: a
+# hold of 2 s is two readings, not three when the first one happened to be the later.
+SLACK_S = 0.05
 
 
 @attrs.frozen
@@ -80,14 +83,14 @@ class WeightGovernor:
             self._idle_since = None
             if self._busy_since is None:
                 self._busy_since = now
-            if now - self._busy_since >= self._down_hold:
+            if now - self._busy_since >= self._down_hold - SLACK_S:
                 self._level = busy  # clearly busy: straight to the level it reaches
                 self._busy_since = None
         elif idle < self._level:
             self._busy_since = None
             if self._idle_since is None:
                 self._idle_since = now
-            if now - self._idle_since >= self._up_hold:
+            if now - self._idle_since >= self._up_hold - SLACK_S:
                 self._level -= 1  # one step at a time, each after a while of calm
                 self._idle_since = now
         else:

@@ -85,6 +85,35 @@ def test_sigterm_drains_serves_through_the_grace_finishes_calls_and_exits_cleanl
     assert not node_containers(node_id)
 
 
+def test_a_saturated_node_answers_the_agent_in_milliseconds_with_a_lower_weight(
+    test_images: dict[str, str], daemon_factory: DaemonFactory,  # noqa: F811
+) -> None:
+    agent_port = free_port()
+    daemon = daemon_factory(env={"NODE_ID": f"lb-busy-{os.getpid()}", "MAX_CONCURRENCY": "2",
+                                 "LB_AGENT_PORT": str(agent_port)})
+    daemon.add_route("myapp", "/slow", image_tag("sleep"), timeout=30, config={"SLEEP": "4"})
+    assert ask_agent(agent_port) == "up 100%\n"
+    with ThreadPoolExecutor(16) as pool:
+        calls = [pool.submit(daemon.post, "/r/myapp/slow", "") for _ in range(16)]  # 2 run, 14 wait
+        wait_for(lambda: daemon.get("/stats").json()["Queue"] >= 10)
+        took: list[float] = []
+        answers: list[tuple[float, str]] = []
+        answer = ""
+        began = time.monotonic()
+        # Readings once a second, and busy for 2 s: 10 % within 3 s (5 s for a loaded host).
+        while time.monotonic() - began < 5 and (len(took) < 100 or answer != "up 10%\n"):
+            t0 = time.monotonic()
+            answer = ask_agent(agent_port)
+            took.append(time.monotonic() - t0)
+            if not answers or answers[-1][1] != answer:
+                answers.append((round(t0 - began, 2), answer))
+            time.sleep(0.01)
+        # 8 x MAX_CONCURRENCY in flight: straight down to 10 %, not step by step.
+        assert answer == "up 10%\n" and len(answers) == 2, answers
+        assert max(took) < 0.05, sorted(took)[-5:]
+        assert all(c.result(timeout=60).status in (200, 503) for c in calls)
+
+
 @pytest.fixture
 def hung_engine() -> Iterator[str]:
     """A unix socket that accepts connections and never answers: a hung Docker engine."""

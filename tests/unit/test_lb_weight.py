@@ -88,3 +88,15 @@ def test_level_of_takes_the_worse_of_utilisation_and_wait() -> None:
     assert level_of(load(0, 9000), BUSY_UTIL, BUSY_WAIT_MS) == 4
     assert level_of(Load(calls=3, limit=0, wait_ms=0), BUSY_UTIL, BUSY_WAIT_MS) == 4  # no capacity at all
     assert STEPS[0] == 100 and STEPS[-1] > 0  # never 0 %: that is what drain says
+
+
+def test_readings_a_little_late_still_hold_for_two_readings_not_three() -> None:
+    """A LoopingCall's readings can come a few ms late; the first late, the next on time."""
+    clock = Clock()
+    governor = WeightGovernor(clock)
+    clock.advance(0.004)
+    assert governor.update(load(LIMIT * 2)) == 100  # at 0.004
+    clock.advance(0.996)
+    assert governor.update(load(LIMIT * 2)) == 100  # at 1.000
+    clock.advance(1.0)
+    assert governor.update(load(LIMIT * 2)) == 10  # at 2.000: 1.996 s after the first
