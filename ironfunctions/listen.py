@@ -51,18 +51,27 @@ def listen_is_local(listen: str) -> bool:
     or a tcp/tcp6/ssl endpoint bound to an address in 127.0.0.0/8 or ::1. Anything
     else (no interface, 0.0.0.0, ::, a host name, a ``systemd:`` socket, an endpoint
     type we do not know) counts as reachable from the network. Pure."""
-    args, kwargs = parse_endpoint(listen)
-    kind = args[0].strip().lower()
-    if kind == "unix":
+    args, _ = parse_endpoint(listen)
+    if args[0].strip().lower() == "unix":
         return True
-    position = _INTERFACE_POSITION.get(kind)
-    if position is None:
+    interface = listen_interface(listen)
+    if interface is None:
         return False
-    interface = kwargs.get("interface")
-    if interface is None and len(args) > position:
-        interface = args[position]
     try:
         address = ipaddress.ip_address((interface or "").strip())
     except ValueError:
         return False
     return any(address in net for net in _LOCAL_NETS)
+
+
+def listen_interface(listen: str) -> str | None:
+    """The address a tcp/tcp6/ssl endpoint string binds to (``""``: every address), or
+    ``None`` for other endpoint types (unix, systemd, unknown). Pure."""
+    args, kwargs = parse_endpoint(listen)
+    position = _INTERFACE_POSITION.get(args[0].strip().lower())
+    if position is None:
+        return None
+    interface = kwargs.get("interface")
+    if interface is None and len(args) > position:
+        interface = args[position]
+    return interface or ""

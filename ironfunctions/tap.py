@@ -24,6 +24,10 @@ from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
 from ironfunctions.api.admin import HealthChecks, report_backends
 from ironfunctions.api.invoke import InvokeResource
+from ironfunctions.balancer.agent import LBAgent, LBAgentService, agent_endpoint
+from ironfunctions.balancer.waits import WaitWindow
+from ironfunctions.balancer.weight import Load, WeightGovernor
+from ironfunctions.drain import Drain, DrainService
 from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import stores_from_url
@@ -196,7 +200,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     scrape_pool = ThreadPool(minthreads=0, maxthreads=1, name="metrics-scrape")
     ThreadPoolService("metrics-scrape", scrape_pool, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     prometheus = PrometheusMetrics(reactor=reactor, pool=scrape_pool)
-    sinks: list[IMetrics] = [log_metrics, prometheus]
+    waits = WaitWindow(reactor)  # recent run.wait_time, for the load-balancer agent's weight
+    sinks: list[IMetrics] = [log_metrics, prometheus, waits]
     if config.statsd_host:
         statsd = StatsdMetrics(reactor, config.statsd_host, config.statsd_port)
         statsd.setServiceParent(root)  # type: ignore[no-untyped-call]
@@ -223,6 +228,16 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
     if guard is not None:
         guard.setServiceParent(root)  # type: ignore[no-untyped-call]
+    # SIGTERM: drain (agent "drain", /health 503) for DRAIN_GRACE, then stop (SPEC §9).
+    drain = Drain(reactor, config.shutdown_timeout)
+    if config.lb_agent_port:
+        lb_agent = LBAgent(
+            driver.probe, lambda: Load(len(agent.calls_running()), slots.limit, waits.percentile()),
+            drain, WeightGovernor(reactor),
+        )
+        endpoint = serverFromString(reactor, agent_endpoint(config.listen, config.lb_agent_port))
+        # Stops after the agent: it answers "drain" until the node's calls are done.
+        LBAgentService(lb_agent, endpoint, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     # Cold and hot (format "http") runners share the node's container slots, at most
     # APP_MAX_CONCURRENCY of them per app (SPEC 8 "Apps share fairly").
     slots = Slots(config.max_concurrency, reactor, config.admission_max_waiting, config.admission_wait,
@@ -235,7 +250,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
     slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot stops an idle hot container
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots,
-                  stderr_log=stderr_log)
+                  stderr_log=stderr_log, drain_timeout=drain.remaining)
     # Sync call records are batched off the request path; the recorder stops after the
     # agent has drained, so the last calls' records are written too.
     recorder = CallRecorder(stores.calls, reactor, metrics, max_bytes=config.record_buffer)
@@ -261,7 +276,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         workers = AsyncWorkerService(
             queue, stores.calls, route_cache.lookup, route_cache.app_config, run_call, kill_call,
             reactor, metrics, config.num_async, config.async_max_attempts, config.async_retry_delay,
-            max_age=config.async_max_age, when_ready=backends_ready,
+            max_age=config.async_max_age, when_ready=backends_ready, draining=lambda: drain.draining,
+            drain_timeout=config.shutdown_timeout,
         )
         workers.setServiceParent(root)  # type: ignore[no-untyped-call]
     # Re-queues what the queue lost, from the datastore; one node at a time where the
@@ -289,6 +305,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
             node={"docker": driver.probe, **({"network": guard.ping} if guard is not None else {})},
             shared={"datastore": datastore.ping, "queue": queue.ping},
             started=lambda: datastore_service.ready and queue_service.ready,
+            draining=lambda: drain.reason,
         ),
         render_metrics=prometheus.scrape,
         stats=agent.stats,
@@ -321,4 +338,5 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
     listener.setName("http")
     listener.setServiceParent(root)
+    DrainService(drain, config.drain_grace, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]  # last: stops first
     return root

@@ -81,7 +81,10 @@ class Daemon:
     def start(self, wait: bool = True, timeout: float = 30) -> "Daemon":
         env = {k: v for k, v in os.environ.items() if k not in _SETTINGS}
         env.update({"PORT": str(self.port), "LISTEN": f"tcp:{self.port}:interface=127.0.0.1",
-                    "PYTHONPATH": REPO, "DOCKER_NETWORK": "none"})
+                    "PYTHONPATH": REPO, "DOCKER_NETWORK": "none",
+                    # No balancer polls a test daemon: stop at once (a test that wants the
+                    # drain sequence sets DRAIN_GRACE itself).
+                    "DRAIN_GRACE": "0"})
         env.update(self.env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

@@ -38,12 +38,15 @@ class HealthChecks:
     each gets ``timeout`` seconds, after which it counts as down and is cancelled.
     ``started`` is false until the node has started (its datastore and queue have
     answered once): a node that answers 503 to ``/v1`` and ``/r`` meanwhile must not
-    get traffic, so ``/health`` is 503 ``starting`` too.
+    get traffic, so ``/health`` is 503 ``starting`` too. ``draining`` gives the reason
+    this node is leaving (e.g. ``shutdown``: SIGTERM arrived), empty while it is not:
+    then ``/health`` is 503 ``draining`` at once, with no check run (SPEC §9).
     """
 
     node: Mapping[str, HealthCheck] = attrs.field(factory=dict)
     shared: Mapping[str, HealthCheck] = attrs.field(factory=dict)
     started: Callable[[], bool] = lambda: True
+    draining: Callable[[], str] = lambda: ""
     timeout: float = CHECK_TIMEOUT_S
 
 
@@ -94,7 +97,16 @@ def version(request: IRequest) -> bytes:
 
 async def health(request: IRequest, checks: HealthChecks, clock: IReactorTime) -> bytes:
     """503 naming what is down when a part of this node is (or ``starting``); 200
-    ``degraded`` listing the shared backends that are down; 200 ``ok`` otherwise."""
+    ``degraded`` listing the shared backends that are down; 200 ``ok`` otherwise.
+    503 ``draining`` before all that while the node is leaving."""
+    reason = checks.draining()
+    if reason:
+        request.setHeader(b"retry-after", b"1")
+        return json_response(
+            request,
+            {"status": "draining", "reason": reason, "error": {"message": f"draining: {reason}"}},
+            status=503,
+        )
     node_down, shared_down = await check_health(checks, clock)
     if not checks.started():
         node_down.insert(0, "starting")

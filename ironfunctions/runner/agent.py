@@ -14,7 +14,7 @@ At start the agent removes containers that a crashed previous run of this node (
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import attrs
 
@@ -126,6 +126,9 @@ class Agent(Service):
     driver (it cleans up containers at start) and it stops before the driver.
 
     :param runners: format -> runner; calls of other formats use ``default``.
+    :param drain_timeout: how long ``stopService`` waits for in-flight calls, in
+        seconds, or a callable giving it when the stop begins (the time left before the
+        shutdown deadline, ``Drain.remaining``).
     """
 
     log = Logger()
@@ -139,7 +142,7 @@ class Agent(Service):
         metrics: IMetrics,
         runners: dict[str, CallRunner],
         slots: Slots,
-        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
+        drain_timeout: float | Callable[[], float] = DEFAULT_DRAIN_TIMEOUT_S,
         stderr_log: StderrLog | None = None,
     ) -> None:
         self._driver = driver
@@ -210,7 +213,8 @@ class Agent(Service):
         if self._in_flight:
             idle: Deferred[None] = Deferred()
             self._idle.append(idle)
-            idle.addTimeout(self._drain_timeout, self._clock)
+            timeout = self._drain_timeout() if callable(self._drain_timeout) else self._drain_timeout
+            idle.addTimeout(timeout, self._clock)
             try:
                 await idle
             except Exception:

@@ -106,6 +106,7 @@ class AsyncWorkerService(Service):
         drain_timeout: float = 30.0,
         max_age: float = 24 * 3600.0,
         when_ready: WhenReady | None = None,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self._queue = queue
         self._calls = calls
@@ -120,6 +121,9 @@ class AsyncWorkerService(Service):
         self._retry_base = retry_base
         self._drain_timeout = drain_timeout
         self._when_ready = when_ready
+        # A draining node (SIGTERM, DRAIN_GRACE) takes no new async calls: another node
+        # runs them, instead of this one starting what its shutdown would cut short.
+        self._draining = draining
         self._loops: list[Deferred[None]] = []
         self._waits: set[Deferred[Any]] = set()
         self._held: dict[str, Reservation] = {}
@@ -195,7 +199,7 @@ class AsyncWorkerService(Service):
                     await waiting
                 finally:
                     self._waits.discard(waiting)
-            while self.running:
+            while self.running and not self._draining():
                 held = await self._reserve(worker)
                 if held is not None:
                     await self._hold(held)
@@ -203,7 +207,7 @@ class AsyncWorkerService(Service):
             return
 
     async def _hold(self, held: Reservation) -> None:
-        if not self.running:
+        if not self.running or self._draining():
             await self._release(held, 0)
             return
         self._held[held.call_id] = held

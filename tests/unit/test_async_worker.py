@@ -26,6 +26,7 @@ ROUTE = Route("a", "/job", "img", type="async", timeout=10)
 
 class Harness:
     def __init__(self, outcomes: Iterable[str | Exception] | None = None, max_attempts: int = 3) -> None:
+        self.draining = False
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.queue = MemoryQueue(self.clock)
@@ -39,6 +40,7 @@ class Harness:
         self.worker = AsyncWorkerService(
             self.queue, self.calls, self.lookup, self.app_config, self.run_call, self.kill,
             self.clock, self.metrics, num_workers=1, max_attempts=max_attempts, retry_base=1.0,
+            draining=lambda: self.draining,
         )
         self.submitter = AsyncSubmitter(self.queue, self.calls, self.clock, self.metrics)
 
@@ -229,6 +231,38 @@ def test_stop_releases_unfinished_reservations() -> None:
     # Back in the queue for another node right away.
     held = run(h.queue.reserve(60, 0))
     assert held is not None and held.call_id == "c1"
+
+
+def test_a_draining_node_takes_no_new_async_calls_and_gives_back_one_it_just_reserved() -> None:
+    """After SIGTERM the node serves on for DRAIN_GRACE; an async call it started then
+    would be cut short by its shutdown: another node runs it instead, at once."""
+    h = Harness(["hang"])
+    h.submit("c1")
+    h.worker.startService()  # c1 runs (and hangs)
+    h.draining = True
+    h.submit("c2")  # wakes the worker's reserve? It is busy with c1: c2 waits in the queue
+    assert [c.id for c in h.started] == ["c1"]
+    run(h.kill("c1"))  # c1 ends; the worker does not reserve again
+    h.clock.advance(10)
+    assert [c.id for c in h.started] == ["c1"]
+    free = set()  # what another node can take now: c2 (and c1, failed, for its retry)
+    while (held := run(h.queue.reserve(60, 0))) is not None:
+        free.add(held.call_id)
+    assert "c2" in free
+    assert h.record("c2").status == "queued" and h.record("c2").attempt == 1
+    h.worker.stopService()
+
+
+def test_a_call_reserved_as_the_drain_begins_goes_back_unrun() -> None:
+    h = Harness()
+    h.draining = True
+    h.worker.startService()  # running, but its loop takes nothing while draining
+    h.submit("c1")
+    run(h.worker._hold(run(h.queue.reserve(60, 0))))  # reserved just before the drain began
+    assert h.started == []
+    held = run(h.queue.reserve(60, 0))
+    assert held is not None and held.call_id == "c1" and h.record("c1").status == "queued"
+    h.worker.stopService()
 
 
 def test_retry_delay_doubles() -> None:
