@@ -165,7 +165,9 @@ def test_broken_container_gets_502_and_is_replaced(hot: HotDaemon, mode: str, me
 
 
 def test_call_overrunning_its_timeout_gets_504_after_its_container_is_killed(hot: HotDaemon) -> None:
-    hot.route("/sleepy", timeout=1)
+    # The timeout also bounds the wait for the replacement container: 3 s, not 1, so a
+    # start slowed by a busy machine is not a 503.
+    hot.route("/sleepy", timeout=3)
     before = hot.post("/r/hotapp/sleepy", "warm")
     reply = hot.post("/r/hotapp/sleepy", "x", headers={"X-Mode": "sleep", "X-Sleep": "30"})
     assert reply.status == 504 and error_of(reply) == "Timed out"
