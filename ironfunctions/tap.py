@@ -28,6 +28,7 @@ from ironfunctions.balancer.agent import LBAgent, LBAgentService, agent_endpoint
 from ironfunctions.balancer.waits import WaitWindow
 from ironfunctions.balancer.weight import Load, WeightGovernor
 from ironfunctions.drain import Drain, DrainService
+from ironfunctions.http.proxies import TrustedProxies
 from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import stores_from_url
@@ -289,6 +290,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     invoker = Invoker(
         route_cache.lookup, route_cache.app_config, run_call, CallIds(reactor.seconds),
         submit=submitter.submit, record=recorder.record, clock=reactor, ready=lambda: datastore_service.ready,
+        trusted_proxies=TrustedProxies(config.trusted_proxies),
     )
     tasks = TasksAPI(queue, stores.calls, route_cache.lookup, route_cache.app_config, reactor,
                      policy=AttemptPolicy(config.async_max_attempts, config.async_retry_delay, config.async_max_age))

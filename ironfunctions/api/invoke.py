@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ironfunctions.http.headers import canonical_name
-from ironfunctions.http.hosts import authority
+from ironfunctions.http.hosts import authority, peer_host
 from ironfunctions.runner.invoker import Invocation, Invoker, Reply
 
 log = Logger()
@@ -51,7 +51,7 @@ def _invocation(request: Any) -> Invocation:
     }
     return Invocation(request.method.decode("ascii", "replace"), request.path, request.uri, headers, body,
                       None if host is None else host.decode("latin-1"), authority(request.getHost()),
-                      request.isSecure())
+                      request.isSecure(), peer_host(request.getClientAddress()))
 
 
 def _write_reply(reply: Reply, request: Any) -> None:

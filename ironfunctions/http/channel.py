@@ -41,7 +41,7 @@ from ironfunctions.http.channelsite import ChannelSite
 from ironfunctions.http.deadlines import BODY, BUSY, HEAD, IDLE, Deadline, Verdict
 from ironfunctions.http.encode import encode_reply
 from ironfunctions.http.headers import TOKEN, canonical_name
-from ironfunctions.http.hosts import authority
+from ironfunctions.http.hosts import authority, peer_host
 from ironfunctions.http.refusal import SLOW_BODY, SLOW_HEAD, canned
 from ironfunctions.http.writethrough import write_through
 from ironfunctions.runner.invoker import Invocation, Reply
@@ -86,6 +86,7 @@ class FastChannel(Protocol):
         self._closing = False
         self._inner: Protocol | None = None  # the twisted.web channel after a hand-over
         self._local = ""
+        self._peer: str | None = None  # whose X-Forwarded-* are believed (http/proxies.py)
         self._secure = False
         self._counted = False  # in the site's open_connections
         self._charged = 0  # body bytes of the request in hand, held in the site's budget
@@ -101,6 +102,7 @@ class FastChannel(Protocol):
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
         self._local = authority(transport.getHost())
+        self._peer = peer_host(transport.getPeer())
         self._secure = ISSLTransport.providedBy(transport)
         self.deadline = Deadline(self._site.clock.seconds())
         self._site.watchdog.watch(self)
@@ -292,7 +294,7 @@ class FastChannel(Protocol):
         target = request.target
         path = target.partition(b"?")[0]
         invocation = Invocation(method, path, target, request.headers, body, request.host, self._local,
-                                self._secure)
+                                self._secure, self._peer)
         d = Deferred.fromCoroutine(self._site.invoker.invoke(invocation))
         d.addCallback(self._reply, request, method)
         d.addErrback(self._reply_failed)

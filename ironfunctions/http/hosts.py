@@ -35,3 +35,10 @@ def authority(address: IAddress | None) -> str:
     if ":" in host:
         return f"[{host}]:{port}"
     return f"{host}:{port}"
+
+
+def peer_host(address: IAddress | None) -> str | None:
+    """The IP address of a connection's peer ``address``; None for a UNIX socket (no
+    address: never a trusted proxy, ``http/proxies.py``)."""
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) and getattr(address, "port", None) is not None else None

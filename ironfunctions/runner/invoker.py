@@ -30,6 +30,7 @@ from ironfunctions.http.bearer import parse_bearer, verify_jwt
 from ironfunctions.http.errors import JSON, answer_for, error_answer, internal_error
 from ironfunctions.http.hosts import valid_host
 from ironfunctions.http.jsonbody import dumps
+from ironfunctions.http.proxies import TrustedProxies, forwarded
 from ironfunctions.names import text_from_url
 from ironfunctions.models import Call, CallRequest, CallResult, CallStatus, Route
 from ironfunctions.paths import normalize_path
@@ -64,13 +65,16 @@ class Invocation:
     in Twisted's canonical capitalisation, to its values; ``host`` is the Host header as
     sent (None without one) and ``local`` the connection's local address as
     ``host:port`` (``http.hosts.authority``): the URL's host when ``host`` is missing or
-    not a plain ``host[:port]``.
+    not a plain ``host[:port]``; ``peer`` the client's IP address (None on a UNIX
+    socket), which decides whether its ``X-Forwarded-*`` headers are believed
+    (``http/proxies.py``).
     """
 
-    __slots__ = ("method", "path", "uri", "headers", "body", "host", "local", "secure")
+    __slots__ = ("method", "path", "uri", "headers", "body", "host", "local", "secure", "peer")
 
     def __init__(self, method: str, path: bytes, uri: bytes, headers: dict[str, list[str]],
-                 body: bytes, host: str | None, local: str, secure: bool = False) -> None:
+                 body: bytes, host: str | None, local: str, secure: bool = False,
+                 peer: str | None = None) -> None:
         self.method = method
         self.path = path
         self.uri = uri
@@ -79,6 +83,7 @@ class Invocation:
         self.host = host
         self.local = local
         self.secure = secure
+        self.peer = peer
 
 
 class Reply:
@@ -113,6 +118,8 @@ class Invoker:
         later off the request path (``CallRecorder.record``); None keeps none.
     :param clock: for the records' timestamps.
     :param ready: false until the datastore has started: invocations answer 503.
+    :param trusted_proxies: the peers whose ``X-Forwarded-*`` headers are believed
+        (``TRUSTED_PROXIES``); from others they are dropped (``http/proxies.py``).
     """
 
     def __init__(
@@ -125,6 +132,7 @@ class Invoker:
         record: Record | None = None,
         clock: IReactorTime | None = None,
         ready: Callable[[], bool] = lambda: True,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self._lookup = lookup
         self._app_config = app_config
@@ -134,6 +142,7 @@ class Invoker:
         self._record = record
         self._clock = clock
         self._ready = ready
+        self._proxies = trusted_proxies if trusted_proxies is not None else TrustedProxies()
         self._paths: dict[bytes, str] = {}  # raw path -> normalised (pure, so cacheable)
         self._hosts: dict[str, bool] = {}  # Host header -> valid_host (pure, so cacheable)
 
@@ -168,8 +177,13 @@ class Invoker:
             authorization = invocation.headers.get("Authorization")
             verify_jwt(parse_bearer(authorization[-1] if authorization else None), route.jwt_key)
         app_config = await self._app_config(app_name)
-        call = Call(call_id, route, _call_request(invocation, self._host(invocation), bool(route.jwt_key)),
-                    app_config)
+        scheme, host, headers = forwarded(self._proxies, invocation.peer, invocation.headers, self._valid_host)
+        if scheme is None:
+            scheme = "https" if invocation.secure else "http"
+        if host is None:
+            host = self._host(invocation)
+        request = _call_request(invocation, scheme, host, headers, bool(route.jwt_key))
+        call = Call(call_id, route, request, app_config)
         if route.type == "async":
             if self._submit is None:
                 raise errors.QueueUnavailable("async calls are not enabled on this node")
@@ -198,13 +212,17 @@ class Invoker:
         host = invocation.host
         if host is None:
             return invocation.local
+        return host if self._valid_host(host) else invocation.local
+
+    def _valid_host(self, host: str) -> bool:
+        """``hosts.valid_host``, cached (a proxy sends the same few hosts)."""
         valid = self._hosts.get(host)
         if valid is None:
             valid = valid_host(host)
             if len(self._hosts) >= 1_000:  # bounded: forged hosts cannot grow it
                 self._hosts.clear()
             self._hosts[host] = valid
-        return host if valid else invocation.local
+        return valid
 
     def _now_ms(self) -> int:
         return 0 if self._clock is None else int(self._clock.seconds() * 1000)
@@ -260,10 +278,12 @@ def passed_on(headers: dict[str, list[str]], drop_authorization: bool) -> dict[s
             if "_" not in name and not (drop_authorization and name.lower() == "authorization")}
 
 
-def _call_request(invocation: Invocation, host: str, drop_authorization: bool) -> CallRequest:
-    """The parts of the request the runner needs (headers as ``passed_on``, the URL
-    from ``host`` and the request's own target); a GET without body passes the
-    ``payload`` query parameter as the body."""
+def _call_request(invocation: Invocation, scheme: str, host: str, headers: dict[str, list[str]],
+                  drop_authorization: bool) -> CallRequest:
+    """The parts of the request the runner needs (``headers``, already filtered of
+    forwarding headers by ``http/proxies.py``, as ``passed_on``; the URL from ``scheme``,
+    ``host`` and the request's own target); a GET without body passes the ``payload``
+    query parameter as the body."""
     body = invocation.body
     method = invocation.method
     if not body and method == "GET":
@@ -272,6 +292,5 @@ def _call_request(invocation: Invocation, host: str, drop_authorization: bool) -
             payload = parse_qs(query, keep_blank_values=True).get(b"payload")
             if payload:
                 body = payload[0]
-    scheme = "https" if invocation.secure else "http"
     url = f"{scheme}://{host}{invocation.uri.decode('latin-1')}"
-    return CallRequest(method=method, url=url, headers=passed_on(invocation.headers, drop_authorization), body=body)
+    return CallRequest(method=method, url=url, headers=passed_on(headers, drop_authorization), body=body)
