@@ -46,7 +46,7 @@ from ironfunctions.runner.async_worker import AsyncWorkerService
 from ironfunctions.runner.cancel import make_app_calls_ender, make_cancel_handler, make_canceller
 from ironfunctions.cancelbus import cancel_bus_for
 from ironfunctions.runner.attempts import AttemptPolicy
-from ironfunctions.runner.reconciler import Reconciler
+from ironfunctions.runner.reconciler import Reconciler, rebuild_counts_after_loss
 from ironfunctions.runner.submit import AsyncSubmitter
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.agent import Agent, ColdRunner
@@ -285,6 +285,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # datastore is shared (Postgres: its lease row; SQLite and memory are per node).
     reconciler = Reconciler(stores.calls, queue, route_cache.lookup, reactor, metrics, config.node_id,
                             try_lead=getattr(stores.calls, "try_lead", None), interval=config.reconcile_interval)
+    reconciler.add_after_pass(rebuild_counts_after_loss(queue))  # ASYNC_MAX_QUEUED counts after a loss
     PeriodicService("reconciler", config.reconcile_interval, reconciler.tick, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
 
     invoker = Invoker(

@@ -20,8 +20,10 @@ for SQLite and memory, which are one process). A lease rather than a Postgres ad
 lock: a pass spans many queries on a pool whose connections may be dropped and
 re-opened at any time, and a session lock would vanish silently with its connection.
 
-``add_after_pass`` hooks run after each pass this node made (e.g. rebuilding per-app
-queue counters after a queue restart: the queue holds exactly what the records say).
+``add_after_pass`` hooks run after each pass this node made, with its report:
+``rebuild_counts_after_loss`` rebuilds the per-app queue counters (``ASYNC_MAX_QUEUED``)
+after a pass that found the queue had lost calls (a restart without persistence, or
+from an older snapshot), once what was lost is queued again.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from ironfunctions.runner.records import failed_record, route_deleted_record
 
 # (lease name, owner, ttl ms) -> whether ``owner`` holds the lease now.
 TryLead = Callable[[str, str, int], Awaitable[bool]]
-AfterPass = Callable[[], Awaitable[None]]
+AfterPass = Callable[["PassReport"], Awaitable[None]]
 
 LEASE_NAME = "reconciler"
 DEFAULT_INTERVAL_S = 20.0
@@ -124,7 +126,7 @@ class Reconciler:
                 checked=report.checked,
             )
         for hook in self._after_pass:
-            await hook()
+            await hook(report)
         return report
 
     async def tick(self) -> None:
@@ -169,3 +171,16 @@ class Reconciler:
         except errors.CallCompleted:
             return False
         return True
+
+
+def rebuild_counts_after_loss(queue: IMessageQueue) -> AfterPass:
+    """An after-pass hook: rebuild the queue's per-app counters after a pass that
+    queued lost calls again. Not after every pass: a rebuild scans the whole queue
+    (one Lua script on Redis), and counters and items only part when the queue lost
+    data; a lossless queue keeps them together in one atomic step."""
+
+    async def rebuild(report: PassReport) -> None:
+        if report.requeued:
+            await queue.rebuild_counts()
+
+    return rebuild

@@ -144,7 +144,7 @@ def test_every_page_is_walked() -> None:
 def test_only_the_lease_holder_reconciles_and_runs_the_after_pass_hooks() -> None:
     hooks: list[str] = []
 
-    async def rebuild_counters() -> None:
+    async def rebuild_counters(report: PassReport) -> None:
         hooks.append("rebuilt")
 
     other = Cluster(lead=False)
@@ -202,3 +202,24 @@ def test_a_lost_call_runs_to_success_through_a_worker() -> None:
     rec = c.record()
     assert ran == [b"in"] and (rec.status, rec.attempt, rec.lost) == ("success", 1, 0)
     worker.stopService()
+
+
+def test_the_queue_counters_are_rebuilt_after_a_pass_that_found_the_queue_had_lost_calls() -> None:
+    """SPEC §8: the per-app counts are rebuilt by the reconciler after a queue restart."""
+    from ironfunctions.runner.reconciler import rebuild_counts_after_loss
+
+    c = Cluster()
+    rebuilt: list[int] = []
+    real = c.queue.rebuild_counts
+
+    async def counting() -> None:
+        rebuilt.append(1)
+        await real()
+
+    c.queue.rebuild_counts = counting  # type: ignore[method-assign]
+    c.reconciler.add_after_pass(rebuild_counts_after_loss(c.queue))
+    c.submit()
+    c.clock.advance(31)
+    assert c.reconcile().requeued == 0 and rebuilt == []  # nothing lost: no scan
+    c.lose_queue()
+    assert c.reconcile().requeued == 1 and rebuilt == [1]
