@@ -234,7 +234,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     if config.lb_agent_port:
         lb_agent = LBAgent(
             driver.probe, lambda: Load(len(agent.calls_running()), slots.limit, waits.percentile()),
-            drain, WeightGovernor(reactor),
+            drain, WeightGovernor(reactor), started=lambda: datastore_service.ready and queue_service.ready,
         )
         endpoint = serverFromString(reactor, agent_endpoint(config.listen, config.lb_agent_port))
         # Stops after the agent: it answers "drain" until the node's calls are done.

@@ -7,27 +7,30 @@ HAProxy, Redis, the database or the Postgres cluster, and the containers labelle
 the nodes' ids). ``Cluster.restart_redis(down=3)`` and ``restart_postgres(down=3)``
 take a backend away for a few seconds (SPEC §10).
 
-HAProxy checks ``GET /health`` every 500 ms (``fall 2 rise 2``), as the shipped sample
-does, so a node whose ``/health`` turns 503 leaves the pool within about a second; it
-retries requests that failed to connect or got no answer on another node. Its admin
-socket tells which nodes it considers up (``Balancer.states()``).
+By default HAProxy runs a small config of its own (``tests/haproxy.py``): round robin,
+``GET /health`` every 500 ms (``fall 2 rise 2``), so a node whose ``/health`` turns 503
+leaves the pool within about a second; it retries requests that failed to connect or
+got no answer on another node. With ``shipped=True`` it runs the shipped
+``etc/haproxy.cfg`` instead, changed only in its addresses and ports
+(``rewrite_sample``): each node then also runs its agent (``LB_AGENT_PORT``) and drains
+on SIGTERM for ``DRAIN_GRACE``. Either way its admin socket tells which nodes it
+considers up (``Balancer.states()``) and each server's figures (``Balancer.stat()``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import attrs
 import psycopg2
 
 from ironfunctions.models import LABEL_NODE
 from tests.daemon import Daemon, Reply, http
+from tests.haproxy import Balancer, wait_until
 from tests.servers import (
     PostgresCluster,
     RedisServer,
@@ -41,135 +44,7 @@ from tests.servers import (
 # Every node's environment unless the test says otherwise: a short reconcile interval
 # (SPEC §10) so that a lost queue is rebuilt within the test; fast async retries.
 NODE_ENV = {"RECONCILE_INTERVAL": "2", "ASYNC_RETRY_DELAY": "100ms", "MAX_CONCURRENCY": "8"}
-
-HAPROXY_CFG = """\
-global
-    # Each connection costs HAProxy two file descriptors (client and server side).
-    maxconn 200
-    stats socket {folder}/admin.sock mode 600 level admin
-    log stdout format raw local0 info
-
-defaults
-    mode http
-    log global
-    option httplog
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    timeout check 1s
-    # Retry elsewhere what never reached a node or got no answer at all; an answer
-    # (even a 503) is the node's word and goes to the client.
-    retries 3
-    option redispatch
-    retry-on conn-failure empty-response
-
-frontend ironfunctions
-    bind 127.0.0.1:{port}
-    default_backend nodes
-
-backend nodes
-    balance roundrobin
-    option httpchk GET /health
-    http-check expect status 200
-    default-server inter 500ms fall 2 rise 2
-{servers}
-"""
-
-
-def _wait(check: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout}s")
-        time.sleep(interval)
-
-
-@attrs.define
-class Balancer:
-    """``haproxy -db -f cfg`` in the foreground on a free loopback port."""
-
-    folder: str
-    port: int
-    servers: dict[str, int]  # server name -> node port
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> str:
-        return os.path.join(self.folder, "haproxy.log")
-
-    def start(self, timeout: float = 15) -> None:
-        binary = shutil.which("haproxy")
-        if binary is None:
-            raise RuntimeError("haproxy not found (scripts/setup.sh --test installs it)")
-        os.makedirs(self.folder, exist_ok=True)
-        lines = "\n".join(f"    server {name} 127.0.0.1:{port} check" for name, port in self.servers.items())
-        cfg = os.path.join(self.folder, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write(HAPROXY_CFG.format(folder=self.folder, port=self.port, servers=lines))
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([binary, "-db", "-f", cfg], stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
-        log.close()
-        try:
-            _wait(lambda: self.process is not None and (self.process.poll() is not None or self.all_up()),
-                  timeout, "HAProxy sees every node up")
-        except RuntimeError:
-            self.stop()
-            raise
-        if self.process.poll() is not None:
-            raise RuntimeError(f"haproxy exited with {self.process.returncode}: {self.log()[-2000:]}")
-
-    def admin(self, command: str) -> str:
-        """One command on the admin socket (e.g. ``show stat``); its answer."""
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(2)
-            s.connect(os.path.join(self.folder, "admin.sock"))
-            s.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
-
-    def states(self) -> dict[str, str]:
-        """Server name -> HAProxy's view of it (``UP``, ``DOWN``, ``UP 1/2``...);
-        empty if HAProxy does not answer."""
-        try:
-            lines = self.admin("show stat").splitlines()
-        except OSError:
-            return {}
-        if not lines or not lines[0].startswith("# "):
-            return {}
-        header = lines[0][2:].split(",")
-        name, status = header.index("svname"), header.index("status")
-        rows = [line.split(",") for line in lines[1:] if line]
-        return {r[name]: r[status] for r in rows if r[name] in self.servers}
-
-    def all_up(self) -> bool:
-        states = self.states()
-        return len(states) == len(self.servers) and all(s == "UP" for s in states.values())
-
-    def log(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
+SHIPPED_DRAIN_GRACE = "2500ms"
 
 @attrs.define
 class Cluster:
@@ -208,7 +83,7 @@ class Cluster:
         """Wait until every node's ``/health`` is ``ok`` and HAProxy has them all up;
         return the seconds it took."""
         started = time.monotonic()
-        _wait(lambda: all(s == "ok" for s in self.health()) and self.balancer.all_up(), timeout,
+        wait_until(lambda: all(s == "ok" for s in self.health()) and self.balancer.all_up(), timeout,
               "every node healthy behind the balancer", interval=0.1)
         return time.monotonic() - started
 
@@ -242,6 +117,25 @@ class Cluster:
         self.start_postgres()
         return went, time.monotonic()
 
+    def server(self, i: int) -> str:
+        """HAProxy's name for node ``i``."""
+        return list(self.balancer.servers)[i]
+
+    def wait_node_up(self, i: int, timeout: float = 30) -> None:
+        """Wait until HAProxy has node ``i`` ``UP`` again (in every backend)."""
+        name = self.server(i)
+        wait_until(lambda: self.balancer.states().get(name) == "UP", timeout, f"HAProxy sees {name} up", interval=0.1)
+
+    def restart_node(self, i: int, timeout: float = 60) -> tuple[int, float]:
+        """SIGTERM node ``i``, wait for it to exit, start it again (same port, same
+        NODE_ID), wait until it is healthy and HAProxy has it up; its exit status and
+        the seconds it took."""
+        started = time.monotonic()
+        code = self.nodes[i].stop(timeout)
+        self.nodes[i].start(wait=True, timeout=timeout)
+        self.wait_node_up(i, timeout)
+        return code, time.monotonic() - started
+
     def logs(self) -> str:
         """Every node's log and HAProxy's, for a failure message or a post-mortem."""
         parts = [f"==== {nid} ====\n{node.log()}" for nid, node in zip(self.node_ids, self.nodes)]
@@ -269,12 +163,16 @@ def _accepts_connections(cluster: PostgresCluster) -> bool:
 @contextlib.contextmanager
 def start_cluster(workdir: str, nodes: int = 3, *, postgres: PostgresCluster | None = None,
                   redis_persistent: bool = True, env: dict[str, str] | None = None,
-                  name: str = "e2e") -> Iterator[Cluster]:
+                  name: str = "e2e", shipped: bool = False,
+                  edit: Callable[[str], str] | None = None) -> Iterator[Cluster]:
     """Start ``nodes`` daemons (ids ``{name}-0``...) on a fresh database of ``postgres``
     (a Postgres cluster of its own when None) and a fresh Redis, and HAProxy in front;
     yield the running ``Cluster``; stop and remove all of it on the way out.
 
-    ``env`` adds to (or overrides) ``NODE_ENV`` for every node."""
+    ``env`` adds to (or overrides) ``NODE_ENV`` for every node. ``shipped``: HAProxy
+    runs ``etc/haproxy.cfg`` (then ``edit``-ed if given), each node its agent on a
+    port of its own and a ``DRAIN_GRACE`` of ``SHIPPED_DRAIN_GRACE`` (two of the
+    sample's 1 s agent intervals and a half) unless ``env`` says otherwise."""
     with contextlib.ExitStack() as cleanup:
         if postgres is None:
             postgres = start_postgres_cluster()
@@ -297,15 +195,19 @@ def start_cluster(workdir: str, nodes: int = 3, *, postgres: PostgresCluster | N
         cleanup.callback(remove_containers, node_ids)
         daemons = []
         for i, nid in enumerate(node_ids):
-            settings = {**NODE_ENV, **(env or {}), "DB_URL": db_url, "MQ_URL": redis.url(), "NODE_ID": nid}
+            agent = {"LB_AGENT_PORT": str(free_port()), "DRAIN_GRACE": SHIPPED_DRAIN_GRACE} if shipped else {}
+            settings = {**NODE_ENV, **agent, **(env or {}), "DB_URL": db_url, "MQ_URL": redis.url(), "NODE_ID": nid}
             daemon = Daemon(os.path.join(workdir, f"node{i}"), settings)
             cleanup.callback(_stop_daemon, daemon)
             daemons.append(daemon.start(wait=False))
         for daemon in daemons:
             daemon.wait_ready(60)
 
+        names = [f"node{i + 1}" if shipped else f"n{i}" for i in range(nodes)]
         balancer = Balancer(os.path.join(workdir, "haproxy"), free_port(),
-                            {f"n{i}": d.port for i, d in enumerate(daemons)})
+                            {n: d.port for n, d in zip(names, daemons)},
+                            {n: int(d.env["LB_AGENT_PORT"]) for n, d in zip(names, daemons)} if shipped else None,
+                            edit)
         cleanup.callback(balancer.stop)
         balancer.start()
         yield Cluster(postgres, db_url, redis, daemons, node_ids, balancer)

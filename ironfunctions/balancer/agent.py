@@ -5,10 +5,18 @@ line and we close the connection. The line is, in order of precedence:
 
 - ``drain`` from the moment SIGTERM arrives (``Drain``): HAProxy sends no new calls,
   and those in flight finish;
-- ``down`` while this node's Docker engine is unreachable or hung (the latest answer
+- ``down`` while the node is starting (its datastore and queue have not answered yet:
+  it answers 503 to ``/r`` and ``/v1``, like ``/health``; without this, the ``ready``
+  below would bring a restarting node back before it can serve), and while this
+  node's Docker engine is unreachable or hung (the latest answer
   of the one shared Docker probe, the same ``/health`` uses; a shared backend outage,
   Postgres or Redis, is *not* a reason: every node sees it, SPEC §3, §10);
-- ``up N%`` otherwise, N from ``weight.WeightGovernor``.
+- ``up ready N%`` otherwise, N from ``weight.WeightGovernor``. ``ready`` because
+  HAProxy keeps a server our ``drain`` put in (forced) drain mode until an agent says
+  ``ready``, even after ``up``: without it a node restarted under the same HAProxy
+  would stay drained for good (seen in ``tests/functional/test_cluster_production.py``).
+  It also lifts a drain or maintenance an operator set by hand on HAProxy's socket:
+  ``disable agent`` first (docs/operating/production.md).
 
 Nothing is worked out per connection: a ``LoopingCall`` refreshes the weight and asks
 the probe (at most one probe in flight) every ``interval`` seconds, and a connection
@@ -43,14 +51,17 @@ class LBAgent:
     :param load: the node's figures now.
     :param drain: the node's drain state.
     :param governor: turns the figures into a weight.
+    :param started: whether the node can serve yet (``/health``'s ``started``).
     """
 
     log = Logger()
 
     def __init__(
         self, probe: Callable[[], Deferred[bool]], load: Callable[[], Load], drain: Drain, governor: WeightGovernor,
+        started: Callable[[], bool] = lambda: True,
     ) -> None:
         self._probe = probe
+        self._started = started
         self._load = load
         self._drain = drain
         self._governor = governor
@@ -62,9 +73,9 @@ class LBAgent:
         """The line for one agent-check connection."""
         if self._drain.draining:
             return b"drain\n"
-        if self.docker_up is False:
+        if self.docker_up is False or not self._started():
             return b"down\n"
-        return b"up %d%%\n" % self._governor.weight
+        return b"up ready %d%%\n" % self._governor.weight
 
     def refresh(self) -> None:
         """Update the weight from the figures of now; start a probe unless one is in flight."""

@@ -58,8 +58,9 @@ class Stream:
     """Threads sending calls through the balancer, as fast as answers come (async
     submits paced), until ``stop()``; every request is kept as a ``Sent``."""
 
-    def __init__(self, cluster: Cluster, threads: dict[str, int], async_pause: float = 0.1) -> None:
+    def __init__(self, cluster: Cluster, threads: dict[str, int], async_pause: float = 0.1, app: str = APP) -> None:
         self.cluster = cluster
+        self.app = app
         self.sent: list[Sent] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -92,7 +93,7 @@ class Stream:
     def _one(self, kind: str, payload: str) -> Sent:
         started = time.monotonic()
         try:
-            reply = self.cluster.request("POST", f"/r/{APP}/{kind}", payload, timeout=10)
+            reply = self.cluster.request("POST", f"/r/{self.app}/{kind}", payload, timeout=10)
         except OSError:  # refused, reset or timed out: the client got nothing
             return Sent(kind, started, time.monotonic(), 0, False)
         ended = time.monotonic()
@@ -162,7 +163,7 @@ def _count(values: Any) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def final_records(cluster: Cluster, call_ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+def final_records(cluster: Cluster, call_ids: list[str], timeout: float, app: str = APP) -> dict[str, dict[str, Any]]:
     """Poll each call's record through the balancer until it is terminal or ``timeout``
     runs out; call id -> last record seen (``{"status": "missing"}`` if none)."""
     records: dict[str, dict[str, Any]] = {cid: {"status": "missing"} for cid in call_ids}
@@ -171,7 +172,7 @@ def final_records(cluster: Cluster, call_ids: list[str], timeout: float) -> dict
     while True:  # at least one pass, even with no time to wait
         for cid in sorted(pending):
             try:
-                reply = cluster.request("GET", f"/v1/apps/{APP}/calls/{cid}", timeout=5)
+                reply = cluster.request("GET", f"/v1/apps/{app}/calls/{cid}", timeout=5)
             except OSError:
                 continue
             if reply.status == 200:

@@ -1,11 +1,9 @@
 """The shipped ``etc/haproxy.cfg`` (SPEC §9): valid for the HAProxy CI installs, and,
 with three real daemons behind a real HAProxy running it (only addresses and ports
-rewritten), it gives route affinity and takes a draining node out."""
+rewritten, ``tests/haproxy.py``), it gives route affinity and takes a draining node out."""
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import shutil
@@ -19,12 +17,9 @@ import pytest
 
 from ironfunctions.models import LABEL_KIND, LABEL_NODE
 from tests.daemon import Daemon, DaemonFactory, http
+from tests.haproxy import SAMPLE, Balancer, rewrite_sample
 from tests.images import image_tag, test_images  # noqa: F401 (session fixture)
 from tests.servers import free_port
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SAMPLE = os.path.join(ROOT, "etc", "haproxy.cfg")
-
 
 def haproxy() -> str:
     path = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -37,34 +32,28 @@ def test_the_shipped_config_is_valid() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def rewrite(config: str, front: int, stats: int, nodes: list[tuple[int, int]]) -> str:
-    """The sample with only its addresses and ports changed: the frontend, the stats
-    page, and each server line's (api port, agent port)."""
-    config = config.replace("bind :8000", f"bind 127.0.0.1:{front}")
-    config = config.replace("bind 127.0.0.1:8404", f"bind 127.0.0.1:{stats}")
-
-    def server(match: re.Match[str]) -> str:
-        api, agent = nodes[int(match.group(1)) - 1]
-        return f"server node{match.group(1)} 127.0.0.1:{api} agent-port {agent}"
-
-    return re.sub(r"server node(\d) 127\.0\.0\.1:\d+ agent-port \d+", server, config)
+def test_the_rewrite_changes_only_addresses_and_ports() -> None:
+    with open(SAMPLE) as f:
+        sample = f.read()
+    config = rewrite_sample(sample, 1000, 1001, [(2000, 2001), (2010, 2011)])
+    servers = [line.strip() for line in config.splitlines() if line.strip().startswith("server ")]
+    assert servers == ["server node1 127.0.0.1:2000 agent-port 2001", "server node2 127.0.0.1:2010 agent-port 2011"] * 2
+    strip = re.compile(r"^\s*(server |bind ).*\n", re.MULTILINE)
+    assert strip.sub("", config) == strip.sub("", sample)
 
 
 class Cluster:
-    def __init__(self, nodes: list[Daemon], node_ids: list[str], front: int, stats: int) -> None:
+    def __init__(self, nodes: list[Daemon], node_ids: list[str], balancer: Balancer) -> None:
         self.nodes = nodes
         self.node_ids = node_ids
-        self.front = front
-        self.stats = stats
+        self.balancer = balancer
 
     def servers(self, backend: str) -> dict[str, dict[str, str]]:
         """HAProxy's view of each server of ``backend`` (its stats CSV row)."""
-        text = http("GET", f"http://127.0.0.1:{self.stats}/;csv", timeout=5).body.decode()
-        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
-        return {row["svname"]: row for row in rows if row["pxname"] == backend and row["svname"].startswith("node")}
+        return self.balancer.stat(backend)
 
     def call(self, path: str, body: str = "") -> int:
-        return http("POST", f"http://127.0.0.1:{self.front}{path}", body, timeout=30).status
+        return http("POST", self.balancer.url + path, body, timeout=30).status
 
 
 @pytest.fixture
@@ -79,30 +68,14 @@ def cluster(test_images: dict[str, str], daemon_factory: DaemonFactory, tmp_path
         node.start(wait=False)
     for node in nodes:
         node.wait_ready()
-    front, stats = free_port(), free_port()
-    with open(SAMPLE) as f:
-        config = rewrite(f.read(), front, stats, [(n.port, int(n.env["LB_AGENT_PORT"])) for n in nodes])
-    path = tmp_path / "haproxy.cfg"
-    path.write_text(config)
-    log = open(tmp_path / "haproxy.log", "wb")
-    proc = subprocess.Popen([haproxy(), "-db", "-f", str(path)], stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    names = [f"node{i + 1}" for i in range(3)]
+    balancer = Balancer(str(tmp_path / "haproxy"), free_port(), {n: d.port for n, d in zip(names, nodes)},
+                        {n: int(d.env["LB_AGENT_PORT"]) for n, d in zip(names, nodes)})
+    balancer.start(timeout=20)
     try:
-        result = Cluster(nodes, node_ids, front, stats)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                states = {name: row["status"] for name, row in result.servers("functions").items()}
-                if states and set(states.values()) == {"UP"} and len(states) == 3:
-                    break
-            except OSError:
-                states = {}
-            assert time.monotonic() < deadline, f"HAProxy did not see the nodes up: {states}"
-            time.sleep(0.2)
-        yield result
+        yield Cluster(nodes, node_ids, balancer)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        balancer.stop()
 
 
 def hot_containers(node_ids: list[str]) -> dict[str, int]:

@@ -53,7 +53,7 @@ def test_sigterm_drains_serves_through_the_grace_finishes_calls_and_exits_cleanl
     daemon.add_route("myapp", "/slow", image_tag("sleep"), timeout=30, config={"SLEEP": "5"})
     daemon.add_route("myapp", "/cat", image_tag("cat"))
     assert daemon.post("/r/myapp/cat", "warm").status == 200
-    assert ask_agent(agent_port) == "up 100%\n"
+    assert ask_agent(agent_port) == "up ready 100%\n"
 
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(daemon.post, "/r/myapp/slow", "")
@@ -63,7 +63,7 @@ def test_sigterm_drains_serves_through_the_grace_finishes_calls_and_exits_cleanl
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         while (answer := ask_agent(agent_port)) != "drain\n":
-            assert answer == "up 100%\n"
+            assert answer == "up ready 100%\n"
         assert time.monotonic() - sent < 0.1, "the agent must say drain within 100 ms of SIGTERM"
 
         health = daemon.get("/health")
@@ -92,7 +92,7 @@ def test_a_saturated_node_answers_the_agent_in_milliseconds_with_a_lower_weight(
     daemon = daemon_factory(env={"NODE_ID": f"lb-busy-{os.getpid()}", "MAX_CONCURRENCY": "2",
                                  "LB_AGENT_PORT": str(agent_port)})
     daemon.add_route("myapp", "/slow", image_tag("sleep"), timeout=30, config={"SLEEP": "4"})
-    assert ask_agent(agent_port) == "up 100%\n"
+    assert ask_agent(agent_port) == "up ready 100%\n"
     with ThreadPoolExecutor(16) as pool:
         calls = [pool.submit(daemon.post, "/r/myapp/slow", "") for _ in range(16)]  # 2 run, 14 wait
         wait_for(lambda: daemon.get("/stats").json()["Queue"] >= 10)
@@ -101,7 +101,7 @@ def test_a_saturated_node_answers_the_agent_in_milliseconds_with_a_lower_weight(
         answer = ""
         began = time.monotonic()
         # Readings once a second, and busy for 2 s: 10 % within 3 s (5 s for a loaded host).
-        while time.monotonic() - began < 5 and (len(took) < 100 or answer != "up 10%\n"):
+        while time.monotonic() - began < 5 and (len(took) < 100 or answer != "up ready 10%\n"):
             t0 = time.monotonic()
             answer = ask_agent(agent_port)
             took.append(time.monotonic() - t0)
@@ -109,7 +109,7 @@ def test_a_saturated_node_answers_the_agent_in_milliseconds_with_a_lower_weight(
                 answers.append((round(t0 - began, 2), answer))
             time.sleep(0.01)
         # 8 x MAX_CONCURRENCY in flight: straight down to 10 %, not step by step.
-        assert answer == "up 10%\n" and len(answers) == 2, answers
+        assert answer == "up ready 10%\n" and len(answers) == 2, answers
         assert max(took) < 0.05, sorted(took)[-5:]
         assert all(c.result(timeout=60).status in (200, 503) for c in calls)
 

@@ -68,8 +68,20 @@ class AgentTests(SynchronousTestCase):
         self.agent.refresh()
         self.engine.answer(up=True)
         transport = connect(self.agent)
-        assert transport.value() == b"up 100%\n"
+        assert transport.value() == b"up ready 100%\n"
         assert transport.disconnecting
+
+    def test_down_until_the_node_has_started_then_up_and_ready(self) -> None:
+        # "ready" lifts the drain HAProxy kept from this node's previous run: said
+        # before the node can serve, it would bring calls to a node answering 503.
+        started = False
+        agent = LBAgent(self.probe.probe, lambda: self.load, self.drain, WeightGovernor(self.clock),
+                        started=lambda: started)
+        agent.refresh()
+        self.engine.answer(up=True)
+        assert connect(agent).value() == b"down\n"
+        started = True
+        assert connect(agent).value() == b"up ready 100%\n"
 
     def test_drain_from_the_moment_draining_begins_whatever_the_engine_says(self) -> None:
         self.agent.refresh()
@@ -84,11 +96,11 @@ class AgentTests(SynchronousTestCase):
         self.clock.advance(1)
         self.agent.refresh()
         self.engine.answer(up=True)
-        assert connect(self.agent).value() == b"up 100%\n"
+        assert connect(self.agent).value() == b"up ready 100%\n"
 
     def test_a_hung_engine_is_down_after_the_probe_timeout_and_gets_no_second_probe(self) -> None:
         self.agent.refresh()  # the engine never answers
-        assert connect(self.agent).value() == b"up 100%\n"  # nothing known yet
+        assert connect(self.agent).value() == b"up ready 100%\n"  # nothing known yet
         for _ in range(10):
             self.clock.advance(1)
             self.agent.refresh()
@@ -111,7 +123,7 @@ class AgentTests(SynchronousTestCase):
             self.agent.refresh()
             self.engine.answer()
             self.clock.advance(1)
-        assert connect(self.agent).value() == b"up 10%\n"
+        assert connect(self.agent).value() == b"up ready 10%\n"
 
     def test_the_service_listens_and_refreshes_every_second(self) -> None:
         reactor = MemoryReactor()
