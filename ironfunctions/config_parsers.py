@@ -43,11 +43,16 @@ def parse_jwt_auth_key(name: str, value: str) -> str:
     return key
 
 
+def parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices``, case-insensitively."""
+    word = value.strip().lower()
+    if word not in choices:
+        raise ConfigError(f"{name}: expected {' or '.join(choices)}, got {value!r}")
+    return word
+
+
 def parse_api_auth(name: str, value: str) -> str:
-    mode = value.strip().lower()
-    if mode not in API_AUTH_MODES:
-        raise ConfigError(f"{name}: expected jwt or none, got {value!r}")
-    return mode
+    return parse_choice(name, value, API_AUTH_MODES)
 
 
 def parse_int(name: str, value: str) -> int:
@@ -240,10 +245,7 @@ def parse_cidrs(name: str, value: str) -> tuple[str, ...]:
 
 
 def parse_hot_transport(name: str, value: str) -> str:
-    transport = value.strip().lower()
-    if transport not in HOT_TRANSPORTS:
-        raise ConfigError(f"{name}: expected attach or socket, got {value!r}")
-    return transport
+    return parse_choice(name, value, HOT_TRANSPORTS)
 
 
 def parse_node_id(name: str, value: str) -> str:
