@@ -26,7 +26,6 @@ import time
 from typing import Any, Callable, Iterator
 
 import attrs
-import psycopg2
 
 from ironfunctions.models import LABEL_NODE
 from tests.daemon import Daemon, Reply, http
@@ -152,13 +151,6 @@ def remove_containers(node_ids: list[str]) -> None:
             subprocess.run(["docker", "rm", "-f", *found], capture_output=True, timeout=120)
 
 
-def _accepts_connections(cluster: PostgresCluster) -> bool:
-    try:
-        psycopg2.connect(cluster.url(), connect_timeout=2).close()
-        return True
-    except psycopg2.OperationalError:
-        return False
-
 
 @contextlib.contextmanager
 def start_cluster(workdir: str, nodes: int = 3, *, postgres: PostgresCluster | None = None,
@@ -180,7 +172,7 @@ def start_cluster(workdir: str, nodes: int = 3, *, postgres: PostgresCluster | N
         db_url = postgres.create_database()
 
         def drop_database(cluster: PostgresCluster = postgres) -> None:
-            if not _accepts_connections(cluster):  # a test that failed while it was down
+            if not cluster.accepts_connections():  # a test that failed while it was down
                 cluster.start()
             cluster.drop_database(db_url)
 

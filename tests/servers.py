@@ -115,6 +115,15 @@ class PostgresCluster:
         self.stop()
         self.start()
 
+    def accepts_connections(self) -> bool:
+        """Whether the cluster is up (a test that stopped it may have failed before
+        starting it again)."""
+        try:
+            psycopg2.connect(self.url(), connect_timeout=2).close()
+            return True
+        except psycopg2.OperationalError:
+            return False
+
     def execute(self, sql: str, db: str = "postgres") -> None:
         """Run one statement outside a transaction (CREATE/DROP DATABASE need that)."""
         conn = psycopg2.connect(self.url(db), connect_timeout=10)

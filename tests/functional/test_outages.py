@@ -20,7 +20,6 @@ import re
 import time
 from typing import Any, Callable, Iterator
 
-import psycopg2
 import pytest
 
 from tests.daemon import Daemon, DaemonFactory
@@ -69,13 +68,6 @@ def redis() -> Iterator[RedisServer]:
     stop_redis_server(server)
 
 
-def _accepts_connections(cluster: PostgresCluster) -> bool:
-    try:
-        psycopg2.connect(cluster.url(), connect_timeout=2).close()
-        return True
-    except psycopg2.OperationalError:
-        return False
-
 
 @pytest.fixture
 def node(cluster: PostgresCluster, redis: RedisServer, test_images: dict[str, str],  # noqa: F811
@@ -93,7 +85,7 @@ def node(cluster: PostgresCluster, redis: RedisServer, test_images: dict[str, st
         reply = daemon.post(f"/r/{APP}{path}", "before")
         assert (reply.status, reply.body) == (200, b"before"), reply.body
     yield daemon
-    if not _accepts_connections(cluster):
+    if not cluster.accepts_connections():
         cluster.start()
     if redis.process is None:
         redis.start()
@@ -180,7 +172,7 @@ def test_with_route_cache_stale_0_sync_calls_fail_once_the_cache_entry_expires(
         reply = daemon.post(f"/r/{APP}/cold", "during", timeout=10)
         assert (reply.status, reply.json()["error"]["message"]) == (503, "datastore unavailable")
     finally:
-        if not _accepts_connections(cluster):
+        if not cluster.accepts_connections():
             cluster.start()
         daemon.stop()
         cluster.drop_database(db)

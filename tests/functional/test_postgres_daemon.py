@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterator
 
-import psycopg2
 import pytest
 
 from tests.daemon import Daemon, DaemonFactory, Reply
@@ -79,20 +78,13 @@ def own_cluster() -> Iterator[PostgresCluster]:
     stop_postgres_cluster(cluster)
 
 
-def _accepts_connections(cluster: PostgresCluster) -> bool:
-    try:
-        psycopg2.connect(cluster.url(), connect_timeout=2).close()
-        return True
-    except psycopg2.OperationalError:
-        return False
-
 
 @pytest.fixture
 def own_db(own_cluster: PostgresCluster) -> Iterator[str]:
     """A fresh database on the module's cluster; the cluster runs again when the test ends."""
     url = own_cluster.create_database()
     yield url
-    if not _accepts_connections(own_cluster):
+    if not own_cluster.accepts_connections():
         own_cluster.start()
     own_cluster.drop_database(url)
 
