@@ -22,9 +22,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.hot import IMAGE, cpu_seconds, sequential, wrk  # noqa: E402
+from bench.hot import IMAGE, TICK, sequential, wrk  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
 from tests.images import build_test_images, ensure_bridge, ensure_dockerd  # noqa: E402
+
+
+def user_system(pid: int) -> tuple[float, float]:
+    """The process's user and system CPU seconds so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def summarise(collapsed: str, top: int) -> None:
@@ -76,16 +83,18 @@ def main() -> None:
             time.sleep(1)
             with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
                 script.write('wrk.method = "POST"\nwrk.body = "hello"\n')
-            before = cpu_seconds(pid)
+            user, system = user_system(pid)
             began = time.monotonic()
             rps, p50, p99 = wrk(daemon.url + "/r/bench/hot", script.name, seconds=args.seconds)
-            used = cpu_seconds(pid) - before
             wall = time.monotonic() - began
+            user_after, system_after = user_system(pid)
+            user, system = user_after - user, system_after - system
+            used = user + system
             os.unlink(script.name)
             spy.wait()
             print(f"wrk -t2 -c8 -d{args.seconds}s ({args.transport}): {rps:.0f} req/s p50 {p50} p99 {p99}; "
                   f"daemon {used / wall * 100:.0f}% of a core, {used / (rps * wall) * 1000:.3f} ms CPU/call "
-                  f"(py-spy sampling included)")
+                  f"(user {user / used * 100:.0f}%, kernel {system / used * 100:.0f}%; py-spy sampling running)")
             summarise(collapsed, args.top)
         finally:
             daemon.stop()
