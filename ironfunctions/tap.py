@@ -195,7 +195,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
             "without a token", listen=config.listen, api_auth=config.api_auth,
         )
 
-    log_metrics = LogMetrics(reactor)
+    log_metrics = LogMetrics(reactor, level=config.log_level)  # no lines below the log level
     FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
     # /metrics' text is made on a thread of its own (~0.5 ms per route).
     scrape_pool = ThreadPool(minthreads=0, maxthreads=1, name="metrics-scrape")

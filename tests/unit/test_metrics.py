@@ -79,6 +79,24 @@ def ours(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("ironfunctions_") and "_created" not in line]
 
 
+@pytest.mark.parametrize("level, lines", [("debug", 4), ("info", 4), ("warn", 0), ("error", 0)])
+def test_metric_lines_are_not_made_below_the_log_level(level: str, lines: int) -> None:
+    """At LOG_LEVEL warn the observer drops info events: the per-call lines, their
+    events and their flush timer are not made at all (issue 15: CPU per call)."""
+    out = io.StringIO()
+    clock = Clock()
+    metrics = LogMetrics(clock, level=level)
+    # An observer that keeps everything: whatever the sink makes shows here.
+    metrics.log = Logger(namespace="ironfunctions.metrics", observer=make_observer("debug", out))
+    metrics.many([("count", "run.requests", 1), ("time", "run.exec_time", 3)], app="a", path="/p", call_id="C")
+    scheduled = len(clock.getDelayedCalls())
+    metrics.count("async.submitted", 1)
+    metrics.gauge("queue.depth", 2)
+    clock.advance(0.05)
+    assert scheduled == (1 if lines else 0)
+    assert len(out.getvalue().splitlines()) == lines + (2 if lines else 0)
+
+
 def test_prometheus_many_gives_what_one_call_per_figure_gives() -> None:
     batches: list[tuple[list[tuple[str, str, Any]], dict[str, Any]]] = [
         ([("count", "run.requests", 1), ("time", "run.exec_time", 12), ("gauge", "hot.containers", 2)], {"app": "a"}),
