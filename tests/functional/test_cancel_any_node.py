@@ -45,22 +45,25 @@ def running_container_call(engine: docker.DockerClient, node: Daemon, timeout: f
     node_id = node.env["NODE_ID"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = engine.containers.list(filters={"label": f"{LABEL_NODE}={node_id}", "status": "running"})
+        found = engine.api.containers(filters={"label": f"{LABEL_NODE}={node_id}", "status": "running"})
         if found:
             assert len(found) == 1, found
-            call_id: str = found[0].labels[LABEL_CALL]
+            call_id: str = found[0]["Labels"][LABEL_CALL]
             return call_id
         time.sleep(0.02)
     raise AssertionError(f"no container started on {node_id} within {timeout}s")
 
 
-def container_of(engine: docker.DockerClient, call_id: str) -> list[Any]:
-    return engine.containers.list(all=True, filters={"label": f"{LABEL_CALL}={call_id}"})
+def container_of(engine: docker.DockerClient, call_id: str) -> list[dict[str, Any]]:
+    """The call's containers, in one engine request: ``containers.list`` inspects each
+    one after listing them, and a container removed in between is a 404."""
+    found: list[dict[str, Any]] = engine.api.containers(all=True, filters={"label": f"{LABEL_CALL}={call_id}"})
+    return found
 
 
 def assert_gone_within(engine: docker.DockerClient, call_id: str, since: float, seconds: float) -> None:
     """The call's container is stopped (gone, or exited and being removed) by ``since + seconds``."""
-    while any(c.status == "running" for c in container_of(engine, call_id)):
+    while any(c["State"] == "running" for c in container_of(engine, call_id)):
         assert time.monotonic() - since < seconds, f"the container still runs {seconds}s after the cancel"
         time.sleep(0.02)
     while container_of(engine, call_id):  # removed soon after
