@@ -8,7 +8,7 @@ line and we close the connection. The line is, in order of precedence:
 - ``down`` while the node is starting (its datastore and queue have not answered yet:
   it answers 503 to ``/r`` and ``/v1``, like ``/health``; without this, the ``ready``
   below would bring a restarting node back before it can serve), and while this
-  node's Docker engine is unreachable or hung (the latest answer
+  node's Docker engine is unreachable or hung, or has not answered yet (the latest answer
   of the one shared Docker probe, the same ``/health`` uses; a shared backend outage,
   Postgres or Redis, is *not* a reason: every node sees it, SPEC §3, §10);
 - ``up ready N%`` otherwise, N from ``weight.WeightGovernor``. ``ready`` because
@@ -73,7 +73,7 @@ class LBAgent:
         """The line for one agent-check connection."""
         if self._drain.draining:
             return b"drain\n"
-        if self.docker_up is False or not self._started():
+        if self.docker_up is not True or not self._started():  # unknown until the first probe answers
             return b"down\n"
         return b"up ready %d%%\n" % self._governor.weight
 

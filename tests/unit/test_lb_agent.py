@@ -100,7 +100,9 @@ class AgentTests(SynchronousTestCase):
 
     def test_a_hung_engine_is_down_after_the_probe_timeout_and_gets_no_second_probe(self) -> None:
         self.agent.refresh()  # the engine never answers
-        assert connect(self.agent).value() == b"up ready 100%\n"  # nothing known yet
+        # Nothing known yet: down, not up (a node whose engine never answered must not
+        # be brought in, nor flip up then down as its first probe times out).
+        assert connect(self.agent).value() == b"down\n"
         for _ in range(10):
             self.clock.advance(1)
             self.agent.refresh()
