@@ -36,7 +36,9 @@ def raise_file_limit() -> tuple[int, int]:
     limit (before, after). A refusal by the kernel leaves it as it was."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = _MOST if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
+    if soft == resource.RLIM_INFINITY:  # -1 in Python: no limit; count it as the most
+        return _MOST, _MOST
+    if soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):

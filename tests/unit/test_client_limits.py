@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.web.resource import Resource
@@ -77,6 +78,15 @@ def test_the_cap_keeps_a_reserve_for_containers_and_backends_of_at_most_half_the
     assert connection_cap(65536, 100) == 65536 - 464
     # The reserve holds the connections beyond the cap that are refused or checked.
     assert 64 >= HEALTH_ROOM + MAX_REFUSING + 16
+
+
+def test_an_unlimited_soft_limit_is_not_read_as_minus_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's RLIM_INFINITY is -1: taken as a number, the cap would be 1 connection."""
+    infinity = resource.RLIM_INFINITY
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (infinity, infinity))
+    before, after = raise_file_limit()
+    assert before == after and after > 1000
+    assert connection_cap(after, 64) > 1000
 
 
 def test_the_soft_file_limit_is_raised_to_the_hard_one() -> None:
