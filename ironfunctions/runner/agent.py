@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from ironfunctions.calls.model import LOG_TRUNCATED_MARKER
 from ironfunctions.drivers.interface import IContainerDriver
-from ironfunctions.errors import NotReady
+from ironfunctions.errors import NotReady, Overloaded
 from ironfunctions.metrics import IMetrics
 from ironfunctions.models import (
     LABEL_CALL,
@@ -104,15 +104,39 @@ class ColdRunner:
         self._network_mode = network_mode
         self._max_response_size = max_response_size
         self._policy = policy
+        self._waiting: dict[str, Deferred[None]] = {}  # calls waiting for a slot
+        self._cancelled: set[str] = set()
 
     async def cancel(self, call_id: str) -> bool:
+        """Stop ``call_id``: remove its container, or, while it waits for a slot, end
+        its wait (no container starts for it). True if either was found."""
+        waiting = self._waiting.get(call_id)
+        if waiting is not None:
+            self._cancelled.add(call_id)
+            waiting.cancel()
+            return True
         return await self._driver.remove_containers({LABEL_CALL: call_id}) > 0
 
     async def run(self, call: Call) -> CallResult:
         spec = container_spec(call, self._node_id, self._network_mode, self._max_response_size, self._policy)
         queued_at = self._clock.seconds()
         app = call.route.app_name
-        await self._slots.acquire(app)
+        call_id = call.id
+        # The wait for a slot can be cancelled (``cancel``): a call cancelled while it
+        # waits must not start a container later, after its client was told it ended.
+        acquiring = Deferred.fromCoroutine(self._slots.acquire(app))
+        if not acquiring.called:
+            self._waiting[call_id] = acquiring
+        try:
+            await acquiring
+        except Overloaded:
+            if call_id not in self._cancelled:
+                raise
+            self._cancelled.discard(call_id)
+            return CallResult(call_id, CallStatus.CANCELLED, error=CANCELLED_MESSAGE,
+                              wait_ms=int(round((self._clock.seconds() - queued_at) * 1000)))
+        finally:
+            self._waiting.pop(call_id, None)
         try:
             wait_ms = int(round((self._clock.seconds() - queued_at) * 1000))
             result = await self._driver.run(spec)

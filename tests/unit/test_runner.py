@@ -233,6 +233,22 @@ class AgentTests(SynchronousTestCase):
         result = self.successResultOf(waiting)
         assert (result.status, result.wait_ms) == ("success", 2000)
 
+    def test_a_call_cancelled_while_it_waits_for_a_slot_ends_at_once_and_never_starts(self) -> None:
+        busy = [self.run_call(make_call("sleep", call_id=f"s{i}", config={"SLEEP": "2"})) for i in range(2)]
+        waiting = self.run_call(make_call("cat", call_id="late"))
+        self.clock.advance(0.5)
+        assert self.successResultOf(Deferred.fromCoroutine(self.agent.cancel("late"))) is True
+        result = self.successResultOf(waiting)  # at once, not when a slot frees
+        assert (result.status, result.error, result.wait_ms) == ("cancelled", "Call cancelled", 500)
+        assert self.agent.slots.waiting == 0 and self.agent.slots.in_use == 2
+        self.clock.advance(2)
+        assert [self.successResultOf(d).status for d in busy] == ["success", "success"]
+        assert "late" not in [s.labels.get(LABEL_CALL) for s in self.driver.started_specs]
+        assert self.agent.slots.in_use == 0
+        assert self.metrics.total("run.cancelled", call_id="late") == 1
+        # The slot it gave up goes to the next call as usual.
+        assert self.successResultOf(self.run_call(make_call("cat", call_id="next"))).status == "success"
+
     def test_missing_image_raises_ImageNotFound(self) -> None:
         call = make_call()
         call = Call("x", Route(app_name="a", path="/p", image="nope:1"), call.request)
