@@ -215,6 +215,7 @@ class CallStatus(enum.StrEnum):
 TERMINAL_STATUSES = frozenset(
     {CallStatus.SUCCESS, CallStatus.ERROR, CallStatus.TIMEOUT, CallStatus.CANCELLED}
 )
+CANCELLED_MESSAGE = "Call cancelled"  # the error of a call stopped by a cancel
 
 
 @attrs.frozen

@@ -28,6 +28,7 @@ from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import NotReady, Overloaded
 from ironfunctions.metrics import IMetrics
 from ironfunctions.models import (
+    CANCELLED_MESSAGE,
     LABEL_CALL,
     LABEL_NODE,
     Call,
@@ -344,13 +345,15 @@ class Agent(Service):
         self._cancelled.add(call_id)
         runner = self._runners.get(call.route.format) or self._runners["default"]
         if not await runner.cancel(call_id):
-            # Not started yet (waiting for a slot) or already ending: the mark alone makes
-            # its outcome "cancelled"; a container that does start runs to its end.
+            # No container and no wait found: its container is being created (a cold
+            # call's in the few ms between its slot and the engine's create: that
+            # container runs to its end), or the call is ending. The mark alone makes
+            # its outcome "cancelled". (A call still waiting for a slot or a hot
+            # container is taken out of the wait by the runner: no container starts.)
             self.log.info("Call {call_id} cancelled before or after its container", call_id=call_id)
         return True
 
 
-CANCELLED_MESSAGE = "Call cancelled"
 _STATUS_METRIC = {
     CallStatus.SUCCESS: "run.succeeded", CallStatus.ERROR: "run.error", CallStatus.TIMEOUT: "run.timeout",
     CallStatus.CANCELLED: "run.cancelled",

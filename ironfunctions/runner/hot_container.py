@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ironfunctions.drivers.interface import IAttachedContainer, IContainerStream
-from ironfunctions.models import Call, CallResult, CallStatus
+from ironfunctions.models import CANCELLED_MESSAGE, Call, CallResult, CallStatus
 from ironfunctions.runner.hot_owner import ContainerOwner
 from ironfunctions.runner.protocol import RequestEncoder
 from ironfunctions.runner.response import OversizedResponse, ProtocolError, ResponseParser
@@ -216,7 +216,7 @@ class HotContainer:
         """If this container serves ``call_id``, kill it (the call ends at once)."""
         if self._call is None or self._call.id != call_id:
             return False
-        self._fail("Call cancelled")
+        self._fail(CANCELLED_MESSAGE)
         return True
 
     def _fail(self, error: str) -> None:

@@ -23,14 +23,14 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import Overloaded
-from ironfunctions.models import Call, CallResult, CallStatus, Route
+from ironfunctions.models import CANCELLED_MESSAGE, Call, CallResult, CallStatus, Route
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
 from ironfunctions.runner.plan import FunctionPolicy
@@ -106,6 +106,8 @@ class RoutePool:
         )
         self._retired = False
         self._fields = {"app": route.app_name, "path": route.path}
+        self._waiting: dict[str, Deferred[HotContainer]] = {}  # calls waiting here, by id
+        self._cancelled: set[str] = set()
 
     @property
     def size(self) -> int:
@@ -137,10 +139,21 @@ class RoutePool:
         if self._idle:
             return await self._idle.pop().serve(call, 0, 0)
         queued_at = self._clock.seconds()
+        call_id = call.id
+        waiter = self._wait()
+        self._waiting[call_id] = waiter  # so that a cancel can end the wait (cancel_call)
         try:
-            container = await self._wait()
+            container = await waiter
         except _ExitedAtStart:
-            return CallResult(call.id, CallStatus.ERROR, error=EXITED, wait_ms=ms(self._clock.seconds() - queued_at))
+            return CallResult(call_id, CallStatus.ERROR, error=EXITED, wait_ms=ms(self._clock.seconds() - queued_at))
+        except CancelledError:
+            if call_id not in self._cancelled:
+                raise
+            self._cancelled.discard(call_id)
+            return CallResult(call_id, CallStatus.CANCELLED, error=CANCELLED_MESSAGE,
+                              wait_ms=ms(self._clock.seconds() - queued_at))
+        finally:
+            del self._waiting[call_id]
         waited = self._clock.seconds() - queued_at
         start_ms = 0
         if container.calls == 0:  # started for the waiting calls: part of the wait was its start
@@ -149,7 +162,13 @@ class RoutePool:
 
     def cancel_call(self, call_id: str) -> bool:
         """Kill the container serving ``call_id``, if one of this pool's does (the call
-        ends at once with an error result)."""
+        ends at once with an error result); or end its wait for a container, if it
+        waits here (it ends ``cancelled`` and takes no container)."""
+        waiter = self._waiting.get(call_id)
+        if waiter is not None:
+            self._cancelled.add(call_id)
+            waiter.cancel()
+            return True
         for container in list(self._live):
             if container.cancel_call(call_id):
                 return True

@@ -20,7 +20,8 @@ from ironfunctions.errors import CallNotFound, QueueUnavailable
 from ironfunctions.metrics import MemoryMetrics
 from ironfunctions.models import LABEL_CALL, Call, CallRequest, CallResult, CallStatus, Route
 from ironfunctions.mq.memory import MemoryQueue
-from ironfunctions.runner.agent import CANCELLED_MESSAGE, Agent
+from ironfunctions.models import CANCELLED_MESSAGE
+from ironfunctions.runner.agent import Agent
 from ironfunctions.runner.cancel import make_cancel_handler, make_canceller
 from ironfunctions.runner.records import new_record
 from tests.fake_images import fake_driver

@@ -159,6 +159,23 @@ class PoolTests(SynchronousTestCase):
         assert self.finish(third).body == b"3"  # the container went idle, not to C2
         assert self.live() == 1 and len(self.driver.attached[list(self.driver.attached)[0]].requests) == 2
 
+    def test_a_call_cancelled_while_it_waits_for_a_container_ends_at_once_and_takes_none(self) -> None:
+        self.driver.script = lambda body: None if body == b"hang" else ok(body)
+        first = self.run_call(make_call(b"hang", "C1", max_concurrency=1))
+        self.clock.advance(0.5)
+        waiting = self.run_call(make_call(b"w", "C2", max_concurrency=1))
+        self.clock.advance(0.5)
+        assert self.successResultOf(Deferred.fromCoroutine(self.runner.cancel("C2"))) is True
+        result = self.successResultOf(waiting)  # at once: not when the container frees
+        assert (result.status, result.error, result.wait_ms) == (CallStatus.CANCELLED, "Call cancelled", 500)
+        self.assertNoResult(first)  # the running call is not touched
+        assert self.successResultOf(Deferred.fromCoroutine(self.runner.cancel("C1"))) is True
+        self.successResultOf(first)
+        assert self.live() == 0
+        after = self.finish(self.run_call(make_call(b"3", "C3", max_concurrency=1)))
+        assert after.body == b"3"
+        assert [b"w" in r for r in self.driver.attached[list(self.driver.attached)[-1]].requests] == [False]
+
     def test_a_call_waiting_for_a_slot_stops_the_longest_idle_container(self) -> None:
         slots = Slots(2, self.clock, 100, 10.0)
         runner = HotRunner(self.driver, slots, self.clock, "node1")
