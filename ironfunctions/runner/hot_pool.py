@@ -16,6 +16,10 @@ frozen ``HotContext``.
 A *retired* pool (its route changed) takes no new calls; its containers finish the
 calls already given to it and are then removed, and the pool tells its runner it is
 drained.
+
+A start that cannot get a slot within ``ADMISSION_WAIT`` while the pool has containers
+fails no call: the calls stay queued for those containers (each within its route
+timeout).
 """
 
 from __future__ import annotations
@@ -178,6 +182,15 @@ class RoutePool:
         began = self._clock.seconds()
         try:
             await context.slots.acquire(self.route.app_name)
+        except Overloaded as e:
+            self._starting -= 1
+            if self._live and not self._retired:
+                # No slot (within ADMISSION_WAIT), but this pool's containers serve the
+                # calls waiting here: they keep their place, and their own timeout. The
+                # next call that has to wait asks for a container again.
+                return
+            self._start_failed(e)
+            return
         except Exception as e:
             self._starting -= 1
             self._start_failed(e)
