@@ -249,7 +249,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     hot = HotRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size,
                     max_waiting=config.admission_max_waiting, policy=policy, stderr_log=stderr_log)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
-    slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot stops an idle hot container
+    slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot may take a hot container's (its rule: hot.py)
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots,
                   stderr_log=stderr_log, drain_timeout=drain.remaining)
     # Sync call records are batched off the request path; the recorder stops after the

@@ -18,10 +18,15 @@ never stands in front of another app's call. Waits caused by the cap are counted
 
 Cold calls hold a slot for one container run; hot pools (``runner/hot_pool.py``) hold
 one per live container, so both share the node's ``MAX_CONCURRENCY`` and an app's
-``APP_MAX_CONCURRENCY``. A call that has to wait asks the ``on_pressure`` hooks to free
-a slot: the hot runner then stops the longest idle container, of the waiting call's
-own app when that app is at its cap (only that frees a slot it may take), of any app
-otherwise, rather than keep it until its idle timeout.
+``APP_MAX_CONCURRENCY``. Idle hot containers must not keep cold calls and other routes
+out until their idle timeout: a call that has to wait asks the ``on_pressure`` hooks to
+free a slot, among the containers of the waiting call's own app when that app is at its
+cap (only those free a slot it may take), of any app otherwise, and asks again every
+``PRESSURE_RETRY_S`` while it still waits, since what could not be freed at once (a
+container idle for a moment only, or busy) may be freed a little later. What the hot
+runner frees, and what it leaves alone so that hot routes do not take each other's
+containers call after call, is ``HotRunner.reclaim_idle``'s rule (``runner/hot.py``).
+Only calls that wait pay for this: a call that finds a free slot asks nothing.
 """
 
 from __future__ import annotations
@@ -29,23 +34,29 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ironfunctions.errors import Overloaded
 from ironfunctions.metrics import IMetrics
-from ironfunctions.runner.fairqueue import FairWaitQueue
+from ironfunctions.runner.fairqueue import FairWaitQueue, RouteKey
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
 
-__all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT_BOUND_S", "Slots"]
+__all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT_BOUND_S", "PRESSURE_RETRY_S", "Reclaim", "RouteKey", "Slots"]
 
 DEFAULT_WAIT_BOUND_S = 10.0  # ADMISSION_WAIT's default
+# How often the hooks are asked again while calls wait: short against ADMISSION_WAIT,
+# long against a call on a hot container (one pass over the hot pools per waiting
+# app and route each time).
+PRESSURE_RETRY_S = 0.25
 
 log = Logger()
 
-# reclaim(app): free a slot by stopping an idle container of ``app`` (of any app when
-# None); True if one is going (its slot is released once it is gone).
-Reclaim = Callable[[str | None], bool]
+# reclaim(app, route): free a slot for a waiting call, among ``app``'s containers (any
+# app's when None). ``route`` is what the call waits for: the (app, path) of the hot
+# route whose pool waits to start a container, None for a cold call. True if a slot
+# is on its way (it is released once its container is gone).
+Reclaim = Callable[[str | None, RouteKey | None], bool]
 
 
 class Slots:
@@ -76,10 +87,14 @@ class Slots:
         self._waiters = FairWaitQueue(clock, max_waiting)
         self._pressure: list[Reclaim] = []
         self._metrics = metrics
+        self._clock = clock
+        self._retry: IDelayedCall | None = None  # while calls wait and hooks are set
 
     def on_pressure(self, reclaim: Reclaim) -> None:
-        """Call ``reclaim(app)`` when a caller has to wait for a slot: ``app`` is the
-        caller's app when it waits because that app is at its cap, else None."""
+        """Call ``reclaim(app, route)`` when a caller has to wait for a slot, and every
+        ``PRESSURE_RETRY_S`` while it waits: ``app`` is the caller's app when it waits
+        because that app is at its cap, else None; ``route`` is what it waits for
+        (``acquire``'s)."""
         self._pressure.append(reclaim)
 
     @property
@@ -91,8 +106,12 @@ class Slots:
         """Slots ``app`` holds now."""
         return self._held.get(app, 0)
 
-    async def acquire(self, app: str) -> None:
-        """Take a slot for ``app``, waiting at most ``wait_bound`` s. Raise ``Overloaded``."""
+    async def acquire(self, app: str, route: RouteKey | None = None) -> None:
+        """Take a slot for ``app``, waiting at most ``wait_bound`` s. Raise ``Overloaded``.
+
+        :param route: what the slot is for: the (app, path) of a hot route whose pool
+            starts a container with it, None for a cold call (see ``on_pressure``).
+        """
         held = self._held.get(app, 0)
         # No waiter could take a free slot (``_hand_over`` serves them as slots free),
         # so a free slot within the app's cap is this caller's.
@@ -100,20 +119,41 @@ class Slots:
             self.in_use += 1
             self._held[app] = held + 1
             return
-        capped = held >= self.app_limit
-        waiter = self._waiters.wait(app, self._wait_bound)  # Overloaded when full
-        if capped and self._metrics is not None:
+        waiter = self._waiters.wait(app, self._wait_bound, route)  # Overloaded when full
+        if held >= self.app_limit and self._metrics is not None:
             self._metrics.count("app.throttled", 1, app=app)
-        try:
-            for reclaim in self._pressure:
-                if reclaim(app if capped else None):
-                    break
-        except Exception:  # a bug in a hook must not strand this waiter in the queue
-            log.failure("Freeing a container slot failed")
+        if self._pressure:
+            self._press(app, route)
+            if self._waiters and self._retry is None:
+                self._retry = self._clock.callLater(PRESSURE_RETRY_S, self._press_again)
         try:
             await waiter  # Overloaded after wait_bound; the slot is counted by _hand_over
         except CancelledError:
             raise Overloaded(retry_after=1) from None
+        finally:  # served, refused or gone: no retry outlives the last waiting call
+            if not self._waiters and self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
+
+    def _press(self, app: str, route: RouteKey | None) -> bool:
+        """Ask the hooks to free a slot for a call of ``app`` waiting for ``route``."""
+        scope = app if self._held.get(app, 0) >= self.app_limit else None
+        try:
+            for reclaim in self._pressure:
+                if reclaim(scope, route):
+                    return True
+        except Exception:  # a bug in a hook must not strand a waiter in the queue
+            log.failure("Freeing a container slot failed")
+        return False
+
+    def _press_again(self) -> None:
+        """Calls still wait: ask again, once for each kind of waiting call (the hooks
+        may free a slot now that they could not before)."""
+        self._retry = None
+        for app, route in self._waiters.requests():  # a list: pressing may serve waiters
+            self._press(app, route)
+        if self._waiters and self._retry is None:
+            self._retry = self._clock.callLater(PRESSURE_RETRY_S, self._press_again)
 
     def release(self, app: str) -> None:
         """Give ``app``'s slot back; it goes to a waiting call if one may take it."""

@@ -9,6 +9,10 @@ their cap may take one, and among those the app holding the fewest slots goes fi
 (its oldest call), ties to the call that has waited the longest. So a flooding app,
 whose calls queue up by the hundred, cannot keep a quieter app's call waiting behind
 them: the quieter app holds fewer containers and its call is served first.
+
+Each waiter also names what it waits for (``route``: the hot route whose pool would
+start a container with the slot, None for a cold call), so that ``Slots`` can ask its
+pressure hooks to free a slot for each kind of waiting call (``requests``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from twisted.python.failure import Failure
 
 from ironfunctions.errors import Overloaded
 
-__all__ = ["FairWaitQueue", "Handoff", "next_app"]
+__all__ = ["FairWaitQueue", "Handoff", "RouteKey", "next_app"]
+
+RouteKey = tuple[str, str]  # a route's (app, path)
 
 
 def next_app(heads: Mapping[str, int], held: Callable[[str], int], cap: int) -> str | None:
@@ -45,13 +51,15 @@ def next_app(heads: Mapping[str, int], held: Callable[[str], int], cap: int) -> 
 
 
 class _Waiter:
-    """One call waiting: its app, its place in line, its Deferred and deadline timer."""
+    """One call waiting: its app, its place in line, what it waits for (see the module
+    doc), its Deferred and deadline timer."""
 
-    __slots__ = ("app", "ticket", "deferred", "timer")
+    __slots__ = ("app", "ticket", "route", "deferred", "timer")
 
-    def __init__(self, app: str, ticket: int, deferred: Deferred[None]) -> None:
+    def __init__(self, app: str, ticket: int, route: RouteKey | None, deferred: Deferred[None]) -> None:
         self.app = app
         self.ticket = ticket
+        self.route = route
         self.deferred = deferred
         self.timer: IDelayedCall | None = None
 
@@ -95,14 +103,15 @@ class FairWaitQueue:
         line = self._lines.get(app)
         return 0 if line is None else len(line)
 
-    def wait(self, app: str, timeout: float) -> Deferred[None]:
-        """Join ``app``'s line for at most ``timeout`` seconds. The Deferred fires when
-        a slot is handed over, fails with ``Overloaded`` after ``timeout``; cancelling
-        it leaves the line. Raise ``Overloaded`` when ``max_waiting`` calls wait."""
+    def wait(self, app: str, timeout: float, route: RouteKey | None = None) -> Deferred[None]:
+        """Join ``app``'s line for at most ``timeout`` seconds, for ``route`` (see the
+        module doc). The Deferred fires when a slot is handed over, fails with
+        ``Overloaded`` after ``timeout``; cancelling it leaves the line. Raise
+        ``Overloaded`` when ``max_waiting`` calls wait."""
         if self._count >= self._max_waiting:
             raise Overloaded(retry_after=max(1, int(timeout)))
         self._tickets += 1
-        waiter = _Waiter(app, self._tickets, Deferred(self._cancelled))
+        waiter = _Waiter(app, self._tickets, route, Deferred(self._cancelled))
         line = self._lines.get(app)
         if line is None:
             line = self._lines[app] = deque()
@@ -110,6 +119,15 @@ class FairWaitQueue:
         self._count += 1
         waiter.timer = self._clock.callLater(timeout, self._expired, waiter)
         return waiter.deferred
+
+    def requests(self) -> list[tuple[str, RouteKey | None]]:
+        """The distinct (app, route) the waiting calls wait for, each app's in the
+        order of its line (calls waiting alike need to be asked for once)."""
+        seen: dict[tuple[str, RouteKey | None], None] = {}
+        for app, line in self._lines.items():
+            for waiter in line:
+                seen[app, waiter.route] = None
+        return list(seen)
 
     def pop_next(self, held: Callable[[str], int], cap: int) -> Handoff | None:
         """Take out the call a freed slot goes to (``next_app``); None if no waiting

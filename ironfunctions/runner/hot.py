@@ -20,6 +20,15 @@ A pool is *retired* when its route changes: through this node (``retire``, a
 route value that differs from the pool's). A retired pool takes no new calls; its
 containers finish the calls already given to the pool and are then removed.
 
+Hot containers hold slots, so a call waiting for one (``Slots.on_pressure``,
+``runner/admission.py``) may take a hot container's: ``reclaim_idle`` stops one idle for
+at least ``RECLAIM_MIN_IDLE_S`` (idle containers must not keep cold calls and other
+routes out until their ``idle_timeout``), else moves one from the route holding the most
+to the waiting one when that evens them out; a container idle for a moment only, between
+two calls of a busy route, is never taken. Routes that together want more containers
+than their slots thus settle on even shares instead of taking each other's containers
+call after call (bench/README.md, issue 15).
+
 Per call, the work here is: pop an idle container, encode the request, write it, parse
 the answer. Timers are lazy (one ``DelayedCall`` per container, moved only when it
 would fire too late), so a call on a warm container schedules nothing.
@@ -32,11 +41,16 @@ from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.models import Call, CallResult
-from ironfunctions.runner.admission import Slots
+from ironfunctions.runner.admission import RouteKey, Slots
 from ironfunctions.runner.hot_pool import HotContext, RoutePool
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.stderr_log import StderrLog
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
+
+# A container idle this long may be stopped for a call waiting for a slot: well above
+# the gap between two calls of a busy route (so a route's working set is left alone),
+# well below any idle_timeout (so idle containers do not keep others out for long).
+RECLAIM_MIN_IDLE_S = 1.0
 
 
 class HotRunner:
@@ -99,23 +113,44 @@ class HotRunner:
                 return True
         return False
 
-    def reclaim_idle(self, app: str | None = None) -> bool:
-        """Stop the hot container idle the longest, of any route (of ``app``'s routes
-        when given: an app at its ``APP_MAX_CONCURRENCY`` can only use a slot of its
-        own), so its slot can go to a call waiting for one (a ``Slots.on_pressure``
-        hook): idle containers must not keep cold calls and other routes out until
-        their ``idle_timeout``. False if none is idle."""
+    def reclaim_idle(self, app: str | None = None, route: RouteKey | None = None) -> bool:
+        """Free a slot for a call waiting for one, if that is fair now (a
+        ``Slots.on_pressure`` hook, asked again while the call waits). False if nothing
+        may be freed now.
+
+        :param app: only ``app``'s containers count (an app at its
+            ``APP_MAX_CONCURRENCY`` can only use a slot of its own); None: any app's.
+        :param route: the hot route whose pool waits to start a container; None for a
+            cold call (which holds no container, so counts as a route with none).
+
+        1. The container idle the longest is stopped if it has been idle
+           ``RECLAIM_MIN_IDLE_S``.
+        2. Else the pool holding the most slots gives one back if it holds more than
+           the waiting route would after getting one: an idle container at once, else
+           its next free one. After the move the two differ by one at most, so neither
+           takes it back: no ping-pong.
+        3. Else nothing: the call waits, and ``Slots`` asks again a little later.
+        A pool whose waiting calls were served meanwhile asks for nothing.
+        """
+        requester = self._pools.get(route) if route is not None else None
+        if requester is not None and not requester.wants_slot():
+            return False
+        pools = [p for p in self._pools.values() if app is None or p.route.app_name == app]
         oldest: tuple[float, RoutePool] | None = None
-        for pool in self._pools.values():
-            if app is not None and pool.route.app_name != app:
-                continue
+        for pool in pools:
             since = pool.least_recently_used()
             if since is not None and (oldest is None or since < oldest[0]):
                 oldest = (since, pool)
-        if oldest is None:
-            return False
-        oldest[1].reclaim()
-        return True
+        if oldest is not None and self._context.clock.seconds() - oldest[0] >= RECLAIM_MIN_IDLE_S:
+            oldest[1].reclaim()
+            return True
+        wanted = (requester.share if requester is not None else 0) + 1
+        richest = max((p for p in pools if p is not requester), default=None,
+                      key=lambda p: (p.share, p.least_recently_used() is not None))
+        if richest is not None and richest.share > wanted:
+            richest.give_back()
+            return True
+        return False
 
     def retire(self, app_name: str, path: str | None = None) -> None:
         """Retire the pools of a route (or, with no path, of every route of an app):

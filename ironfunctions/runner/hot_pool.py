@@ -16,6 +16,14 @@ frozen ``HotContext``.
 A *retired* pool (its route changed) takes no new calls; its containers finish the
 calls already given to it and are then removed, and the pool tells its runner it is
 drained.
+
+When hot routes want more containers than their app's (or the node's) slots, a pool
+may be asked to *give back* a container for a route holding fewer
+(``HotRunner.reclaim_idle``): an idle one goes at once, else the next one that ends its
+call (or starts) is removed instead of taking the next waiting call, and the pool's
+waiting calls are served by its other containers. A start that cannot get a slot
+within ``ADMISSION_WAIT`` while the pool has containers fails no call for the same
+reason: the calls stay queued for those containers (each within its route timeout).
 """
 
 from __future__ import annotations
@@ -99,6 +107,8 @@ class RoutePool:
         self._idle: list[HotContainer] = []  # a stack: the most recently used first,
         # so that when load drops the others go idle long enough to expire.
         self._starting = 0
+        self._slotted = 0  # starts that hold their slot (the container is on its way)
+        self._give_back = 0  # containers to remove as soon as they are free
         self._waiters: WaitQueue[HotContainer] = WaitQueue(
             context.clock, context.max_waiting,
             expired_message="No hot container of this route became free within its timeout",
@@ -113,6 +123,17 @@ class RoutePool:
     def size(self) -> int:
         """Live containers (starting ones not included)."""
         return len(self._live)
+
+    @property
+    def share(self) -> int:
+        """The slots it holds (live containers, and starts that have their slot) less
+        those it is to give back: what it counts as when hot routes share slots."""
+        return len(self._live) + self._slotted - self._give_back
+
+    def wants_slot(self) -> bool:
+        """Whether a call waits that no start holding a slot will take (a start still
+        waiting for its slot is needed)."""
+        return len(self._waiters) > self._slotted
 
     @property
     def retired(self) -> bool:
@@ -196,11 +217,21 @@ class RoutePool:
         context = self._context
         began = self._clock.seconds()
         try:
-            await context.slots.acquire(self.route.app_name)
+            await context.slots.acquire(self.route.app_name, self.route.key)
+        except Overloaded as e:
+            self._starting -= 1
+            if self._live and not self._retired:
+                # No slot (within ADMISSION_WAIT), but this pool's containers serve the
+                # calls waiting here: they keep their place, and their own timeout. The
+                # next call that has to wait asks for a container again.
+                return
+            self._start_failed(e)
+            return
         except Exception as e:
             self._starting -= 1
             self._start_failed(e)
             return
+        self._slotted += 1
         container = HotContainer(
             self, self._clock, self._encoder, self.route.idle_timeout, context.max_response_size,
             self._fields, began, context.stderr_log,
@@ -209,10 +240,14 @@ class RoutePool:
             attached = await context.driver.start_attached(self._spec, container)
         except Exception as e:
             self._starting -= 1
+            self._slotted -= 1
+            if self._give_back:  # its slot is the one to give back
+                self._give_back -= 1
             context.slots.release(self.route.app_name)
             self._start_failed(e)
             return
         self._starting -= 1
+        self._slotted -= 1
         container.started(attached, ms(self._clock.seconds() - began))
         self._live.add(container)
         log.debug("Started hot container {container_id}", container_id=attached.container_id, **self._fields)
@@ -240,7 +275,11 @@ class RoutePool:
 
     def available(self, container: HotContainer) -> None:
         """``container`` finished a call (or started): give it to the longest waiting
-        call, else keep it idle (or remove it, when the pool is retired)."""
+        call, else keep it idle (or remove it, when the pool is retired or is to give
+        a container back)."""
+        if self._give_back:
+            self.kill(container)
+            return
         if self._waiters.give(container):
             return
         if self._retired:
@@ -279,12 +318,23 @@ class RoutePool:
                   container_id=container.container_id, **self._fields)
         self.kill(container)
 
+    def give_back(self) -> None:
+        """Give one container's slot back for a route holding fewer: the one idle the
+        longest now, else the next one that is free (see the module doc)."""
+        if self._idle:
+            self.reclaim()
+            return
+        log.debug("A hot container will be stopped after its call: its slot is needed", **self._fields)
+        self._give_back += 1
+
     def _lost(self, container: HotContainer) -> Deferred[None]:
         """``container`` serves no more calls (dead or being killed): remove it,
         release its slot, and start a replacement if calls are waiting."""
         if container not in self._live:
             return container.removed
         self._live.discard(container)
+        if self._give_back:  # whatever took it out, its slot is the one to give back
+            self._give_back -= 1
         try:
             self._idle.remove(container)
         except ValueError:

@@ -137,11 +137,11 @@ class SlotsFairShareTests(SynchronousTestCase):
         self.slots.release("a")
         assert (self.slots.in_use, self.slots.held("a")) == (1, 1)
 
-    def test_pressure_hooks_are_told_which_app_is_capped(self) -> None:
-        asked: list[str | None] = []
+    def test_pressure_hooks_are_told_which_app_is_capped_and_what_the_call_waits_for(self) -> None:
+        asked: list[tuple[str | None, tuple[str, str] | None]] = []
 
-        def reclaim(app: str | None) -> bool:
-            asked.append(app)
+        def reclaim(app: str | None, route: tuple[str, str] | None) -> bool:
+            asked.append((app, route))
             return False
 
         self.slots.on_pressure(reclaim)
@@ -149,8 +149,8 @@ class SlotsFairShareTests(SynchronousTestCase):
         for app in ("a", "a", "b", "b"):
             self.successResultOf(acquire(slots, app))
         acquire(slots, "a")  # a at its cap: only an idle container of a's helps
-        acquire(slots, "c")  # the node is full: any idle container helps
-        assert asked == ["a", None]
+        Deferred.fromCoroutine(slots.acquire("c", ("c", "/hot")))  # the node is full: any app's helps
+        assert asked == [("a", None), (None, ("c", "/hot"))]
 
 
 def make_call(app: str, call_id: str, sleep: str) -> Call:

@@ -16,7 +16,7 @@ from ironfunctions.drivers.interface import IAttachedContainer, IContainerStream
 from ironfunctions.errors import ImageNotFound, Overloaded
 from ironfunctions.models import Call, CallRequest, CallStatus, ContainerSpec, Route
 from ironfunctions.runner.admission import Slots
-from ironfunctions.runner.hot import HotRunner
+from ironfunctions.runner.hot import RECLAIM_MIN_IDLE_S, HotRunner
 
 # A scripted function: request body -> raw bytes written back (or None: no answer).
 Script = Callable[[bytes], "bytes | None"]
@@ -188,6 +188,8 @@ class PoolTests(SynchronousTestCase):
         assert slots.in_use == 2 and self.live() == 2
         cold = Deferred.fromCoroutine(slots.acquire("b"))  # e.g. a cold call: no slot is free
         self.clock.advance(0)
+        self.assertNoResult(cold)  # both were busy a moment ago (test_hot_share.py)
+        self.clock.advance(RECLAIM_MIN_IDLE_S)
         self.successResultOf(cold)
         assert self.live() == 1 and slots.in_use == 2
         assert runner.containers() == {("a", "/hot"): 0, ("a", "/hot2"): 1}  # the longest idle went
@@ -208,10 +210,28 @@ class PoolTests(SynchronousTestCase):
         self.clock.advance(1)
         assert self.finish(Deferred.fromCoroutine(runner.run(make_call(b"a", "A")))).body == b"a"
         second_route = Deferred.fromCoroutine(runner.run(make_call(b"a2", "A2", path_suffix=True)))
+        self.clock.advance(RECLAIM_MIN_IDLE_S)  # a's container was busy a moment ago: not taken at once
         self.clock.advance(0.01)
         assert self.successResultOf(second_route).body == b"a2"
         assert runner.containers() == {("b", "/hot"): 1, ("a", "/hot"): 0, ("a", "/hot2"): 1}
         assert slots.held("a") == 1 and slots.held("b") == 1
+
+    def test_a_start_that_gets_no_slot_fails_no_call_the_pools_container_serves(self) -> None:
+        """The node is full (one slot: this route's busy container): a second call waits,
+        and the start its pool asks for gets no slot within ADMISSION_WAIT; the call is
+        served by the container once it is free, not failed with the start."""
+        slots = Slots(1, self.clock, 100, 10.0)
+        runner = HotRunner(self.driver, slots, self.clock, "node1")
+        self.driver.delay = 11.0  # the first call outlasts the admission wait
+        first = Deferred.fromCoroutine(runner.run(make_call(b"1", "C1", timeout=30)))
+        second = Deferred.fromCoroutine(runner.run(make_call(b"2", "C2", timeout=30)))
+        self.clock.advance(10)  # the start gave up
+        self.assertNoResult(second)
+        self.clock.advance(1)
+        assert self.successResultOf(first).body == b"1"
+        self.clock.advance(11)
+        assert self.successResultOf(second).body == b"2"
+        assert len(self.driver.started_specs) == 1 and slots.waiting == 0
 
     def test_idle_container_is_removed_after_idle_timeout_and_its_slot_freed(self) -> None:
         self.finish(self.run_call(make_call(idle_timeout=10)))

@@ -137,7 +137,7 @@ class SlotsTests(SynchronousTestCase):
         clock = Clock()
         slots = Slots(1, clock, max_waiting=2, wait_bound=5)
 
-        def broken(app: str | None) -> bool:
+        def broken(app: str | None, route: tuple[str, str] | None) -> bool:
             raise RuntimeError("bug")
 
         slots.on_pressure(broken)
