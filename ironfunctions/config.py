@@ -73,7 +73,7 @@ class Config:
     async_max_attempts: int
     async_retry_delay: float
     host_memory_mb: int
-    hot_transport: str = "attach"
+    hot_transport: str = "socket"
     function_readonly_rootfs: bool = True
     function_user: str = ""
     function_allow_nets: tuple[str, ...] = ()
@@ -172,7 +172,7 @@ class Config:
             async_max_attempts=get("ASYNC_MAX_ATTEMPTS", parse_positive_int, 3),
             async_retry_delay=get("ASYNC_RETRY_DELAY", parse_duration, 1.0),
             host_memory_mb=host_memory_mb,
-            hot_transport=get("HOT_TRANSPORT", parse_hot_transport, "attach"),
+            hot_transport=get("HOT_TRANSPORT", parse_hot_transport, "socket"),
             function_readonly_rootfs=get("FUNCTION_READONLY_ROOTFS", parse_bool, True),
             function_user=get("FUNCTION_USER", parse_function_user, ""),
             function_allow_nets=get("FUNCTION_ALLOW_NETS", parse_allow_nets, ()),

@@ -93,8 +93,9 @@ SETTINGS = [
     ("node-id", "NODE_ID", "Name of this daemon [default: generated once, kept in the data dir]"),
     ("async-max-attempts", "ASYNC_MAX_ATTEMPTS", "Attempts per async call [default: 3]"),
     ("async-retry-delay", "ASYNC_RETRY_DELAY", "First async retry delay, doubled each time [default: 1s]"),
-    ("hot-transport", "HOT_TRANSPORT", "Hot functions' stdin/stdout: 'attach' (the engine's attach stream) "
-     "or 'socket' (a unix socket and a static bridge, skipping the engine's relay) [default: attach]"),
+    ("hot-transport", "HOT_TRANSPORT", "Hot functions' stdin/stdout: 'socket' (a unix socket and a static "
+     "bridge, skipping the engine's relay) or 'attach' (the engine's attach stream) [default: socket, or "
+     "attach when the bridge was not built]"),
     ("function-readonly-rootfs", "FUNCTION_READONLY_ROOTFS", "Function containers get a read-only root "
      "and a writable /tmp counted in the route's memory; false keeps a writable root [default: true]"),
     ("function-user", "FUNCTION_USER", "Run function containers as this numeric uid[:gid] "
@@ -150,8 +151,13 @@ class Options(usage.Options):
                 config = _with_node_id(config)
             if config.hot_transport == "socket":
                 problem = bridge.missing()
-                if problem:
+                if problem and (self.get("hot-transport") or os.environ.get("HOT_TRANSPORT", "").strip()):
                     raise ConfigError(f"HOT_TRANSPORT=socket: {problem}")
+                if problem:  # the default: fall back to the engine's stream, and say so at start
+                    import attrs
+
+                    config = attrs.evolve(config, hot_transport="attach")
+                    self["bridge_missing"] = problem
         except ConfigError as e:
             # One clear line and a non-zero exit, not twistd's full usage text.
             sys.stderr.write(f"ironfunctions: configuration error: {e}\n")
@@ -188,6 +194,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     config: Config = options["config"]
     root = IronFunctionsService(make_observer(config.log_level))
+    if options.get("bridge_missing"):
+        log.warn("HOT_TRANSPORT: {problem}; hot functions use the engine's attach stream instead "
+                 "(slower; set HOT_TRANSPORT=attach to silence this)", problem=options["bridge_missing"])
     if config.open_api_on_network:
         # twistd replays events logged before its observer starts: this reaches the log.
         log.warn(

@@ -82,9 +82,10 @@ def test_errors_never_show_a_password() -> None:
     assert "hunter2" not in str(e.value) and "***" in str(e.value)
 
 
-def test_hot_transport_defaults_to_attach_and_accepts_socket() -> None:
-    assert make().hot_transport == "attach"
+def test_hot_transport_defaults_to_socket_and_accepts_attach() -> None:
+    assert make().hot_transport == "socket"
     assert make(env={"HOT_TRANSPORT": "Socket"}).hot_transport == "socket"
+    assert make(env={"HOT_TRANSPORT": "attach"}).hot_transport == "attach"
     assert make({"hot-transport": "attach"}, {"HOT_TRANSPORT": "socket"}).hot_transport == "attach"
 
 
