@@ -122,6 +122,22 @@ def test_the_first_lease_renewal_failing_puts_the_call_back_uncounted() -> None:
     node.worker.stopService()
 
 
+def test_a_release_the_queue_refuses_is_tried_again_so_the_call_runs_when_it_returns() -> None:
+    """Seen in the cluster outage test: a worker that could not process a call because
+    Redis went away could not give it back either, and the call waited out its 60 s
+    first lease. The release is retried while the queue is down."""
+    node = Node()
+    node.submit()
+    node.queue.fail("renew", 1)  # the queue goes away as the call starts: put back...
+    node.queue.fail("release", 3)  # ...but the queue refuses the release for ~3 s
+    node.worker.startService()
+    node.advance(10)
+    rec = node.record()
+    assert (rec.status, rec.attempt, rec.lost) == ("success", 1, 0) and node.started == ["c1"]
+    assert node.queue.failed == ["renew", "release", "release", "release"]
+    node.worker.stopService()
+
+
 def test_renewals_failing_while_the_call_runs_are_tried_again() -> None:
     node = Node(["hang"])
     node.submit()
