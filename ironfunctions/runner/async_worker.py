@@ -51,7 +51,7 @@ from ironfunctions.runner.attempts import (
     retries_after_failure,
     retry_delay,
 )
-from ironfunctions.runner.lease_keeper import keep_lease, write_unless_cancelled
+from ironfunctions.runner.lease_keeper import keep_lease, release_patiently, write_unless_cancelled
 from ironfunctions.runner.records import (
     failed_record,
     finished_record,
@@ -71,7 +71,6 @@ KillCall = Callable[[str], Awaitable[Any]]
 WhenReady = Callable[[], Awaitable[Any]]
 
 FIRST_LEASE_S = 60.0  # until the route (and so its timeout) is known
-RELEASE_RETRY_S = 1.0  # a release the queue refused (it is down) is tried again this often
 LEASE_MARGIN_S = 10.0  # beyond the route timeout; renewed every third of the lease while running
 RESERVE_WAIT_S = 5.0
 QUEUE_DOWN_BACKOFF_S = 1.0
@@ -247,35 +246,10 @@ class AsyncWorkerService(Service):
         await self._release(held, delay)
 
     async def _release(self, held: Reservation, delay: float) -> None:
-        """Give the call back to the queue (visible again after ``delay``). While the
-        queue is down, try again every ``RELEASE_RETRY_S``: a call given back the moment
-        the queue returns runs then, not when its lease (up to ``FIRST_LEASE_S``) runs
-        out. Once its lease would have run out anyway, or at stop, leave it to the lease."""
-        give_up = self._clock.seconds() + FIRST_LEASE_S
-        retried = False
-        while True:
-            try:
-                await self._queue.release(held, delay)
-            except errors.QueueUnavailable as e:
-                if not retried:
-                    self.log.warn("Could not release {call_id} ({error}); trying again while the queue is down",
-                                  call_id=held.call_id, error=str(e))
-                retried = True
-                if not self.running or self._clock.seconds() + RELEASE_RETRY_S >= give_up:
-                    self.log.warn("Could not release {call_id}: its lease gives it back instead",
-                                  call_id=held.call_id)
-                    return
-                try:
-                    await self._sleep(RELEASE_RETRY_S)
-                except CancelledError:  # stopping: the lease gives it back
-                    return
-                continue
-            except Exception as e:  # lease lost, or a bug: its lease (if any) expires instead
-                self.log.warn("Could not release {call_id}: {error}", call_id=held.call_id, error=str(e))
-                return
-            if retried:
-                self.log.info("Released {call_id} now that the queue is back", call_id=held.call_id)
-            return
+        """Give the call back (visible after ``delay``), trying again while the queue is
+        down (``release_patiently``) unless this service is stopping."""
+        await release_patiently(self._queue, held, delay, self._clock, self._sleep, lambda: bool(self.running),
+                                give_up_after=FIRST_LEASE_S)
 
     # -- one call
 

@@ -1,7 +1,8 @@
 """The async worker's companion while a call runs: its lease and its cancel.
 
 Split from ``async_worker.py`` (which must stay small): a running async call's lease is
-renewed every third of it, and a cancel made through any node stops its container.
+renewed every third of it, a cancel made through any node stops its container, and a
+call given back while the queue is down is given back once it returns.
 """
 
 from __future__ import annotations
@@ -50,6 +51,43 @@ async def keep_lease(queue: IMessageQueue, calls: ICallStore, kill_call: Callabl
                     log.warn("Could not stop cancelled call {call_id}: {error}", call_id=record.id, error=str(e))
                 return
     except CancelledError:
+        return
+
+
+RELEASE_RETRY_S = 1.0  # a release the queue refused (it is down) is tried again this often
+
+
+async def release_patiently(queue: IMessageQueue, held: Reservation, delay: float, clock: IReactorTime,
+                            sleep: Callable[[float], Awaitable[None]], running: Callable[[], bool],
+                            give_up_after: float) -> None:
+    """Release ``held`` (visible again after ``delay``). While the queue is down, try
+    again every ``RELEASE_RETRY_S`` (with ``sleep``, which the worker cancels at stop):
+    a call given back the moment the queue returns runs then, not when its lease runs
+    out. Once ``give_up_after`` seconds have passed (its lease has run out by then
+    anyway), or when not ``running`` any more, leave it to the lease."""
+    give_up = clock.seconds() + give_up_after
+    retried = False
+    while True:
+        try:
+            await queue.release(held, delay)
+        except errors.QueueUnavailable as e:
+            if not retried:
+                log.warn("Could not release {call_id} ({error}); trying again while the queue is down",
+                         call_id=held.call_id, error=str(e))
+            retried = True
+            if not running() or clock.seconds() + RELEASE_RETRY_S >= give_up:
+                log.warn("Could not release {call_id}: its lease gives it back instead", call_id=held.call_id)
+                return
+            try:
+                await sleep(RELEASE_RETRY_S)
+            except CancelledError:  # stopping: the lease gives it back
+                return
+            continue
+        except Exception as e:  # lease lost, or a bug: its lease (if any) expires instead
+            log.warn("Could not release {call_id}: {error}", call_id=held.call_id, error=str(e))
+            return
+        if retried:
+            log.info("Released {call_id} now that the queue is back", call_id=held.call_id)
         return
 
 
