@@ -42,7 +42,7 @@ from ironfunctions.config_parsers import (
     parse_text,
 )
 from ironfunctions.errors import ConfigError
-from ironfunctions.listen import listen_is_local
+from ironfunctions.listen import listen_is_local, parse_endpoint
 
 __all__ = ["HOT_TRANSPORTS", "MIB", "Config", "default_max_concurrency", "host_memory_mb", "with_backlog"]
 
@@ -100,6 +100,21 @@ class Config:
     drain_grace: float = 3.0
     shutdown_timeout: float = 60.0
     reconcile_interval: float = 20.0
+    workers: int = 1
+
+    @property
+    def worker_processes(self) -> int:
+        """How many worker processes serve this node (``WORKERS``): 1 (one process, no
+        parent) when the setting says so, or when the node cannot share its state
+        across processes: a ``memory://`` datastore or queue lives in one process, and
+        only a plain TCP or unix ``LISTEN`` socket can be handed to workers."""
+        if self.workers <= 1:
+            return 1
+        if self.db_url.startswith("memory:") or self.mq_url.startswith("memory:"):
+            return 1
+        if parse_endpoint(self.listen)[0][0].strip().lower() not in ("tcp", "tcp6", "unix"):
+            return 1
+        return self.workers
 
     @property
     def app_concurrency(self) -> int:
@@ -197,6 +212,7 @@ class Config:
             drain_grace=get("DRAIN_GRACE", parse_duration, 3.0),
             shutdown_timeout=get("SHUTDOWN_TIMEOUT", parse_positive_duration, 60.0),
             reconcile_interval=get("RECONCILE_INTERVAL", parse_positive_duration, 20.0),
+            workers=get("WORKERS", parse_positive_int, 1),
         )
 
 

@@ -81,6 +81,7 @@ LABEL_APP = "io.ironfunctions.app"
 LABEL_PATH = "io.ironfunctions.path"
 LABEL_CALL = "io.ironfunctions.call_id"
 LABEL_KIND = "io.ironfunctions.kind"  # "cold" or "hot"
+LABEL_WORKER = "io.ironfunctions.worker"  # the worker process that runs it (WORKERS > 1)
 
 DEFAULT_PIDS_LIMIT = 512
 DEFAULT_STDERR_LIMIT = 1024 * 1024

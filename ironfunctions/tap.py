@@ -8,6 +8,7 @@ of SPEC §2; the option wins over the variable, the variable over the default.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import uuid
 from typing import Any
@@ -62,6 +63,12 @@ from ironfunctions.http.budget import BodyBudget
 from ironfunctions.http.conncap import connection_cap, raise_file_limit
 from ironfunctions.http.deadlines import ClientLimits
 from ironfunctions.http.site import make_site
+from ironfunctions.models import LABEL_WORKER
+from ironfunctions.workers.adopted import AdoptedPortService
+from ironfunctions.workers.link import Link
+from ironfunctions.workers.slots import RemoteSlots, SlotBroker
+from ironfunctions.workers.board import ConnectionBoard
+from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV, WorkerSupervisor
 
 log = Logger()
 
@@ -122,6 +129,8 @@ SETTINGS = [
     ("trusted-proxies", "TRUSTED_PROXIES", "CIDRs whose X-Forwarded-For/-Proto/-Host are believed; dropped from others"),
     ("drain-grace", "DRAIN_GRACE", "After SIGTERM, keep serving this long while the balancer notices [default: 3s]"),
     ("shutdown-timeout", "SHUTDOWN_TIMEOUT", "After the grace, longest wait for in-flight calls [default: 60s]"),
+    ("workers", "WORKERS", "Processes serving this node, each running its own containers within the "
+     "node's limits; 1: one process [default: 1]"),
     ("reconcile-interval", "RECONCILE_INTERVAL", "How often one node re-queues accepted async calls "
      "the queue lost [default: 20s]"),
 ]
@@ -193,7 +202,14 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     from twisted.internet import reactor
 
     config: Config = options["config"]
+    worker_env = os.environ.get(WORKER_ENV)
+    if worker_env is None and config.worker_processes > 1:
+        return _parent_service(config, options, reactor)
+    worker = int(worker_env) if worker_env is not None else None
     root = IronFunctionsService(make_observer(config.log_level))
+    link: Link | None = None
+    if worker is not None:  # the parent's end: slots; its loss ends this worker
+        link = Link(socket.socket(fileno=LINK_FD), reactor, {}, on_lost=lambda: _parent_gone(reactor))
     if options.get("bridge_missing"):
         log.warn("HOT_TRANSPORT: {problem}; hot functions use the engine's attach stream instead "
                  "(slower; set HOT_TRANSPORT=attach to silence this)", problem=options["bridge_missing"])
@@ -231,7 +247,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # this node's leftover containers at start and drains in-flight calls at stop.
     driver = DockerDriver(
         reactor, config.max_concurrency, base_url=config.docker_host,
-        hot_transport=config.hot_transport, socket_dir=os.path.join(config.data_dir, "hot-sockets"),
+        hot_transport=config.hot_transport,
+        socket_dir=os.path.join(config.data_dir, "hot-sockets", *([] if worker is None else [f"w{worker}"])),
+        labels=None if worker is None else {LABEL_WORKER: str(worker)},
     )
     driver.setServiceParent(root)  # type: ignore[no-untyped-call]
     # The function network and its firewall rules (none for DOCKER_NETWORK=none/bridge/...).
@@ -240,7 +258,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         guard.setServiceParent(root)  # type: ignore[no-untyped-call]
     # SIGTERM: drain (agent "drain", /health 503) for DRAIN_GRACE, then stop (SPEC §9).
     drain = Drain(reactor, config.shutdown_timeout)
-    if config.lb_agent_port:
+    if config.lb_agent_port and worker is None:
         lb_agent = LBAgent(
             driver.probe, lambda: Load(len(agent.calls_running()), slots.limit, waits.percentile()),
             drain, WeightGovernor(reactor), started=lambda: datastore_service.ready and queue_service.ready,
@@ -250,8 +268,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         LBAgentService(lb_agent, endpoint, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     # Cold and hot (format "http") runners share the node's container slots, at most
     # APP_MAX_CONCURRENCY of them per app (SPEC 8 "Apps share fairly").
-    slots = Slots(config.max_concurrency, reactor, config.admission_max_waiting, config.admission_wait,
-                  config.app_concurrency, metrics)
+    slots: Slots | RemoteSlots
+    if link is None:
+        slots = Slots(config.max_concurrency, reactor, config.admission_max_waiting, config.admission_wait,
+                      config.app_concurrency, metrics)
+    else:  # the node's slots are the parent's (workers/slots.py)
+        slots = RemoteSlots(link, config.max_concurrency)
     policy = FunctionPolicy(config.function_readonly_rootfs, config.function_user)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size, policy)
     stderr_log = StderrLog(reactor)  # one stderr budget per node, hot and cold calls alike
@@ -260,7 +282,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
     slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot may take a hot container's (its rule: hot.py)
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots,
-                  stderr_log=stderr_log, drain_timeout=drain.remaining)
+                  stderr_log=stderr_log, drain_timeout=drain.remaining,
+                  cleanup_labels=None if worker is None else {LABEL_WORKER: str(worker)})
     # Sync call records are batched off the request path; the recorder stops after the
     # agent has drained, so the last calls' records are written too.
     recorder = CallRecorder(stores.calls, reactor, metrics, max_bytes=config.record_buffer)
@@ -347,8 +370,46 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     backends = HealthChecks(shared={"datastore": datastore.ping, "queue": queue.ping})
     PeriodicService("backend-gauges", GAUGES_INTERVAL_S, lambda: report_backends(backends, reactor, metrics),
                     reactor, now=True).setServiceParent(root)  # type: ignore[no-untyped-call]
-    listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
+    listener: Any
+    if worker is None:
+        listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
+    else:
+        board = ConnectionBoard(os.environ[BOARD_ENV], config.worker_processes, worker)
+        listener = AdoptedPortService(LISTEN_FD, site, reactor, board, lambda: site.open_connections)
     listener.setName("http")
     listener.setServiceParent(root)
     DrainService(drain, config.drain_grace, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]  # last: stops first
+    return root
+
+
+def _parent_gone(reactor: Any) -> None:
+    log.error("The node's parent process is gone: stopping")
+    reactor.stop()
+
+
+def _parent_service(config: Config, options: Any, reactor: Any) -> IService:
+    """The parent of ``WORKERS`` worker processes: it holds the listening socket they
+    share and the node's container slots (``workers/slots.py``), and keeps them running."""
+    root = IronFunctionsService(make_observer(config.log_level))
+    log_metrics = LogMetrics(reactor, level=config.log_level)
+    FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
+    slots = Slots(config.max_concurrency, reactor, config.admission_max_waiting, config.admission_wait,
+                  config.app_concurrency, log_metrics)
+    broker = SlotBroker(slots)
+    settings = {name: options[name] for name, _, _ in SETTINGS if options.get(name)}
+    os.makedirs(config.data_dir, exist_ok=True)
+    board_path = os.path.join(config.data_dir, "workers.board")  # workers/board.py
+    board = ConnectionBoard(board_path, config.worker_processes)
+    for index in range(config.worker_processes):
+        board.reset(index)
+
+    def gone(index: int) -> None:
+        broker.detach(index)
+        board.reset(index)
+
+    WorkerSupervisor(
+        reactor, config.worker_processes, config.listen, broker.attach, gone, settings,
+        {"NODE_ID": config.node_id, BOARD_ENV: board_path}, drain_begin=lambda: None,
+        drain_time=config.drain_grace + config.shutdown_timeout,
+    ).setServiceParent(root)  # type: ignore[no-untyped-call]
     return root

@@ -80,6 +80,7 @@ class DockerDriver(Service):
         hot_transport: str = "attach",
         socket_dir: str = "",
         bridge_binary: str = bridge.BINARY,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         if hot_transport not in HOT_TRANSPORTS:
             raise ValueError(f"hot_transport: expected attach or socket, got {hot_transport!r}")
@@ -101,6 +102,7 @@ class DockerDriver(Service):
             # Its own client: the socket timeout is per client, and a probe must give up
             # in seconds where other requests may take a minute.
             ping_api=docker.APIClient(version=api_version, timeout=probe_timeout, **kwargs),
+            labels=labels,
         )
         # /health and the load-balancer agent share one probe; its clock timeout is a
         # backstop for a control pool too busy to start it.

@@ -43,8 +43,9 @@ class Engine:
 
     def __init__(self, api: docker.APIClient, pull_api: docker.APIClient, control_pool: ThreadPool,
                  socket_dirs: SocketDirs | None, bridge_binary: str,
-                 ping_api: docker.APIClient | None = None) -> None:
+                 ping_api: docker.APIClient | None = None, labels: Mapping[str, str] | None = None) -> None:
         self._api = api
+        self._labels = dict(labels or {})  # on every container (a worker process's index)
         self._ping_api = ping_api or api
         self._pull_api = pull_api
         self._control_pool = control_pool
@@ -120,7 +121,7 @@ class Engine:
             entrypoint=entrypoint,
             user=spec.user or None,
             environment=docker.utils.format_environment(dict(spec.env)),
-            labels=dict(spec.labels),
+            labels={**spec.labels, **self._labels},
             host_config=host_config,
         )
         # stdin_once: the engine closes the container's stdin when our attach stream

@@ -31,7 +31,7 @@ Only calls that wait pay for this: a call that finds a free slot asks nothing.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -42,7 +42,10 @@ from ironfunctions.metrics import IMetrics
 from ironfunctions.runner.fairqueue import FairWaitQueue, RouteKey
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
 
-__all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT_BOUND_S", "PRESSURE_RETRY_S", "Reclaim", "RouteKey", "Slots"]
+__all__ = [
+    "DEFAULT_MAX_WAITING", "DEFAULT_WAIT_BOUND_S", "PRESSURE_RETRY_S", "Reclaim", "RouteElsewhere", "RouteFull",
+    "RouteKey", "Slots", "SlotSource",
+]
 
 DEFAULT_WAIT_BOUND_S = 10.0  # ADMISSION_WAIT's default
 # How often the hooks are asked again while calls wait: short against ADMISSION_WAIT,
@@ -57,6 +60,44 @@ log = Logger()
 # route whose pool waits to start a container, None for a cold call. True if a slot
 # is on its way (it is released once its container is gone).
 Reclaim = Callable[[str | None, RouteKey | None], bool]
+
+
+class RouteFull(Overloaded):
+    """The hot route is at its ``max_concurrency`` on the node and this worker holds
+    some of its containers: its calls wait for those."""
+
+    def __init__(self) -> None:
+        super().__init__("the route's containers are all started", retry_after=1)
+
+
+class RouteElsewhere(Overloaded):
+    """The hot route is at its ``max_concurrency`` on the node, all of its containers
+    on ``worker``: calls of the route go there."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__(f"the route's containers run in worker {worker}", retry_after=1)
+        self.worker = worker
+
+
+class SlotSource(Protocol):
+    """What runners need of the node's container slots: ``Slots`` in one process,
+    ``workers.slots.RemoteSlots`` in a worker process."""
+
+    limit: int
+
+    @property
+    def in_use(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    def held(self, app: str) -> int: ...
+
+    async def acquire(self, app: str, route: RouteKey | None = None, route_limit: int = 0) -> None: ...
+
+    def release(self, app: str, route: RouteKey | None = None) -> None: ...
+
+    def on_pressure(self, reclaim: Callable[..., bool]) -> None: ...
 
 
 class Slots:
@@ -85,12 +126,12 @@ class Slots:
         self._held: dict[str, int] = {}
         self._wait_bound = wait_bound
         self._waiters = FairWaitQueue(clock, max_waiting)
-        self._pressure: list[Reclaim] = []
+        self._pressure: list[Callable[..., bool]] = []
         self._metrics = metrics
         self._clock = clock
         self._retry: IDelayedCall | None = None  # while calls wait and hooks are set
 
-    def on_pressure(self, reclaim: Reclaim) -> None:
+    def on_pressure(self, reclaim: Callable[..., bool]) -> None:
         """Call ``reclaim(app, route)`` when a caller has to wait for a slot, and every
         ``PRESSURE_RETRY_S`` while it waits: ``app`` is the caller's app when it waits
         because that app is at its cap, else None; ``route`` is what it waits for
@@ -106,11 +147,14 @@ class Slots:
         """Slots ``app`` holds now."""
         return self._held.get(app, 0)
 
-    async def acquire(self, app: str, route: RouteKey | None = None) -> None:
+    async def acquire(self, app: str, route: RouteKey | None = None, route_limit: int = 0) -> None:
         """Take a slot for ``app``, waiting at most ``wait_bound`` s. Raise ``Overloaded``.
 
         :param route: what the slot is for: the (app, path) of a hot route whose pool
             starts a container with it, None for a cold call (see ``on_pressure``).
+        :param route_limit: the route's ``max_concurrency``: in one process its pool
+            keeps to it; a worker process's ``RemoteSlots`` (``workers/slots.py``) has
+            the parent count it across the node's workers.
         """
         held = self._held.get(app, 0)
         # No waiter could take a free slot (``_hand_over`` serves them as slots free),
@@ -155,8 +199,9 @@ class Slots:
         if self._waiters and self._retry is None:
             self._retry = self._clock.callLater(PRESSURE_RETRY_S, self._press_again)
 
-    def release(self, app: str) -> None:
-        """Give ``app``'s slot back; it goes to a waiting call if one may take it."""
+    def release(self, app: str, route: RouteKey | None = None) -> None:
+        """Give ``app``'s slot back (of hot ``route``'s container, as it was acquired);
+        it goes to a waiting call if one may take it."""
         held = self._held[app] - 1
         if held:
             self._held[app] = held

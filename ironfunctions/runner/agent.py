@@ -14,7 +14,7 @@ At start the agent removes containers that a crashed previous run of this node (
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import attrs
 
@@ -36,7 +36,7 @@ from ironfunctions.models import (
     CallStatus,
     ContainerResult,
 )
-from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots
+from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots, SlotSource
 from ironfunctions.runner.plan import FunctionPolicy, container_spec
 from ironfunctions.runner.stderr_log import StderrLog
 
@@ -91,7 +91,7 @@ class ColdRunner:
     def __init__(
         self,
         driver: IContainerDriver,
-        slots: Slots,
+        slots: SlotSource,
         clock: IReactorTime,
         node_id: str,
         network_mode: str = "bridge",
@@ -166,13 +166,16 @@ class Agent(Service):
         node_id: str,
         metrics: IMetrics,
         runners: dict[str, CallRunner],
-        slots: Slots,
+        slots: SlotSource,
         drain_timeout: float | Callable[[], float] = DEFAULT_DRAIN_TIMEOUT_S,
         stderr_log: StderrLog | None = None,
+        cleanup_labels: Mapping[str, str] | None = None,
     ) -> None:
         self._driver = driver
         self._clock = clock
         self._node_id = node_id
+        # What its start and stop remove: the node's containers (a worker process: its own).
+        self._cleanup_labels = {LABEL_NODE: node_id, **(cleanup_labels or {})}
         self._metrics = metrics
         self._runners = runners
         self.slots = slots
@@ -259,7 +262,7 @@ class Agent(Service):
             self.log.error("Could not remove this node's containers: {error}", error=str(e))
 
     async def _remove_leftovers(self, message: str) -> None:
-        d = Deferred.fromCoroutine(self._driver.remove_containers({LABEL_NODE: self._node_id}))
+        d = Deferred.fromCoroutine(self._driver.remove_containers(self._cleanup_labels))
         d.addTimeout(CLEANUP_TIMEOUT_S, self._clock)
         try:
             count = await d

@@ -41,7 +41,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.models import Call, CallResult
-from ironfunctions.runner.admission import RouteKey, Slots
+from ironfunctions.runner.admission import RouteKey, Slots, SlotSource
 from ironfunctions.runner.hot_pool import HotContext, RoutePool
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.stderr_log import StderrLog
@@ -64,7 +64,7 @@ class HotRunner:
     def __init__(
         self,
         driver: IContainerDriver,
-        slots: Slots,
+        slots: SlotSource,
         clock: IReactorTime,
         node_id: str,
         network_mode: str = "bridge",
@@ -113,7 +113,8 @@ class HotRunner:
                 return True
         return False
 
-    def reclaim_idle(self, app: str | None = None, route: RouteKey | None = None) -> bool:
+    def reclaim_idle(self, app: str | None = None, route: RouteKey | None = None,
+                     wanted: int | None = None) -> bool:
         """Free a slot for a call waiting for one, if that is fair now (a
         ``Slots.on_pressure`` hook, asked again while the call waits). False if nothing
         may be freed now.
@@ -122,6 +123,8 @@ class HotRunner:
             ``APP_MAX_CONCURRENCY`` can only use a slot of its own); None: any app's.
         :param route: the hot route whose pool waits to start a container; None for a
             cold call (which holds no container, so counts as a route with none).
+        :param wanted: what the waiting pool would hold after getting a slot, when it is
+            another worker process's (``workers/slots.py``); by default its share + 1.
 
         1. The container idle the longest is stopped if it has been idle
            ``RECLAIM_MIN_IDLE_S``.
@@ -144,7 +147,8 @@ class HotRunner:
         if oldest is not None and self._context.clock.seconds() - oldest[0] >= RECLAIM_MIN_IDLE_S:
             oldest[1].reclaim()
             return True
-        wanted = (requester.share if requester is not None else 0) + 1
+        if wanted is None:
+            wanted = (requester.share if requester is not None else 0) + 1
         richest = max((p for p in pools if p is not requester), default=None,
                       key=lambda p: (p.share, p.least_recently_used() is not None))
         if richest is not None and richest.share > wanted:

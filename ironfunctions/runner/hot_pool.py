@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import Overloaded
 from ironfunctions.models import CANCELLED_MESSAGE, Call, CallResult, CallStatus, Route
-from ironfunctions.runner.admission import Slots
+from ironfunctions.runner.admission import RouteFull, Slots, SlotSource
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.protocol import RequestEncoder, hot_container_spec
@@ -66,7 +66,7 @@ class HotContext:
     """
 
     driver: IContainerDriver
-    slots: Slots
+    slots: SlotSource
     clock: IReactorTime
     node_id: str
     stderr_log: StderrLog
@@ -217,10 +217,10 @@ class RoutePool:
         context = self._context
         began = self._clock.seconds()
         try:
-            await context.slots.acquire(self.route.app_name, self.route.key)
+            await context.slots.acquire(self.route.app_name, self.route.key, self.route.max_concurrency)
         except Overloaded as e:
             self._starting -= 1
-            if self._live and not self._retired:
+            if (self._live or (self._starting and isinstance(e, RouteFull))) and not self._retired:
                 # No slot (within ADMISSION_WAIT), but this pool's containers serve the
                 # calls waiting here: they keep their place, and their own timeout. The
                 # next call that has to wait asks for a container again.
@@ -243,7 +243,7 @@ class RoutePool:
             self._slotted -= 1
             if self._give_back:  # its slot is the one to give back
                 self._give_back -= 1
-            context.slots.release(self.route.app_name)
+            context.slots.release(self.route.app_name, self.route.key)
             self._start_failed(e)
             return
         self._starting -= 1
@@ -355,7 +355,7 @@ class RoutePool:
             log.error("Could not remove hot container {container_id}: {error}",
                       container_id=container_id, error=str(e), **self._fields)
         finally:
-            context.slots.release(self.route.app_name)
+            context.slots.release(self.route.app_name, self.route.key)
             container.mark_removed()
             self._check_drained()
 

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from ironfunctions.calls.model import CallRecord
 from ironfunctions.metrics import IMetrics
 from ironfunctions.models import Call
-from ironfunctions.runner.admission import Slots
+from ironfunctions.runner.admission import Slots, SlotSource
 from ironfunctions.runner.records import running_sync_record
 from ironfunctions.services import PeriodicService
 
@@ -61,7 +61,7 @@ class NodeGaugesService(PeriodicService):
         self,
         metrics: IMetrics,
         clock: IReactorTime,
-        slots: Slots,
+        slots: SlotSource,
         queue_depth: Callable[[], Coroutine[Any, Any, int]],
         hot_containers: Callable[[], Mapping[tuple[str, str], int]],
         connections: Callable[[], int] | None = None,

@@ -1,0 +1,84 @@
+"""A worker's listener: the listening socket its parent handed it (fd 3).
+
+Every worker accepts on the one socket. A worker accepts one connection per wake-up,
+and only when no other worker holds fewer connections (``workers/board.py``); else it
+stops watching the socket for ``DEFER_S`` so that a less loaded worker takes the
+connection, and then accepts what is still waiting whatever the counts (a busy sibling
+must not leave a client waiting long).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable
+
+from twisted.application.service import Service
+
+from ironfunctions.workers.board import ConnectionBoard
+
+DEFER_S = 0.002
+PUBLISH_S = 0.05  # connections also close: the count is published this often too
+
+
+class AdoptedPortService(Service):
+    """Accepts on listening socket ``fd``, balancing connections with the node's other
+    workers through ``board`` (None: accept as Twisted does)."""
+
+    def __init__(self, fd: int, factory: Any, reactor: Any, board: ConnectionBoard | None = None,
+                 open_connections: Callable[[], int] = lambda: 0) -> None:
+        self._fd = fd
+        self._factory = factory
+        self._reactor = reactor
+        self._board = board
+        self._open = open_connections
+        self._port: Any = None
+        self._force = False  # accept what waits whatever the counts (after leaving it to others)
+        self._publisher: Any = None
+
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()  # type: ignore[no-untyped-call]
+        probe = socket.socket(fileno=os.dup(self._fd))  # its own fd: closing it keeps ours
+        family = probe.family
+        probe.close()
+        self._port = self._reactor.adoptStreamPort(self._fd, family, self._factory)
+        if self._board is not None:
+            accept = self._port.doRead
+
+            def do_read() -> Any:
+                board = self._board
+                assert board is not None
+                board.publish(self._open())
+                if not self._force and not board.least_loaded():
+                    self._port.stopReading()
+                    self._reactor.callLater(DEFER_S, self._resume)
+                    return None
+                self._force = False
+                self._port.numberAccepts = 1
+                return accept()
+
+            self._port.doRead = do_read
+            self._publish()
+
+    def _resume(self) -> None:
+        if not self.running:
+            return
+        self._force = True  # a connection still waiting now is this worker's
+        self._port.startReading()
+        self._reactor.callLater(DEFER_S, self._unforce)
+
+    def _unforce(self) -> None:
+        self._force = False  # nothing was waiting any more: the next one is balanced again
+
+    def _publish(self) -> None:
+        assert self._board is not None
+        self._board.publish(self._open())
+        self._publisher = self._reactor.callLater(PUBLISH_S, self._publish)
+
+    def stopService(self) -> Any:  # noqa: N802 (Twisted API)
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._publisher is not None and self._publisher.active():
+            self._publisher.cancel()
+        if self._port is not None:
+            return self._port.stopListening()
+        return None
