@@ -68,6 +68,7 @@ from ironfunctions.workers.adopted import AdoptedPortService
 from ironfunctions.workers.link import Link
 from ironfunctions.workers.slots import RemoteSlots, SlotBroker
 from ironfunctions.workers.board import ConnectionBoard
+from ironfunctions.workers.forward import Forwarder, ForwardRelay
 from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV, WorkerSupervisor
 
 log = Logger()
@@ -277,10 +278,18 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     policy = FunctionPolicy(config.function_readonly_rootfs, config.function_user)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size, policy)
     stderr_log = StderrLog(reactor)  # one stderr budget per node, hot and cold calls alike
+    # A worker sends a route's calls to the worker running its containers when the
+    # route is at its max_concurrency there (workers/forward.py).
+    forwarder = Forwarder(link) if link is not None else None
     hot = HotRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size,
-                    max_waiting=config.admission_max_waiting, policy=policy, stderr_log=stderr_log)
+                    max_waiting=config.admission_max_waiting, policy=policy, stderr_log=stderr_log,
+                    forward=forwarder.forward if forwarder is not None else None,
+                    forward_cancel=forwarder.cancel if forwarder is not None else None)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
     slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot may take a hot container's (its rule: hot.py)
+    if forwarder is not None and isinstance(slots, RemoteSlots):
+        forwarder.serve(hot.run, hot.cancel)
+        slots.on_give_back(hot.give_back_route)  # the parent evens a route's containers out over workers
     agent = Agent(driver, reactor, config.node_id, metrics, {"default": cold, "http": hot}, slots,
                   stderr_log=stderr_log, drain_timeout=drain.remaining,
                   cleanup_labels=None if worker is None else {LABEL_WORKER: str(worker)})
@@ -395,7 +404,7 @@ def _parent_service(config: Config, options: Any, reactor: Any) -> IService:
     FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
     slots = Slots(config.max_concurrency, reactor, config.admission_max_waiting, config.admission_wait,
                   config.app_concurrency, log_metrics)
-    broker = SlotBroker(slots)
+    broker = SlotBroker(slots, reactor)
     settings = {name: options[name] for name, _, _ in SETTINGS if options.get(name)}
     os.makedirs(config.data_dir, exist_ok=True)
     board_path = os.path.join(config.data_dir, "workers.board")  # workers/board.py
@@ -403,12 +412,19 @@ def _parent_service(config: Config, options: Any, reactor: Any) -> IService:
     for index in range(config.worker_processes):
         board.reset(index)
 
+    relay = ForwardRelay()
+
+    def attach(index: int, link: Link) -> None:
+        broker.attach(index, link)
+        relay.attach(index, link)
+
     def gone(index: int) -> None:
         broker.detach(index)
+        relay.detach(index)
         board.reset(index)
 
     WorkerSupervisor(
-        reactor, config.worker_processes, config.listen, broker.attach, gone, settings,
+        reactor, config.worker_processes, config.listen, attach, gone, settings,
         {"NODE_ID": config.node_id, BOARD_ENV: board_path}, drain_begin=lambda: None,
         drain_time=config.drain_grace + config.shutdown_timeout,
     ).setServiceParent(root)  # type: ignore[no-untyped-call]

@@ -36,13 +36,15 @@ would fire too late), so a call on a warm container schedules nothing.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.models import Call, CallResult
 from ironfunctions.runner.admission import RouteKey, Slots, SlotSource
-from ironfunctions.runner.hot_pool import HotContext, RoutePool
+from ironfunctions.runner.hot_pool import Forward, HotContext, RoutePool
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.stderr_log import StderrLog
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
@@ -72,22 +74,28 @@ class HotRunner:
         max_waiting: int = DEFAULT_MAX_WAITING,
         policy: FunctionPolicy = FunctionPolicy(),
         stderr_log: StderrLog | None = None,
+        forward: Forward | None = None,
+        forward_cancel: Callable[[int, str], None] | None = None,
     ) -> None:
         self._context = HotContext(
             driver, slots, clock, node_id, stderr_log if stderr_log is not None else StderrLog(clock),
-            network_mode, max_response_size, max_waiting, policy,
+            network_mode, max_response_size, max_waiting, policy, forward, forward_cancel,
         )
         self._pools: dict[tuple[str, str], RoutePool] = {}
         self._draining: set[RoutePool] = set()
 
-    async def run(self, call: Call) -> CallResult:
+    async def run(self, call: Call, forwarded: bool = False) -> CallResult:
         """Run ``call`` on a hot container of its route. Raise ``Overloaded`` when no
         container frees up within the route's timeout, ``ImageNotFound`` or
-        ``DockerUnavailable`` when the container for it cannot start."""
+        ``DockerUnavailable`` when the container for it cannot start.
+
+        :param forwarded: another worker process of the node sent it here
+            (``workers/forward.py``); it runs here or fails, it is not sent on.
+        """
         pool = self._pools.get(call.route.key)
         if pool is None or not pool.serves(call):
             pool = self._new_pool(call)
-        return await pool.run(call)
+        return await pool.run(call, forwarded)
 
     def _new_pool(self, call: Call) -> RoutePool:
         key = call.route.key
@@ -155,6 +163,16 @@ class HotRunner:
             richest.give_back()
             return True
         return False
+
+    def give_back_route(self, route: RouteKey) -> bool:
+        """Give one of ``route``'s containers back (another worker process of the node
+        holds fewer of them: ``workers/slots.py`` evens a route out over workers); an
+        idle one at once, else the next one to end its call. False if it holds none."""
+        pool = self._pools.get(route)
+        if pool is None or pool.share <= 0:
+            return False
+        pool.give_back()
+        return True
 
     def retire(self, app_name: str, path: str | None = None) -> None:
         """Retire the pools of a route (or, with no path, of every route of an app):

@@ -24,11 +24,18 @@ call (or starts) is removed instead of taking the next waiting call, and the poo
 waiting calls are served by its other containers. A start that cannot get a slot
 within ``ADMISSION_WAIT`` while the pool has containers fails no call for the same
 reason: the calls stay queued for those containers (each within its route timeout).
+
+In a worker process (``WORKERS`` > 1) a route's ``max_concurrency`` counts the whole
+node's containers (``workers/slots.py``). A pool whose start is told ``RouteElsewhere``
+(the route's containers all run in another worker) sends its waiting calls, and the
+calls that come in the next ``ELSEWHERE_S``, to that worker (``HotContext.forward``);
+after that a call tries to start a container here again (the other worker may have
+given one back meanwhile). A call forwarded here is never forwarded again.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -39,7 +46,7 @@ from twisted.python.failure import Failure
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import Overloaded
 from ironfunctions.models import CANCELLED_MESSAGE, Call, CallResult, CallStatus, Route
-from ironfunctions.runner.admission import RouteFull, Slots, SlotSource
+from ironfunctions.runner.admission import RouteElsewhere, RouteFull, SlotSource
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.protocol import RequestEncoder, hot_container_spec
@@ -47,7 +54,15 @@ from ironfunctions.runner.stderr_log import StderrLog
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING, WaitQueue
 
 REMOVE_TIMEOUT_S = 30.0
+ELSEWHERE_S = 0.25  # how long a pool told RouteElsewhere sends its calls to that worker
+# How long a pool told RouteFull (it has containers; the node's others are in other
+# workers) asks for no more: its waiting calls take its own containers meanwhile, and
+# asking again on every call that waits would be a message per call.
+FULL_S = 0.25
 log = Logger()
+
+# forward(worker, call): run a call of a route on another worker process of the node.
+Forward = Callable[[int, Call], Awaitable[CallResult]]
 
 
 @attrs.frozen
@@ -63,6 +78,9 @@ class HotContext:
     :param max_response_size: largest response body a function may announce.
     :param max_waiting: calls that may wait for a container of one route.
     :param policy: how the containers are hardened (``FUNCTION_*`` settings).
+    :param forward: runs a call on another worker process (see the module doc); None
+        in a single process, whose ``Slots`` never answers ``RouteElsewhere``.
+    :param forward_cancel: ``forward_cancel(worker, call_id)`` stops a call forwarded there.
     """
 
     driver: IContainerDriver
@@ -74,10 +92,20 @@ class HotContext:
     max_response_size: int = 6 * 1024 * 1024
     max_waiting: int = DEFAULT_MAX_WAITING
     policy: FunctionPolicy = FunctionPolicy()
+    forward: Forward | None = None
+    forward_cancel: Callable[[int, str], None] | None = None
 
 
 class _ExitedAtStart(Exception):
     """A new hot container's function exited before it could take a call."""
+
+
+class _GoElsewhere(Exception):
+    """The route's containers run in worker ``worker``: the waiting call goes there."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__(worker)
+        self.worker = worker
 
 
 class RoutePool:
@@ -118,6 +146,9 @@ class RoutePool:
         self._fields = {"app": route.app_name, "path": route.path}
         self._waiting: dict[str, Deferred[HotContainer]] = {}  # calls waiting here, by id
         self._cancelled: set[str] = set()
+        self._elsewhere: tuple[int, float] | None = None  # (worker, until): RouteElsewhere
+        self._full_until = 0.0  # RouteFull: no start asked for before this
+        self._forwarded: dict[str, int] = {}  # calls sent to another worker, by id
 
     @property
     def size(self) -> int:
@@ -153,18 +184,30 @@ class RoutePool:
             self.app_config = call.app_config
         return not self._retired
 
-    async def run(self, call: Call) -> CallResult:
+    async def run(self, call: Call, forwarded: bool = False) -> CallResult:
         """Run ``call`` on one of the pool's containers. Raise ``Overloaded`` when none
         frees up within the route's timeout, ``ImageNotFound``/``DockerUnavailable``
-        when the one started for it cannot start."""
+        when the one started for it cannot start.
+
+        :param forwarded: another worker process sent it here (it is not sent on).
+        """
         if self._idle:
             return await self._idle.pop().serve(call, 0, 0)
+        if self._elsewhere is not None and not forwarded:
+            worker, until = self._elsewhere
+            if self._clock.seconds() < until and not self._live and not self._starting:
+                return await self._forward(worker, call)
+            self._elsewhere = None
         queued_at = self._clock.seconds()
         call_id = call.id
         waiter = self._wait()
         self._waiting[call_id] = waiter  # so that a cancel can end the wait (cancel_call)
         try:
             container = await waiter
+        except _GoElsewhere as e:
+            if forwarded:
+                raise Overloaded("the route's containers moved to another worker", retry_after=1) from None
+            return await self._forward(e.worker, call)
         except _ExitedAtStart:
             return CallResult(call_id, CallStatus.ERROR, error=EXITED, wait_ms=ms(self._clock.seconds() - queued_at))
         except CancelledError:
@@ -181,10 +224,25 @@ class RoutePool:
             start_ms = min(container.start_ms, ms(waited))
         return await container.serve(call, max(0, ms(waited) - start_ms), start_ms)
 
+    async def _forward(self, worker: int, call: Call) -> CallResult:
+        forward = self._context.forward
+        if forward is None:
+            raise Overloaded("the route's containers run elsewhere", retry_after=1)
+        self._forwarded[call.id] = worker
+        try:
+            return await forward(worker, call)
+        finally:
+            del self._forwarded[call.id]
+
     def cancel_call(self, call_id: str) -> bool:
         """Kill the container serving ``call_id``, if one of this pool's does (the call
         ends at once with an error result); or end its wait for a container, if it
-        waits here (it ends ``cancelled`` and takes no container)."""
+        waits here (it ends ``cancelled`` and takes no container); or have the worker
+        it was forwarded to stop it."""
+        worker = self._forwarded.get(call_id)
+        if worker is not None and self._context.forward_cancel is not None:
+            self._context.forward_cancel(worker, call_id)
+            return True
         waiter = self._waiting.get(call_id)
         if waiter is not None:
             self._cancelled.add(call_id)
@@ -208,6 +266,7 @@ class RoutePool:
         while (
             self._starting < len(self._waiters)
             and len(self._live) + self._starting < self.route.max_concurrency
+            and not (self._full_until and self._full_until > self._clock.seconds())
         ):
             self._starting += 1
             d = Deferred.fromCoroutine(self._start())
@@ -218,8 +277,20 @@ class RoutePool:
         began = self._clock.seconds()
         try:
             await context.slots.acquire(self.route.app_name, self.route.key, self.route.max_concurrency)
+        except RouteElsewhere as e:
+            self._starting -= 1
+            if self._live or self._starting or self._retired:  # (not told so while it has any)
+                self._start_failed(e)
+                return
+            self._elsewhere = (e.worker, self._clock.seconds() + ELSEWHERE_S)
+            while self._waiters.fail_oldest(_GoElsewhere(e.worker)):
+                pass
+            self._check_drained()
+            return
         except Overloaded as e:
             self._starting -= 1
+            if isinstance(e, RouteFull):
+                self._full_until = self._clock.seconds() + FULL_S
             if (self._live or (self._starting and isinstance(e, RouteFull))) and not self._retired:
                 # No slot (within ADMISSION_WAIT), but this pool's containers serve the
                 # calls waiting here: they keep their place, and their own timeout. The
@@ -333,6 +404,7 @@ class RoutePool:
         if container not in self._live:
             return container.removed
         self._live.discard(container)
+        self._full_until = 0.0  # its place in the route's limit is free: a start may ask
         if self._give_back:  # whatever took it out, its slot is the one to give back
             self._give_back -= 1
         try:

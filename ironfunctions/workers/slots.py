@@ -20,6 +20,14 @@ a time (the one whose pool waits first, then the others by the slots they hold) 
 one frees a slot, one such round at a time per kind of waiting call. ``Slots`` asks
 again every ``PRESSURE_RETRY_S`` while calls wait, as in one process.
 
+A route's containers are evened out over the workers that ask for them: when one
+worker holds more than one more of them than a worker told ``RouteFull`` or
+``RouteElsewhere``, the broker keeps the next freed place of the route for the asking
+worker for ``RESERVE_S`` and asks the holder to give one back (``slot_give_back``:
+an idle container at once, else the next one to end its call). So a route at
+``max_concurrency`` 2 under load on two workers settles on one container in each, and
+its calls stop crossing between them.
+
 A worker that dies: its waits end and its slots return at once (``detach``); its
 containers are the parent's to remove (they carry the worker's label).
 
@@ -36,6 +44,7 @@ from itertools import count
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ironfunctions.errors import Overloaded
@@ -45,6 +54,8 @@ from ironfunctions.runner.fairqueue import RouteKey
 __all__ = ["Channel", "RemoteSlots", "RouteElsewhere", "RouteFull", "SlotBroker"]
 
 log = Logger()
+
+RESERVE_S = 2.0  # a route's place kept for the worker it was evened out for
 
 GRANTED = "ok"
 FULL = "full"
@@ -79,8 +90,11 @@ class _Wait:
 class SlotBroker:
     """The parent's side: grants its workers' container starts against ``slots``."""
 
-    def __init__(self, slots: Slots) -> None:
+    def __init__(self, slots: Slots, clock: IReactorTime) -> None:
         self.slots = slots
+        self._clock = clock
+        # route -> worker -> until when a place of the route is kept for it
+        self._reserved: dict[RouteKey, dict[int, float]] = {}
         slots.on_pressure(self._pressure)
         self._links: dict[int, Channel] = {}
         # worker -> (app, route) -> slots granted (route None: a cold container)
@@ -126,10 +140,15 @@ class SlotBroker:
             raise Overloaded("worker is gone", retry_after=1)
         if route is not None:
             counts = self._routes.setdefault(route, {})
-            if sum(counts.values()) >= max(1, limit):
-                if counts.get(worker, 0):
-                    return FULL
-                return (ELSEWHERE, max(counts, key=lambda w: (counts[w], -w)))
+            reserved = self._reservations(route)
+            if reserved.pop(worker, None) is None:
+                if sum(counts.values()) + len(reserved) >= max(1, limit):
+                    mine = counts.get(worker, 0)
+                    self._even_out(worker, route, mine, counts, reserved)
+                    if not counts:  # only places kept for others
+                        del self._routes[route]
+                        return FULL if mine else (ELSEWHERE, next(iter(reserved)))
+                    return FULL if mine else (ELSEWHERE, max(counts, key=lambda w: (counts[w], -w)))
             counts[worker] = counts.get(worker, 0) + 1
         wait = self._waits[(worker, ticket)] = _Wait(route)  # known before Slots asks for pressure
         try:
@@ -147,6 +166,39 @@ class SlotBroker:
         granted = self._granted.setdefault(worker, {})
         granted[(app, route)] = granted.get((app, route), 0) + 1
         return GRANTED
+
+    def _reservations(self, route: RouteKey) -> dict[int, float]:
+        """The route's places kept for workers, the expired ones gone."""
+        reserved = self._reserved.get(route)
+        if reserved is None:
+            return {}
+        now = self._clock.seconds()
+        for worker in [w for w, until in reserved.items() if until <= now or w not in self._links]:
+            del reserved[worker]
+        if not reserved:
+            del self._reserved[route]
+            return {}
+        return reserved
+
+    def _even_out(self, worker: int, route: RouteKey, mine: int, counts: dict[int, int],
+                  reserved: dict[int, float]) -> None:
+        """``worker`` wants a container of ``route``, at its limit: if another worker
+        holds more than one more than it, keep the next place for ``worker`` and ask
+        that one to give a container back."""
+        if worker in reserved:
+            return
+        holder = max((w for w in counts if w != worker), key=lambda w: counts[w], default=None)
+        if holder is None or counts[holder] <= mine + 1 or holder not in self._links:
+            return
+        self._reserved.setdefault(route, {})[worker] = self._clock.seconds() + RESERVE_S
+        d = self._links[holder].request("slot_give_back", route)
+
+        def answered(gave: Any) -> None:
+            if not gave:  # it holds none any more: nothing is on its way
+                self._reserved.get(route, {}).pop(worker, None)
+
+        d.addCallbacks(answered, lambda f: log.warn("Worker {worker} could not give a container back: {error}",
+                                                    worker=holder, error=str(f.value)))
 
     def withdraw(self, worker: int, ticket: int) -> None:
         """``worker`` no longer wants the start ``ticket`` waits for (its call was
@@ -234,12 +286,19 @@ class RemoteSlots:
         self._held: dict[str, int] = {}
         self._tickets = count(1)
         self._pressure: list[WorkerReclaim] = []
+        self._give_back: Callable[[RouteKey], bool] = lambda route: False
         link.handle("slot_reclaim", self._reclaim)
+        link.handle("slot_give_back", lambda route: self._give_back(_route(route) or ("", "")))
 
     def on_pressure(self, reclaim: WorkerReclaim) -> None:
         """Call ``reclaim(scope, route, wanted)`` when the parent asks this worker to
         free a slot (``HotRunner.reclaim_idle``)."""
         self._pressure.append(reclaim)
+
+    def on_give_back(self, give_back: Callable[[RouteKey], bool]) -> None:
+        """Call ``give_back(route)`` when the parent evens ``route`` out over workers
+        (``HotRunner.give_back_route``)."""
+        self._give_back = give_back
 
     def held(self, app: str) -> int:
         """Slots ``app`` holds in this worker."""

@@ -8,9 +8,9 @@ reaches the worker holding them."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -23,7 +23,8 @@ class LoopChannel:
     """One end of an in-process link: requests run the other end's handler at once
     (the real ``Link`` moves the same tuples over a unix socket)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock  # given: requests are answered on a later turn, as over a socket
         self.handlers: dict[str, Callable[..., Any]] = {}
         self.peer: LoopChannel | None = None
         self.sent: list[tuple[Any, ...]] = []
@@ -34,10 +35,20 @@ class LoopChannel:
     def request(self, kind: str, *args: Any) -> Deferred[Any]:
         assert self.peer is not None
         self.sent.append((kind, *args))
+        if self.clock is not None:
+            later: Deferred[Any] = Deferred()
+            self.clock.callLater(0, lambda: self._deliver(kind, args).chainDeferred(later))
+            return later
+        return self._deliver(kind, args)
+
+    def _deliver(self, kind: str, args: tuple[Any, ...]) -> Deferred[Any]:
+        assert self.peer is not None
         try:
             value = self.peer.handlers[kind](*args)
         except Exception as e:
             return fail(e)
+        if isinstance(value, Coroutine):
+            return ensureDeferred(value)
         return value if isinstance(value, Deferred) else succeed(value)
 
     def notify(self, kind: str, *args: Any) -> None:
@@ -46,8 +57,8 @@ class LoopChannel:
         self.peer.handlers[kind](*args)
 
 
-def pair() -> tuple[LoopChannel, LoopChannel]:
-    parent, worker = LoopChannel(), LoopChannel()
+def pair(clock: Clock | None = None) -> tuple[LoopChannel, LoopChannel]:
+    parent, worker = LoopChannel(clock), LoopChannel(clock)
     parent.peer, worker.peer = worker, parent
     return parent, worker
 
@@ -59,7 +70,7 @@ class BrokerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.slots = Slots(4, self.clock, max_waiting=10, wait_bound=5, app_limit=3)
-        self.broker = SlotBroker(self.slots)
+        self.broker = SlotBroker(self.slots, self.clock)
         self.workers: dict[int, RemoteSlots] = {}
         for index in (0, 1):
             parent_end, worker_end = pair()
@@ -165,7 +176,7 @@ class PressureTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.slots = Slots(2, self.clock, max_waiting=10, wait_bound=5, app_limit=2)
-        self.broker = SlotBroker(self.slots)
+        self.broker = SlotBroker(self.slots, self.clock)
         self.asked: list[tuple[int, str | None, RouteKey | None, int | None]] = []
         self.frees: dict[int, bool] = {0: False, 1: False}
         self.ends: dict[int, LoopChannel] = {}

@@ -1,0 +1,197 @@
+"""Hot routes on a node of worker processes (issue 15): each worker's ``HotRunner``
+with its own containers, the parent's ``SlotBroker`` and ``ForwardRelay``, over
+loopback links, with ``FakeDriver``'s scripted hot containers on a ``Clock``.
+
+A route's ``max_concurrency`` counts the whole node's containers; calls of a route
+whose containers all run in another worker are sent there (a route at 1 runs on one
+container whichever worker its calls reach); a route under load on both workers is
+evened out to a container in each, after which no call crosses; a worker whose route
+is full asks the parent again only now and then, not per call."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from ironfunctions.errors import Overloaded
+from ironfunctions.models import CallResult, CallStatus
+from ironfunctions.runner.admission import Slots
+from ironfunctions.runner.hot import HotRunner
+from ironfunctions.runner.hot_pool import ELSEWHERE_S, FULL_S
+from ironfunctions.workers.forward import Forwarder, ForwardRelay
+from ironfunctions.workers.slots import RESERVE_S, RemoteSlots, SlotBroker
+
+from tests.unit.test_hot_share import RTT_S, START_S, STAGGER_S, EngineLikeDriver, route_call
+from tests.unit.test_worker_slots import LoopChannel, pair
+
+
+class Load:
+    """``connections`` closed-loop clients of one worker, on route ``/hot1`` of app
+    ``a`` with ``max_concurrency`` (as the clients' connections the kernel gave it)."""
+
+    def __init__(self, runner: HotRunner, clock: Clock, connections: int, max_concurrency: int) -> None:
+        self._runner = runner
+        self._clock = clock
+        self._max = max_concurrency
+        self._n = 0
+        self.results: list[CallResult] = []
+        self.failures: list[Failure] = []
+        self.running = True
+        for k in range(connections):
+            clock.callLater(k * STAGGER_S, self._next)
+
+    def _next(self) -> None:
+        if not self.running:
+            return
+        self._n += 1
+        call = route_call("/hot1", self._n, max_concurrency=self._max)
+        d = Deferred.fromCoroutine(self._runner.run(call))
+        d.addCallbacks(self._done, self._failed)
+
+    def _done(self, result: CallResult) -> None:
+        self.results.append(result)
+        self._clock.callLater(RTT_S, self._next)
+
+    def _failed(self, failure: Failure) -> None:
+        self.failures.append(failure)
+        self._clock.callLater(0.1, self._next)
+
+
+class Worker:
+    def __init__(self, index: int, clock: Clock, broker: SlotBroker, relay: ForwardRelay) -> None:
+        parent_end, worker_end = pair(clock)
+        broker.attach(index, parent_end)
+        relay.attach(index, parent_end)
+        self.index = index
+        self.link: LoopChannel = worker_end
+        self.driver = EngineLikeDriver(clock)
+        self.slots = RemoteSlots(worker_end, broker.slots.limit)
+        forwarder = Forwarder(worker_end)
+        self.runner = HotRunner(self.driver, self.slots, clock, "node1",
+                                forward=forwarder.forward, forward_cancel=forwarder.cancel)
+        forwarder.serve(self.runner.run, self.runner.cancel)
+        self.slots.on_pressure(self.runner.reclaim_idle)
+        self.slots.on_give_back(self.runner.give_back_route)
+
+    def sent(self, kind: str) -> int:
+        return sum(1 for message in self.link.sent if message[0] == kind)
+
+    def served_here(self) -> int:
+        """Calls this worker's containers answered (its own and forwarded ones)."""
+        return sum(len(c.requests) for c in self.driver.attached.values())
+
+
+class WorkerNodeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = SlotBroker(Slots(8, self.clock, 100, 10.0, app_limit=8), self.clock)
+        self.relay = ForwardRelay()
+        self.workers = [Worker(i, self.clock, self.broker, self.relay) for i in (0, 1)]
+
+    def advance(self, seconds: float, step: float = 0.001) -> None:
+        for _ in range(int(round(seconds / step))):
+            self.clock.advance(step)
+
+    def warm(self, worker: Worker, max_concurrency: int, calls: int = 1) -> None:
+        """``calls`` calls at once on ``worker`` (each starts a container, up to the route's limit)."""
+        ds = [Deferred.fromCoroutine(worker.runner.run(route_call("/hot1", -1 - n, max_concurrency=max_concurrency)))
+              for n in range(calls)]
+        self.advance(START_S + 0.05)
+        assert all(self.successResultOf(d).status == CallStatus.SUCCESS for d in ds)
+
+    def load(self, worker: Worker, connections: int, max_concurrency: int) -> Load:
+        # Calls ids must differ across workers: the second worker's start at 100,000.
+        load = Load(worker.runner, self.clock, connections, max_concurrency)
+        load._n = 100_000 * worker.index
+        return load
+
+    def starts(self) -> int:
+        return sum(len(w.driver.started_specs) for w in self.workers)
+
+    def test_a_route_at_one_runs_on_one_container_whichever_worker_its_calls_reach(self) -> None:
+        self.warm(self.workers[0], 1)
+        loads = [self.load(w, 4, 1) for w in self.workers]
+        self.advance(5)
+        for load in loads:
+            load.running = False
+        self.advance(1)
+        assert all(not load.failures for load in loads), [f.value for load in loads for f in load.failures]
+        assert all(r.status == CallStatus.SUCCESS for load in loads for r in load.results)
+        assert len(loads[1].results) > 100  # worker 1's clients were served...
+        assert self.starts() == 1  # ...on worker 0's one container
+        assert self.workers[1].served_here() == 0
+        assert self.workers[0].served_here() == sum(len(load.results) for load in loads) + 1
+        assert self.broker.route_containers(("a", "/hot1")) == {0: 1}
+
+    def test_a_route_of_two_under_load_on_both_workers_is_evened_out_and_calls_stop_crossing(self) -> None:
+        self.warm(self.workers[0], 2, calls=2)  # both of the route's containers in worker 0
+        assert self.broker.route_containers(("a", "/hot1")) == {0: 2}
+        loads = [self.load(w, 4, 2) for w in self.workers]
+        self.advance(2 * RESERVE_S)
+        assert self.broker.route_containers(("a", "/hot1")) == {0: 1, 1: 1}
+        forwarded = self.workers[1].sent("forward")
+        served = [w.served_here() for w in self.workers]
+        self.advance(5)
+        for load in loads:
+            load.running = False
+        self.advance(1)
+        assert self.workers[1].sent("forward") == forwarded  # none crossed since
+        assert all(w.served_here() - s > 100 for w, s in zip(self.workers, served))
+        assert all(not load.failures for load in loads)
+        assert self.starts() <= 3  # warm-up, worker 0's second (given back), worker 1's
+
+    def test_a_worker_whose_route_is_full_does_not_ask_the_parent_per_call(self) -> None:
+        self.warm(self.workers[0], 2)
+        loads = [self.load(w, 4, 2) for w in self.workers]
+        self.advance(2 * RESERVE_S)
+        asked = [w.sent("slot_acquire") for w in self.workers]
+        self.advance(5)
+        calls = sum(len(load.results) for load in loads)
+        for load in loads:
+            load.running = False
+        # Each worker has 4 clients on its one container: calls wait every time, and
+        # each wait would ask for a container of the full route without FULL_S.
+        extra = [w.sent("slot_acquire") - a for w, a in zip(self.workers, asked)]
+        assert calls > 1000
+        assert all(e <= 5 / FULL_S + 2 for e in extra), extra
+
+    def test_a_forwarded_call_is_cancelled_where_it_runs(self) -> None:
+        self.warm(self.workers[0], 1)
+        for driver in (w.driver for w in self.workers):
+            driver._delays = iter(lambda: 5.0, None)  # type: ignore[assignment]  # calls that take 5 s
+        busy = Deferred.fromCoroutine(self.workers[0].runner.run(route_call("/hot1", 1, max_concurrency=1)))
+        forwarded = Deferred.fromCoroutine(self.workers[1].runner.run(route_call("/hot1", 2, max_concurrency=1)))
+        self.advance(0.1)
+        assert self.workers[1].sent("forward") == 1
+        assert self.successResultOf(Deferred.fromCoroutine(self.workers[1].runner.cancel("C2")))
+        self.advance(0.1)
+        result = self.successResultOf(forwarded)
+        assert result.status == CallStatus.CANCELLED  # it waited there: it ends at once, ran nowhere
+        self.advance(6)
+        assert self.successResultOf(busy).status == CallStatus.SUCCESS
+
+    def test_calls_go_to_the_worker_holding_the_route_only_for_a_while_then_ask_again(self) -> None:
+        self.warm(self.workers[0], 1)
+        d = Deferred.fromCoroutine(self.workers[1].runner.run(route_call("/hot1", 1, max_concurrency=1)))
+        self.advance(0.05)
+        assert self.successResultOf(d).status == CallStatus.SUCCESS
+        assert self.workers[1].sent("slot_acquire") == 1
+        d = Deferred.fromCoroutine(self.workers[1].runner.run(route_call("/hot1", 2, max_concurrency=1)))
+        self.advance(0.05)
+        self.successResultOf(d)
+        assert self.workers[1].sent("slot_acquire") == 1  # sent on without asking
+        self.advance(ELSEWHERE_S)
+        self.advance(30)  # worker 0's container idles out: the route is free
+        d = Deferred.fromCoroutine(self.workers[1].runner.run(route_call("/hot1", 3, max_concurrency=1)))
+        self.advance(START_S + 0.05)
+        assert self.successResultOf(d).status == CallStatus.SUCCESS
+        assert self.workers[1].sent("slot_acquire") == 2 and len(self.workers[1].driver.started_specs) == 1
+
+    def test_a_call_forwarded_to_a_worker_that_is_gone_gets_503(self) -> None:
+        self.warm(self.workers[0], 1)
+        self.relay.detach(0)  # worker 0 is restarting; its link is gone from the relay
+        d = Deferred.fromCoroutine(self.workers[1].runner.run(route_call("/hot1", 1, max_concurrency=1)))
+        self.advance(0.05)
+        self.failureResultOf(d, Overloaded)
