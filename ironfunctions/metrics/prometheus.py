@@ -95,8 +95,10 @@ HELP = {
 # ``multiprocess_mode``; no effect in a single process). "live": a dead worker's
 # values go with it (``shared.mark_process_dead``).
 GAUGE_MODES = {
-    # Every worker reads the one shared queue: its latest reading is the node's.
-    "queue.depth": "livemostrecent",
+    # Every worker reads the one shared queue: the highest of their last readings (a
+    # few seconds apart). Not "mostrecent": a gauge no process has set since it was
+    # declared would be missing from a fresh node's first scrape.
+    "queue.depth": "livemax",
     # A backend is up for the node only while every process reaches it.
     "datastore.up": "livemin",
     "queue.up": "livemin",

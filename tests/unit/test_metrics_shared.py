@@ -75,7 +75,7 @@ def test_counts_and_histograms_of_every_worker_add_up_whichever_answers(tmp_path
     assert not any(name.startswith(("process_", "python_")) for name, _ in samples(first))
 
 
-def test_gauges_sum_the_workers_own_counts_and_take_the_latest_queue_reading(tmp_path: Path, library: None) -> None:
+def test_gauges_sum_the_workers_own_counts_and_take_the_highest_queue_reading(tmp_path: Path, library: None) -> None:
     directory = str(tmp_path)
     first = as_process(directory, 201)
     first.gauge("containers.running", 3)
@@ -95,6 +95,14 @@ def test_gauges_sum_the_workers_own_counts_and_take_the_latest_queue_reading(tmp
     assert figures[("ironfunctions_hot_containers_route", ROUTE)] == 3
     assert figures[("ironfunctions_queue_depth", ())] == 42
     assert figures[("ironfunctions_datastore_up", ())] == 0  # one process cannot reach it
+
+
+def test_every_node_gauge_is_in_a_fresh_nodes_first_scrape(tmp_path: Path, library: None) -> None:
+    directory = str(tmp_path)
+    as_process(directory, 251)
+    figures = samples(as_process(directory, 252))
+    for name in ("containers_running", "hot_containers", "queue_depth", "connections"):
+        assert figures[(f"ironfunctions_{name}", ())] == 0
 
 
 def test_a_dead_workers_live_gauges_go_and_its_counts_stay(tmp_path: Path, library: None) -> None:
