@@ -15,15 +15,16 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
-from ironfunctions.api.admin import HealthChecks, report_backends
+from ironfunctions.api.admin import HealthChecks, StatsSource, report_backends
 from ironfunctions.api.invoke import InvokeResource
 from ironfunctions.balancer.agent import LBAgent, LBAgentService, agent_endpoint
 from ironfunctions.balancer.waits import WaitWindow
@@ -34,10 +35,12 @@ from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import stores_from_url
 from ironfunctions.drivers.docker import DockerDriver
+from ironfunctions.drivers.docker_probe import DockerProbe
 from ironfunctions.drivers.netguard_service import guarded_calls, netguard_service
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
+from ironfunctions.metrics import shared as shared_metrics
 from ironfunctions.routecache import RouteCache
 from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.recorder import CallRecorder
@@ -70,6 +73,7 @@ from ironfunctions.workers.slots import RemoteSlots, SlotBroker
 from ironfunctions.workers.board import ConnectionBoard
 from ironfunctions.workers.forward import Forwarder, ForwardRelay
 from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV, WorkerSupervisor
+from ironfunctions.workers.views import NodeViews, WaitSamples, WorkerViews
 
 log = Logger()
 
@@ -226,9 +230,14 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # /metrics' text is made on a thread of its own (~0.5 ms per route).
     scrape_pool = ThreadPool(minthreads=0, maxthreads=1, name="metrics-scrape")
     ThreadPoolService("metrics-scrape", scrape_pool, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
-    prometheus = PrometheusMetrics(reactor=reactor, pool=scrape_pool)
+    # A worker's figures join its node's (metrics/shared.py: the parent set the directory).
+    shared_dir = os.environ.get(shared_metrics.ENV) if worker is not None else None
+    prometheus = PrometheusMetrics(reactor=reactor, pool=scrape_pool, multiprocess_dir=shared_dir)
     waits = WaitWindow(reactor)  # recent run.wait_time, for the load-balancer agent's weight
     sinks: list[IMetrics] = [log_metrics, prometheus, waits]
+    wait_samples = WaitSamples()  # a worker's, for its parent's agent (workers/views.py)
+    if worker is not None:
+        sinks.append(wait_samples)
     if config.statsd_host:
         statsd = StatsdMetrics(reactor, config.statsd_host, config.statsd_port)
         statsd.setServiceParent(root)  # type: ignore[no-untyped-call]
@@ -314,6 +323,13 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics,
                                QueueLimits(config.async_max_queued, config.async_max_queued_bytes))
     backends_ready = lambda: gatherResults([datastore_service.when_ready(), queue_service.when_ready()])  # noqa: E731
+    # /stats and the balancer agent's figures: a worker's are its node's (workers/views.py).
+    stats: StatsSource = agent.stats
+    if link is not None:
+        views = WorkerViews(link, reactor, agent.stats, lambda: len(agent.calls_running()), wait_samples,
+                            ready=lambda: datastore_service.ready and queue_service.ready)
+        views.report_service().setServiceParent(root)  # type: ignore[no-untyped-call]
+        stats = lambda: Deferred.fromCoroutine(views.node_stats())  # noqa: E731
     if config.num_async:
         workers = AsyncWorkerService(
             queue, stores.calls, route_cache.lookup, route_cache.app_config, run_call, kill_call,
@@ -352,7 +368,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
             draining=lambda: drain.reason,
         ),
         render_metrics=prometheus.scrape,
-        stats=agent.stats,
+        stats=stats,
         invoke=InvokeResource(invoker),
         cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call, cancel_bus),
         tasks=tasks.resource_for,
@@ -392,8 +408,11 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
 
 def _parent_gone(reactor: Any) -> None:
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        return  # this worker is stopping already: its end of the link closed with it
     log.error("The node's parent process is gone: stopping")
-    reactor.stop()
 
 
 def _parent_service(config: Config, options: Any, reactor: Any) -> IService:
@@ -402,9 +421,26 @@ def _parent_service(config: Config, options: Any, reactor: Any) -> IService:
     root = IronFunctionsService(make_observer(config.log_level))
     log_metrics = LogMetrics(reactor, level=config.log_level)
     FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
+    # The node's Prometheus figures: every process's, in one directory (metrics/shared.py);
+    # the parent's own (app.throttled of its slots) too. Removed after the workers exit.
+    metrics_dir = shared_metrics.prepare(config.data_dir, os.getpid())
+    shared_metrics.SharedMetricsService(metrics_dir).setServiceParent(root)  # type: ignore[no-untyped-call]
+    metrics = FanoutMetrics([log_metrics, PrometheusMetrics(process_metrics=False, multiprocess_dir=metrics_dir)])
     slots = Slots(config.max_concurrency, reactor, config.admission_max_waiting, config.admission_wait,
-                  config.app_concurrency, log_metrics)
+                  config.app_concurrency, metrics)
     broker = SlotBroker(slots, reactor)
+    # What the node tells about itself: /stats summed over the workers, the balancer
+    # agent's figures from their reports (workers/views.py).
+    views = NodeViews(config.worker_processes, reactor, WaitWindow(reactor))
+    drain = Drain(reactor, config.shutdown_timeout)  # from SIGTERM on (drain_begin below)
+    if config.lb_agent_port:  # the node's one agent; workers run none
+        probe = DockerProbe(reactor, config.docker_host)
+        probe.setServiceParent(root)  # type: ignore[no-untyped-call]
+        lb_agent = LBAgent(probe.probe, lambda: views.load(slots.limit), drain, WeightGovernor(reactor),
+                           started=views.started)
+        endpoint = serverFromString(reactor, agent_endpoint(config.listen, config.lb_agent_port))
+        # Added before the workers' supervisor: it answers "drain" until they have all exited.
+        LBAgentService(lb_agent, endpoint, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
     settings = {name: options[name] for name, _, _ in SETTINGS if options.get(name)}
     os.makedirs(config.data_dir, exist_ok=True)
     board_path = os.path.join(config.data_dir, "workers.board")  # workers/board.py
@@ -417,15 +453,19 @@ def _parent_service(config: Config, options: Any, reactor: Any) -> IService:
     def attach(index: int, link: Link) -> None:
         broker.attach(index, link)
         relay.attach(index, link)
+        views.attach(index, link)
 
     def gone(index: int) -> None:
         broker.detach(index)
         relay.detach(index)
         board.reset(index)
+        views.detach(index)
 
     WorkerSupervisor(
         reactor, config.worker_processes, config.listen, attach, gone, settings,
-        {"NODE_ID": config.node_id, BOARD_ENV: board_path}, drain_begin=lambda: None,
+        {"NODE_ID": config.node_id, BOARD_ENV: board_path, shared_metrics.ENV: metrics_dir},
+        drain_begin=lambda: drain.begin("shutdown"),
         drain_time=config.drain_grace + config.shutdown_timeout,
+        on_worker_gone=lambda pid: shared_metrics.mark_process_dead(metrics_dir, pid),
     ).setServiceParent(root)  # type: ignore[no-untyped-call]
     return root

@@ -11,7 +11,7 @@ Until ``ready()`` is true (the datastore is started), ``/v1`` and ``/r`` answer 
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable
 
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IReactorTime
@@ -89,7 +89,7 @@ class MainAPI:
         ready: Callable[[], bool],
         health_checks: admin.HealthChecks,
         clock: IReactorTime,
-        stats: Callable[[], Mapping[str, int]],
+        stats: admin.StatsSource,
         render_metrics: Callable[[], Awaitable[bytes]],
         tasks: Callable[[Access], IResource] | None,
     ) -> None:
@@ -122,8 +122,8 @@ class MainAPI:
         return None
 
     @app.route("/stats", methods=["GET"])
-    def stats(self, request: IRequest) -> bytes:
-        return self._node_wide(request) or admin.stats(request, self._stats)
+    async def stats(self, request: IRequest) -> bytes:
+        return self._node_wide(request) or await admin.stats(request, self._stats)
 
     @app.route("/health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
@@ -199,7 +199,7 @@ def build_api(
     jwt_auth_key: str = "",
     ready: Callable[[], bool] = lambda: True,
     health_checks: admin.HealthChecks | None = None,
-    stats: Callable[[], Mapping[str, int]] = lambda: {},
+    stats: admin.StatsSource = lambda: {},
     render_metrics: Callable[[], Awaitable[bytes]] = lambda: succeed(b""),
     invoke: IResource | None = None,
     cancel: Canceller | None = None,

@@ -126,8 +126,15 @@ async def health(request: IRequest, checks: HealthChecks, clock: IReactorTime) -
     return json_response(request, {"status": "ok"})
 
 
-def stats(request: IRequest, stats: Callable[[], Mapping[str, int]]) -> bytes:
+# ``/stats``' figures: a mapping at once (one process), or later (a worker asks its parent
+# for the whole node's, ``workers/views.py``).
+StatsSource = Callable[[], Mapping[str, int] | Awaitable[Mapping[str, int]]]
+
+
+async def stats(request: IRequest, stats: StatsSource) -> bytes:
     figures = stats()
+    if not isinstance(figures, Mapping):
+        figures = await figures
     return json_response(
         request,
         {k: int(figures.get(k, 0)) for k in ("Queue", "Running", "Complete")},

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
@@ -47,6 +47,12 @@ class WaitWindow:
         for _kind, name, value in samples:
             if name == WAIT_METRIC:
                 self._samples.append((self._clock.seconds(), value))
+
+    def extend(self, values: Iterable[int]) -> None:
+        """Figures seen elsewhere, as of now: a node's workers report theirs to the
+        parent every half second (``workers/views.py``)."""
+        now = self._clock.seconds()
+        self._samples.extend((now, int(ms)) for ms in values)
 
     def percentile(self, q: float = 0.9) -> float:
         """The ``q`` quantile (nearest rank) of the wait times in the window, in ms;

@@ -17,6 +17,12 @@ which Prometheus reads as no label); call ids are never labels. The node gauges 
 declared up front, so a fresh node's first scrape has them at 0, and the registry (one
 per object: no global default registry) also holds the process, platform and GC
 collectors.
+
+A node of worker processes (``WORKERS`` > 1, issue 15) shares its figures through
+prometheus_client's multiprocess mode (``multiprocess_dir``, ``metrics/shared.py``):
+each process writes its values to files of its own in the node's directory, and any
+worker's ``/metrics`` reads them all, so the node answers as one. Counters and
+histograms add up; each gauge combines as ``GAUGE_MODES`` says.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -37,6 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ironfunctions.metrics.interface import COUNT, GAUGE, TIME, IMetrics
+from ironfunctions.metrics.shared import share_values
 
 NAMESPACE = "ironfunctions"
 
@@ -83,6 +91,22 @@ HELP = {
     "queue.up": "1 when the async queue answered this node's last check (every 5 s), 0 when not",
 }
 
+# How the processes' values of a gauge make the node's (prometheus_client's
+# ``multiprocess_mode``; no effect in a single process). "live": a dead worker's
+# values go with it (``shared.mark_process_dead``).
+GAUGE_MODES = {
+    # Every worker reads the one shared queue: the highest of their last readings (a
+    # few seconds apart). Not "mostrecent": a gauge no process has set since it was
+    # declared would be missing from a fresh node's first scrape.
+    "queue.depth": "livemax",
+    # A backend is up for the node only while every process reaches it.
+    "datastore.up": "livemin",
+    "queue.up": "livemin",
+}
+# The rest (containers, hot containers, connections) each worker counts of its own:
+# the node's figure is the sum.
+DEFAULT_GAUGE_MODE = "livesum"
+
 _PROM_NAME = re.compile(r"[^a-zA-Z0-9_]")
 _CALL_LABELS = ("app", "path")
 _GAUGE_SUFFIX = {(): "", ("app",): "_app", ("app", "path"): "_route", ("path",): "_path"}
@@ -109,14 +133,24 @@ class PrometheusMetrics:
         daemon gives it one thread of its own, not the reactor's pool that DNS lookups
         share); inline without them (tests).
     :param pool: the thread pool of ``scrape``.
+    :param multiprocess_dir: the node's directory of shared figures (``WORKERS`` > 1):
+        this process's values go to files there, and ``exposition`` reads every
+        process's. The process, platform and GC collectors are left out there: they
+        would describe only the process that happens to answer.
     """
 
     log = Logger(namespace="ironfunctions.metrics")
 
     def __init__(
         self, namespace: str = NAMESPACE, process_metrics: bool = True, reactor: Any = None,
-        pool: ThreadPool | None = None,
+        pool: ThreadPool | None = None, multiprocess_dir: str | None = None,
     ) -> None:
+        self._shared: CollectorRegistry | None = None
+        if multiprocess_dir is not None:
+            share_values(multiprocess_dir)  # before the first metric of this object
+            self._shared = CollectorRegistry()
+            MultiProcessCollector(self._shared, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+            process_metrics = False
         self.registry = CollectorRegistry()
         self._reactor = reactor
         self._pool = pool
@@ -133,8 +167,9 @@ class PrometheusMetrics:
             GCCollector(registry=self.registry)
 
     def exposition(self) -> bytes:
-        """The Prometheus text exposition (format 0.0.4)."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition (format 0.0.4): with ``multiprocess_dir``,
+        of every process of the node."""
+        return generate_latest(self._shared if self._shared is not None else self.registry)
 
     def render(self) -> str:
         """``exposition`` as text."""
@@ -236,7 +271,8 @@ class PrometheusMetrics:
                 suffix = _GAUGE_SUFFIX.get(labelnames, "_" + "_".join(labelnames))
                 documentation = (NODE_GAUGES.get(name) or HELP.get(name) if not labelnames
                                  else HELP.get(name + suffix.replace("_", ".")))
-                family = Gauge(base + suffix, documentation or name, labelnames, registry=self.registry)
+                family = Gauge(base + suffix, documentation or name, labelnames, registry=self.registry,
+                               multiprocess_mode=GAUGE_MODES.get(name, DEFAULT_GAUGE_MODE))  # type: ignore[arg-type]
             else:
                 family = Histogram(
                     base + "_seconds", HELP.get(name, name) + " (seconds)", labelnames,

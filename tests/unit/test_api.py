@@ -5,7 +5,7 @@ from typing import Any, NoReturn
 
 from treq.testing import StubTreq
 from twisted.python.failure import Failure
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
@@ -235,6 +235,12 @@ def test_metrics_serves_the_prometheus_text() -> None:
 def test_stats_shape() -> None:
     status, body = call(client(stats=lambda: {"Running": 2}), "GET", "/stats")
     assert body == {"Queue": 0, "Running": 2, "Complete": 0}
+
+
+def test_stats_may_come_later_in_the_same_shape() -> None:
+    """A worker of a node asks its parent for the node's figures (workers/views.py)."""
+    status, body = call(client(stats=lambda: succeed({"Running": 3, "Complete": 9})), "GET", "/stats")
+    assert (status, body) == (200, {"Queue": 0, "Running": 3, "Complete": 9})
 
 
 def test_deeply_nested_json_is_400_not_500() -> None:
