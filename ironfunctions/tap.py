@@ -69,6 +69,8 @@ from ironfunctions.workers.link import Link
 from ironfunctions.workers.slots import RemoteSlots, SlotBroker
 from ironfunctions.workers.board import ConnectionBoard
 from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV, WorkerSupervisor
+from ironfunctions.runner.stderr_budget import PER_APP, StderrBudget
+from ironfunctions.workers.shares import runs_singletons, share, worker_config
 
 log = Logger()
 
@@ -206,6 +208,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     if worker_env is None and config.worker_processes > 1:
         return _parent_service(config, options, reactor)
     worker = int(worker_env) if worker_env is not None else None
+    if worker is not None:  # NUM_ASYNC, MAX_BUFFERED, MAX_SPOOLED: this worker's share (workers/shares.py)
+        config = worker_config(config, worker)
     root = IronFunctionsService(make_observer(config.log_level))
     link: Link | None = None
     if worker is not None:  # the parent's end: slots; its loss ends this worker
@@ -276,7 +280,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         slots = RemoteSlots(link, config.max_concurrency)
     policy = FunctionPolicy(config.function_readonly_rootfs, config.function_user)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size, policy)
-    stderr_log = StderrLog(reactor)  # one stderr budget per node, hot and cold calls alike
+    stderr_log = StderrLog(reactor, None if worker is None else StderrBudget(  # a worker: its share of the node's
+        reactor.seconds, per_app=share(PER_APP, config.worker_processes, worker)))  # hot and cold calls alike
     hot = HotRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size,
                     max_waiting=config.admission_max_waiting, policy=policy, stderr_log=stderr_log)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
@@ -288,9 +293,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # agent has drained, so the last calls' records are written too.
     recorder = CallRecorder(stores.calls, reactor, metrics, max_bytes=config.record_buffer)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
-    CallRetentionService(  # CALL_RETENTION: finished calls expire, swept off the request path
-        stores.calls, reactor, metrics, config.call_retention, config.retention_interval,
-    ).setServiceParent(root)  # type: ignore[no-untyped-call]
+    if runs_singletons(worker):  # once per node: a single process or worker 0 (workers/shares.py)
+        CallRetentionService(  # CALL_RETENTION: finished calls expire, swept off the request path
+            stores.calls, reactor, metrics, config.call_retention, config.retention_interval,
+        ).setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
     run_call = guarded_calls(agent.run_call, guard)  # no function runs before its network's rules
 
@@ -318,7 +324,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     reconciler = Reconciler(stores.calls, queue, route_cache.lookup, reactor, metrics, config.node_id,
                             try_lead=getattr(stores.calls, "try_lead", None), interval=config.reconcile_interval)
     reconciler.add_after_pass(rebuild_counts_after_loss(queue))  # ASYNC_MAX_QUEUED counts after a loss
-    PeriodicService("reconciler", config.reconcile_interval, reconciler.tick, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
+    if runs_singletons(worker):
+        PeriodicService("reconciler", config.reconcile_interval, reconciler.tick, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
 
     invoker = Invoker(
         route_cache.lookup, route_cache.app_config, run_call, CallIds(reactor.seconds),
@@ -354,6 +361,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # below the file limit (raised to the hard limit first).
     before, file_limit = raise_file_limit()
     connection_limit = connection_cap(file_limit, config.max_concurrency)
+    if worker is not None:  # the node's cap, shared out (http/conncap.py)
+        connection_limit = max(1, share(connection_limit, config.worker_processes, worker))
     log.info("Open files limit {file_limit} (was {before}): at most {connection_cap} client connections",
              file_limit=file_limit, before=before, connection_cap=connection_limit)
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",
@@ -368,8 +377,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     ).setServiceParent(root)  # type: ignore[no-untyped-call]
     # datastore.up / queue.up gauges: /health stays 200 in a shared outage; alert on these.
     backends = HealthChecks(shared={"datastore": datastore.ping, "queue": queue.ping})
-    PeriodicService("backend-gauges", GAUGES_INTERVAL_S, lambda: report_backends(backends, reactor, metrics),
-                    reactor, now=True).setServiceParent(root)  # type: ignore[no-untyped-call]
+    if runs_singletons(worker):
+        PeriodicService("backend-gauges", GAUGES_INTERVAL_S, lambda: report_backends(backends, reactor, metrics),
+                        reactor, now=True).setServiceParent(root)  # type: ignore[no-untyped-call]
     listener: Any
     if worker is None:
         listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
