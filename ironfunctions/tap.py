@@ -70,6 +70,7 @@ from ironfunctions.workers.slots import RemoteSlots, SlotBroker
 from ironfunctions.workers.board import ConnectionBoard
 from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV, WorkerSupervisor
 from ironfunctions.runner.stderr_budget import PER_APP, StderrBudget
+from ironfunctions.workers.cleanup import NodeCleanupService
 from ironfunctions.workers.shares import runs_singletons, share, worker_config
 
 log = Logger()
@@ -413,13 +414,27 @@ def _parent_service(config: Config, options: Any, reactor: Any) -> IService:
     for index in range(config.worker_processes):
         board.reset(index)
 
+    # The node's containers, its function network and its cancels are the parent's
+    # (workers/cleanup.py, guard.py, bus.py); the workers hear of them over their links.
+    driver = DockerDriver(reactor, 1, base_url=config.docker_host)  # removals only
+    driver.setServiceParent(root)  # type: ignore[no-untyped-call]
+    cleanup = NodeCleanupService(driver, config.node_id, os.path.join(config.data_dir, "hot-sockets"), reactor)
+    cleanup.setServiceParent(root)  # type: ignore[no-untyped-call]  # stops after the last worker
+    relays: list[SlotBroker] = [broker]
+
+    def attach(index: int, link: Link) -> None:
+        for relay in relays:
+            relay.attach(index, link)
+
     def gone(index: int) -> None:
-        broker.detach(index)
+        for relay in relays:
+            relay.detach(index)
         board.reset(index)
 
     WorkerSupervisor(
-        reactor, config.worker_processes, config.listen, broker.attach, gone, settings,
+        reactor, config.worker_processes, config.listen, attach, gone, settings,
         {"NODE_ID": config.node_id, BOARD_ENV: board_path}, drain_begin=lambda: None,
         drain_time=config.drain_grace + config.shutdown_timeout,
+        ready=cleanup.when_ready, cleanup=cleanup.worker_gone,
     ).setServiceParent(root)  # type: ignore[no-untyped-call]
     return root
