@@ -34,7 +34,8 @@ from ironfunctions.runner.invoker import Invoker
 from ironfunctions.config import Config, host_memory_mb
 from ironfunctions.datastore import stores_from_url
 from ironfunctions.drivers.docker import DockerDriver
-from ironfunctions.drivers.netguard_service import guarded_calls, netguard_service
+from ironfunctions.drivers.netguard_service import NetguardService, guarded_calls, netguard_service
+from ironfunctions.drivers.netplan import is_guarded
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
@@ -71,6 +72,7 @@ from ironfunctions.workers.board import ConnectionBoard
 from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV, WorkerSupervisor
 from ironfunctions.runner.stderr_budget import PER_APP, StderrBudget
 from ironfunctions.workers.cleanup import NodeCleanupService
+from ironfunctions.workers.guard import GuardRelay, RemoteGuard
 from ironfunctions.workers.shares import runs_singletons, share, worker_config
 
 log = Logger()
@@ -257,10 +259,15 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         labels=None if worker is None else {LABEL_WORKER: str(worker)},
     )
     driver.setServiceParent(root)  # type: ignore[no-untyped-call]
-    # The function network and its firewall rules (none for DOCKER_NETWORK=none/bridge/...).
-    guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
-    if guard is not None:
-        guard.setServiceParent(root)  # type: ignore[no-untyped-call]
+    # The function network and its firewall rules (none for DOCKER_NETWORK=none/bridge/...);
+    # a worker process only hears from its parent whether they are in place (workers/guard.py).
+    guard: NetguardService | RemoteGuard | None = None
+    if link is None:
+        guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
+        if guard is not None:
+            guard.setServiceParent(root)  # type: ignore[no-untyped-call]
+    elif is_guarded(config.docker_network):
+        guard = RemoteGuard(link, reactor, config.docker_network)
     # SIGTERM: drain (agent "drain", /health 503) for DRAIN_GRACE, then stop (SPEC §9).
     drain = Drain(reactor, config.shutdown_timeout)
     if config.lb_agent_port and worker is None:
@@ -420,7 +427,11 @@ def _parent_service(config: Config, options: Any, reactor: Any) -> IService:
     driver.setServiceParent(root)  # type: ignore[no-untyped-call]
     cleanup = NodeCleanupService(driver, config.node_id, os.path.join(config.data_dir, "hot-sockets"), reactor)
     cleanup.setServiceParent(root)  # type: ignore[no-untyped-call]  # stops after the last worker
-    relays: list[SlotBroker] = [broker]
+    guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
+    if guard is not None:
+        guard.setServiceParent(root)  # type: ignore[no-untyped-call]
+    relays: list[SlotBroker | GuardRelay] = [broker]
+    relays += [GuardRelay(guard)] if guard is not None else []
 
     def attach(index: int, link: Link) -> None:
         for relay in relays:
