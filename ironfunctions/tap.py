@@ -36,6 +36,7 @@ from ironfunctions.datastore import stores_from_url
 from ironfunctions.drivers.docker import DockerDriver
 from ironfunctions.drivers.netguard_service import NetguardService, guarded_calls, netguard_service
 from ironfunctions.drivers.netplan import is_guarded
+from ironfunctions.cancelbus.memory import MemoryCancelBus
 from ironfunctions.errors import ConfigError
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
@@ -70,7 +71,9 @@ from ironfunctions.workers.link import Link
 from ironfunctions.workers.slots import RemoteSlots, SlotBroker
 from ironfunctions.workers.board import ConnectionBoard
 from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV, WorkerSupervisor
+from ironfunctions.runner.cancel import make_app_calls_stopper
 from ironfunctions.runner.stderr_budget import PER_APP, StderrBudget
+from ironfunctions.workers.bus import CancelRelay, ParentCancelBus, app_ender
 from ironfunctions.workers.cleanup import NodeCleanupService
 from ironfunctions.workers.guard import GuardRelay, RemoteGuard
 from ironfunctions.workers.shares import runs_singletons, share, worker_config
@@ -314,6 +317,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # A cancel reaches the node running the call, whichever node the DELETE reached
     # (Redis pub/sub beside the queue; in memory for a single node).
     cancel_bus = cancel_bus_for(config.mq_url, queue, reactor)
+    app_calls_elsewhere = None  # a worker process: its siblings, through the parent (workers/bus.py)
+    if link is not None:
+        if isinstance(cancel_bus, MemoryCancelBus):
+            cancel_bus = ParentCancelBus(link, reactor)
+        app_calls_elsewhere = app_ender(link, reactor, make_app_calls_stopper(
+            kill_call, lambda: [c for c, _ in agent.calls_running()]))
     cancel_bus.on_cancel(make_cancel_handler(agent.running_call, kill_call, reactor))
 
     submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics,
@@ -363,7 +372,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call, cancel_bus),
         tasks=tasks.resource_for,
         end_app_calls=make_app_calls_ender(  # a deleted app's calls: queued cancelled, finished deleted
-            stores.calls, reactor, queue, kill_call, lambda: [c for c, _ in agent.calls_running()]),
+            stores.calls, reactor, queue, kill_call, lambda: [c for c, _ in agent.calls_running()],
+            elsewhere=app_calls_elsewhere),
     )
     # Clients are bounded (SPEC §8): deadlines, a shared body budget, a connection cap
     # below the file limit (raised to the hard limit first).
@@ -430,7 +440,7 @@ def _parent_service(config: Config, options: Any, reactor: Any) -> IService:
     guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
     if guard is not None:
         guard.setServiceParent(root)  # type: ignore[no-untyped-call]
-    relays: list[SlotBroker | GuardRelay] = [broker]
+    relays: list[SlotBroker | CancelRelay | GuardRelay] = [broker, CancelRelay()]
     relays += [GuardRelay(guard)] if guard is not None else []
 
     def attach(index: int, link: Link) -> None:
