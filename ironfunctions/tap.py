@@ -219,7 +219,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     root = IronFunctionsService(make_observer(config.log_level))
     link: Link | None = None
     if worker is not None:  # the parent's end: slots; its loss ends this worker
-        link = Link(socket.socket(fileno=LINK_FD), reactor, {}, on_lost=lambda: _parent_gone(reactor))
+        shutting_down: list[bool] = []
+        reactor.addSystemEventTrigger("before", "shutdown", shutting_down.append, True)
+        link = Link(socket.socket(fileno=LINK_FD), reactor, {}, on_lost=lambda: _parent_gone(reactor, shutting_down))
     if options.get("bridge_missing"):
         log.warn("HOT_TRANSPORT: {problem}; hot functions use the engine's attach stream instead "
                  "(slower; set HOT_TRANSPORT=attach to silence this)", problem=options["bridge_missing"])
@@ -410,9 +412,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     return root
 
 
-def _parent_gone(reactor: Any) -> None:
-    log.error("The node's parent process is gone: stopping")
-    reactor.stop()
+def _parent_gone(reactor: Any, shutting_down: list[bool]) -> None:
+    # The link also goes when this worker's own reactor shuts down (it disconnects
+    # every reader at the end): nothing to stop then.
+    if not shutting_down:
+        log.error("The node's parent process is gone: stopping")
+        reactor.stop()
 
 
 def _parent_service(config: Config, options: Any, reactor: Any) -> IService:

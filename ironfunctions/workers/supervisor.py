@@ -11,9 +11,10 @@ A worker that dies is started again after a second, and not before the parent ha
 removed its containers (``cleanup``, ``workers/cleanup.py``); the first workers start
 once the node's leftover containers are gone (``ready``).
 
-At stop the parent begins its own drain (the balancer agent says ``drain``) and sends
-SIGTERM to every worker at once: each runs the drain sequence of SPEC §9 itself
-(``DRAIN_GRACE``, then its listener closes and its calls end within
+At stop the parent begins its own drain (the balancer agent says ``drain``), sends
+SIGTERM to every worker at once and closes its own copy of the listening socket: each
+worker runs the drain sequence of SPEC §9 itself (``DRAIN_GRACE``, then its listener
+closes, so the port closes with the last one, and its calls end within
 ``SHUTDOWN_TIMEOUT``); once all have exited, the parent removes the node's containers.
 """
 
@@ -174,14 +175,17 @@ class WorkerSupervisor(Service):
         workers = list(self._workers.values())
         for worker in workers:
             self._signal(worker, signal.SIGTERM)
+        # No worker starts any more: the parent's copy of the listening socket goes now,
+        # so the port closes when the last worker closes its own after DRAIN_GRACE (new
+        # clients are then refused, not left waiting in the backlog, SPEC §9).
+        if self._port is not None:
+            self._port.socket.close()
         kill = self._reactor.callLater(self._drain_time + KILL_SLACK_S, self._kill_all)
 
         async def wait() -> None:
             await DeferredList([w.ended for w in workers])
             if kill.active():
                 kill.cancel()
-            if self._port is not None:
-                self._port.socket.close()
 
         return Deferred.fromCoroutine(wait())
 
