@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ from typing import Iterator
 import docker
 import pytest
 
+from ironfunctions.drivers.netguard import NetworkGuard
 from ironfunctions.http.conncap import connection_cap
 from ironfunctions.models import LABEL_NODE, LABEL_WORKER
 from tests.daemon import Daemon, DaemonFactory, Reply
@@ -276,3 +278,35 @@ def test_workers_share_the_nodes_connection_cap_and_only_one_runs_the_backend_ga
     # Both loops would log at their start and 5 s later: 4 lines by now, not 2.
     until(lambda: time.monotonic() - up > 7.5, timeout=10)
     assert daemon.log().count("metric=datastore.up ") == 2, daemon.log()
+
+
+def test_the_parent_alone_guards_the_function_network_and_both_workers_run_calls_on_it(
+    test_images: dict[str, str], daemon_factory: DaemonFactory, engine: docker.DockerClient,  # noqa: F811
+) -> None:
+    """The rules are put in place once, by the parent; each worker's /health and calls
+    go by what the parent tells it, and a worker killed and restarted touches nothing."""
+    network = f"ironfunctions-w{uuid.uuid4().hex[:5]}"  # this test's own guarded network
+    guard = NetworkGuard(engine.api, network)
+    daemon: Daemon | None = None
+    try:
+        daemon, node_id, pids = start_node(daemon_factory, DOCKER_NETWORK=network)
+        assert daemon.proc is not None
+        parent = daemon.proc.pid
+        daemon.add_route("app", "/cat", image_tag("cat"))
+        conns = connections_on_each_worker(daemon, pids)
+        for conn in conns.values():
+            serving(conn)  # its "network" check passes
+            assert conn.request("POST", "/r/app/cat", "on the guarded network").status == 200
+        assert daemon.log().count(f"Network {network} guarded") == 1
+        os.kill(pids[0], signal.SIGKILL)
+        until(lambda: worker_pids(parent).get(0) not in (None, pids[0]), timeout=30, why="worker 0 back")
+        fresh = connections_on_each_worker(daemon, wait_workers(parent, 2))
+        serving(fresh[0])
+        assert fresh[0].request("POST", "/r/app/cat", "again").status == 200
+        assert guard.ensure() == []  # every rule still in place
+        assert daemon.log().count(f"Network {network} guarded") == 1
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        guard.remove()
+        subprocess.run(["docker", "network", "rm", network], capture_output=True)
