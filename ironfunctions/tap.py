@@ -77,6 +77,7 @@ from ironfunctions.workers.bus import CancelRelay, ParentCancelBus, app_ender
 from ironfunctions.workers.cleanup import NodeCleanupService
 from ironfunctions.workers.guard import GuardRelay, RemoteGuard
 from ironfunctions.workers.shares import runs_singletons, share, worker_config
+from ironfunctions.workers.signals import stop_once_on_signals
 
 log = Logger()
 
@@ -221,6 +222,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     if worker is not None:  # the parent's end: slots; its loss ends this worker
         shutting_down: list[bool] = []
         reactor.addSystemEventTrigger("before", "shutdown", shutting_down.append, True)
+        stop_once_on_signals(reactor)  # SIGTERM from its parent and from systemd or the terminal
         link = Link(socket.socket(fileno=LINK_FD), reactor, {}, on_lost=lambda: _parent_gone(reactor, shutting_down))
     if options.get("bridge_missing"):
         log.warn("HOT_TRANSPORT: {problem}; hot functions use the engine's attach stream instead "

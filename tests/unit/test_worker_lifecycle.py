@@ -8,12 +8,14 @@ The cancel relay itself runs the cancel bus contract (``tests/contracts``)."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
@@ -33,6 +35,7 @@ from ironfunctions.workers.wire import WorkerLinkError
 from ironfunctions.workers.cleanup import NodeCleanupService, worker_socket_dir
 from ironfunctions.workers.guard import GuardRelay, RemoteGuard
 from ironfunctions.workers.shares import runs_singletons, share, worker_config
+from ironfunctions.workers.signals import stop_once_on_signals
 from tests.unit.test_netguard_service import ScriptedGuard
 from tests.unit.test_worker_slots import LoopChannel, pair
 
@@ -315,3 +318,45 @@ class GoneLink(LoopChannel):
 def test_a_cancel_that_cannot_reach_the_parent_is_QueueUnavailable() -> None:
     bus = ParentCancelBus(GoneLink(), Clock())
     assert isinstance(result_of(Deferred.fromCoroutine(bus.publish("app", "c1", wait=1))), QueueUnavailable)
+
+
+# -- a worker's signals
+
+
+class SignalledReactor:
+    """What ``stop_once_on_signals`` needs of a reactor: triggers, callFromThread, stop."""
+
+    def __init__(self) -> None:
+        self.triggers: list[tuple[str, str, Any]] = []
+        self.stops = 0
+
+    def addSystemEventTrigger(self, phase: str, event: str, fn: Any, *args: Any) -> None:  # noqa: N802
+        self.triggers.append((phase, event, fn))
+
+    def callFromThread(self, fn: Any, *args: Any) -> None:  # noqa: N802
+        fn(*args)
+
+    def stop(self) -> None:
+        self.stops += 1
+        if self.stops > 1:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
+
+
+def test_a_worker_stops_on_its_first_SIGTERM_and_a_second_one_is_no_error() -> None:
+    reactor = SignalledReactor()
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    stop_once_on_signals(reactor)
+    assert [(phase, event) for phase, event, _ in reactor.triggers] == [("after", "startup")]
+    try:
+        reactor.triggers[0][2]()  # the reactor has started: the worker's handlers go in
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler) and signal.getsignal(signal.SIGINT) is handler
+        with capturedLogs() as events:
+            handler(signal.SIGTERM, None)  # from the parent
+            handler(signal.SIGTERM, None)  # and from systemd's KillMode=control-group
+            handler(signal.SIGINT, None)
+        assert reactor.stops == 3  # each asked; the repeats are no error
+        assert [e["signal"] for e in events if "signal" in e] == ["SIGTERM"]
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
