@@ -153,6 +153,7 @@ def test_a_killed_workers_containers_go_at_once_its_sibling_keeps_serving_and_it
     fresh = connections_on_each_worker(daemon, back)
     serving(fresh[victim])
     assert fresh[victim].request("POST", "/r/app/hot", "again").status == 200
+    assert worker_containers(engine, node_id, survivor) == kept  # the replacement's cleanup is its own
 
 
 def sleeping_call_on(conn: WorkerConnection, engine: docker.DockerClient, node_id: str,
