@@ -6,7 +6,9 @@ default pool) at start and then every 30 seconds on an injected clock, logging e
 repair (a firewall reload that dropped the rules). A guard that cannot be put in place
 at start (no permission, a remote ``DOCKER_HOST``) stops the daemon with one line saying
 what to do; until the rules are in place, ``/health`` fails and calls wait
-(``guarded_calls``).
+(``guarded_calls``). With worker processes (``WORKERS`` > 1) the parent runs it, once
+for the node; the workers only hear whether the rules are in place
+(``workers/guard.py``).
 """
 
 from __future__ import annotations
