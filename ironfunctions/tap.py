@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
-import uuid
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
-from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from ironfunctions import __version__, bridge
 from ironfunctions.api import build_api
 from ironfunctions.api.admin import HealthChecks, StatsSource, report_backends
 from ironfunctions.api.invoke import InvokeResource
@@ -32,12 +27,12 @@ from ironfunctions.balancer.weight import Load, WeightGovernor
 from ironfunctions.drain import Drain, DrainService
 from ironfunctions.http.proxies import TrustedProxies
 from ironfunctions.runner.invoker import Invoker
-from ironfunctions.config import Config, host_memory_mb
+from ironfunctions.config import Config
 from ironfunctions.datastore import stores_from_url
 from ironfunctions.drivers.docker import DockerDriver
-from ironfunctions.drivers.docker_probe import DockerProbe
-from ironfunctions.drivers.netguard_service import guarded_calls, netguard_service
-from ironfunctions.errors import ConfigError
+from ironfunctions.drivers.netguard_service import NetguardService, guarded_calls, netguard_service
+from ironfunctions.drivers.netplan import is_guarded
+from ironfunctions.cancelbus.memory import MemoryCancelBus
 from ironfunctions.logging import make_observer
 from ironfunctions.metrics import FanoutMetrics, IMetrics, LogMetrics, PrometheusMetrics, StatsdMetrics
 from ironfunctions.metrics import shared as shared_metrics
@@ -69,136 +64,24 @@ from ironfunctions.http.site import make_site
 from ironfunctions.models import LABEL_WORKER
 from ironfunctions.workers.adopted import AdoptedPortService
 from ironfunctions.workers.link import Link
-from ironfunctions.workers.slots import RemoteSlots, SlotBroker
+from ironfunctions.workers.slots import RemoteSlots
 from ironfunctions.workers.board import ConnectionBoard
-from ironfunctions.workers.forward import Forwarder, ForwardRelay
-from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV, WorkerSupervisor
-from ironfunctions.workers.views import NodeViews, WaitSamples, WorkerViews
+from ironfunctions.workers.forward import Forwarder
+from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV
+from ironfunctions.tap_parent import parent_service
+from ironfunctions import options
+from ironfunctions.workers.views import WaitSamples, WorkerViews
+from ironfunctions.runner.cancel import make_app_calls_stopper
+from ironfunctions.runner.stderr_budget import PER_APP, StderrBudget
+from ironfunctions.workers.bus import ParentCancelBus, app_ender
+from ironfunctions.workers.guard import RemoteGuard
+from ironfunctions.workers.shares import runs_singletons, share, worker_config
+from ironfunctions.workers.signals import stop_once_on_signals
 
 log = Logger()
 
-# (option name, env var, help). Defaults are resolved in Config.from_sources.
-SETTINGS = [
-    ("port", "PORT", "API port [default: 8080]"),
-    ("listen", "LISTEN", "Twisted endpoint to listen on; beyond loopback it needs JWT_AUTH_KEY or "
-     "API_AUTH=none [default: tcp:$PORT:interface=127.0.0.1]"),
-    ("data-dir", "DATA_DIR", "Folder for the embedded store, queue and node id [default: ./data]"),
-    ("db-url", "DB_URL", "Datastore: sqlite:///path, postgres://user:pass@host:port/db or memory:// "
-     "[default: sqlite:///<data dir>/ironfunctions.db]"),
-    ("mq-url", "MQ_URL", "Async queue: sqlite:///path, redis[s]://[:pass@]host:port[/db] or memory:// "
-     "[default: sqlite:///<data dir>/mq.db]"),
-    ("api-url", "API_URL", "Where external async runners reach /tasks [default: http://127.0.0.1:$PORT]"),
-    ("log-level", "LOG_LEVEL", "debug, info, warn or error [default: info]"),
-    ("jwt-auth-key", "JWT_AUTH_KEY", "At least 32 bytes; when set, /v1/*, /tasks, /metrics and /stats "
-     "need a Bearer HS256 JWT signed with it, with an exp"),
-    ("api-auth", "API_AUTH", "'none' serves the API without a key on a non-loopback LISTEN, on purpose "
-     "(e.g. behind an authenticating proxy) [default: jwt]"),
-    ("docker-host", "DOCKER_HOST", "Docker engine URL [default: docker-py's default]"),
-    ("num-async", "NUM_ASYNC", "Async calls this node runs at once; 0 leaves them to /tasks runners [default: 2 x cores]"),
-    ("max-concurrency", "MAX_CONCURRENCY", "Containers this node runs at once [default: from cores and memory]"),
-    ("max-request-size", "MAX_REQUEST_SIZE", "Largest request body, e.g. 6MiB [default: 6MiB]"),
-    ("max-response-size", "MAX_RESPONSE_SIZE", "Largest function response, e.g. 6MiB [default: 6MiB]"),
-    ("statsd-url", "STATSD_URL", "Also send metrics to statsd at udp://host:port"),
-    ("docker-network", "DOCKER_NETWORK", "Network of function containers: the default is made and guarded "
-     "by the daemon (SPEC 8); 'none' cuts them off; any other name is used as is [default: ironfunctions]"),
-    ("function-allow-nets", "FUNCTION_ALLOW_NETS", "Private CIDRs functions may reach on the guarded network"),
-    ("node-id", "NODE_ID", "Name of this daemon [default: generated once, kept in the data dir]"),
-    ("async-max-attempts", "ASYNC_MAX_ATTEMPTS", "Attempts per async call [default: 3]"),
-    ("async-retry-delay", "ASYNC_RETRY_DELAY", "First async retry delay, doubled each time [default: 1s]"),
-    ("hot-transport", "HOT_TRANSPORT", "Hot functions' stdin/stdout: 'socket' (a unix socket and a static "
-     "bridge, skipping the engine's relay) or 'attach' (the engine's attach stream) [default: socket, or "
-     "attach when the bridge was not built]"),
-    ("function-readonly-rootfs", "FUNCTION_READONLY_ROOTFS", "Function containers get a read-only root "
-     "and a writable /tmp counted in the route's memory; false keeps a writable root [default: true]"),
-    ("function-user", "FUNCTION_USER", "Run function containers as this numeric uid[:gid] "
-     "[default: the image's user]"),
-    ("header-timeout", "HEADER_TIMEOUT", "A request head must arrive within this of its first byte [default: 20s]"),
-    ("idle-timeout", "IDLE_TIMEOUT", "An idle keep-alive connection closes after this [default: 60s]"),
-    ("body-min-rate", "BODY_MIN_RATE", "A request body slower than this (over 10 s) gets 408 [default: 1KiB/s]"),
-    ("max-buffered", "MAX_BUFFERED", "Request bytes held in memory across connections [default: 64MiB]"),
-    ("max-spooled", "MAX_SPOOLED", "Request bytes spooled to disk across connections [default: 1GiB]"),
-    ("admission-wait", "ADMISSION_WAIT", "How long a call may wait for a container slot [default: 10s]"),
-    ("admission-max-waiting", "ADMISSION_MAX_WAITING", "How many calls may wait for a slot [default: 1000]"),
-    ("app-max-concurrency", "APP_MAX_CONCURRENCY", "Containers one app may hold while others wait "
-     "[default: half of MAX_CONCURRENCY]"),
-    ("async-max-queued", "ASYNC_MAX_QUEUED", "Async calls per app waiting in the queue [default: 10000]"),
-    ("async-max-queued-bytes", "ASYNC_MAX_QUEUED_BYTES", "Queued async payload bytes per app [default: 256MiB]"),
-    ("async-max-age", "ASYNC_MAX_AGE", "An async call the platform could not run for this long ends "
-     "error/expired [default: 24h]"),
-    ("call-retention", "CALL_RETENTION", "Finished call records and logs older than this are deleted [default: 7d]"),
-    ("retention-interval", "RETENTION_INTERVAL", "How often CALL_RETENTION's sweep runs [default: 5m]"),
-    ("route-cache-stale", "ROUTE_CACHE_STALE", "How old a cached route may be served while the datastore "
-     "is down; 0: never [default: 10m]"),
-    ("record-buffer", "RECORD_BUFFER", "Call records and logs held while the datastore is down [default: 64MiB]"),
-    ("lb-agent-port", "LB_AGENT_PORT", "TCP port of this node's HAProxy agent-check responder [default: off]"),
-    ("trusted-proxies", "TRUSTED_PROXIES", "CIDRs whose X-Forwarded-For/-Proto/-Host are believed; dropped from others"),
-    ("drain-grace", "DRAIN_GRACE", "After SIGTERM, keep serving this long while the balancer notices [default: 3s]"),
-    ("shutdown-timeout", "SHUTDOWN_TIMEOUT", "After the grace, longest wait for in-flight calls [default: 60s]"),
-    ("workers", "WORKERS", "Processes serving this node, each running its own containers within the "
-     "node's limits; 1: one process [default: 1]"),
-    ("reconcile-interval", "RECONCILE_INTERVAL", "How often one node re-queues accepted async calls "
-     "the queue lost [default: 20s]"),
-]
-
-
-class Options(usage.Options):
-    """Command-line options of ``twistd ironfunctions`` (each also an env variable)."""
-
-    synopsis = "[options]"
-    longdesc = (
-        "IronFunctions serverless API server. Every option can also be set by the "
-        "environment variable in brackets; the option wins."
-    )
-    optParameters = [[name, None, None, f"{help_} (env {env})"] for name, env, help_ in SETTINGS]
-
-    def opt_version(self) -> None:
-        """Print the version and exit."""
-        print(f"ironfunctions {__version__}")
-        sys.exit(0)
-
-    def postOptions(self) -> None:  # noqa: N802 (Twisted API)
-        try:
-            config = Config.from_sources(
-                self, os.environ, os.getcwd(), os.cpu_count() or 1, host_memory_mb()
-            )
-            if not config.node_id:
-                config = _with_node_id(config)
-            if config.hot_transport == "socket":
-                problem = bridge.missing()
-                if problem and (self.get("hot-transport") or os.environ.get("HOT_TRANSPORT", "").strip()):
-                    raise ConfigError(f"HOT_TRANSPORT=socket: {problem}")
-                if problem:  # the default: fall back to the engine's stream, and say so at start
-                    import attrs
-
-                    config = attrs.evolve(config, hot_transport="attach")
-                    self["bridge_missing"] = problem
-        except ConfigError as e:
-            # One clear line and a non-zero exit, not twistd's full usage text.
-            sys.stderr.write(f"ironfunctions: configuration error: {e}\n")
-            sys.exit(2)
-        self["config"] = config
-
-
-def _with_node_id(config: Config) -> Config:
-    """The node id kept in ``<data dir>/node_id``, generated on the first start."""
-    import attrs
-
-    path = os.path.join(config.data_dir, "node_id")
-    try:
-        with open(path) as f:
-            node_id = f.read().strip()
-    except FileNotFoundError:
-        node_id = ""
-    if not node_id:
-        node_id = "node-" + uuid.uuid4().hex[:12]
-        try:
-            os.makedirs(config.data_dir, exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                f.write(node_id + "\n")
-            os.replace(path + ".tmp", path)
-        except OSError as e:
-            raise ConfigError(f"DATA_DIR: cannot write {path}: {e}") from None
-    return attrs.evolve(config, node_id=node_id)
+SETTINGS = options.SETTINGS  # re-exported: the daemon's settings, by tests and tools
+Options = options.Options  # twistd's plugin looks for it here
 
 
 def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
@@ -209,12 +92,18 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     config: Config = options["config"]
     worker_env = os.environ.get(WORKER_ENV)
     if worker_env is None and config.worker_processes > 1:
-        return _parent_service(config, options, reactor)
+        settings = {name: options[name] for name, _, _ in SETTINGS if options.get(name)}
+        return parent_service(config, settings, reactor)
     worker = int(worker_env) if worker_env is not None else None
+    if worker is not None:  # NUM_ASYNC, MAX_BUFFERED, MAX_SPOOLED: this worker's share (workers/shares.py)
+        config = worker_config(config, worker)
     root = IronFunctionsService(make_observer(config.log_level))
     link: Link | None = None
     if worker is not None:  # the parent's end: slots; its loss ends this worker
-        link = Link(socket.socket(fileno=LINK_FD), reactor, {}, on_lost=lambda: _parent_gone(reactor))
+        shutting_down: list[bool] = []
+        reactor.addSystemEventTrigger("before", "shutdown", shutting_down.append, True)
+        stop_once_on_signals(reactor)  # SIGTERM from its parent and from systemd or the terminal
+        link = Link(socket.socket(fileno=LINK_FD), reactor, {}, on_lost=lambda: _parent_gone(reactor, shutting_down))
     if options.get("bridge_missing"):
         log.warn("HOT_TRANSPORT: {problem}; hot functions use the engine's attach stream instead "
                  "(slower; set HOT_TRANSPORT=attach to silence this)", problem=options["bridge_missing"])
@@ -262,10 +151,15 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         labels=None if worker is None else {LABEL_WORKER: str(worker)},
     )
     driver.setServiceParent(root)  # type: ignore[no-untyped-call]
-    # The function network and its firewall rules (none for DOCKER_NETWORK=none/bridge/...).
-    guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
-    if guard is not None:
-        guard.setServiceParent(root)  # type: ignore[no-untyped-call]
+    # The function network and its firewall rules (none for DOCKER_NETWORK=none/bridge/...);
+    # a worker process only hears from its parent whether they are in place (workers/guard.py).
+    guard: NetguardService | RemoteGuard | None = None
+    if link is None:
+        guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
+        if guard is not None:
+            guard.setServiceParent(root)  # type: ignore[no-untyped-call]
+    elif is_guarded(config.docker_network):
+        guard = RemoteGuard(link, reactor, config.docker_network)
     # SIGTERM: drain (agent "drain", /health 503) for DRAIN_GRACE, then stop (SPEC §9).
     drain = Drain(reactor, config.shutdown_timeout)
     if config.lb_agent_port and worker is None:
@@ -286,7 +180,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         slots = RemoteSlots(link, config.max_concurrency)
     policy = FunctionPolicy(config.function_readonly_rootfs, config.function_user)
     cold = ColdRunner(driver, slots, reactor, config.node_id, config.docker_network, config.max_response_size, policy)
-    stderr_log = StderrLog(reactor)  # one stderr budget per node, hot and cold calls alike
+    stderr_log = StderrLog(reactor, None if worker is None else StderrBudget(  # a worker: its share of the node's
+        reactor.seconds, per_app=share(PER_APP, config.worker_processes, worker)))  # hot and cold calls alike
     # A worker sends a route's calls to the worker running its containers when the
     # route is at its max_concurrency there (workers/forward.py).
     forwarder = Forwarder(link) if link is not None else None
@@ -306,9 +201,10 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # agent has drained, so the last calls' records are written too.
     recorder = CallRecorder(stores.calls, reactor, metrics, max_bytes=config.record_buffer)
     recorder.setServiceParent(root)  # type: ignore[no-untyped-call]
-    CallRetentionService(  # CALL_RETENTION: finished calls expire, swept off the request path
-        stores.calls, reactor, metrics, config.call_retention, config.retention_interval,
-    ).setServiceParent(root)  # type: ignore[no-untyped-call]
+    if runs_singletons(worker):  # once per node: a single process or worker 0 (workers/shares.py)
+        CallRetentionService(  # CALL_RETENTION: finished calls expire, swept off the request path
+            stores.calls, reactor, metrics, config.call_retention, config.retention_interval,
+        ).setServiceParent(root)  # type: ignore[no-untyped-call]
     agent.setServiceParent(root)  # type: ignore[no-untyped-call]
     run_call = guarded_calls(agent.run_call, guard)  # no function runs before its network's rules
 
@@ -318,6 +214,12 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     # A cancel reaches the node running the call, whichever node the DELETE reached
     # (Redis pub/sub beside the queue; in memory for a single node).
     cancel_bus = cancel_bus_for(config.mq_url, queue, reactor)
+    app_calls_elsewhere = None  # a worker process: its siblings, through the parent (workers/bus.py)
+    if link is not None:
+        if isinstance(cancel_bus, MemoryCancelBus):
+            cancel_bus = ParentCancelBus(link, reactor)
+        app_calls_elsewhere = app_ender(link, reactor, make_app_calls_stopper(
+            kill_call, lambda: [c for c, _ in agent.calls_running()]))
     cancel_bus.on_cancel(make_cancel_handler(agent.running_call, kill_call, reactor))
 
     submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics,
@@ -343,7 +245,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     reconciler = Reconciler(stores.calls, queue, route_cache.lookup, reactor, metrics, config.node_id,
                             try_lead=getattr(stores.calls, "try_lead", None), interval=config.reconcile_interval)
     reconciler.add_after_pass(rebuild_counts_after_loss(queue))  # ASYNC_MAX_QUEUED counts after a loss
-    PeriodicService("reconciler", config.reconcile_interval, reconciler.tick, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
+    if runs_singletons(worker):
+        PeriodicService("reconciler", config.reconcile_interval, reconciler.tick, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
 
     invoker = Invoker(
         route_cache.lookup, route_cache.app_config, run_call, CallIds(reactor.seconds),
@@ -373,12 +276,15 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         cancel=make_canceller(stores.calls, queue, kill_call, reactor, agent.running_call, cancel_bus),
         tasks=tasks.resource_for,
         end_app_calls=make_app_calls_ender(  # a deleted app's calls: queued cancelled, finished deleted
-            stores.calls, reactor, queue, kill_call, lambda: [c for c, _ in agent.calls_running()]),
+            stores.calls, reactor, queue, kill_call, lambda: [c for c, _ in agent.calls_running()],
+            elsewhere=app_calls_elsewhere),
     )
     # Clients are bounded (SPEC §8): deadlines, a shared body budget, a connection cap
     # below the file limit (raised to the hard limit first).
     before, file_limit = raise_file_limit()
     connection_limit = connection_cap(file_limit, config.max_concurrency)
+    if worker is not None:  # the node's cap, shared out (http/conncap.py)
+        connection_limit = max(1, share(connection_limit, config.worker_processes, worker))
     log.info("Open files limit {file_limit} (was {before}): at most {connection_cap} client connections",
              file_limit=file_limit, before=before, connection_cap=connection_limit)
     site = make_site(api, config.max_request_size, log_access=config.log_level == "debug",
@@ -393,8 +299,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     ).setServiceParent(root)  # type: ignore[no-untyped-call]
     # datastore.up / queue.up gauges: /health stays 200 in a shared outage; alert on these.
     backends = HealthChecks(shared={"datastore": datastore.ping, "queue": queue.ping})
-    PeriodicService("backend-gauges", GAUGES_INTERVAL_S, lambda: report_backends(backends, reactor, metrics),
-                    reactor, now=True).setServiceParent(root)  # type: ignore[no-untyped-call]
+    if runs_singletons(worker):
+        PeriodicService("backend-gauges", GAUGES_INTERVAL_S, lambda: report_backends(backends, reactor, metrics),
+                        reactor, now=True).setServiceParent(root)  # type: ignore[no-untyped-call]
     listener: Any
     if worker is None:
         listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
@@ -407,65 +314,9 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     return root
 
 
-def _parent_gone(reactor: Any) -> None:
-    try:
+def _parent_gone(reactor: Any, shutting_down: list[bool]) -> None:
+    # The link also goes when this worker's own reactor shuts down (it disconnects
+    # every reader at the end): nothing to stop then.
+    if not shutting_down:
+        log.error("The node's parent process is gone: stopping")
         reactor.stop()
-    except ReactorNotRunning:
-        return  # this worker is stopping already: its end of the link closed with it
-    log.error("The node's parent process is gone: stopping")
-
-
-def _parent_service(config: Config, options: Any, reactor: Any) -> IService:
-    """The parent of ``WORKERS`` worker processes: it holds the listening socket they
-    share and the node's container slots (``workers/slots.py``), and keeps them running."""
-    root = IronFunctionsService(make_observer(config.log_level))
-    log_metrics = LogMetrics(reactor, level=config.log_level)
-    FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
-    # The node's Prometheus figures: every process's, in one directory (metrics/shared.py);
-    # the parent's own (app.throttled of its slots) too. Removed after the workers exit.
-    metrics_dir = shared_metrics.prepare(config.data_dir, os.getpid())
-    shared_metrics.SharedMetricsService(metrics_dir).setServiceParent(root)  # type: ignore[no-untyped-call]
-    metrics = FanoutMetrics([log_metrics, PrometheusMetrics(process_metrics=False, multiprocess_dir=metrics_dir)])
-    slots = Slots(config.max_concurrency, reactor, config.admission_max_waiting, config.admission_wait,
-                  config.app_concurrency, metrics)
-    broker = SlotBroker(slots, reactor)
-    # What the node tells about itself: /stats summed over the workers, the balancer
-    # agent's figures from their reports (workers/views.py).
-    views = NodeViews(config.worker_processes, reactor, WaitWindow(reactor))
-    drain = Drain(reactor, config.shutdown_timeout)  # from SIGTERM on (drain_begin below)
-    if config.lb_agent_port:  # the node's one agent; workers run none
-        probe = DockerProbe(reactor, config.docker_host)
-        probe.setServiceParent(root)  # type: ignore[no-untyped-call]
-        lb_agent = LBAgent(probe.probe, lambda: views.load(slots.limit), drain, WeightGovernor(reactor),
-                           started=views.started)
-        endpoint = serverFromString(reactor, agent_endpoint(config.listen, config.lb_agent_port))
-        # Added before the workers' supervisor: it answers "drain" until they have all exited.
-        LBAgentService(lb_agent, endpoint, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
-    settings = {name: options[name] for name, _, _ in SETTINGS if options.get(name)}
-    os.makedirs(config.data_dir, exist_ok=True)
-    board_path = os.path.join(config.data_dir, "workers.board")  # workers/board.py
-    board = ConnectionBoard(board_path, config.worker_processes)
-    for index in range(config.worker_processes):
-        board.reset(index)
-
-    relay = ForwardRelay()
-
-    def attach(index: int, link: Link) -> None:
-        broker.attach(index, link)
-        relay.attach(index, link)
-        views.attach(index, link)
-
-    def gone(index: int) -> None:
-        broker.detach(index)
-        relay.detach(index)
-        board.reset(index)
-        views.detach(index)
-
-    WorkerSupervisor(
-        reactor, config.worker_processes, config.listen, attach, gone, settings,
-        {"NODE_ID": config.node_id, BOARD_ENV: board_path, shared_metrics.ENV: metrics_dir},
-        drain_begin=lambda: drain.begin("shutdown"),
-        drain_time=config.drain_grace + config.shutdown_timeout,
-        on_worker_gone=lambda pid: shared_metrics.mark_process_dead(metrics_dir, pid),
-    ).setServiceParent(root)  # type: ignore[no-untyped-call]
-    return root

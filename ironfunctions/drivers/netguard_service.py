@@ -6,14 +6,16 @@ default pool) at start and then every 30 seconds on an injected clock, logging e
 repair (a firewall reload that dropped the rules). A guard that cannot be put in place
 at start (no permission, a remote ``DOCKER_HOST``) stops the daemon with one line saying
 what to do; until the rules are in place, ``/health`` fails and calls wait
-(``guarded_calls``).
+(``guarded_calls``). With worker processes (``WORKERS`` > 1) the parent runs it, once
+for the node; the workers only hear whether the rules are in place
+(``workers/guard.py``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Coroutine, Sequence, TypeVar
+from typing import Any, Callable, Coroutine, Protocol, Sequence, TypeVar
 
 import docker
 import docker.utils
@@ -87,6 +89,7 @@ class NetguardService(Service):
         self._in_pool = in_pool or (lambda fn: deferToThreadPool(reactor, self._pool, fn))
         self._loop: LoopingCall | None = None
         self._waiters: list[Deferred[None]] = []
+        self._watchers: list[Callable[[bool], None]] = []
         self.ready = False
         self._engine_down = OutageLog(  # retried each second or 30 s: not a line each time
             self.log, self._clock,
@@ -145,6 +148,19 @@ class NetguardService(Service):
         if not self.ready:
             raise RuntimeError(f"network {self._guard.network} not guarded yet")
 
+    def watch(self, watcher: Callable[[bool], None]) -> None:
+        """Call ``watcher(ready)`` whenever ``ready`` changes (the parent of worker
+        processes tells them: ``workers/guard.py``)."""
+        self._watchers.append(watcher)
+
+    def _set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        for watcher in list(self._watchers):
+            try:
+                watcher(ready)
+            except Exception:
+                self.log.failure("A watcher of {network}'s guard failed", network=self._guard.network)
+
     async def _tick(self) -> None:
         try:
             await self.check()
@@ -157,7 +173,7 @@ class NetguardService(Service):
             else:
                 # The rules may be gone (a firewall reload) and could not be repaired: no
                 # function runs on the network, and /health says so, until a repair works.
-                self.ready = False
+                self._set_ready(False)
                 if self._loop is not None and self._loop.running:
                     self._loop.interval = self._retry_delay
                 self.log.error("Guarding {network} failed: {error}; calls wait until it is repaired",
@@ -168,7 +184,7 @@ class NetguardService(Service):
             return
         self._engine_down.recovered(network=self._guard.network)
         if not self.ready:
-            self.ready = True
+            self._set_ready(True)
             self.log.info("Network {network} guarded", network=self._guard.network)
             waiters, self._waiters = self._waiters, []
             for d in waiters:
@@ -216,7 +232,18 @@ CallT = TypeVar("CallT")
 ResultT = TypeVar("ResultT")
 
 
-def guarded_calls(run_call: Callable[[CallT], Coroutine[Any, Any, ResultT]], guard: NetguardService | None,
+class GuardState(Protocol):
+    """Whether the function network's rules are in place: ``NetguardService`` in the
+    process that keeps them, ``workers/guard.py``'s ``RemoteGuard`` in a worker process
+    (which only hears about them)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def wait_ready(self, timeout: float) -> None: ...
+
+
+def guarded_calls(run_call: Callable[[CallT], Coroutine[Any, Any, ResultT]], guard: GuardState | None,
                   wait: float = 10.0) -> Callable[[CallT], Coroutine[Any, Any, ResultT]]:
     """``run_call`` that first waits (at most ``wait`` seconds, then ``NotReady``) for
     ``guard``'s rules to be in place: after a reboot the network is still there but its

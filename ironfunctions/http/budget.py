@@ -10,6 +10,11 @@ stalled upload costs its own share and no one else's. Both channels use one budg
 the lean ``/r/`` channel holds bodies in memory only, and hands a request whose body
 does not fit to twisted.web, whose ``LimitedRequest`` (``http/site.py``) spools it.
 
+Both figures are the node's: with worker processes (``WORKERS`` > 1) each worker
+holds its share of them (``workers/shares.py``: ``MAX_BUFFERED`` / workers, the first
+ones one byte more where it does not divide), so the node's bodies stay within them
+without a counter shared between processes on every request.
+
 Pure: counters and comparisons, no I/O.
 """
 

@@ -16,6 +16,12 @@ or hot socket, its pump). The reserve never takes more than half the limit, so a
 limit still serves. At start the soft limit is raised to the hard one (common practice
 for servers: the soft limit is often 1024 while the hard one is far higher).
 
+With worker processes (``WORKERS`` > 1) the cap is the node's: each worker serves
+its share of it (``workers/shares.py``), so a flood of clients holds no more
+descriptors on the node than in one process. (Each worker has a file limit of its own
+as large as the parent's, so its share leaves it an even larger reserve; the reserve
+keeps ``4 x MAX_CONCURRENCY`` because one worker may run all of the node's containers.)
+
 ``CapAlarm`` says when the cap is being hit without a log line per refusal: one
 warning when refusals start, then at most one a minute with their count, and one when
 they stop.

@@ -14,7 +14,7 @@ At start the agent removes containers that a crashed previous run of this node (
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 import attrs
 

@@ -39,7 +39,7 @@ Deleting an app ends its calls the same ways (``make_app_calls_ender``).
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Coroutine, Iterable
 
 import attrs
 
@@ -142,6 +142,7 @@ def make_app_calls_ender(
     queue: IMessageQueue | None = None,
     kill_call: Callable[[str], Awaitable[Any]] | None = None,
     running_calls: Callable[[], Iterable[Call]] = lambda: (),
+    elsewhere: Callable[[str], Awaitable[Any]] | None = None,
 ) -> AppCallsEnder:
     """What deleting an app does to its calls (SPEC §8 "Data has an end"), so that none
     of them shows up under a new app of the same name:
@@ -150,7 +151,9 @@ def make_app_calls_ender(
       ones are taken out of ``queue``; running ones on this node are stopped by
       ``kill_call`` (``Agent.cancel``), on other nodes by their workers, which see the
       cancelled record when they renew the lease. Calls in flight on this node
-      (``running_calls``: sync ones may have no record yet) are stopped too;
+      (``running_calls``: sync ones may have no record yet) are stopped too, and so
+      are those of this node's other worker processes (``elsewhere(app)``:
+      ``workers/bus.py``, issue 15);
     - its finished calls and their logs are deleted, a batch at a time.
 
     The records just cancelled are kept (until ``CALL_RETENTION``): they say what
@@ -169,6 +172,12 @@ def make_app_calls_ender(
         if kill_call is not None:
             for call_id in sorted(stop):
                 await _quietly(kill_call(call_id), call_id)
+        if elsewhere is not None:
+            try:
+                await elsewhere(app_name)
+            except Exception as e:  # records say cancelled; async workers honour them
+                log.warn("App {app} deleted, but its calls in other workers could not be stopped yet: {error}",
+                         app=app_name, error=str(e) or repr(e))
         while await calls.delete_finished(now_ms, DELETE_BATCH, app_name) == DELETE_BATCH:
             pass
         cancelled_ids = {call_id for call_id, _ in ended} | set(in_flight)
@@ -176,6 +185,20 @@ def make_app_calls_ender(
             log.info("App {app} deleted: cancelled {count} calls", app=app_name, count=len(cancelled_ids))
 
     return end
+
+
+def make_app_calls_stopper(kill_call: KillCall, running_calls: Callable[[], Iterable[Call]],
+                            ) -> Callable[[str], Coroutine[Any, Any, int]]:
+    """What a worker process does when a sibling deleted an app (``workers/bus.py``):
+    stop each of its calls of the app in flight here; return how many."""
+
+    async def stop(app_name: str) -> int:
+        in_flight = sorted(call.id for call in running_calls() if call.route.app_name == app_name)
+        for call_id in in_flight:
+            await _quietly(kill_call(call_id), call_id)
+        return len(in_flight)
+
+    return stop
 
 
 async def _quietly(step: Awaitable[Any], call_id: str) -> None:

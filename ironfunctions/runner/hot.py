@@ -43,8 +43,9 @@ from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.models import Call, CallResult
-from ironfunctions.runner.admission import RouteKey, Slots, SlotSource
-from ironfunctions.runner.hot_pool import Forward, HotContext, RoutePool
+from ironfunctions.runner.admission import RouteKey, SlotSource
+from ironfunctions.runner.hot_context import Forward, HotContext
+from ironfunctions.runner.hot_pool import RoutePool
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.stderr_log import StderrLog
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING

@@ -25,87 +25,31 @@ waiting calls are served by its other containers. A start that cannot get a slot
 within ``ADMISSION_WAIT`` while the pool has containers fails no call for the same
 reason: the calls stay queued for those containers (each within its route timeout).
 
-In a worker process (``WORKERS`` > 1) a route's ``max_concurrency`` counts the whole
-node's containers (``workers/slots.py``). A pool whose start is told ``RouteElsewhere``
-(the route's containers all run in another worker) sends its waiting calls, and the
-calls that come in the next ``ELSEWHERE_S``, to that worker (``HotContext.forward``);
-after that a call tries to start a container here again (the other worker may have
-given one back meanwhile). A call forwarded here is never forwarded again.
+In a worker process (``WORKERS`` > 1) a route's calls may go to another worker
+(``runner/hot_context.py``).
 """
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Mapping
+from typing import Callable, Mapping
 
-import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.errors import Overloaded
 from ironfunctions.models import CANCELLED_MESSAGE, Call, CallResult, CallStatus, Route
-from ironfunctions.runner.admission import RouteElsewhere, RouteFull, SlotSource
+from ironfunctions.runner.admission import RouteElsewhere, RouteFull
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
-from ironfunctions.runner.plan import FunctionPolicy
+from ironfunctions.runner.hot_context import ELSEWHERE_S, FULL_S, GoElsewhere, HotContext
 from ironfunctions.runner.protocol import RequestEncoder, hot_container_spec
-from ironfunctions.runner.stderr_log import StderrLog
-from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING, WaitQueue
+from ironfunctions.runner.waitqueue import WaitQueue
 
 REMOVE_TIMEOUT_S = 30.0
-ELSEWHERE_S = 0.25  # how long a pool told RouteElsewhere sends its calls to that worker
-# How long a pool told RouteFull (it has containers; the node's others are in other
-# workers) asks for no more: its waiting calls take its own containers meanwhile, and
-# asking again on every call that waits would be a message per call.
-FULL_S = 0.25
 log = Logger()
-
-# forward(worker, call): run a call of a route on another worker process of the node.
-Forward = Callable[[int, Call], Awaitable[CallResult]]
-
-
-@attrs.frozen
-class HotContext:
-    """What every hot pool of a node shares.
-
-    :param driver: starts and removes the containers (``start_attached``/``remove``).
-    :param slots: the node's container admission, shared with the cold runner.
-    :param clock: time for waits, timeouts and idle expiry.
-    :param node_id: labels the containers (crash and stop cleanup).
-    :param stderr_log: the node's function stderr log (shared with the agent).
-    :param network_mode: the containers' network.
-    :param max_response_size: largest response body a function may announce.
-    :param max_waiting: calls that may wait for a container of one route.
-    :param policy: how the containers are hardened (``FUNCTION_*`` settings).
-    :param forward: runs a call on another worker process (see the module doc); None
-        in a single process, whose ``Slots`` never answers ``RouteElsewhere``.
-    :param forward_cancel: ``forward_cancel(worker, call_id)`` stops a call forwarded there.
-    """
-
-    driver: IContainerDriver
-    slots: SlotSource
-    clock: IReactorTime
-    node_id: str
-    stderr_log: StderrLog
-    network_mode: str = "bridge"
-    max_response_size: int = 6 * 1024 * 1024
-    max_waiting: int = DEFAULT_MAX_WAITING
-    policy: FunctionPolicy = FunctionPolicy()
-    forward: Forward | None = None
-    forward_cancel: Callable[[int, str], None] | None = None
-
 
 class _ExitedAtStart(Exception):
     """A new hot container's function exited before it could take a call."""
-
-
-class _GoElsewhere(Exception):
-    """The route's containers run in worker ``worker``: the waiting call goes there."""
-
-    def __init__(self, worker: int) -> None:
-        super().__init__(worker)
-        self.worker = worker
 
 
 class RoutePool:
@@ -204,7 +148,7 @@ class RoutePool:
         self._waiting[call_id] = waiter  # so that a cancel can end the wait (cancel_call)
         try:
             container = await waiter
-        except _GoElsewhere as e:
+        except GoElsewhere as e:
             if forwarded:
                 raise Overloaded("the route's containers moved to another worker", retry_after=1) from None
             return await self._forward(e.worker, call)
@@ -283,7 +227,7 @@ class RoutePool:
                 self._start_failed(e)
                 return
             self._elsewhere = (e.worker, self._clock.seconds() + ELSEWHERE_S)
-            while self._waiters.fail_oldest(_GoElsewhere(e.worker)):
+            while self._waiters.fail_oldest(GoElsewhere(e.worker)):
                 pass
             self._check_drained()
             return

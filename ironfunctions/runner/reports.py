@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from ironfunctions.calls.model import CallRecord
 from ironfunctions.metrics import IMetrics
 from ironfunctions.models import Call
-from ironfunctions.runner.admission import Slots, SlotSource
+from ironfunctions.runner.admission import SlotSource
 from ironfunctions.runner.records import running_sync_record
 from ironfunctions.services import PeriodicService
 

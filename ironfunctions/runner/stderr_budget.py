@@ -9,6 +9,11 @@ the daemon's log, which every tenant and the operator share:
 - at most ``per_app`` lines per ``period`` for all of an app's calls on this node
   (1,000 a minute).
 
+``per_app`` is the node's: with worker processes (``WORKERS`` > 1) each worker
+counts its own calls against its share of it (``workers/shares.py``: 500 lines a
+minute each of two workers), so an app's lines in the node's log stay within 1,000
+a minute wherever its calls run, with no message between processes per line.
+
 Windows are fixed: one starts at its first use and lasts ``period`` seconds. Time is
 the injected ``clock`` (seconds), so the tests drive it.
 """

@@ -42,6 +42,11 @@ class AdoptedPortService(Service):
         family = probe.family
         probe.close()
         self._port = self._reactor.adoptStreamPort(self._fd, family, self._factory)
+        # The port holds its own copy (Twisted dups it): close ours, so that stopping the
+        # port at the drain's end closes this worker's last hold on the socket. The
+        # node's port closes, and new clients are refused rather than left in the
+        # backlog, once every worker has stopped listening (SPEC §9).
+        os.close(self._fd)
         if self._board is not None:
             accept = self._port.doRead
 

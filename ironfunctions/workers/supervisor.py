@@ -7,12 +7,15 @@ takes fewer). A worker is ``twistd ironfunctions`` again, with the parent's sett
 the socket as fd 3 and its end of a unix socket pair to the parent as fd 4
 (``IRONFUNCTIONS_WORKER``); it logs to the parent's stdout and stderr.
 
-A worker that dies is started again after a second; the calls it had sent to the
-parent are stopped (their clients went with it). At stop the parent begins its own
-drain (the balancer agent says ``drain``) and sends SIGTERM to every worker at once:
-each runs the drain sequence of SPEC §9 itself (``DRAIN_GRACE``, then its listener
-closes and its calls end within ``SHUTDOWN_TIMEOUT``); once all have exited, the
-parent removes the node's containers.
+A worker that dies is started again after a second, and not before the parent has
+removed its containers (``cleanup``, ``workers/cleanup.py``); the first workers start
+once the node's leftover containers are gone (``ready``).
+
+At stop the parent begins its own drain (the balancer agent says ``drain``), sends
+SIGTERM to every worker at once and closes its own copy of the listening socket: each
+worker runs the drain sequence of SPEC §9 itself (``DRAIN_GRACE``, then its listener
+closes, so the port closes with the last one, and its calls end within
+``SHUTDOWN_TIMEOUT``); once all have exited, the parent removes the node's containers.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import sys
 from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol, ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -76,6 +80,11 @@ class WorkerSupervisor(Service):
     :param drain_time: the most a worker's own drain takes (``DRAIN_GRACE`` +
         ``SHUTDOWN_TIMEOUT``); a worker still there ``KILL_SLACK_S`` later is killed.
     :param on_worker_gone: called with a dead worker's pid (metric files...).
+    :param ready: fires when the first workers may start (the node's leftover
+        containers are gone); it must not fail.
+    :param cleanup: called with a dead worker's index; its replacement starts once
+        the Deferred it returns has fired (and ``RESTART_DELAY_S`` has passed); it must
+        not fail.
     """
 
     name = "workers"
@@ -84,7 +93,9 @@ class WorkerSupervisor(Service):
                  attach: Callable[[int, Link], None], detach: Callable[[int], None],
                  options: Mapping[str, str], env: Mapping[str, str],
                  drain_begin: Callable[[], None], drain_time: float,
-                 on_worker_gone: Callable[[int], None] = lambda pid: None) -> None:
+                 on_worker_gone: Callable[[int], None] = lambda pid: None,
+                 ready: Callable[[], Deferred[None]] = lambda: succeed(None),
+                 cleanup: Callable[[int], Deferred[None]] = lambda index: succeed(None)) -> None:
         self._reactor = reactor
         self._count = count
         self._listen = listen
@@ -95,6 +106,8 @@ class WorkerSupervisor(Service):
         self._drain_begin = drain_begin
         self._drain_time = drain_time
         self._on_worker_gone = on_worker_gone
+        self._ready = ready
+        self._cleanup = cleanup
         self._workers: dict[int, _Worker] = {}
         self._port: Any = None
         self._stopping = False
@@ -113,8 +126,12 @@ class WorkerSupervisor(Service):
         self._port = port
         log.info("Listening on {listen} with {workers} worker processes", listen=self._listen,
                  workers=self._count)
-        for index in range(self._count):
-            self._spawn(index)
+
+        def spawn_all(_: object) -> None:
+            for index in range(self._count):
+                self._spawn(index)
+
+        self._ready().addCallback(spawn_all).addErrback(lambda f: log.failure("Starting the workers failed", f))
 
     def _spawn(self, index: int) -> None:
         if self._stopping:
@@ -143,7 +160,10 @@ class WorkerSupervisor(Service):
             return
         log.error("Worker {index} (pid {pid}) exited: {reason}; starting another in {delay}s",
                   index=worker.index, pid=worker.pid, reason=str(reason.value), delay=RESTART_DELAY_S)
-        self._reactor.callLater(RESTART_DELAY_S, self._spawn, worker.index)
+        index = worker.index
+        restart = gatherResults([self._cleanup(index), deferLater(self._reactor, RESTART_DELAY_S, lambda: None)])
+        restart.addCallback(lambda _: self._spawn(index))
+        restart.addErrback(lambda f: log.failure("Restarting worker {index} failed", f, index=index))
 
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers.values()]
@@ -155,14 +175,17 @@ class WorkerSupervisor(Service):
         workers = list(self._workers.values())
         for worker in workers:
             self._signal(worker, signal.SIGTERM)
+        # No worker starts any more: the parent's copy of the listening socket goes now,
+        # so the port closes when the last worker closes its own after DRAIN_GRACE (new
+        # clients are then refused, not left waiting in the backlog, SPEC §9).
+        if self._port is not None:
+            self._port.socket.close()
         kill = self._reactor.callLater(self._drain_time + KILL_SLACK_S, self._kill_all)
 
         async def wait() -> None:
             await DeferredList([w.ended for w in workers])
             if kill.active():
                 kill.cancel()
-            if self._port is not None:
-                self._port.socket.close()
 
         return Deferred.fromCoroutine(wait())
 

@@ -1,11 +1,14 @@
 """The cancel bus contract: every ICancelBus provider behaves like this.
 
-Run on the memory bus and on Redis (a real redis-server the tests start). Each test
-gets two buses on one network, ``a`` and ``b``: two nodes sharing the queue.
+Run on the memory bus, on Redis (a real redis-server the tests start) and on the
+worker processes' bus (``workers/bus.py``: two workers' buses linked through their
+parent's relay over real unix socket links). Each test gets two buses on one network,
+``a`` and ``b``: two nodes sharing the queue (or two workers of one node).
 """
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
@@ -24,6 +27,8 @@ from ironfunctions.errors import QueueUnavailable
 from ironfunctions.models import CallStatus
 from ironfunctions.mq import queue_from_url
 from ironfunctions.mq.redis import RedisQueue
+from ironfunctions.workers.bus import CancelRelay, ParentCancelBus
+from ironfunctions.workers.link import Link
 from tests.servers import RedisServer, start_redis_server, stop_redis_server
 
 _T = TypeVar("_T")
@@ -66,12 +71,25 @@ def redis_queues(url: str, count: int) -> list[RedisQueue]:
     return queues  # type: ignore[return-value]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "workers"])
 def nodes(request: pytest.FixtureRequest) -> Iterator[tuple[Node, Node]]:
     """Two nodes' buses on one network (started)."""
     if request.param == "memory":
         a = MemoryCancelBus()
         yield Node(a), Node(a.joined())
+        return
+    if request.param == "workers":
+        relay = CancelRelay()
+        links: list[Link] = []
+        workers: list[ParentCancelBus] = []
+        for index in (0, 1):
+            parent_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            links += [Link(parent_end, reactor, {}), Link(worker_end, reactor, {})]
+            relay.attach(index, links[-2])
+            workers.append(ParentCancelBus(links[-1], reactor))
+        yield Node(workers[0]), Node(workers[1])
+        for link in links:
+            link.close()
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     url = server.url(prefix=f"cancel-{uuid.uuid4().hex[:8]}")  # channels are server-wide

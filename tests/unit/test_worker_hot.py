@@ -19,7 +19,7 @@ from ironfunctions.errors import Overloaded
 from ironfunctions.models import CallResult, CallStatus
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot import HotRunner
-from ironfunctions.runner.hot_pool import ELSEWHERE_S, FULL_S
+from ironfunctions.runner.hot_context import ELSEWHERE_S, FULL_S
 from ironfunctions.workers.forward import Forwarder, ForwardRelay
 from ironfunctions.workers.slots import RESERVE_S, RemoteSlots, SlotBroker
 

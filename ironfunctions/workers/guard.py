@@ -1,0 +1,87 @@
+"""The function network's guard for a node of worker processes (``WORKERS`` > 1, SPEC §8).
+
+The guarded network and its firewall rules (``drivers/netguard_service.py``) belong to
+the host, not to a process: the parent puts them in place and re-checks them every
+30 s, once for the node. A worker never sets them up (N workers would run the same
+iptables commands N times over, and a worker restarting must not touch rules its
+siblings rely on): it only needs to know whether they are in place, for its
+``/health`` ``network`` check and for ``guarded_calls``, which holds calls back until
+they are. The parent's ``GuardRelay`` tells each worker at once when it attaches and
+again whenever that changes (a firewall reload that could not be repaired); the
+worker's ``RemoteGuard`` keeps the answer.
+
+The message (``workers/link.py``): the notice ``guard_ready(ready)``.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+
+from ironfunctions.drivers.netguard_service import NetguardService
+from ironfunctions.errors import NotReady
+from ironfunctions.workers.slots import Channel
+
+GUARD_READY = "guard_ready"
+
+
+class GuardRelay:
+    """The parent's side: tells its workers whether ``guard``'s rules are in place."""
+
+    def __init__(self, guard: NetguardService) -> None:
+        self._guard = guard
+        self._links: dict[int, Channel] = {}
+        guard.watch(self._changed)
+
+    def attach(self, worker: int, link: Channel) -> None:
+        self._links[worker] = link
+        link.notify(GUARD_READY, self._guard.ready)
+
+    def detach(self, worker: int) -> None:
+        self._links.pop(worker, None)
+
+    def _changed(self, ready: bool) -> None:
+        for link in list(self._links.values()):
+            link.notify(GUARD_READY, ready)
+
+
+class RemoteGuard:
+    """A worker's view of the guard its parent keeps (``GuardState``): not ready until
+    the parent says so.
+
+    :param network: the guarded network's name (for messages).
+    """
+
+    def __init__(self, link: Channel, clock: IReactorTime, network: str) -> None:
+        self._clock = clock
+        self._network = network
+        self._waiters: list[Deferred[None]] = []
+        self.ready = False
+        link.handle(GUARD_READY, self._heard)
+
+    def _heard(self, ready: bool) -> None:
+        self.ready = bool(ready)
+        if self.ready:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Return once the rules are in place; raise ``NotReady`` after ``timeout``."""
+        if self.ready:
+            return
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        d.addTimeout(timeout, self._clock)
+        try:
+            await d
+        except TimeoutError:
+            raise NotReady(f"network {self._network} not guarded yet") from None
+        finally:
+            if d in self._waiters:
+                self._waiters.remove(d)
+
+    async def ping(self) -> None:
+        """For ``/health``: fails while the parent says the rules are not in place."""
+        if not self.ready:
+            raise RuntimeError(f"network {self._network} not guarded yet")
