@@ -100,12 +100,13 @@ class WorkerConnection:
             if self.worker is None:
                 time.sleep(0.01)
 
-    def request(self, method: str, path: str, body: bytes | str | dict[str, Any] | None = None) -> Reply:
+    def request(self, method: str, path: str, body: bytes | str | dict[str, Any] | None = None,
+                headers: dict[str, str] | None = None) -> Reply:
         if isinstance(body, dict):
             body = json.dumps(body)
         if isinstance(body, str):
             body = body.encode()
-        self.conn.request(method, path, body=body)
+        self.conn.request(method, path, body=body, headers=headers or {})
         resp = self.conn.getresponse()
         data = resp.read()
         return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
