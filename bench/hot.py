@@ -17,11 +17,16 @@ call records stay in the daemon's memory and so count in its RSS):
    (``ironfunctions/bridge/ifbridge.c``) as entrypoint wrapper: round-trip p50/p99.
 
 Steps 2-3 run once per ``HOT_TRANSPORT`` (``--transport attach|socket|both``, default
-both: a fresh daemon each).
+socket, the default) and per ``WORKERS`` setting (``--workers``, default both: one
+process, ``WORKERS=1``, and the default, a worker per core, side by side, a fresh daemon
+each, ``--rounds`` times alternated), then print the default's ratio to one process
+(issue 15: >= 1.6x the calls/s at 8 connections, sequential p50 within 10 %). The CPU
+split lists the parent and each worker apart.
 
 Targets: sequential hot p50 <= 0.5 ms; >= 3,500 hot calls/s at 8 connections.
 
-    PYTHONPATH=. python bench/hot.py [--transport attach|socket|both] [--no-floor] [--db sqlite|memory]
+    PYTHONPATH=. python bench/hot.py [--workers both|N|default] [--rounds N]
+        [--transport attach|socket|both] [--no-floor] [--db sqlite|memory]
 """
 
 from __future__ import annotations
@@ -209,27 +214,76 @@ def relay_floor() -> None:
 def main() -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Hot-function benchmark (issue 6)")
-    parser.add_argument("--transport", choices=["attach", "socket", "both"], default="both")
+    parser = argparse.ArgumentParser(description="Hot-function benchmark (issues 6 and 15)")
+    parser.add_argument("--transport", choices=["attach", "socket", "both"], default="socket")
+    parser.add_argument("--workers", default="both",
+                        help="WORKERS of the daemon: 'both' runs WORKERS=1 (one process) and the default "
+                             "(one worker per core) side by side and prints the ratio; or a number, or 'default'")
+    parser.add_argument("--rounds", type=int, default=1, help="alternated rounds of the comparison")
     parser.add_argument("--no-floor", action="store_true", help="skip the relay-alone comparison")
     parser.add_argument("--db", choices=["sqlite", "memory"], default="sqlite",
-                        help="datastore: the embedded default, or memory://")
+                        help="datastore: the embedded default, or memory:// (one process: WORKERS does not apply)")
     args = parser.parse_args()
     ensure_dockerd()
     build_test_images()
     ensure_bridge()
-    for transport in (["attach", "socket"] if args.transport == "both" else [args.transport]):
-        print(f"== HOT_TRANSPORT={transport}")
-        bench_daemon(transport, args.db)
+    settings = ["1", "default"] if args.workers == "both" else [args.workers]
+    figures: dict[tuple[str, str], list[Figures]] = {}
+    for round_ in range(1, args.rounds + 1):
+        for transport in (["attach", "socket"] if args.transport == "both" else [args.transport]):
+            for workers in settings:
+                print(f"== round {round_}: HOT_TRANSPORT={transport} WORKERS={workers}")
+                figures.setdefault((transport, workers), []).append(bench_daemon(transport, args.db, workers))
+    if args.workers == "both":
+        print("== one process (WORKERS=1) against the default (a worker per core), same run")
+        for transport in (["attach", "socket"] if args.transport == "both" else [args.transport]):
+            one, default = figures[(transport, "1")], figures[(transport, "default")]
+            ratios = [d.rps / o.rps for o, d in zip(one, default)]
+            p50s = [d.seq_p50 / o.seq_p50 for o, d in zip(one, default)]
+            print(f"HOT_TRANSPORT={transport}: wrk -t2 -c8 calls/s "
+                  + " / ".join(f"{o.rps:,.0f} -> {d.rps:,.0f}" for o, d in zip(one, default))
+                  + f": {min(ratios):.2f}x to {max(ratios):.2f}x (target >= 1.6x); "
+                  + "sequential p50 (minimal client) "
+                  + " / ".join(f"{o.seq_p50:.3f} -> {d.seq_p50:.3f} ms" for o, d in zip(one, default))
+                  + f": {min(p50s):.2f}x to {max(p50s):.2f}x (target <= 1.10x)")
     if not args.no_floor:
         print("== the engine's relay alone vs the bridge (no daemon)")
         relay_floor()
 
 
-def bench_daemon(transport: str, db: str) -> None:
+class Figures:
+    def __init__(self, rps: float, seq_p50: float) -> None:
+        self.rps = rps
+        self.seq_p50 = seq_p50
+
+
+def node_processes(parent: int) -> dict[int, str]:
+    """The daemon's processes: the parent and, with WORKERS > 1, its workers."""
+    found = {parent: "daemon"}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        except (OSError, ValueError, IndexError):
+            continue
+        index = env.get(b"IRONFUNCTIONS_WORKER")
+        if ppid == parent and index is not None:
+            found[int(entry)] = f"worker {index.decode()}"
+    if len(found) > 1:
+        found[parent] = "parent"
+    return found
+
+
+def bench_daemon(transport: str, db: str, workers: str = "1") -> Figures:
     with tempfile.TemporaryDirectory() as workdir:
         datastore = {"DB_URL": "memory://"} if db == "memory" else {}
-        daemon = Daemon(workdir, env={**datastore, "DOCKER_NETWORK": "none", "MQ_URL": "memory://",
+        node = {} if workers == "default" else {"WORKERS": workers}
+        daemon = Daemon(workdir, env={**datastore, **node, "DOCKER_NETWORK": "none", "MQ_URL": "memory://"
+                                      if db == "memory" else f"sqlite:///{workdir}/mq.db",
                                       "LOG_LEVEL": "info", "MAX_CONCURRENCY": "8",
                                       "HOT_TRANSPORT": transport}).start()
         # The daemon logs a line per event (metrics included) to daemon.log, as in production.
@@ -238,6 +292,8 @@ def bench_daemon(transport: str, db: str) -> None:
                 "path": "/hot", "image": IMAGE, "format": "http", "max_concurrency": 2}})
             assert reply.status == 200, reply.body
             pid = daemon.proc.pid  # type: ignore[union-attr]
+            time.sleep(1)  # the workers are up
+            mine = node_processes(pid)
             sequential(daemon.port, "GET", "/version", None, 500)
             sequential(daemon.port, "POST", "/r/bench/hot", b"hello", 500)
 
@@ -248,9 +304,9 @@ def bench_daemon(transport: str, db: str) -> None:
             missing = sequential(daemon.port, "POST", "/r/bench/none", b"hello", n, status=404)
             print(f"POST /r/ to a missing route (the /r/ channel and route cache, no container), n={n}: "
                   f"p50 {statistics.median(missing):.3f} ms  p99 {percentile(missing, 99):.3f} ms")
-            before = cpu_seconds(pid)
+            before = sum(cpu_seconds(p) for p in mine)
             hot = sequential(daemon.port, "POST", "/r/bench/hot", b"hello", n)
-            used = cpu_seconds(pid) - before
+            used = sum(cpu_seconds(p) for p in mine) - before
             print(f"sequential hot calls, http.client, n={n}: p50 {statistics.median(hot):.3f} ms  "
                   f"p99 {percentile(hot, 99):.3f} ms; "
                   f"daemon CPU {used / n * 1000:.3f} ms/call")
@@ -262,17 +318,18 @@ def bench_daemon(transport: str, db: str) -> None:
             rps1, p50_1, p99_1 = wrk(daemon.url + "/r/bench/hot", script.name, threads=1, connections=1, seconds=5)
             print(f"sequential hot calls, wrk -t1 -c1 -d5s (a C client): p50 {p50_1}  p99 {p99_1}  "
                   f"({rps1:.0f} calls/s; target p50 <= 0.5 ms)")
+            wrk(daemon.url + "/r/bench/hot", script.name, seconds=2)  # warm-up: every worker's containers
 
             with PeakRss(pid) as peak:
                 groups = processes()
-                groups[pid] = "daemon"
+                groups.update(mine)
                 cpu_before = {p: cpu_seconds(p) for p in groups}
                 began = time.monotonic()
                 result: list[tuple[float, str, str]] = []
                 runner = threading.Thread(target=lambda: result.append(wrk(daemon.url + "/r/bench/hot", script.name)))
                 runner.start()
                 time.sleep(1)
-                for p, name in processes().items():  # anything started since
+                for p, name in {**processes(), **wrk_processes()}.items():  # anything started since
                     if p not in groups:
                         groups[p] = name
                         cpu_before[p] = cpu_seconds(p)
@@ -284,13 +341,27 @@ def bench_daemon(transport: str, db: str) -> None:
             os.unlink(script.name)
             rps, p50, p99 = result[0]
             print(f"wrk -t2 -c8 -d10s POST, max_concurrency 2: {rps:.0f} req/s  p50 {p50}  p99 {p99}  "
-                  f"(target >= 3500 req/s); daemon peak RSS {peak.kb / 1024:.1f} MiB")
+                  f"(target >= 3500 req/s); peak RSS of the parent {peak.kb / 1024:.1f} MiB")
             cores = os.cpu_count() or 1
             print(f"CPU during the wrk run ({wall:.1f} s, {cores} cores = {cores * 100}%):")
             for name, seconds in sorted(split.items(), key=lambda kv: -kv[1]):
                 print(f"  {name:22s} {seconds / wall * 100:5.1f}% of one core")
+            return Figures(rps, statistics.median(raw))
         finally:
             daemon.stop()
+
+
+def wrk_processes() -> dict[int, str]:
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == "wrk":
+                        found[int(entry)] = "wrk"
+            except OSError:
+                pass
+    return found
 
 
 if __name__ == "__main__":

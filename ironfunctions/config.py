@@ -212,7 +212,7 @@ class Config:
             drain_grace=get("DRAIN_GRACE", parse_duration, 3.0),
             shutdown_timeout=get("SHUTDOWN_TIMEOUT", parse_positive_duration, 60.0),
             reconcile_interval=get("RECONCILE_INTERVAL", parse_positive_duration, 20.0),
-            workers=get("WORKERS", parse_positive_int, 1),
+            workers=get("WORKERS", parse_positive_int, cpu_count),
         )
 
 

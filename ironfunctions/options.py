@@ -74,7 +74,7 @@ SETTINGS = [
     ("drain-grace", "DRAIN_GRACE", "After SIGTERM, keep serving this long while the balancer notices [default: 3s]"),
     ("shutdown-timeout", "SHUTDOWN_TIMEOUT", "After the grace, longest wait for in-flight calls [default: 60s]"),
     ("workers", "WORKERS", "Processes serving this node, each running its own containers within the "
-     "node's limits; 1: one process [default: 1]"),
+     "node's limits; 1: one process [default: the number of cores]"),
     ("reconcile-interval", "RECONCILE_INTERVAL", "How often one node re-queues accepted async calls "
      "the queue lost [default: 20s]"),
 ]

@@ -67,6 +67,7 @@ from ironfunctions.workers.link import Link
 from ironfunctions.workers.slots import RemoteSlots
 from ironfunctions.workers.board import ConnectionBoard
 from ironfunctions.workers.forward import Forwarder
+from ironfunctions.workers.routes import share_route_changes
 from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV
 from ironfunctions.tap_parent import parent_service
 from ironfunctions import options
@@ -190,6 +191,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
                     forward=forwarder.forward if forwarder is not None else None,
                     forward_cancel=forwarder.cancel if forwarder is not None else None)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
+    if link is not None:  # ... in every worker of the node
+        share_route_changes(link, route_cache)
     slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot may take a hot container's (its rule: hot.py)
     if forwarder is not None and isinstance(slots, RemoteSlots):
         forwarder.serve(hot.run, hot.cancel)

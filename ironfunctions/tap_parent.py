@@ -14,6 +14,7 @@ import os
 from typing import Any, Mapping
 
 from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 
 from ironfunctions.balancer.agent import LBAgent, LBAgentService, agent_endpoint
@@ -35,11 +36,25 @@ from ironfunctions.workers.cleanup import NodeCleanupService
 from ironfunctions.workers.forward import ForwardRelay
 from ironfunctions.workers.guard import GuardRelay
 from ironfunctions.workers.link import Link
+from ironfunctions.workers.routes import RouteChangeRelay
 from ironfunctions.workers.slots import SlotBroker
 from ironfunctions.workers.supervisor import BOARD_ENV, WorkerSupervisor
 from ironfunctions.workers.views import NodeViews
 
 __all__ = ["parent_service"]
+
+
+def remove_worker(cleanup: NodeCleanupService, broker: SlotBroker, index: int) -> Deferred[None]:
+    """A dead worker's containers are removed, then its slots return (never sooner: the
+    node must not run more than ``MAX_CONCURRENCY`` containers even for a moment)."""
+    done: Deferred[None] = Deferred()
+
+    def release(result: object) -> None:
+        broker.release_worker(index)
+        done.callback(None)
+
+    cleanup.worker_gone(index).addBoth(release)
+    return done
 
 
 def parent_service(config: Config, settings: Mapping[str, str], reactor: Any) -> IService:
@@ -86,7 +101,7 @@ def parent_service(config: Config, settings: Mapping[str, str], reactor: Any) ->
     guard = netguard_service(reactor, config.docker_network, config.function_allow_nets, config.docker_host)
     if guard is not None:
         guard.setServiceParent(root)  # type: ignore[no-untyped-call]
-    relays: list[Any] = [broker, CancelRelay(), ForwardRelay(), views]
+    relays: list[Any] = [broker, CancelRelay(), ForwardRelay(), RouteChangeRelay(), views]
     relays += [GuardRelay(guard)] if guard is not None else []
 
     def attach(index: int, link: Link) -> None:
@@ -104,6 +119,6 @@ def parent_service(config: Config, settings: Mapping[str, str], reactor: Any) ->
         drain_begin=lambda: drain.begin("shutdown"),
         drain_time=config.drain_grace + config.shutdown_timeout,
         on_worker_gone=lambda pid: shared_metrics.mark_process_dead(metrics_dir, pid),
-        ready=cleanup.when_ready, cleanup=cleanup.worker_gone,
+        ready=cleanup.when_ready, cleanup=lambda index: remove_worker(cleanup, broker, index),
     ).setServiceParent(root)  # type: ignore[no-untyped-call]
     return root

@@ -155,8 +155,14 @@ class Daemon:
         return code
 
     def kill(self) -> None:
-        """kill -9, as a crash."""
+        """kill -9, as a crash: the daemon and its worker processes (WORKERS > 1), which
+        would otherwise notice their parent gone and stop cleanly."""
         if self.proc is not None:
+            for pid in _children(self.proc.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc.kill()
             self.proc.wait()
             self.proc = None
@@ -206,3 +212,17 @@ def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
 def daemon(daemon_factory: DaemonFactory) -> Daemon:
     """A started daemon on the embedded default (SQLite in its own data dir)."""
     return daemon_factory()
+
+
+def _children(parent: int) -> list[int]:
+    """The live child processes of ``parent``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found

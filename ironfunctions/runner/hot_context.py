@@ -17,13 +17,14 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.drivers.interface import IContainerDriver
+from ironfunctions.errors import Overloaded
 from ironfunctions.models import Call, CallResult
 from ironfunctions.runner.admission import SlotSource
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.stderr_log import StderrLog
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
 
-__all__ = ["ELSEWHERE_S", "FULL_S", "Forward", "GoElsewhere", "HotContext"]
+__all__ = ["ELSEWHERE_S", "FULL_S", "Forward", "Forwarding", "GoElsewhere", "HotContext"]
 
 ELSEWHERE_S = 0.25  # how long a pool told RouteElsewhere sends its calls to that worker
 # How long a pool told RouteFull (it has containers; the node's others are in other
@@ -72,3 +73,40 @@ class HotContext:
     policy: FunctionPolicy = FunctionPolicy()
     forward: Forward | None = None
     forward_cancel: Callable[[int, str], None] | None = None
+
+
+class Forwarding:
+    """A pool's calls sent to another worker: where they go for now (``send_to``, until
+    a time), and which are away (so that a cancel follows them)."""
+
+    def __init__(self, context: HotContext) -> None:
+        self._context = context
+        self._to: tuple[int, float] | None = None
+        self._away: dict[str, int] = {}  # call id -> the worker it was sent to
+
+    def send_to(self, worker: int, until: float) -> None:
+        self._to = (worker, until)
+
+    def target(self, now: float) -> int | None:
+        """The worker the pool's calls go to now, if any."""
+        if self._to is not None and now >= self._to[1]:
+            self._to = None
+        return None if self._to is None else self._to[0]
+
+    async def run(self, worker: int, call: Call) -> CallResult:
+        forward = self._context.forward
+        if forward is None:
+            raise Overloaded("the route's containers run elsewhere", retry_after=1)
+        self._away[call.id] = worker
+        try:
+            return await forward(worker, call)
+        finally:
+            del self._away[call.id]
+
+    def cancel(self, call_id: str) -> bool:
+        """Stop ``call_id`` where it was sent; False if it is not away."""
+        worker = self._away.get(call_id)
+        if worker is None or self._context.forward_cancel is None:
+            return False
+        self._context.forward_cancel(worker, call_id)
+        return True

@@ -24,9 +24,7 @@ call (or starts) is removed instead of taking the next waiting call, and the poo
 waiting calls are served by its other containers. A start that cannot get a slot
 within ``ADMISSION_WAIT`` while the pool has containers fails no call for the same
 reason: the calls stay queued for those containers (each within its route timeout).
-
-In a worker process (``WORKERS`` > 1) a route's calls may go to another worker
-(``runner/hot_context.py``).
+With worker processes, calls may go to another worker (``runner/hot_context.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -41,7 +40,7 @@ from ironfunctions.errors import Overloaded
 from ironfunctions.models import CANCELLED_MESSAGE, Call, CallResult, CallStatus, Route
 from ironfunctions.runner.admission import RouteElsewhere, RouteFull
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
-from ironfunctions.runner.hot_context import ELSEWHERE_S, FULL_S, GoElsewhere, HotContext
+from ironfunctions.runner.hot_context import ELSEWHERE_S, FULL_S, Forwarding, GoElsewhere, HotContext
 from ironfunctions.runner.protocol import RequestEncoder, hot_container_spec
 from ironfunctions.runner.waitqueue import WaitQueue
 
@@ -90,9 +89,9 @@ class RoutePool:
         self._fields = {"app": route.app_name, "path": route.path}
         self._waiting: dict[str, Deferred[HotContainer]] = {}  # calls waiting here, by id
         self._cancelled: set[str] = set()
-        self._elsewhere: tuple[int, float] | None = None  # (worker, until): RouteElsewhere
         self._full_until = 0.0  # RouteFull: no start asked for before this
-        self._forwarded: dict[str, int] = {}  # calls sent to another worker, by id
+        self._full_timer: IDelayedCall | None = None
+        self._away = Forwarding(context)  # calls sent to another worker process
 
     @property
     def size(self) -> int:
@@ -137,11 +136,10 @@ class RoutePool:
         """
         if self._idle:
             return await self._idle.pop().serve(call, 0, 0)
-        if self._elsewhere is not None and not forwarded:
-            worker, until = self._elsewhere
-            if self._clock.seconds() < until and not self._live and not self._starting:
-                return await self._forward(worker, call)
-            self._elsewhere = None
+        if not forwarded and not self._live and not self._starting:
+            worker = self._away.target(self._clock.seconds())
+            if worker is not None:
+                return await self._away.run(worker, call)
         queued_at = self._clock.seconds()
         call_id = call.id
         waiter = self._wait()
@@ -151,7 +149,7 @@ class RoutePool:
         except GoElsewhere as e:
             if forwarded:
                 raise Overloaded("the route's containers moved to another worker", retry_after=1) from None
-            return await self._forward(e.worker, call)
+            return await self._away.run(e.worker, call)
         except _ExitedAtStart:
             return CallResult(call_id, CallStatus.ERROR, error=EXITED, wait_ms=ms(self._clock.seconds() - queued_at))
         except CancelledError:
@@ -168,24 +166,12 @@ class RoutePool:
             start_ms = min(container.start_ms, ms(waited))
         return await container.serve(call, max(0, ms(waited) - start_ms), start_ms)
 
-    async def _forward(self, worker: int, call: Call) -> CallResult:
-        forward = self._context.forward
-        if forward is None:
-            raise Overloaded("the route's containers run elsewhere", retry_after=1)
-        self._forwarded[call.id] = worker
-        try:
-            return await forward(worker, call)
-        finally:
-            del self._forwarded[call.id]
-
     def cancel_call(self, call_id: str) -> bool:
         """Kill the container serving ``call_id``, if one of this pool's does (the call
         ends at once with an error result); or end its wait for a container, if it
         waits here (it ends ``cancelled`` and takes no container); or have the worker
         it was forwarded to stop it."""
-        worker = self._forwarded.get(call_id)
-        if worker is not None and self._context.forward_cancel is not None:
-            self._context.forward_cancel(worker, call_id)
+        if self._away.cancel(call_id):
             return True
         waiter = self._waiting.get(call_id)
         if waiter is not None:
@@ -223,19 +209,24 @@ class RoutePool:
             await context.slots.acquire(self.route.app_name, self.route.key, self.route.max_concurrency)
         except RouteElsewhere as e:
             self._starting -= 1
-            if self._live or self._starting or self._retired:  # (not told so while it has any)
-                self._start_failed(e)
+            if self._live:  # (raced with its own container's release) they serve the calls
                 return
-            self._elsewhere = (e.worker, self._clock.seconds() + ELSEWHERE_S)
+            self._away.send_to(e.worker, self._clock.seconds() + ELSEWHERE_S)
             while self._waiters.fail_oldest(GoElsewhere(e.worker)):
                 pass
             self._check_drained()
             return
+        except RouteFull:
+            # The route's containers are all taken, some by this worker (live, starting,
+            # being removed, a retiring pool's): calls wait for them, a start is asked again in FULL_S.
+            self._starting -= 1
+            self._full_until = self._clock.seconds() + FULL_S
+            if self._full_timer is None:
+                self._full_timer = self._clock.callLater(FULL_S, self._full_expired)
+            return
         except Overloaded as e:
             self._starting -= 1
-            if isinstance(e, RouteFull):
-                self._full_until = self._clock.seconds() + FULL_S
-            if (self._live or (self._starting and isinstance(e, RouteFull))) and not self._retired:
+            if self._live and not self._retired:
                 # No slot (within ADMISSION_WAIT), but this pool's containers serve the
                 # calls waiting here: they keep their place, and their own timeout. The
                 # next call that has to wait asks for a container again.
@@ -273,6 +264,11 @@ class RoutePool:
             self._lost(container)
             return
         self.available(container)
+
+    def _full_expired(self) -> None:
+        self._full_timer = None
+        self._full_until = 0.0
+        self._maybe_start()
 
     def _start_crashed(self, failure: Failure) -> None:
         log.failure("Starting a hot container failed", failure,
@@ -391,6 +387,9 @@ class RoutePool:
     def close(self) -> list[Deferred[None]]:
         """Remove every container now, busy or not; fail waiting calls."""
         self._retired = True
+        if self._full_timer is not None:
+            self._full_timer.cancel()
+            self._full_timer = None
         while self._waiters.fail_oldest(Overloaded("node is stopping", retry_after=1)):
             pass
         return [self.kill(container) for container in list(self._live)]

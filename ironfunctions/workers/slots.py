@@ -28,8 +28,9 @@ an idle container at once, else the next one to end its call). So a route at
 ``max_concurrency`` 2 under load on two workers settles on one container in each, and
 its calls stop crossing between them.
 
-A worker that dies: its waits end and its slots return at once (``detach``); its
-containers are the parent's to remove (they carry the worker's label).
+A worker that dies: its waits end at once (``detach``); its slots return once the
+parent has removed its containers (``release_worker``), so the node never runs more
+than ``MAX_CONCURRENCY`` containers, even for a moment.
 
 The messages (``workers/link.py``): ``slot_acquire(ticket, app, route, limit)`` answered
 ``"ok"``, ``"full"`` or ``("elsewhere", worker)`` (or ``Overloaded``);
@@ -114,11 +115,17 @@ class SlotBroker:
         link.handle("slot_release", lambda app, route: self.release(worker, app, _route(route)))
 
     def detach(self, worker: int) -> None:
-        """``worker`` is gone: its waits end and every slot it held returns."""
+        """``worker`` is gone: its waits end. Its slots stay taken until
+        ``release_worker``: its containers may still run until they are removed."""
         self._links.pop(worker, None)
         for (owner, ticket), wait in list(self._waits.items()):
             if owner == worker and wait.deferred is not None:
                 wait.deferred.cancel()
+
+    def release_worker(self, worker: int) -> None:
+        """A gone worker's containers are removed: every slot it held returns."""
+        if worker in self._links:
+            return  # attached again meanwhile: what it holds is its replacement's
         for (app, route), granted in self._granted.pop(worker, {}).items():
             for _ in range(granted):
                 self._forget(worker, route)

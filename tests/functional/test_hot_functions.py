@@ -49,9 +49,11 @@ def hot_containers(path: str | None = None) -> list[str]:
 
 
 def socket_files(daemon: Daemon) -> list[str]:
-    """The daemon's hot-container socket files (``HOT_TRANSPORT=socket``)."""
+    """The daemon's hot-container socket files (``HOT_TRANSPORT=socket``): in
+    ``hot-sockets/<container>/s``, or ``hot-sockets/w<worker>/<container>/s`` with
+    worker processes."""
     root = os.path.join(daemon.workdir, "data", "hot-sockets")
-    return sorted(glob.glob(os.path.join(root, "*", "s")))
+    return sorted(glob.glob(os.path.join(root, "*", "s")) + glob.glob(os.path.join(root, "w*", "*", "s")))
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:

@@ -152,7 +152,7 @@ class BrokerTests(SynchronousTestCase):
         answer.callback("ok")
         assert released == [("a", HOT)] and remote.in_use == 0
 
-    def test_a_dead_workers_slots_and_waits_are_returned_at_once(self) -> None:
+    def test_a_dead_workers_waits_end_at_once_and_its_slots_return_once_its_containers_are_gone(self) -> None:
         for app in ("a", "b", "c"):
             self.successResultOf(self.acquire(0, app))
         self.successResultOf(self.acquire(0, "d", HOT, 1))
@@ -160,6 +160,8 @@ class BrokerTests(SynchronousTestCase):
         waiting_in_live = self.acquire(1, "e")
         self.broker.detach(0)
         self.failureResultOf(waiting_in_dead, Overloaded)
+        self.assertNoResult(waiting_in_live)  # its 4 containers may still run
+        self.broker.release_worker(0)  # removed
         self.successResultOf(waiting_in_live)
         assert self.slots.in_use == 1 and self.broker.held(0) == 0
         self.successResultOf(self.acquire(1, "d", HOT, 1))  # its route is free again
