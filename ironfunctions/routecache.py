@@ -17,7 +17,7 @@ known (or known only as missing) fails with the store's error: 503.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Mapping, TypeVar
+from typing import Awaitable, Callable, Generic, Mapping, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -33,6 +33,9 @@ MAX_ROUTES = 100_000  # bound memory under path scans
 MAX_CONFIGS = 10_000
 
 T = TypeVar("T")
+
+# siblings(app, path): another worker's (read at, route, app config or None), or None.
+Siblings = Callable[[str, str], Awaitable["tuple[float, Route, Mapping[str, str] | None] | None"]]
 
 
 @attrs.frozen
@@ -64,6 +67,7 @@ class RouteCache:
         self._generation = 0  # bumped by every invalidate
         self._listeners: list[Callable[[str, str | None], None]] = []
         self._configs: dict[str, _Entry[Mapping[str, str]]] = {}
+        self._siblings: Siblings | None = None
 
     async def lookup(self, app_name: str, path: str) -> Route:
         key = (app_name, path)
@@ -111,6 +115,37 @@ class RouteCache:
             return entry.good[1]
         raise _fresh(entry.value)
 
+    def share_with(self, siblings: Siblings) -> None:
+        """With worker processes, each has its own cache: while the store is down, a
+        route this worker never read is asked of ``siblings`` (``workers/routes.py``),
+        so every worker serves what any of the node's workers knows."""
+        self._siblings = siblings
+
+    def known(self, app_name: str, path: str) -> tuple[float, Route, Mapping[str, str] | None] | None:
+        """The last good route (and app config) read for ``(app_name, path)`` up to
+        ``stale`` seconds ago, with when it was read; None if there is none."""
+        entry = self._entries.get((app_name, path))
+        if entry is None or entry.good is None or self._clock.seconds() - entry.good[0] > self._stale:
+            return None
+        config = self._configs.get(app_name)
+        return entry.good[0], entry.good[1], (config.good[1] if config is not None and config.good else None)
+
+    async def _from_siblings(self, key: tuple[str, str], error: Exception) -> _Entry[Route] | None:
+        """An entry serving a sibling worker's last good route while the store fails."""
+        if self._siblings is None or not self._stale:
+            return None
+        try:
+            found = await self._siblings(*key)
+        except Exception:
+            return None
+        if found is None or self._clock.seconds() - found[0] > self._stale:
+            return None
+        read_at, route, config = found
+        now = self._clock.seconds()
+        if config is not None and self._configs.get(key[0]) is None:
+            self._configs[key[0]] = _Entry(now + self._ttl, error, (read_at, config))
+        return _Entry(now + self._ttl, error, (read_at, route))
+
     async def _load_shared(self, key: tuple[str, str]) -> Route | Exception:
         """Load ``key`` once for every caller waiting on it; never fails (an error is
         the value). A load that an invalidate overtook is not cached."""
@@ -119,9 +154,14 @@ class RouteCache:
             result = await self._load(*key)
         except Exception as e:  # e.g. DatastoreUnavailable
             result = e
+        borrowed: _Entry[Route] | None = None
+        if isinstance(result, Exception) and not isinstance(result, (AppNotFound, RouteNotFound)):
+            old = self._entries.get(key)
+            if old is None or old.good is None:
+                borrowed = await self._from_siblings(key, result)
         self._pending.pop(key, None)
         if generation == self._generation:
-            entry = self._entry(self._entries.get(key), result)
+            entry = borrowed or self._entry(self._entries.get(key), result)
             if len(self._entries) >= MAX_ROUTES:
                 _shrink(self._entries, self._clock.seconds(), self._keep())
             self._entries[key] = entry

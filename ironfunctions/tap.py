@@ -67,7 +67,7 @@ from ironfunctions.workers.link import Link
 from ironfunctions.workers.slots import RemoteSlots
 from ironfunctions.workers.board import ConnectionBoard
 from ironfunctions.workers.forward import Forwarder
-from ironfunctions.workers.routes import share_route_changes
+from ironfunctions.workers.routes import share_known_routes, share_route_changes
 from ironfunctions.workers.supervisor import BOARD_ENV, LINK_FD, LISTEN_FD, WORKER_ENV
 from ironfunctions.tap_parent import parent_service
 from ironfunctions import options
@@ -92,6 +92,8 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     config: Config = options["config"]
     worker_env = os.environ.get(WORKER_ENV)
+    if worker_env is None:  # once per start: a single process, or the workers' parent
+        _warn_at_start(options, config)
     if worker_env is None and config.worker_processes > 1:
         settings = {name: options[name] for name, _, _ in SETTINGS if options.get(name)}
         return parent_service(config, settings, reactor)
@@ -105,15 +107,6 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         reactor.addSystemEventTrigger("before", "shutdown", shutting_down.append, True)
         stop_once_on_signals(reactor)  # SIGTERM from its parent and from systemd or the terminal
         link = Link(socket.socket(fileno=LINK_FD), reactor, {}, on_lost=lambda: _parent_gone(reactor, shutting_down))
-    if options.get("bridge_missing"):
-        log.warn("HOT_TRANSPORT: {problem}; hot functions use the engine's attach stream instead "
-                 "(slower; set HOT_TRANSPORT=attach to silence this)", problem=options["bridge_missing"])
-    if config.open_api_on_network:
-        # twistd replays events logged before its observer starts: this reaches the log.
-        log.warn(
-            "API_AUTH=none: the management API on {listen} answers anyone who can reach it, "
-            "without a token", listen=config.listen, api_auth=config.api_auth,
-        )
 
     log_metrics = LogMetrics(reactor, level=config.log_level)  # no lines below the log level
     FlushOnStopService("metrics-flush", log_metrics.flush).setServiceParent(root)  # type: ignore[no-untyped-call]
@@ -193,6 +186,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     route_cache.on_invalidate(hot.retire)  # route update/delete retires its hot containers
     if link is not None:  # ... in every worker of the node
         share_route_changes(link, route_cache)
+        share_known_routes(link, route_cache, reactor)  # and, in an outage, what each knows
     slots.on_pressure(hot.reclaim_idle)  # a call waiting for a slot may take a hot container's (its rule: hot.py)
     if forwarder is not None and isinstance(slots, RemoteSlots):
         forwarder.serve(hot.run, hot.cancel)
@@ -227,14 +221,17 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
 
     submitter = AsyncSubmitter(queue, stores.calls, reactor, metrics,
                                QueueLimits(config.async_max_queued, config.async_max_queued_bytes))
-    backends_ready = lambda: gatherResults([datastore_service.when_ready(), queue_service.when_ready()])  # noqa: E731
+    def backends_ready() -> Deferred[list[None]]:
+        return gatherResults([datastore_service.when_ready(), queue_service.when_ready()])
+
     # /stats and the balancer agent's figures: a worker's are its node's (workers/views.py).
     stats: StatsSource = agent.stats
+    views: WorkerViews | None = None
     if link is not None:
         views = WorkerViews(link, reactor, agent.stats, lambda: len(agent.calls_running()), wait_samples,
                             ready=lambda: datastore_service.ready and queue_service.ready)
         views.report_service().setServiceParent(root)  # type: ignore[no-untyped-call]
-        stats = lambda: Deferred.fromCoroutine(views.node_stats())  # noqa: E731
+        stats = views.node_stats_deferred
     if config.num_async:
         workers = AsyncWorkerService(
             queue, stores.calls, route_cache.lookup, route_cache.app_config, run_call, kill_call,
@@ -310,7 +307,18 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
         listener = StreamServerEndpointService(serverFromString(reactor, config.listen), site)
     else:
         board = ConnectionBoard(os.environ[BOARD_ENV], config.worker_processes, worker)
-        listener = AdoptedPortService(LISTEN_FD, site, reactor, board, lambda: site.open_connections)
+        # Until its datastore and queue answer, a ready sibling takes new clients first
+        # (its load report says it is ready before it competes: the parent's agent
+        # counts the node started).
+        worker_views = views
+
+        async def ready_to_serve() -> None:
+            await backends_ready()
+            if worker_views is not None:
+                await worker_views.report()
+
+        listener = AdoptedPortService(LISTEN_FD, site, reactor, board, lambda: site.open_connections,
+                                      ready=lambda: Deferred.fromCoroutine(ready_to_serve()))
     listener.setName("http")
     listener.setServiceParent(root)
     DrainService(drain, config.drain_grace, reactor).setServiceParent(root)  # type: ignore[no-untyped-call]  # last: stops first
@@ -323,3 +331,15 @@ def _parent_gone(reactor: Any, shutting_down: list[bool]) -> None:
     if not shutting_down:
         log.error("The node's parent process is gone: stopping")
         reactor.stop()
+
+
+def _warn_at_start(options: Any, config: Config) -> None:
+    if options.get("bridge_missing"):
+        log.warn("HOT_TRANSPORT: {problem}; hot functions use the engine's attach stream instead "
+                 "(slower; set HOT_TRANSPORT=attach to silence this)", problem=options["bridge_missing"])
+    if config.open_api_on_network:
+        # twistd replays events logged before its observer starts: this reaches the log.
+        log.warn(
+            "API_AUTH=none: the management API on {listen} answers anyone who can reach it, "
+            "without a token", listen=config.listen, api_auth=config.api_auth,
+        )

@@ -48,8 +48,7 @@ class SocketDirs:
         try:
             os.mkdir(path, 0o755)
         except FileNotFoundError:
-            os.makedirs(self.root, 0o700, exist_ok=True)
-            os.chmod(self.root, 0o700)  # whatever the umask
+            _private_dirs(self.root)
             os.mkdir(path, 0o755)
         os.chmod(path, 0o755)  # whatever the umask: the function may run as any user
         return path
@@ -185,3 +184,21 @@ class BridgedContainer:
             self._closed = True
             self._pending = []
             self._stream.stream_closed()
+
+
+def _private_dirs(root: str) -> None:
+    """Make ``root`` and each missing directory above it 0700 (whatever the umask):
+    with worker processes the root is ``hot-sockets/w<index>``, and ``hot-sockets``
+    must be as closed as the root."""
+    missing = []
+    path = root
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        os.chmod(directory, 0o700)
+    os.chmod(root, 0o700)

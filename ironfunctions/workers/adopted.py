@@ -14,10 +14,15 @@ import socket
 from typing import Any, Callable
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from ironfunctions.workers.board import ConnectionBoard
 
+log = Logger()
+
 DEFER_S = 0.002
+STARTING = 1 << 40  # what a worker whose backends are not ready yet counts as holding
 PUBLISH_S = 0.05  # connections also close: the count is published this often too
 
 
@@ -26,7 +31,8 @@ class AdoptedPortService(Service):
     workers through ``board`` (None: accept as Twisted does)."""
 
     def __init__(self, fd: int, factory: Any, reactor: Any, board: ConnectionBoard | None = None,
-                 open_connections: Callable[[], int] = lambda: 0) -> None:
+                 open_connections: Callable[[], int] = lambda: 0,
+                 ready: Callable[[], Deferred[Any]] | None = None) -> None:
         self._fd = fd
         self._factory = factory
         self._reactor = reactor
@@ -35,9 +41,29 @@ class AdoptedPortService(Service):
         self._port: Any = None
         self._force = False  # accept what waits whatever the counts (after leaving it to others)
         self._publisher: Any = None
+        self._ready = ready
+        self._starting = False
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()  # type: ignore[no-untyped-call]
+        if self._ready is not None:
+            # Until its backends answer, it counts as holding STARTING connections: a
+            # ready sibling takes new clients first; with none ready, this one answers
+            # them (503 at once, as a single process would, rather than no answer).
+            self._starting = True
+            self._ready().addCallback(self._now_ready).addErrback(
+                lambda f: log.failure("A worker could not say it is ready", f))
+        self._listen()
+
+    def _now_ready(self, _: object) -> None:
+        self._starting = False
+        if self._board is not None and self.running:
+            self._board.publish(self._open())
+
+    def _count(self) -> int:
+        return STARTING if self._starting else self._open()
+
+    def _listen(self) -> None:
         probe = socket.socket(fileno=os.dup(self._fd))  # its own fd: closing it keeps ours
         family = probe.family
         probe.close()
@@ -53,7 +79,7 @@ class AdoptedPortService(Service):
             def do_read() -> Any:
                 board = self._board
                 assert board is not None
-                board.publish(self._open())
+                board.publish(self._count())
                 if not self._force and not board.least_loaded():
                     self._port.stopReading()
                     self._reactor.callLater(DEFER_S, self._resume)
@@ -77,7 +103,7 @@ class AdoptedPortService(Service):
 
     def _publish(self) -> None:
         assert self._board is not None
-        self._board.publish(self._open())
+        self._board.publish(self._count())
         self._publisher = self._reactor.callLater(PUBLISH_S, self._publish)
 
     def stopService(self) -> Any:  # noqa: N802 (Twisted API)

@@ -18,6 +18,7 @@ import os
 import struct
 
 _SLOT = struct.Struct("=q")
+NOT_ACCEPTING = -1  # a slot's value while its worker is gone or still starting
 
 
 class ConnectionBoard:
@@ -41,8 +42,8 @@ class ConnectionBoard:
         _SLOT.pack_into(self._map, self.index * _SLOT.size, count)
 
     def reset(self, index: int) -> None:
-        """Worker ``index`` is gone: it holds none."""
-        _SLOT.pack_into(self._map, index * _SLOT.size, 0)
+        """Worker ``index`` is gone, or not taking connections yet: it takes no part."""
+        _SLOT.pack_into(self._map, index * _SLOT.size, NOT_ACCEPTING)
 
     def counts(self) -> list[int]:
         return [_SLOT.unpack_from(self._map, i * _SLOT.size)[0] for i in range(self.workers)]
@@ -52,7 +53,7 @@ class ConnectionBoard:
         assert self.index is not None
         counts = self.counts()
         mine = counts[self.index]
-        return all(mine <= c for i, c in enumerate(counts) if i != self.index)
+        return all(mine <= c for i, c in enumerate(counts) if i != self.index and c != NOT_ACCEPTING)
 
     def close(self) -> None:
         self._map.close()

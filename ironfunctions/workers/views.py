@@ -12,8 +12,9 @@ the whole node's:
   ``run.wait_time`` figures of the calls that started since its last notice
   (``WaitSamples``, at most ``MAX_SAMPLES``), and whether its datastore and queue are
   ready. The parent sums the calls in flight (a dead worker's go with it), keeps the
-  node's ``WaitWindow`` of the figures, and counts the node started once every worker
-  has said it is ready (a worker started again later does not take the node out).
+  node's ``WaitWindow`` of the figures, and counts the node started once a worker has
+  said it is ready (ready workers take new clients first; a worker started again later
+  does not take the node out).
 
 Cheap on purpose: nothing per call crosses a link; two notices a second per worker.
 ``/metrics`` needs no message at all (``metrics/shared.py``).
@@ -97,8 +98,10 @@ class NodeViews:
         return Load(self.in_flight(), limit, self._waits.percentile())
 
     def started(self) -> bool:
-        """Whether every worker has said its backends are ready (once is enough)."""
-        return len(self._ready) >= self._workers
+        """Whether a worker has said its backends are ready (once is enough): ready
+        workers take new clients before starting ones (``workers/adopted.py``), so the
+        node serves."""
+        return bool(self._ready)
 
     async def node_stats(self) -> dict[str, int]:
         """The sum of every worker's ``/stats`` figures."""
@@ -181,6 +184,9 @@ class WorkerViews:
             log.warn("The node's stats did not come from its parent: {error}", error=str(e) or type(e).__name__)
             raise NotReady("the node's figures are not available") from None
         return figures
+
+    def node_stats_deferred(self) -> Deferred[Mapping[str, int]]:
+        return Deferred.fromCoroutine(self.node_stats())
 
     async def report(self) -> None:
         """Send one ``load`` notice."""

@@ -139,7 +139,9 @@ def limit_files(n: int) -> None:
 
 
 def test_beyond_the_connection_cap_503_and_health_still_answers(daemon_factory: DaemonFactory) -> None:
-    daemon = daemon_factory(env={"MAX_CONCURRENCY": "4"}, start=False)
+    # One process: the cap's formula and its one warning (a node of workers shares the
+    # cap out: tests/functional/test_worker_lifecycle.py).
+    daemon = daemon_factory(env={"MAX_CONCURRENCY": "4", "WORKERS": "1"}, start=False)
     daemon.preexec = lambda: limit_files(256)
     daemon.start()
     cap = int(re.search(r"connection_cap=(\d+)", daemon.log()).group(1))  # type: ignore[union-attr]

@@ -88,6 +88,10 @@ def test_on_the_socket_transport_the_socket_directory_is_read_only_and_its_host_
     parent = os.path.join(daemon.workdir, "data", "hot-sockets")
     assert os.stat(parent).st_mode & 0o777 == 0o700
     [directory] = os.listdir(parent)
+    if directory.startswith("w"):  # worker processes: hot-sockets/w<worker>/<container>/s
+        parent = os.path.join(parent, directory)
+        assert os.stat(parent).st_mode & 0o777 == 0o700
+        [directory] = os.listdir(parent)
     assert os.listdir(os.path.join(parent, directory)) == ["s"]
 
 

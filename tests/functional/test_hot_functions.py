@@ -128,7 +128,10 @@ def test_concurrent_calls_each_get_their_own_body(hot: HotDaemon) -> None:
         replies = list(pool.map(lambda b: hot.post("/r/hotapp/mix", b), bodies))
     assert [r.status for r in replies] == [200] * 90
     assert [r.body.decode() for r in replies] == bodies
-    assert len({r.header("x-container") for r in replies}) <= 3
+    # Never more than 3 at once (test_concurrent_calls_never_exceed_max_concurrency_containers);
+    # with worker processes a container may move between workers once (evened out), so
+    # count those left, not the ids seen.
+    assert len(hot_containers("/mix")) <= 3
 
 
 def test_idle_container_is_stopped_and_removed(hot: HotDaemon) -> None:

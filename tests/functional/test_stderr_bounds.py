@@ -100,7 +100,13 @@ def test_control_characters_a_function_writes_reach_the_log_escaped(fn: RoutedDa
         assert char.encode() not in raw, repr(char)
 
 
-def test_an_apps_calls_share_1000_lines_a_minute(fn: RoutedDaemon) -> None:
+def test_an_apps_calls_share_1000_lines_a_minute(test_images: dict[str, str],  # noqa: F811
+                                                 daemon_factory: DaemonFactory) -> None:
+    # One process: the node's whole figure in one budget (worker processes each keep a
+    # share of it, workers/shares.py; tests/unit/test_workers_one_node.py).
+    fn = cast(RoutedDaemon, daemon_factory(env={"NODE_ID": "stderr-test-node", "MAX_CONCURRENCY": "4",
+                                                "WORKERS": "1"}))
+    fn.route = lambda path, image, **fields: fn.add_route("noisy", path, image_tag(image), **fields)
     fn.route("/some", "stderr-flood", config={"LINES": "300"})
     replies: list[Reply] = [fn.post("/r/noisy/some") for _ in range(12)]
     assert [r.status for r in replies] == [200] * 12
