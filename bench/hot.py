@@ -333,11 +333,17 @@ def bench_daemon(transport: str, db: str, workers: str = "1") -> Figures:
                     if p not in groups:
                         groups[p] = name
                         cpu_before[p] = cpu_seconds(p)
-                runner.join()
+                last: dict[int, float] = {}  # wrk is gone when it ends: its CPU as last seen
+                while runner.is_alive():
+                    for p in groups:
+                        seen = cpu_seconds(p)
+                        if seen:
+                            last[p] = seen
+                    runner.join(0.2)
                 wall = time.monotonic() - began
                 split: dict[str, float] = {}
                 for p, name in groups.items():
-                    split[name] = split.get(name, 0.0) + max(0.0, cpu_seconds(p) - cpu_before[p])
+                    split[name] = split.get(name, 0.0) + max(0.0, (cpu_seconds(p) or last.get(p, 0.0)) - cpu_before[p])
             os.unlink(script.name)
             rps, p50, p99 = result[0]
             print(f"wrk -t2 -c8 -d10s POST, max_concurrency 2: {rps:.0f} req/s  p50 {p50}  p99 {p99}  "
