@@ -87,6 +87,7 @@ class Daemon:
                     "DRAIN_GRACE": "0"})
         env.update(self.env)
         log = open(self.log_path, "ab")
+        self._log_start = log.tell()  # this start's lines begin here (restarts append)
         self.proc = subprocess.Popen(
             [TWISTD, "--nodaemon", "--pidfile=", "ironfunctions", *self.args],
             cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -107,12 +108,25 @@ class Daemon:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 last = self.get("/health", timeout=2)
-                if last.status == 200:
+                if last.status == 200 and self._workers_ready():
                     return
             except OSError:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"daemon not healthy in {timeout}s (last: {last}):\n{self.log()}")
+
+    def _workers_ready(self) -> bool:
+        """With worker processes (WORKERS > 1), whether each has its datastore and queue
+        (each logs both once): a test's requests may reach any of them."""
+        if self.proc is None:
+            return True
+        workers = [pid for pid in _children(self.proc.pid) if _is_worker(pid)]
+        if not workers:
+            return True
+        with open(self.log_path, "rb") as f:
+            f.seek(getattr(self, "_log_start", 0))
+            log = f.read()
+        return min(log.count(b'msg="datastore ready"'), log.count(b'msg="queue ready"')) >= len(workers)
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                 timeout: float = 30) -> Reply:
@@ -226,3 +240,11 @@ def _children(parent: int) -> list[int]:
             except (OSError, ValueError, IndexError):
                 pass
     return found
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return b"IRONFUNCTIONS_WORKER=" in f.read()
+    except OSError:
+        return False

@@ -23,6 +23,7 @@ log = Logger()
 
 DEFER_S = 0.002
 STARTING = 1 << 40  # what a worker whose backends are not ready yet counts as holding
+STARTING_DEFER_S = 0.1
 PUBLISH_S = 0.05  # connections also close: the count is published this often too
 
 
@@ -82,7 +83,9 @@ class AdoptedPortService(Service):
                 board.publish(self._count())
                 if not self._force and not board.least_loaded():
                     self._port.stopReading()
-                    self._reactor.callLater(DEFER_S, self._resume)
+                    # A starting worker leaves clients to ready ones for longer: it
+                    # could only tell them it is not ready.
+                    self._reactor.callLater(STARTING_DEFER_S if self._starting else DEFER_S, self._resume)
                     return None
                 self._force = False
                 self._port.numberAccepts = 1

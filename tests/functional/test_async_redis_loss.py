@@ -21,8 +21,10 @@ def test_calls_lost_with_redis_data_are_requeued_by_the_reconciler_and_succeed(
         fn = make_fn(daemon_factory, MQ_URL=redis.url(), DB_URL=postgres_db, NUM_ASYNC=2, RECONCILE_INTERVAL="1s")
         fn.route("/sleep", "sleep", type="async", config={"SLEEP": "2"}, timeout=30)
         accepted = [submit(fn, "/sleep", b"x") for _ in range(8)]
-        # Two run now; six wait in the queue. Redis restarts and forgets all of it.
+        # Two run now (NUM_ASYNC=2: one per worker process, each reserving its first as it
+        # is ready); six wait in the queue. Redis restarts and forgets all of it.
         wait_for(fn, accepted[0], {"running", "success"})
+        wait_for(fn, accepted[1], {"running", "success"})
         redis.stop()
         redis.start()
         assert redis.command("DBSIZE") == b":0"
