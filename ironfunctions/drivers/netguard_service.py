@@ -130,18 +130,7 @@ class NetguardService(Service):
     async def wait_ready(self, timeout: float) -> None:
         """Return once the rules are in place; raise ``NotReady`` after ``timeout``
         seconds (functions must not run on the network before its rules are there)."""
-        if self.ready:
-            return
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        d.addTimeout(timeout, self._clock)
-        try:
-            await d
-        except TimeoutError:
-            raise NotReady(f"network {self._guard.network} not guarded yet") from None
-        finally:
-            if d in self._waiters:
-                self._waiters.remove(d)
+        await wait_for_rules(self.ready, self._waiters, self._clock, timeout, self._guard.network)
 
     async def ping(self) -> None:
         """For ``/health``: fails until the rules have been put in place once."""
@@ -259,3 +248,21 @@ def guarded_calls(run_call: Callable[[CallT], Coroutine[Any, Any, ResultT]], gua
         return await run_call(call)
 
     return run
+
+
+async def wait_for_rules(ready: bool, waiters: list[Deferred[None]], clock: IReactorTime, timeout: float,
+                         network: str) -> None:
+    """Wait (at most ``timeout`` s, then ``NotReady``) on a Deferred put in ``waiters``,
+    which whoever puts the rules in place fires; at once if they are ``ready``."""
+    if ready:
+        return
+    d: Deferred[None] = Deferred()
+    waiters.append(d)
+    d.addTimeout(timeout, clock)
+    try:
+        await d
+    except TimeoutError:
+        raise NotReady(f"network {network} not guarded yet") from None
+    finally:
+        if d in waiters:
+            waiters.remove(d)

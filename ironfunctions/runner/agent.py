@@ -42,6 +42,7 @@ from ironfunctions.runner.stderr_log import StderrLog
 
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 CLEANUP_TIMEOUT_S = 30.0
+_log = Logger()
 
 
 class CallRunner(Protocol):
@@ -262,13 +263,7 @@ class Agent(Service):
             self.log.error("Could not remove this node's containers: {error}", error=str(e))
 
     async def _remove_leftovers(self, message: str) -> None:
-        d = Deferred.fromCoroutine(self._driver.remove_containers(self._cleanup_labels))
-        d.addTimeout(CLEANUP_TIMEOUT_S, self._clock)
-        try:
-            count = await d
-        except Exception as e:
-            self.log.error("Could not remove this node's containers: {error}", error=str(e))
-            return
+        count = await remove_labelled(self._driver, self._cleanup_labels, self._clock)
         if count:
             self.log.info(message, count=count, node_id=self._node_id)
 
@@ -364,3 +359,16 @@ _STATUS_METRIC = {
 _FAILED_TO_RUN = [("count", "run.requests", 1), ("count", "run.error", 1)]
 
 
+async def remove_labelled(driver: IContainerDriver, labels: Mapping[str, str], clock: IReactorTime,
+                          timeout: float = CLEANUP_TIMEOUT_S) -> int | None:
+    """Remove every container carrying ``labels`` (at most ``timeout`` s): how many
+    went, or None when the engine failed (logged)."""
+    d = Deferred.fromCoroutine(driver.remove_containers(labels))
+    d.addTimeout(timeout, clock)
+    try:
+        removed: int = await d
+    except Exception as e:
+        _log.error("Could not remove this node's containers ({labels}): {error}",
+                   labels=",".join(f"{k}={v}" for k, v in sorted(labels.items())), error=str(e) or repr(e))
+        return None
+    return removed

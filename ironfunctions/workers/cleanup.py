@@ -32,7 +32,7 @@ from twisted.logger import Logger
 
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.models import LABEL_NODE, LABEL_WORKER
-from ironfunctions.runner.agent import CLEANUP_TIMEOUT_S
+from ironfunctions.runner.agent import CLEANUP_TIMEOUT_S, remove_labelled
 
 log = Logger()
 
@@ -105,13 +105,6 @@ class NodeCleanupService(Service):
         return Deferred.fromCoroutine(stop())
 
     async def _remove(self, labels: Mapping[str, str], message: str, **fields: object) -> None:
-        d = Deferred.fromCoroutine(self._driver.remove_containers(labels))
-        d.addTimeout(self._timeout, self._clock)
-        try:
-            count = await d
-        except Exception as e:
-            log.error("Could not remove this node's containers ({labels}): {error}",
-                      labels=",".join(f"{k}={v}" for k, v in sorted(labels.items())), error=str(e) or repr(e))
-            return
+        count = await remove_labelled(self._driver, labels, self._clock, self._timeout)
         if count:
             log.info(message, count=count, node_id=self._node_id, **fields)

@@ -15,11 +15,10 @@ The message (``workers/link.py``): the notice ``guard_ready(ready)``.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from ironfunctions.drivers.netguard_service import NetguardService
-from ironfunctions.errors import NotReady
+from ironfunctions.drivers.netguard_service import NetguardService, wait_for_rules
 from ironfunctions.workers.slots import Channel
 
 GUARD_READY = "guard_ready"
@@ -68,18 +67,7 @@ class RemoteGuard:
 
     async def wait_ready(self, timeout: float) -> None:
         """Return once the rules are in place; raise ``NotReady`` after ``timeout``."""
-        if self.ready:
-            return
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        d.addTimeout(timeout, self._clock)
-        try:
-            await d
-        except TimeoutError:
-            raise NotReady(f"network {self._network} not guarded yet") from None
-        finally:
-            if d in self._waiters:
-                self._waiters.remove(d)
+        await wait_for_rules(self.ready, self._waiters, self._clock, timeout, self._network)
 
     async def ping(self) -> None:
         """For ``/health``: fails while the parent says the rules are not in place."""

@@ -12,6 +12,7 @@ by each worker (``tests/workers.py``).
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 import time
 import uuid
 from typing import Iterator
@@ -36,6 +37,26 @@ def running(engine: docker.DockerClient, node_id: str) -> list[dict[str, str]]:
     """The node's running containers' labels."""
     filters = {"label": [f"{LABEL_NODE}={node_id}"], "status": "running"}
     return [c["Labels"] for c in engine.api.containers(filters=filters)]
+
+
+@contextmanager
+def counting(engine: docker.DockerClient, node_id: str) -> Iterator[list[int]]:
+    """The node's running containers, counted every 50 ms while the block runs."""
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(len(running(engine, node_id)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        watcher.join()
 
 
 def node_of(daemon: Daemon) -> tuple[str, dict[int, WorkerConnection]]:
@@ -74,21 +95,8 @@ def test_a_hot_route_at_one_runs_one_container_whichever_worker_its_calls_reach(
     daemon = start(daemon_factory)
     daemon.add_route("app", "/hot", image_tag("hotfn"), format="http", max_concurrency=1, idle_timeout=300)
     node, conns = node_of(daemon)
-    seen: list[int] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            seen.append(len(running(engine, node)))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with counting(engine, node) as seen:
         statuses = hammer(conns, "/r/app/hot", 3)
-    finally:
-        stop.set()
-        watcher.join()
     assert all(len(s) > 50 for s in statuses.values()), {w: len(s) for w, s in statuses.items()}
     assert all(code == 200 for s in statuses.values() for code in s)
     assert max(seen) == 1 and len(running(engine, node)) == 1
@@ -130,26 +138,13 @@ def test_max_concurrency_counts_both_workers_containers(
     pools = [connections_on_each_worker(daemon, workers) for _ in range(3)]
     conns = [c for pool in pools for c in pool.values()]
     assert {c.worker for c in conns} == {0, 1}
-    seen: list[int] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            seen.append(len(running(engine, node)))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
     results: list[int] = []
-    try:
+    with counting(engine, node) as seen:
         threads = [threading.Thread(target=lambda c=c: results.append(c.request("POST", "/r/app/sleep", "").status))
                    for c in conns]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    finally:
-        stop.set()
-        watcher.join()
     assert results == [200] * 6
     assert max(seen) == 2  # never 3 or 4, though each worker had 3 calls at once

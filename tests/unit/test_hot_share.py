@@ -70,11 +70,13 @@ class Load:
     its last one ended, the calls spread over ``targets`` (app, path) in turn (as wrk
     with the bench's Lua script); the connections start ``STAGGER_S`` apart."""
 
-    def __init__(self, runner: HotRunner, clock: Clock, targets: list[tuple[str, str]], connections: int) -> None:
+    def __init__(self, runner: HotRunner, clock: Clock, targets: list[tuple[str, str]], connections: int,
+                 first: int = 0, **route_kw: Any) -> None:
         self._runner = runner
         self._clock = clock
         self._targets = targets
-        self._numbers = itertools.count()
+        self._route_kw = route_kw  # the routes' fields (route_call's)
+        self._numbers = itertools.count(first)
         self.results: list[CallResult] = []
         self.failures: list[Failure] = []
         self.running = True
@@ -86,7 +88,7 @@ class Load:
             return
         n = next(self._numbers)
         app, path = self._targets[n % len(self._targets)]
-        d = Deferred.fromCoroutine(self._runner.run(route_call(path, n, app)))
+        d = Deferred.fromCoroutine(self._runner.run(route_call(path, n, app, **self._route_kw)))
         d.addCallbacks(self._done, self._failed)
 
     def _done(self, result: CallResult) -> None:

@@ -12,51 +12,18 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ironfunctions.errors import Overloaded
-from ironfunctions.models import CallResult, CallStatus
+from ironfunctions.models import CallStatus
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot import HotRunner
 from ironfunctions.runner.hot_context import ELSEWHERE_S, FULL_S
 from ironfunctions.workers.forward import Forwarder, ForwardRelay
 from ironfunctions.workers.slots import RESERVE_S, RemoteSlots, SlotBroker
 
-from tests.unit.test_hot_share import RTT_S, START_S, STAGGER_S, EngineLikeDriver, route_call
+from tests.unit.test_hot_share import START_S, EngineLikeDriver, Load, route_call
 from tests.unit.test_worker_slots import LoopChannel, pair
-
-
-class Load:
-    """``connections`` closed-loop clients of one worker, on route ``/hot1`` of app
-    ``a`` with ``max_concurrency`` (as the clients' connections the kernel gave it)."""
-
-    def __init__(self, runner: HotRunner, clock: Clock, connections: int, max_concurrency: int) -> None:
-        self._runner = runner
-        self._clock = clock
-        self._max = max_concurrency
-        self._n = 0
-        self.results: list[CallResult] = []
-        self.failures: list[Failure] = []
-        self.running = True
-        for k in range(connections):
-            clock.callLater(k * STAGGER_S, self._next)
-
-    def _next(self) -> None:
-        if not self.running:
-            return
-        self._n += 1
-        call = route_call("/hot1", self._n, max_concurrency=self._max)
-        d = Deferred.fromCoroutine(self._runner.run(call))
-        d.addCallbacks(self._done, self._failed)
-
-    def _done(self, result: CallResult) -> None:
-        self.results.append(result)
-        self._clock.callLater(RTT_S, self._next)
-
-    def _failed(self, failure: Failure) -> None:
-        self.failures.append(failure)
-        self._clock.callLater(0.1, self._next)
 
 
 class Worker:
@@ -102,10 +69,9 @@ class WorkerNodeTests(SynchronousTestCase):
         assert all(self.successResultOf(d).status == CallStatus.SUCCESS for d in ds)
 
     def load(self, worker: Worker, connections: int, max_concurrency: int) -> Load:
-        # Calls ids must differ across workers: the second worker's start at 100,000.
-        load = Load(worker.runner, self.clock, connections, max_concurrency)
-        load._n = 100_000 * worker.index
-        return load
+        """``connections`` clients of ``worker`` on ``/hot1`` (call ids differ across workers)."""
+        return Load(worker.runner, self.clock, [("a", "/hot1")], connections,
+                    first=100_000 * worker.index, max_concurrency=max_concurrency)
 
     def starts(self) -> int:
         return sum(len(w.driver.started_specs) for w in self.workers)
