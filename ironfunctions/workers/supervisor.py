@@ -2,8 +2,8 @@
 
 The parent opens the listening socket (``LISTEN``) and never accepts on it: each
 worker adopts it (``reactor.adoptStreamPort``), so the kernel hands each new
-connection to whichever worker is waiting in ``accept`` (one queue: a busy worker
-takes fewer). A worker is ``twistd ironfunctions`` again, with the parent's settings,
+connection to whichever worker is waiting in ``accept`` (one queue, balanced by the
+workers' connection counts: ``workers/board.py``, ``adopted.py``). A worker is ``twistd ironfunctions`` again, with the parent's settings,
 the socket as fd 3 and its end of a unix socket pair to the parent as fd 4
 (``IRONFUNCTIONS_WORKER``); it logs to the parent's stdout and stderr.
 
