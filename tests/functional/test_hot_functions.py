@@ -131,7 +131,7 @@ def test_concurrent_calls_each_get_their_own_body(hot: HotDaemon) -> None:
     # Never more than 3 at once (test_concurrent_calls_never_exceed_max_concurrency_containers);
     # with worker processes a container may move between workers once (evened out), so
     # count those left, not the ids seen.
-    assert len(hot_containers("/mix")) <= 3
+    wait_for(lambda: len(hot_containers("/mix")) <= 3)  # one given back may still be going
 
 
 def test_idle_container_is_stopped_and_removed(hot: HotDaemon) -> None:
