@@ -20,13 +20,10 @@ a time (the one whose pool waits first, then the others by the slots they hold) 
 one frees a slot, one such round at a time per kind of waiting call. ``Slots`` asks
 again every ``PRESSURE_RETRY_S`` while calls wait, as in one process.
 
-A route's containers are evened out over the workers that ask for them: when one
-worker holds more than one more of them than a worker told ``RouteFull`` or
-``RouteElsewhere``, the broker keeps the next freed place of the route for the asking
-worker for ``RESERVE_S`` and asks the holder to give one back (``slot_give_back``:
-an idle container at once, else the next one to end its call). So a route at
-``max_concurrency`` 2 under load on two workers settles on one container in each, and
-its calls stop crossing between them.
+A route's containers are evened out over the workers that ask for them, so a route
+at ``max_concurrency`` 2 under load on two workers settles on one container in each
+and its calls stop crossing between them; a place given back is kept for the start
+that asked, and counts against the route from then on (``workers/route_places.py``).
 
 A worker that dies: its waits end at once (``detach``); its slots return once the
 parent has removed its containers (``release_worker``), so the node never runs more
@@ -51,16 +48,13 @@ from twisted.logger import Logger
 from ironfunctions.errors import Overloaded
 from ironfunctions.runner.admission import RouteElsewhere, RouteFull, Slots
 from ironfunctions.runner.fairqueue import RouteKey
+from ironfunctions.workers.route_places import ELSEWHERE, FULL, RESERVE_S, RoutePlaces
 
-__all__ = ["Channel", "RemoteSlots", "RouteElsewhere", "RouteFull", "SlotBroker"]
+__all__ = ["RESERVE_S", "Channel", "RemoteSlots", "RouteElsewhere", "RouteFull", "SlotBroker"]
 
 log = Logger()
 
-RESERVE_S = 2.0  # a route's place kept for the worker it was evened out for
-
 GRANTED = "ok"
-FULL = "full"
-ELSEWHERE = "elsewhere"
 
 # reclaim(scope, route, wanted): ``HotRunner.reclaim_idle``'s surface in a worker.
 WorkerReclaim = Callable[[str | None, RouteKey | None, int | None], bool]
@@ -81,11 +75,15 @@ def _route(value: Any) -> RouteKey | None:
 
 
 class _Wait:
-    __slots__ = ("route", "deferred")
+    __slots__ = ("route", "deferred", "for_slot")
 
     def __init__(self, route: RouteKey | None) -> None:
         self.route = route
-        self.deferred: Deferred[None] | None = None
+        self.deferred: Deferred[Any] | None = None
+        self.for_slot = False  # waiting in ``Slots`` (not for a place of its route)
+
+    def waiting_on(self, deferred: Deferred[Any]) -> None:
+        self.deferred = deferred
 
 
 class SlotBroker:
@@ -93,15 +91,11 @@ class SlotBroker:
 
     def __init__(self, slots: Slots, clock: IReactorTime) -> None:
         self.slots = slots
-        self._clock = clock
-        # route -> worker -> until when a place of the route is kept for it
-        self._reserved: dict[RouteKey, dict[int, float]] = {}
         slots.on_pressure(self._pressure)
         self._links: dict[int, Channel] = {}
         # worker -> (app, route) -> slots granted (route None: a cold container)
         self._granted: dict[int, dict[tuple[str, RouteKey | None], int]] = {}
-        # route -> worker -> its containers, granted or being granted
-        self._routes: dict[RouteKey, dict[int, int]] = {}
+        self._routes = RoutePlaces(clock, self._ask_give_back)
         # (worker, ticket) -> the start's wait for a slot
         self._waits: dict[tuple[int, int], _Wait] = {}
         self._pressing: set[tuple[str | None, RouteKey | None]] = set()
@@ -137,7 +131,7 @@ class SlotBroker:
 
     def route_containers(self, route: RouteKey) -> dict[int, int]:
         """The route's containers per worker, granted or being granted."""
-        return dict(self._routes.get(route, {}))
+        return self._routes.containers(route)
 
     async def acquire(self, worker: int, ticket: int, app: str, route: RouteKey | None, limit: int) -> Any:
         """A container start of ``worker``: ``GRANTED`` once a slot is its, ``FULL`` or
@@ -145,25 +139,19 @@ class SlotBroker:
         ``Overloaded`` as ``Slots.acquire``."""
         if worker not in self._links:
             raise Overloaded("worker is gone", retry_after=1)
-        if route is not None:
-            counts = self._routes.setdefault(route, {})
-            reserved = self._reservations(route)
-            if reserved.pop(worker, None) is None:
-                if sum(counts.values()) + len(reserved) >= max(1, limit):
-                    mine = counts.get(worker, 0)
-                    self._even_out(worker, route, mine, counts, reserved)
-                    if not counts:  # only places kept for others
-                        del self._routes[route]
-                        return FULL if mine else (ELSEWHERE, next(iter(reserved)))
-                    return FULL if mine else (ELSEWHERE, max(counts, key=lambda w: (counts[w], -w)))
-            counts[worker] = counts.get(worker, 0) + 1
         wait = self._waits[(worker, ticket)] = _Wait(route)  # known before Slots asks for pressure
         try:
-            wait.deferred = Deferred.fromCoroutine(self.slots.acquire(app, route))
-            await wait.deferred
-        except BaseException:
-            self._forget(worker, route)
-            raise
+            if route is not None:
+                refused = await self._routes.take(worker, route, limit, wait.waiting_on)
+                if refused is not None:
+                    return refused
+            try:
+                wait.for_slot = True
+                wait.deferred = Deferred.fromCoroutine(self.slots.acquire(app, route))
+                await wait.deferred
+            except BaseException:
+                self._forget(worker, route)
+                raise
         finally:
             self._waits.pop((worker, ticket), None)
         if worker not in self._links:  # it died while its start waited
@@ -173,39 +161,6 @@ class SlotBroker:
         granted = self._granted.setdefault(worker, {})
         granted[(app, route)] = granted.get((app, route), 0) + 1
         return GRANTED
-
-    def _reservations(self, route: RouteKey) -> dict[int, float]:
-        """The route's places kept for workers, the expired ones gone."""
-        reserved = self._reserved.get(route)
-        if reserved is None:
-            return {}
-        now = self._clock.seconds()
-        for worker in [w for w, until in reserved.items() if until <= now or w not in self._links]:
-            del reserved[worker]
-        if not reserved:
-            del self._reserved[route]
-            return {}
-        return reserved
-
-    def _even_out(self, worker: int, route: RouteKey, mine: int, counts: dict[int, int],
-                  reserved: dict[int, float]) -> None:
-        """``worker`` wants a container of ``route``, at its limit: if another worker
-        holds more than one more than it, keep the next place for ``worker`` and ask
-        that one to give a container back."""
-        if worker in reserved:
-            return
-        holder = max((w for w in counts if w != worker), key=lambda w: counts[w], default=None)
-        if holder is None or counts[holder] <= mine + 1 or holder not in self._links:
-            return
-        self._reserved.setdefault(route, {})[worker] = self._clock.seconds() + RESERVE_S
-        d = self._links[holder].request("slot_give_back", route)
-
-        def answered(gave: Any) -> None:
-            if not gave:  # it holds none any more: nothing is on its way
-                self._reserved.get(route, {}).pop(worker, None)
-
-        d.addCallbacks(answered, lambda f: log.warn("Worker {worker} could not give a container back: {error}",
-                                                    worker=holder, error=str(f.value)))
 
     def withdraw(self, worker: int, ticket: int) -> None:
         """``worker`` no longer wants the start ``ticket`` waits for (its call was
@@ -228,17 +183,13 @@ class SlotBroker:
         self._forget(worker, route)
         self.slots.release(app)
 
+    def _ask_give_back(self, holder: int, route: RouteKey) -> Deferred[Any] | None:
+        link = self._links.get(holder)
+        return None if link is None else link.request("slot_give_back", route)
+
     def _forget(self, worker: int, route: RouteKey | None) -> None:
-        if route is None:
-            return
-        counts = self._routes.get(route)
-        if counts is None or worker not in counts:
-            return
-        counts[worker] -= 1
-        if not counts[worker]:
-            del counts[worker]
-        if not counts:
-            del self._routes[route]
+        if route is not None:
+            self._routes.forget(worker, route)
 
     # -- pressure
 
@@ -249,7 +200,7 @@ class SlotBroker:
         key = (scope, route)
         if key in self._pressing:
             return False
-        requester = next((w for (w, _), wait in self._waits.items() if wait.route == route), None)
+        requester = next((w for (w, _), wait in self._waits.items() if wait.for_slot and wait.route == route), None)
         others = sorted((w for w in self._links if w != requester), key=lambda w: -self.held(w))
         order = ([requester] if requester is not None and requester in self._links else []) + others
         if not order:

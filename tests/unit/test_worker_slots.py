@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ironfunctions.errors import Overloaded
 from ironfunctions.runner.admission import PRESSURE_RETRY_S, RouteElsewhere, RouteFull, RouteKey, Slots
-from ironfunctions.workers.slots import RemoteSlots, SlotBroker
+from ironfunctions.workers.slots import RESERVE_S, RemoteSlots, SlotBroker
 
 
 class LoopChannel:
@@ -170,6 +170,77 @@ class BrokerTests(SynchronousTestCase):
         self.broker.detach(1)
         self.failureResultOf(self.acquire(1, "a"), Overloaded)
         assert self.slots.in_use == 0
+
+
+class EvenOutTests(SynchronousTestCase):
+    """A route at its limit, all of it in one worker, while another worker asks: the
+    holder gives one back and the place it frees goes to the asking start, and the
+    route never counts more than its ``max_concurrency`` containers meanwhile."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.slots = Slots(8, self.clock, max_waiting=10, wait_bound=5, app_limit=8)
+        self.broker = SlotBroker(self.slots, self.clock)
+        self.gives: list[int] = []
+        self.gave = True
+        self.workers: dict[int, RemoteSlots] = {}
+        for index in (0, 1):
+            parent_end, worker_end = pair()
+            self.broker.attach(index, parent_end)
+            self.workers[index] = RemoteSlots(worker_end, 8)
+            self.workers[index].on_give_back(self.give_back(index))
+        for _ in range(2):
+            self.successResultOf(self.acquire(0))
+
+    def give_back(self, index: int) -> Callable[[RouteKey], bool]:
+        def give(route: RouteKey) -> bool:
+            self.gives.append(index)
+            return self.gave
+        return give
+
+    def acquire(self, worker: int) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.workers[worker].acquire("a", HOT, 2))
+
+    def test_the_place_given_back_goes_to_the_asking_start_and_the_route_never_counts_three(self) -> None:
+        first = self.acquire(1)
+        second = self.acquire(1)  # two calls wait in worker 1: its pool starts two
+        self.assertNoResult(first)  # waits for the place worker 0 gives back
+        self.failureResultOf(second, RouteFull)  # its calls wait for the one on its way
+        assert self.gives == [0]
+        assert self.broker.route_containers(HOT) == {0: 2} and self.slots.in_use == 2
+        self.failureResultOf(self.acquire(0), RouteFull)  # the holder cannot take it back
+        self.workers[0].release("a", HOT)  # the container given back is gone
+        self.successResultOf(first)
+        assert self.broker.route_containers(HOT) == {0: 1, 1: 1} and self.slots.in_use == 2
+
+    def test_a_start_waits_for_the_place_at_most_reserve_s_then_goes_where_the_route_runs(self) -> None:
+        waiting = self.acquire(1)
+        self.clock.advance(RESERVE_S)
+        assert self.failureResultOf(waiting, RouteElsewhere).value.worker == 0
+        self.workers[0].release("a", HOT)  # given back late: free for whoever asks
+        self.successResultOf(self.acquire(0))
+        assert self.broker.route_containers(HOT) == {0: 2}
+
+    def test_a_holder_with_none_to_give_answers_at_once(self) -> None:
+        self.gave = False
+        self.failureResultOf(self.acquire(1), RouteElsewhere)
+        assert self.broker.route_containers(HOT) == {0: 2}
+
+    def test_a_withdrawn_start_keeps_no_place(self) -> None:
+        waiting = self.acquire(1)
+        waiting.cancel()
+        self.failureResultOf(waiting, Overloaded)
+        self.workers[0].release("a", HOT)
+        assert self.broker.route_containers(HOT) == {0: 1}
+        self.successResultOf(self.acquire(0))  # the place is free for anyone
+
+    def test_a_dead_workers_kept_place_is_given_up(self) -> None:
+        waiting = self.acquire(1)
+        self.broker.detach(1)
+        self.failureResultOf(waiting, Overloaded)
+        self.workers[0].release("a", HOT)
+        self.successResultOf(self.acquire(0))
+        assert self.broker.route_containers(HOT) == {0: 2}
 
 
 class PressureTests(SynchronousTestCase):
