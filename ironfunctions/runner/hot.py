@@ -165,13 +165,19 @@ class HotRunner:
             return True
         return False
 
-    def give_back_route(self, route: RouteKey) -> bool:
+    def give_back_route(self, route: RouteKey, idle_only: bool = False) -> bool:
         """Give one of ``route``'s containers back (another worker process of the node
-        holds fewer of them: ``workers/slots.py`` evens a route out over workers); an
-        idle one at once, else the next one to end its call. False if it holds none."""
+        holds fewer of them, or has calls waiting while one here idles:
+        ``workers/route_places.py``); an idle one at once, else the next one to end
+        its call. False if it holds none (or, ``idle_only``, none idle for
+        ``RECLAIM_MIN_IDLE_S``)."""
         pool = self._pools.get(route)
         if pool is None or pool.share <= 0:
             return False
+        if idle_only:
+            since = pool.least_recently_used()
+            if since is None or self._context.clock.seconds() - since < RECLAIM_MIN_IDLE_S:
+                return False
         pool.give_back()
         return True
 

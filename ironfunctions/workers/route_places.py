@@ -7,8 +7,11 @@ else ``(ELSEWHERE, holder)``: its calls go to the worker holding the most.
 
 Evening out: when another worker holds more than one more of the route's containers
 than the asking worker, that worker is asked to give one back (``give_back(holder,
-route)``: an idle container at once, else the next one to end its call), and the
-place it frees is kept for the asking start, which waits for it up to ``RESERVE_S``.
+route, False)``: an idle container at once, else the next one to end its call); else,
+when the asking worker holds some (its calls wait for them), a worker holding some
+is asked for one that has been idle ``RECLAIM_MIN_IDLE_S`` (``give_back(holder,
+route, True)``: calls must not wait in one worker while a container idles in another).
+The place freed is kept for the asking start, which waits for it up to ``RESERVE_S``.
 The worker's other starts of the route are told ``FULL`` meanwhile (its calls wait
 for the one on its way). A kept place counts against the route from the moment it
 is kept, so the route never has more than ``max_concurrency`` containers counted,
@@ -34,10 +37,10 @@ RESERVE_S = 2.0  # how long a start waits for the place of a route evened out fo
 FULL = "full"
 ELSEWHERE = "elsewhere"
 
-# give_back(holder, route): ask worker ``holder`` to give a container of ``route``
-# back; fires True when one is on its way, False when it holds none (None: the
-# worker is gone).
-GiveBack = Callable[[int, RouteKey], "Deferred[Any] | None"]
+# give_back(holder, route, idle_only): ask worker ``holder`` to give a container of
+# ``route`` back; fires True when one is on its way, False when it holds none (or
+# none idle long enough); None: the worker is gone.
+GiveBack = Callable[[int, RouteKey, bool], "Deferred[Any] | None"]
 
 
 class _Place:
@@ -77,9 +80,9 @@ class RoutePlaces:
             if self._room(route, limit):
                 self._count(worker, route)
                 return None
-            holder = self._holder_to_even_out(worker, route)
+            holder, idle_only = self._holder_to_ask(worker, route)
             if holder is not None:
-                place = self._keep(worker, route, limit, holder)
+                place = self._keep(worker, route, limit, holder, idle_only)
                 waiting(place.deferred)
                 if await place.deferred:  # handed over: counted for it
                     return None
@@ -121,16 +124,23 @@ class RoutePlaces:
         counts = self._counts.setdefault(route, {})
         counts[worker] = counts.get(worker, 0) + 1
 
-    def _holder_to_even_out(self, worker: int, route: RouteKey) -> int | None:
-        """The worker to give a container of the route back for ``worker``: one holding
-        more than one more of them than ``worker``."""
+    def _holder_to_ask(self, worker: int, route: RouteKey) -> tuple[int | None, bool]:
+        """The worker to give a container of the route back for ``worker``, and
+        whether only an idle one: one holding more than one more of them than
+        ``worker`` (any of its containers); else, when ``worker`` holds some (its
+        calls wait for them), the one holding the most (an idle one). A worker
+        holding none sends its calls to the holder instead (``ELSEWHERE``): moving a
+        container costs a start, sending a call costs a hop."""
         counts = self._counts.get(route, {})
         holder = max((w for w in counts if w != worker), key=lambda w: counts[w], default=None)
-        if holder is None or counts[holder] <= counts.get(worker, 0) + 1:
-            return None
-        return holder
+        if holder is None:
+            return None, True
+        mine = counts.get(worker, 0)
+        if counts[holder] > mine + 1:
+            return holder, False
+        return (holder, True) if mine else (None, True)
 
-    def _keep(self, worker: int, route: RouteKey, limit: int, holder: int) -> _Place:
+    def _keep(self, worker: int, route: RouteKey, limit: int, holder: int, idle_only: bool) -> _Place:
         """Keep the next place of ``route`` for ``worker``'s start and ask ``holder``
         to give a container back. The place's Deferred fires True once the place is
         counted for ``worker``, False when ``holder`` has none to give or ``RESERVE_S``
@@ -141,16 +151,17 @@ class RoutePlaces:
         place = _Place(worker, limit, Deferred(cancel))
         self._kept.setdefault(route, {})[worker] = place
         place.timer = self._clock.callLater(RESERVE_S, self._give_up, route, place)
-        log.debug("Route {app}{path} at its max_concurrency: worker {holder} gives a container back for worker {worker}",
-                  app=route[0], path=route[1], holder=holder, worker=worker)
-        asked = self._give_back(holder, route)
+        asked = self._give_back(holder, route, idle_only)
         if asked is None:
             self._give_up(route, place)
             return place
 
         def answered(gave: Any) -> None:
-            if not gave:  # it holds none any more: nothing is on its way
+            if not gave:  # none to give (idle long enough): nothing is on its way
                 self._give_up(route, place)
+                return
+            log.debug("Route {app}{path} at its max_concurrency: worker {holder} gives a container back for worker {worker}",
+                      app=route[0], path=route[1], holder=holder, worker=worker)
 
         def failed(f: Any) -> None:
             log.warn("Worker {worker} could not give a container back: {error}", worker=holder, error=str(f.value))

@@ -183,9 +183,9 @@ class SlotBroker:
         self._forget(worker, route)
         self.slots.release(app)
 
-    def _ask_give_back(self, holder: int, route: RouteKey) -> Deferred[Any] | None:
+    def _ask_give_back(self, holder: int, route: RouteKey, idle_only: bool) -> Deferred[Any] | None:
         link = self._links.get(holder)
-        return None if link is None else link.request("slot_give_back", route)
+        return None if link is None else link.request("slot_give_back", route, idle_only)
 
     def _forget(self, worker: int, route: RouteKey | None) -> None:
         if route is not None:
@@ -244,18 +244,18 @@ class RemoteSlots:
         self._held: dict[str, int] = {}
         self._tickets = count(1)
         self._pressure: list[WorkerReclaim] = []
-        self._give_back: Callable[[RouteKey], bool] = lambda route: False
+        self._give_back: Callable[[RouteKey, bool], bool] = lambda route, idle_only: False
         link.handle("slot_reclaim", self._reclaim)
-        link.handle("slot_give_back", lambda route: self._give_back(_route(route) or ("", "")))
+        link.handle("slot_give_back", lambda route, idle_only: self._give_back(_route(route) or ("", ""), idle_only))
 
     def on_pressure(self, reclaim: WorkerReclaim) -> None:
         """Call ``reclaim(scope, route, wanted)`` when the parent asks this worker to
         free a slot (``HotRunner.reclaim_idle``)."""
         self._pressure.append(reclaim)
 
-    def on_give_back(self, give_back: Callable[[RouteKey], bool]) -> None:
-        """Call ``give_back(route)`` when the parent evens ``route`` out over workers
-        (``HotRunner.give_back_route``)."""
+    def on_give_back(self, give_back: Callable[[RouteKey, bool], bool]) -> None:
+        """Call ``give_back(route, idle_only)`` when the parent evens ``route`` out over
+        workers (``HotRunner.give_back_route``)."""
         self._give_back = give_back
 
     def held(self, app: str) -> int:

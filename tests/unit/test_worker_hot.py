@@ -108,6 +108,17 @@ class WorkerNodeTests(SynchronousTestCase):
         assert all(not load.failures for load in loads)
         assert self.starts() <= 3  # warm-up, worker 0's second (given back), worker 1's
 
+    def test_calls_waiting_in_one_worker_get_the_container_idling_in_the_other(self) -> None:
+        self.warm(self.workers[0], 2)
+        self.warm(self.workers[1], 2)  # one container of the route in each
+        assert self.broker.route_containers(("a", "/hot1")) == {0: 1, 1: 1}
+        load = self.load(self.workers[1], 4, 2)  # the route's calls now reach worker 1 only
+        self.advance(3)
+        assert self.broker.route_containers(("a", "/hot1")) == {1: 2}
+        load.running = False
+        self.advance(1)
+        assert not load.failures and self.workers[1].sent("forward") == 0
+
     def test_a_worker_whose_route_is_full_does_not_ask_the_parent_per_call(self) -> None:
         self.warm(self.workers[0], 2)
         loads = [self.load(w, 4, 2) for w in self.workers]

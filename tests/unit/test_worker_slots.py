@@ -181,7 +181,7 @@ class EvenOutTests(SynchronousTestCase):
         self.clock = Clock()
         self.slots = Slots(8, self.clock, max_waiting=10, wait_bound=5, app_limit=8)
         self.broker = SlotBroker(self.slots, self.clock)
-        self.gives: list[int] = []
+        self.gives: list[tuple[int, bool]] = []
         self.gave = True
         self.workers: dict[int, RemoteSlots] = {}
         for index in (0, 1):
@@ -192,9 +192,9 @@ class EvenOutTests(SynchronousTestCase):
         for _ in range(2):
             self.successResultOf(self.acquire(0))
 
-    def give_back(self, index: int) -> Callable[[RouteKey], bool]:
-        def give(route: RouteKey) -> bool:
-            self.gives.append(index)
+    def give_back(self, index: int) -> Callable[[RouteKey, bool], bool]:
+        def give(route: RouteKey, idle_only: bool) -> bool:
+            self.gives.append((index, idle_only))
             return self.gave
         return give
 
@@ -206,7 +206,7 @@ class EvenOutTests(SynchronousTestCase):
         second = self.acquire(1)  # two calls wait in worker 1: its pool starts two
         self.assertNoResult(first)  # waits for the place worker 0 gives back
         self.failureResultOf(second, RouteFull)  # its calls wait for the one on its way
-        assert self.gives == [0]
+        assert self.gives == [(0, False)]  # any of its containers: the next free one
         assert self.broker.route_containers(HOT) == {0: 2} and self.slots.in_use == 2
         self.failureResultOf(self.acquire(0), RouteFull)  # the holder cannot take it back
         self.workers[0].release("a", HOT)  # the container given back is gone
@@ -233,6 +233,31 @@ class EvenOutTests(SynchronousTestCase):
         self.workers[0].release("a", HOT)
         assert self.broker.route_containers(HOT) == {0: 1}
         self.successResultOf(self.acquire(0))  # the place is free for anyone
+
+    def one_each(self) -> None:
+        self.workers[0].release("a", HOT)
+        self.successResultOf(self.acquire(1))
+        assert self.broker.route_containers(HOT) == {0: 1, 1: 1}
+
+    def test_a_worker_whose_calls_wait_gets_the_container_idling_in_another(self) -> None:
+        self.one_each()
+        waiting = self.acquire(1)  # worker 1's calls wait for its one container
+        assert self.gives == [(0, True)]  # only one that has idled a while
+        self.assertNoResult(waiting)
+        self.workers[0].release("a", HOT)
+        self.successResultOf(waiting)
+        assert self.broker.route_containers(HOT) == {1: 2}
+
+    def test_with_none_idle_the_worker_is_told_full_at_once(self) -> None:
+        self.one_each()
+        self.gave = False
+        self.failureResultOf(self.acquire(1), RouteFull)
+        assert self.broker.route_containers(HOT) == {0: 1, 1: 1}
+
+    def test_a_worker_holding_none_sends_its_calls_rather_than_move_a_container(self) -> None:
+        self.workers[0].release("a", HOT)  # worker 0 holds 1 of a route at 1
+        elsewhere = self.failureResultOf(Deferred.fromCoroutine(self.workers[1].acquire("a", HOT, 1)), RouteElsewhere)
+        assert elsewhere.value.worker == 0 and self.gives == []
 
     def test_a_dead_workers_kept_place_is_given_up(self) -> None:
         waiting = self.acquire(1)
