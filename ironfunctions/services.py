@@ -54,6 +54,22 @@ class IronFunctionsService(MultiService):
         return Deferred.fromCoroutine(stop_in_order())
 
 
+def settled(d: Deferred[Any] | None) -> Deferred[None]:
+    """A Deferred that fires None (never fails) once ``d`` has fired, whatever its
+    result: at once if ``d`` is None or has fired. ``d`` keeps its own result."""
+    done: Deferred[None] = Deferred()
+    if d is None:
+        done.callback(None)
+    else:
+
+        def fire(result: object) -> object:
+            done.callback(None)
+            return result
+
+        d.addBoth(fire)
+    return done
+
+
 class Startable(Protocol):
     async def start(self) -> None: ...
 

@@ -24,14 +24,9 @@ MAX_SAMPLES = 4096  # bounds memory; at a higher call rate the window is the las
 
 
 @implementer(IMetrics)
-class WaitWindow:
-    """The ``run.wait_time`` figures of the last ``window`` seconds (at most
-    ``max_samples`` of them). Never raises."""
-
-    def __init__(self, clock: IReactorTime, window: float = WINDOW_S, max_samples: int = MAX_SAMPLES) -> None:
-        self._clock = clock
-        self._window = window
-        self._samples: deque[tuple[float, int]] = deque(maxlen=max_samples)
+class WaitSink:
+    """A metrics sink that keeps only the ``run.wait_time`` figures: each goes to
+    ``add``. Never raises."""
 
     def count(self, name: str, value: int = 1, **fields: Any) -> None:
         pass
@@ -41,12 +36,28 @@ class WaitWindow:
 
     def timing(self, name: str, ms: int, **fields: Any) -> None:
         if name == WAIT_METRIC:
-            self._samples.append((self._clock.seconds(), ms))
+            self.add(int(ms))
 
     def many(self, samples: Sequence[tuple[str, str, int]], **fields: Any) -> None:
         for _kind, name, value in samples:
             if name == WAIT_METRIC:
-                self._samples.append((self._clock.seconds(), value))
+                self.add(int(value))
+
+    def add(self, ms: int) -> None:
+        raise NotImplementedError
+
+
+class WaitWindow(WaitSink):
+    """The ``run.wait_time`` figures of the last ``window`` seconds (at most
+    ``max_samples`` of them). Never raises."""
+
+    def __init__(self, clock: IReactorTime, window: float = WINDOW_S, max_samples: int = MAX_SAMPLES) -> None:
+        self._clock = clock
+        self._window = window
+        self._samples: deque[tuple[float, int]] = deque(maxlen=max_samples)
+
+    def add(self, ms: int) -> None:
+        self._samples.append((self._clock.seconds(), ms))
 
     def extend(self, values: Iterable[int]) -> None:
         """Figures seen elsewhere, as of now: a node's workers report theirs to the

@@ -39,6 +39,7 @@ from ironfunctions.models import (
 from ironfunctions.runner.admission import DEFAULT_MAX_WAITING, DEFAULT_WAIT_BOUND_S, Slots, SlotSource
 from ironfunctions.runner.plan import FunctionPolicy, container_spec
 from ironfunctions.runner.stderr_log import StderrLog
+from ironfunctions.services import settled
 
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 CLEANUP_TIMEOUT_S = 30.0
@@ -219,17 +220,7 @@ class Agent(Service):
 
     def when_ready(self) -> Deferred[None]:
         """Fires once the start-up cleanup is done (never fails)."""
-        d: Deferred[None] = Deferred()
-        if self._ready is None:
-            d.callback(None)
-        else:
-
-            def fire(result: object) -> object:
-                d.callback(None)
-                return result
-
-            self._ready.addBoth(fire)
-        return d
+        return settled(self._ready)
 
     def stopService(self) -> Deferred[None]:
         """Refuse new calls, let in-flight ones finish (at most ``drain_timeout`` s),

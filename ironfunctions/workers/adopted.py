@@ -17,12 +17,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ironfunctions.workers.board import ConnectionBoard
+from ironfunctions.workers.board import STARTING, ConnectionBoard
 
 log = Logger()
 
 DEFER_S = 0.002
-STARTING = 1 << 40  # what a worker whose backends are not ready yet counts as holding
 STARTING_DEFER_S = 0.1
 PUBLISH_S = 0.05  # connections also close: the count is published this often too
 
@@ -48,9 +47,9 @@ class AdoptedPortService(Service):
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()  # type: ignore[no-untyped-call]
         if self._ready is not None:
-            # Until its backends answer, it counts as holding STARTING connections: a
-            # ready sibling takes new clients first; with none ready, this one answers
-            # them (503 at once, as a single process would, rather than no answer).
+            # Until its backends answer, it is STARTING on the board: a ready sibling
+            # takes new clients first; with none ready, this one answers them (503 at
+            # once, as a single process would, rather than no answer).
             self._starting = True
             self._ready().addCallback(self._now_ready).addErrback(
                 lambda f: log.failure("A worker could not say it is ready", f))

@@ -18,7 +18,9 @@ import os
 import struct
 
 _SLOT = struct.Struct("=q")
-NOT_ACCEPTING = -1  # a slot's value while its worker is gone or still starting
+# A slot's value when it is not a count of connections:
+NOT_ACCEPTING = -1  # its worker is gone (or not started yet)
+STARTING = -2  # its worker accepts, but its backends are not ready: a ready one goes first
 
 
 class ConnectionBoard:
@@ -37,7 +39,7 @@ class ConnectionBoard:
             os.close(fd)
 
     def publish(self, count: int) -> None:
-        """This worker holds ``count`` connections now."""
+        """This worker holds ``count`` connections now (or is ``STARTING``)."""
         assert self.index is not None
         _SLOT.pack_into(self._map, self.index * _SLOT.size, count)
 
@@ -49,11 +51,15 @@ class ConnectionBoard:
         return [_SLOT.unpack_from(self._map, i * _SLOT.size)[0] for i in range(self.workers)]
 
     def least_loaded(self) -> bool:
-        """Whether no other worker holds fewer connections than this one."""
+        """Whether no other ready worker holds fewer connections than this one (a
+        ``STARTING`` worker: whether no other is ready)."""
         assert self.index is not None
         counts = self.counts()
         mine = counts[self.index]
-        return all(mine <= c for i, c in enumerate(counts) if i != self.index and c != NOT_ACCEPTING)
+        ready = [c for i, c in enumerate(counts) if i != self.index and c >= 0]
+        if mine == STARTING:
+            return not ready
+        return all(mine <= c for c in ready)
 
     def close(self) -> None:
         self._map.close()

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.models import LABEL_NODE, LABEL_WORKER
 from ironfunctions.runner.agent import CLEANUP_TIMEOUT_S, remove_labelled
+from ironfunctions.services import settled
 
 log = Logger()
 
@@ -72,23 +73,15 @@ class NodeCleanupService(Service):
 
     def when_ready(self) -> Deferred[None]:
         """Fires once the start's removal is done (never fails): spawn workers then."""
-        d: Deferred[None] = Deferred()
-        if self._ready is None or self._ready.called:
-            d.callback(None)
-        else:
-
-            def fire(result: object) -> object:
-                d.callback(None)
-                return result
-
-            self._ready.addBoth(fire)
-        return d
+        return settled(self._ready)
 
     def worker_gone(self, index: int) -> Deferred[None]:
         """Worker ``index`` died: remove its containers and wipe its hot-socket
         directory. Fires when done (never fails)."""
-        # A few small directories: cheap enough for the parent's reactor, which serves
-        # no calls, and it must be gone before the replacement makes its own.
+        # On the reactor: one directory and a socket file per hot container, a few
+        # microseconds even for hundreds (the parent relays forwarded calls and slot
+        # grants meanwhile, so anything slower would go to a thread). It must be gone
+        # before the replacement makes its own.
         shutil.rmtree(worker_socket_dir(self._socket_root, index), ignore_errors=True)
         labels = {LABEL_NODE: self._node_id, LABEL_WORKER: str(index)}
         return Deferred.fromCoroutine(self._remove(labels, "Removed {count} containers of dead worker {worker}",

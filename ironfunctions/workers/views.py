@@ -32,12 +32,10 @@ from typing import Any, Callable, Mapping, Sequence
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import implementer
 
-from ironfunctions.balancer.waits import WAIT_METRIC, WaitWindow
+from ironfunctions.balancer.waits import WaitSink, WaitWindow
 from ironfunctions.balancer.weight import Load
 from ironfunctions.errors import NotReady
-from ironfunctions.metrics.interface import IMetrics
 from ironfunctions.services import PeriodicService
 from ironfunctions.workers.slots import Channel
 
@@ -123,28 +121,15 @@ class NodeViews:
         return totals
 
 
-@implementer(IMetrics)
-class WaitSamples:
+class WaitSamples(WaitSink):
     """A worker's metrics sink: the ``run.wait_time`` figures since the last ``take``
     (the newest ``max_samples`` of them). Per call it only appends to a deque."""
 
     def __init__(self, max_samples: int = MAX_SAMPLES) -> None:
         self._samples: deque[int] = deque(maxlen=max_samples)
 
-    def count(self, name: str, value: int = 1, **fields: Any) -> None:
-        pass
-
-    def gauge(self, name: str, value: int, **fields: Any) -> None:
-        pass
-
-    def timing(self, name: str, ms: int, **fields: Any) -> None:
-        if name == WAIT_METRIC:
-            self._samples.append(int(ms))
-
-    def many(self, samples: Sequence[tuple[str, str, int]], **fields: Any) -> None:
-        for _kind, name, value in samples:
-            if name == WAIT_METRIC:
-                self._samples.append(int(value))
+    def add(self, ms: int) -> None:
+        self._samples.append(ms)
 
     def take(self) -> list[int]:
         """The figures gathered since the last ``take``."""
