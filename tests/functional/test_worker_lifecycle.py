@@ -183,29 +183,20 @@ def sleeping_node(test_images: dict[str, str], daemon_factory: DaemonFactory,  #
     return daemon, node_id, conns
 
 
-def test_a_cancel_landing_on_the_other_worker_stops_a_call_with_no_record_yet(
+@pytest.mark.parametrize("runs_on, record", [(0, "none yet"), (1, "running")])
+def test_a_cancel_landing_on_the_other_worker_stops_the_call(
     sleeping_node: tuple[Daemon, str, dict[int, WorkerConnection]], engine: docker.DockerClient,
+    runs_on: int, record: str,
 ) -> None:
     daemon, node_id, conns = sleeping_node
-    thread, out, call_id = sleeping_call_on(conns[0], engine, node_id)
+    other = conns[1 - runs_on]
+    thread, out, call_id = sleeping_call_on(conns[runs_on], engine, node_id)
+    if record == "running":
+        until(lambda: other.request("GET", f"/v1/apps/myapp/calls/{call_id}").status == 200, why="its running record")
     started = time.monotonic()
-    reply = conns[1].request("DELETE", f"/v1/apps/myapp/calls/{call_id}")
+    reply = other.request("DELETE", f"/v1/apps/myapp/calls/{call_id}")
     assert reply.status == 200, (reply.status, reply.body)
     assert (reply.json()["call"]["status"], reply.json()["call"]["reason"]) == ("cancelled", "client_request")
-    assert_cancelled_reply(thread, out, call_id, within=2)
-    assert_gone_within(engine, call_id, started, 5)
-    assert_final_record_cancelled(daemon, call_id)
-
-
-def test_a_cancel_landing_on_the_other_worker_stops_a_call_with_a_running_record(
-    sleeping_node: tuple[Daemon, str, dict[int, WorkerConnection]], engine: docker.DockerClient,
-) -> None:
-    daemon, node_id, conns = sleeping_node
-    thread, out, call_id = sleeping_call_on(conns[1], engine, node_id)
-    until(lambda: conns[0].request("GET", f"/v1/apps/myapp/calls/{call_id}").status == 200, why="its running record")
-    started = time.monotonic()
-    reply = conns[0].request("DELETE", f"/v1/apps/myapp/calls/{call_id}")
-    assert reply.status == 200, (reply.status, reply.body)
     assert_cancelled_reply(thread, out, call_id, within=2)
     assert_gone_within(engine, call_id, started, 5)
     assert_final_record_cancelled(daemon, call_id)

@@ -12,6 +12,7 @@ by each worker (``tests/workers.py``).
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 import time
 import uuid
@@ -89,6 +90,12 @@ def hammer(conns: dict[int, WorkerConnection], path: str, seconds: float) -> dic
     return statuses
 
 
+def at_once(conns: list[WorkerConnection], path: str, headers: dict[str, str] | None = None) -> list[int]:
+    """One call over each of ``conns``, all at once: their statuses."""
+    with ThreadPoolExecutor(len(conns)) as pool:
+        return list(pool.map(lambda c: c.request("POST", path, "hi", headers).status, conns))
+
+
 def test_a_hot_route_at_one_runs_one_container_whichever_worker_its_calls_reach(
     test_images: dict[str, str], daemon_factory: DaemonFactory, engine: docker.DockerClient,  # noqa: F811
 ) -> None:
@@ -112,13 +119,7 @@ def test_a_hot_route_at_two_ends_with_a_container_in_each_worker(
     second = connections_on_each_worker(daemon, wait_workers(daemon.proc.pid, 2))
     # Two calls at once on worker 0 (its function sleeps 1 s): the route's two
     # containers both start there.
-    slow = {"X-Mode": "sleep", "X-Sleep": "1"}
-    threads = [threading.Thread(target=lambda c=c: c.request("POST", "/r/app/hot", "hi", slow))
-               for c in (conns[0], second[0])]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert at_once([conns[0], second[0]], "/r/app/hot", {"X-Mode": "sleep", "X-Sleep": "1"}) == [200, 200]
     assert sorted(label[LABEL_WORKER] for label in running(engine, node)) == ["0", "0"]
     statuses = hammer(conns, "/r/app/hot", 4)
     assert all(code == 200 for s in statuses.values() for code in s)
@@ -138,13 +139,7 @@ def test_max_concurrency_counts_both_workers_containers(
     pools = [connections_on_each_worker(daemon, workers) for _ in range(3)]
     conns = [c for pool in pools for c in pool.values()]
     assert {c.worker for c in conns} == {0, 1}
-    results: list[int] = []
     with counting(engine, node) as seen:
-        threads = [threading.Thread(target=lambda c=c: results.append(c.request("POST", "/r/app/sleep", "").status))
-                   for c in conns]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = at_once(conns, "/r/app/sleep")
     assert results == [200] * 6
     assert max(seen) == 2  # never 3 or 4, though each worker had 3 calls at once
