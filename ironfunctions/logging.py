@@ -107,11 +107,12 @@ def _fields(event: dict[str, Any], skip: frozenset[str] | set[str]) -> list[str]
     ]
 
 
-def format_logfmt(event: dict[str, Any]) -> str:
+def format_logfmt(event: dict[str, Any], tag: str = "") -> str:
     """Render one event as logfmt: one line (without the final newline), or, for a
-    batch of metrics (``metrics.LogMetrics.many``), one line per metric."""
+    batch of metrics (``metrics.LogMetrics.many``), one line per metric. ``tag``
+    (e.g. ``" worker=1"``) follows the level on every line."""
     stamp = event.get("log_time") or time.time()
-    head = _timestamp(stamp) + " level=" + _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "info")
+    head = _timestamp(stamp) + " level=" + _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "info") + tag
     lines = event.get("metric_lines")
     if lines is not None:  # already rendered by metrics.LogMetrics
         if not lines:
@@ -143,24 +144,27 @@ def format_logfmt(event: dict[str, Any]) -> str:
 
 @implementer(ILogObserver)
 class LogfmtObserver:
-    """Write each event as one logfmt line to a text stream."""
+    """Write each event as one logfmt line to a text stream; ``worker``: the worker
+    process writing (``WORKERS`` > 1), named on every line."""
 
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[str], worker: int | None = None) -> None:
         self._out = out
+        self._tag = "" if worker is None else f" worker={worker}"
 
     def __call__(self, event: dict[str, Any]) -> None:
         try:
-            line = format_logfmt(event)
+            line = format_logfmt(event, self._tag)
         except Exception as e:  # a bad event must never break logging
             line = f"level=error msg={logfmt_value('unformattable log event: ' + repr(e))}"
         self._out.write(line + "\n")
         self._out.flush()
 
 
-def make_observer(level: str = "info", out: IO[str] | None = None) -> ILogObserver:
-    """A logfmt observer that drops events below ``level``."""
+def make_observer(level: str = "info", out: IO[str] | None = None, worker: int | None = None) -> ILogObserver:
+    """A logfmt observer that drops events below ``level`` (``worker``: see
+    ``LogfmtObserver``)."""
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
-    return FilteringLogObserver(LogfmtObserver(out or sys.stdout), [predicate])
+    return FilteringLogObserver(LogfmtObserver(out or sys.stdout, worker), [predicate])
 
 
 def observer() -> ILogObserver:

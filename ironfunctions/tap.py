@@ -100,7 +100,7 @@ def makeService(options: Any) -> IService:  # noqa: N802 (Twisted API)
     worker = int(worker_env) if worker_env is not None else None
     if worker is not None:  # NUM_ASYNC, MAX_BUFFERED, MAX_SPOOLED: this worker's share (workers/shares.py)
         config = worker_config(config, worker)
-    root = IronFunctionsService(make_observer(config.log_level))
+    root = IronFunctionsService(make_observer(config.log_level, worker=worker))
     link: Link | None = None
     if worker is not None:  # the parent's end: slots; its loss ends this worker
         shutting_down: list[bool] = []

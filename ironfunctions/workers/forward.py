@@ -59,7 +59,7 @@ class Forwarder:
             fields = await self._link.request(
                 "forward", worker, route_tuple(call.route, call.app_config), call.id, request_tuple(call.request))
         except WorkerLinkError as e:
-            log.warn("Forwarded call {call_id} lost: {error}", call_id=call.id, error=str(e), worker=worker)
+            log.warn("Forwarded call {call_id} lost: {error}", call_id=call.id, error=str(e), to_worker=worker)
             return CallResult(call.id, CallStatus.ERROR, error=WORKER_GONE)
         return result_from_tuple(fields)
 

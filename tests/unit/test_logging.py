@@ -154,3 +154,18 @@ def test_escaped_values_keep_the_line_whole() -> None:
     assert line.endswith('line="a\\x1b]0;title\\x07\\r\\nforged=1\\u2028b\\x85"')
     # Printable text outside ASCII is kept as it is.
     assert logfmt_value("héllo wörld ✓") == '"héllo wörld ✓"'
+
+
+def test_a_worker_process_names_itself_on_every_line_metrics_included() -> None:
+    out = io.StringIO()
+    observer = make_observer("info", out, worker=1)
+    globalLogPublisher.addObserver(observer)
+    try:
+        Logger(observer=observer).info("ready")
+        LogMetrics().count("run.requests", 1, app="myapp")
+        LogMetrics().many([("count", "run.requests", 1), ("time", "run.wait_time", 3)], app="myapp")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 5
+    assert all(" level=info worker=1 " in line for line in lines), lines
