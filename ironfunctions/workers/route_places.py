@@ -108,14 +108,17 @@ class RoutePlaces:
         counts[worker] -= 1
         if not counts[worker]:
             del counts[worker]
+        handed: list[_Place] = []
         for place in list(self._kept.get(route, {}).values()):
             if sum(counts.values()) >= place.limit:
                 break
             self._unkeep(route, place)
             counts[place.worker] = counts.get(place.worker, 0) + 1
-            place.deferred.callback(True)
+            handed.append(place)
         if not counts:
             del self._counts[route]
+        for place in handed:  # last: each start goes on at once, and may come back here
+            place.deferred.callback(True)
 
     def _room(self, route: RouteKey, limit: int) -> bool:
         return sum(self._counts.get(route, {}).values()) + len(self._kept.get(route, {})) < limit

@@ -96,12 +96,19 @@ def at_once(conns: list[WorkerConnection], path: str, headers: dict[str, str] | 
         return list(pool.map(lambda c: c.request("POST", path, "hi", headers).status, conns))
 
 
+def hot_node(daemon_factory: DaemonFactory, max_concurrency: int) -> tuple[Daemon, str, dict[int, WorkerConnection]]:
+    """A node of two workers with the hot route ``/r/app/hot``: the daemon, its NODE_ID
+    and a connection held by each worker."""
+    daemon = start(daemon_factory)
+    daemon.add_route("app", "/hot", image_tag("hotfn"), format="http", max_concurrency=max_concurrency,
+                     idle_timeout=300)
+    return (daemon, *node_of(daemon))
+
+
 def test_a_hot_route_at_one_runs_one_container_whichever_worker_its_calls_reach(
     test_images: dict[str, str], daemon_factory: DaemonFactory, engine: docker.DockerClient,  # noqa: F811
 ) -> None:
-    daemon = start(daemon_factory)
-    daemon.add_route("app", "/hot", image_tag("hotfn"), format="http", max_concurrency=1, idle_timeout=300)
-    node, conns = node_of(daemon)
+    _, node, conns = hot_node(daemon_factory, 1)
     with counting(engine, node) as seen:
         statuses = hammer(conns, "/r/app/hot", 3)
     assert all(len(s) > 50 for s in statuses.values()), {w: len(s) for w, s in statuses.items()}
@@ -112,9 +119,7 @@ def test_a_hot_route_at_one_runs_one_container_whichever_worker_its_calls_reach(
 def test_a_hot_route_at_two_ends_with_a_container_in_each_worker(
     test_images: dict[str, str], daemon_factory: DaemonFactory, engine: docker.DockerClient,  # noqa: F811
 ) -> None:
-    daemon = start(daemon_factory)
-    daemon.add_route("app", "/hot", image_tag("hotfn"), format="http", max_concurrency=2, idle_timeout=300)
-    node, conns = node_of(daemon)
+    daemon, node, conns = hot_node(daemon_factory, 2)
     assert daemon.proc is not None
     second = connections_on_each_worker(daemon, wait_workers(daemon.proc.pid, 2))
     # Two calls at once on worker 0 (its function sleeps 1 s): the route's two
