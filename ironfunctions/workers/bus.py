@@ -34,7 +34,7 @@ from ironfunctions.calls.model import CallRecord
 from ironfunctions.cancelbus.interface import CancelHandler, ICancelBus
 from ironfunctions.cancelbus.wire import record_from_json, record_to_json
 from ironfunctions.errors import QueueUnavailable
-from ironfunctions.workers.slots import Channel
+from ironfunctions.workers.channel import Channel, Relay
 from ironfunctions.workers.wire import WorkerLinkError
 
 log = Logger()
@@ -108,28 +108,18 @@ def app_ender(link: Channel, clock: IReactorTime,
     return elsewhere
 
 
-class CancelRelay:
+class CancelRelay(Relay):
     """The parent's side: relays cancels and ended apps between its workers."""
 
-    def __init__(self) -> None:
-        self._links: dict[int, Channel] = {}
-
-    def attach(self, worker: int, link: Channel) -> None:
-        self._links[worker] = link
+    def serve(self, worker: int, link: Channel) -> None:
         link.handle("bus_publish", lambda app, call_id: Deferred.fromCoroutine(
             self._publish(worker, app, call_id)))
         link.handle("app_calls_end", lambda app: Deferred.fromCoroutine(self._end_app(worker, app)))
 
-    def detach(self, worker: int) -> None:
-        self._links.pop(worker, None)
-
-    def _others(self, worker: int) -> list[tuple[int, Channel]]:
-        return [(index, link) for index, link in sorted(self._links.items()) if index != worker]
-
     async def _publish(self, sender: int, app_name: str, call_id: str) -> dict[str, Any] | None:
         """Ask every worker but ``sender``; the first record wins, as soon as it comes."""
         asks = []
-        for index, link in self._others(sender):
+        for index, link in self.others(sender):
             try:
                 asks.append(link.request("bus_cancel", app_name, call_id))
             except WorkerLinkError:  # gone meanwhile: it runs nothing
@@ -157,7 +147,7 @@ class CancelRelay:
         """Ask every worker but ``sender`` to stop its calls of ``app_name``; return how
         many they stopped."""
         asks = []
-        for index, link in self._others(sender):
+        for index, link in self.others(sender):
             try:
                 asks.append(link.request("end_app_calls", app_name))
             except WorkerLinkError:

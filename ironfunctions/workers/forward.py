@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from ironfunctions.errors import Overloaded
 from ironfunctions.models import Call, CallResult, CallStatus
-from ironfunctions.workers.slots import Channel
+from ironfunctions.workers.channel import Channel, Relay
 from ironfunctions.workers.wire import (
     WorkerLinkError, request_from_tuple, request_tuple, result_from_tuple, result_tuple, route_from_tuple,
     route_tuple,
@@ -68,19 +68,12 @@ class Forwarder:
         self._link.notify("forward_cancel", worker, call_id)
 
 
-class ForwardRelay:
+class ForwardRelay(Relay):
     """The parent's side: passes forwarded calls and their cancels between workers."""
 
-    def __init__(self) -> None:
-        self._links: dict[int, Channel] = {}
-
-    def attach(self, worker: int, link: Channel) -> None:
-        self._links[worker] = link
+    def serve(self, worker: int, link: Channel) -> None:
         link.handle("forward", self._forward)
         link.handle("forward_cancel", self._cancel)
-
-    def detach(self, worker: int) -> None:
-        self._links.pop(worker, None)
 
     def _forward(self, target: int, route: Any, call_id: str, request: Any) -> Deferred[Any]:
         link = self._links.get(target)

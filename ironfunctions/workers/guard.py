@@ -19,28 +19,24 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.drivers.netguard_service import NetguardService, wait_for_rules
-from ironfunctions.workers.slots import Channel
+from ironfunctions.workers.channel import Channel, Relay
 
 GUARD_READY = "guard_ready"
 
 
-class GuardRelay:
+class GuardRelay(Relay):
     """The parent's side: tells its workers whether ``guard``'s rules are in place."""
 
     def __init__(self, guard: NetguardService) -> None:
+        super().__init__()
         self._guard = guard
-        self._links: dict[int, Channel] = {}
         guard.watch(self._changed)
 
-    def attach(self, worker: int, link: Channel) -> None:
-        self._links[worker] = link
+    def serve(self, worker: int, link: Channel) -> None:
         link.notify(GUARD_READY, self._guard.ready)
 
-    def detach(self, worker: int) -> None:
-        self._links.pop(worker, None)
-
     def _changed(self, ready: bool) -> None:
-        for link in list(self._links.values()):
+        for _, link in self.others():
             link.notify(GUARD_READY, ready)
 
 

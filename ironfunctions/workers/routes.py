@@ -22,28 +22,22 @@ from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.models import Route
 from ironfunctions.routecache import RouteCache
-from ironfunctions.workers.slots import Channel
+from ironfunctions.workers.channel import Channel, Relay
 from ironfunctions.workers.wire import route_from_tuple, route_tuple
 
 ASK_TIMEOUT_S = 1.0  # a sibling's answer during an outage: short against a call's wait
 
 
-class RouteChangeRelay:
+class RouteChangeRelay(Relay):
     """The parent's side: a route change reported by one worker goes to the others."""
 
-    def __init__(self) -> None:
-        self._links: dict[int, Channel] = {}
-
-    def attach(self, worker: int, link: Channel) -> None:
-        self._links[worker] = link
+    def serve(self, worker: int, link: Channel) -> None:
         link.handle("route_changed", lambda app, path: self._relay(worker, app, path))
         link.handle("route_known", lambda app, path: Deferred.fromCoroutine(self._known(worker, app, path)))
 
     async def _known(self, origin: int, app: str, path: str) -> Any:
         """The first sibling's answer that knows the route, or None."""
-        for worker, link in list(self._links.items()):
-            if worker == origin:
-                continue
+        for _, link in self.others(origin):
             try:
                 found = await link.request("route_known_here", app, path)
             except Exception:
@@ -52,13 +46,9 @@ class RouteChangeRelay:
                 return found
         return None
 
-    def detach(self, worker: int) -> None:
-        self._links.pop(worker, None)
-
     def _relay(self, origin: int, app: str, path: Any) -> None:
-        for worker, link in list(self._links.items()):
-            if worker != origin:
-                link.notify("route_changed", app, path)
+        for _, link in self.others(origin):
+            link.notify("route_changed", app, path)
 
 
 def share_route_changes(link: Channel, routes: RouteCache) -> None:

@@ -39,7 +39,7 @@ way.
 from __future__ import annotations
 
 from itertools import count
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from ironfunctions.errors import Overloaded
 from ironfunctions.runner.admission import RouteElsewhere, RouteFull, Slots
 from ironfunctions.runner.fairqueue import RouteKey
+from ironfunctions.workers.channel import Channel, Relay
 from ironfunctions.workers.route_places import ELSEWHERE, FULL, RESERVE_S, RoutePlaces
 
 __all__ = ["RESERVE_S", "Channel", "RemoteSlots", "RouteElsewhere", "RouteFull", "SlotBroker"]
@@ -58,16 +59,6 @@ GRANTED = "ok"
 
 # reclaim(scope, route, wanted): ``HotRunner.reclaim_idle``'s surface in a worker.
 WorkerReclaim = Callable[[str | None, RouteKey | None, int | None], bool]
-
-
-class Channel(Protocol):
-    """What the broker and its clients need of a link (``workers/link.py``'s ``Link``)."""
-
-    def request(self, kind: str, *args: Any) -> Deferred[Any]: ...
-
-    def notify(self, kind: str, *args: Any) -> None: ...
-
-    def handle(self, kind: str, handler: Callable[..., Any]) -> None: ...
 
 
 def _route(value: Any) -> RouteKey | None:
@@ -86,13 +77,13 @@ class _Wait:
         self.deferred = deferred
 
 
-class SlotBroker:
+class SlotBroker(Relay):
     """The parent's side: grants its workers' container starts against ``slots``."""
 
     def __init__(self, slots: Slots, clock: IReactorTime) -> None:
+        super().__init__()
         self.slots = slots
         slots.on_pressure(self._pressure)
-        self._links: dict[int, Channel] = {}
         # worker -> (app, route) -> slots granted (route None: a cold container)
         self._granted: dict[int, dict[tuple[str, RouteKey | None], int]] = {}
         self._routes = RoutePlaces(clock, self._ask_give_back)
@@ -100,9 +91,8 @@ class SlotBroker:
         self._waits: dict[tuple[int, int], _Wait] = {}
         self._pressing: set[tuple[str | None, RouteKey | None]] = set()
 
-    def attach(self, worker: int, link: Channel) -> None:
+    def serve(self, worker: int, link: Channel) -> None:
         """Serve ``worker``'s slot requests on ``link``."""
-        self._links[worker] = link
         link.handle("slot_acquire", lambda ticket, app, route, limit: Deferred.fromCoroutine(
             self.acquire(worker, ticket, app, _route(route), limit)))
         link.handle("slot_withdraw", lambda ticket: self.withdraw(worker, ticket))
@@ -111,7 +101,7 @@ class SlotBroker:
     def detach(self, worker: int) -> None:
         """``worker`` is gone: its waits end. Its slots stay taken until
         ``release_worker``: its containers may still run until they are removed."""
-        self._links.pop(worker, None)
+        super().detach(worker)
         for (owner, ticket), wait in list(self._waits.items()):
             if owner == worker and wait.deferred is not None:
                 wait.deferred.cancel()

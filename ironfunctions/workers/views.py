@@ -37,7 +37,7 @@ from ironfunctions.balancer.waits import WaitSink, WaitWindow
 from ironfunctions.balancer.weight import Load
 from ironfunctions.errors import NotReady
 from ironfunctions.services import PeriodicService
-from ironfunctions.workers.slots import Channel
+from ironfunctions.workers.channel import Channel, Relay
 
 log = Logger()
 
@@ -48,7 +48,7 @@ REPORT_INTERVAL_S = 0.5
 MAX_SAMPLES = 4096  # per notice: as many as the parent's window keeps
 
 
-class NodeViews:
+class NodeViews(Relay):
     """The parent's side: the node's ``/stats``, load and readiness from its workers.
 
     :param workers: how many workers the node runs (``WORKERS``).
@@ -58,23 +58,22 @@ class NodeViews:
 
     def __init__(self, workers: int, clock: IReactorTime, waits: WaitWindow,
                  timeout: float = STATS_TIMEOUT_S) -> None:
+        super().__init__()
         self._workers = workers
         self._clock = clock
         self._waits = waits
         self._timeout = timeout
-        self._links: dict[int, Channel] = {}
         self._in_flight: dict[int, int] = {}
         self._ready: set[int] = set()
 
-    def attach(self, worker: int, link: Channel) -> None:
+    def serve(self, worker: int, link: Channel) -> None:
         """Serve ``worker``'s questions and take its reports, on ``link``."""
-        self._links[worker] = link
         link.handle("node_stats", lambda: Deferred.fromCoroutine(self.node_stats()))
         link.handle("load", lambda in_flight, waits, ready: self.report(worker, in_flight, waits, ready))
 
     def detach(self, worker: int) -> None:
         """``worker`` is gone: its calls are no longer in flight."""
-        self._links.pop(worker, None)
+        super().detach(worker)
         self._in_flight.pop(worker, None)
 
     def report(self, worker: int, in_flight: int, waits: Sequence[int], ready: bool) -> None:
@@ -104,7 +103,7 @@ class NodeViews:
     async def node_stats(self) -> dict[str, int]:
         """The sum of every worker's ``/stats`` figures."""
         asking: list[tuple[int, Deferred[Any]]] = []
-        for worker, link in sorted(self._links.items()):
+        for worker, link in self.others():
             try:
                 asking.append((worker, link.request("stats").addTimeout(self._timeout, self._clock)))
             except Exception as e:  # its link just went
