@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Protocol
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
@@ -76,6 +76,30 @@ class Startable(Protocol):
     async def close(self) -> None: ...
 
 
+class Readiness:
+    """Whether something is ready, and the Deferreds waiting until it is: ``wait()``
+    fires once ``set(True)`` (at once if it already is). A waiter cancelled (e.g. by
+    ``addTimeout``) is forgotten."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self._waiters: list[Deferred[None]] = []
+
+    def set(self, ready: bool) -> None:
+        self.ready = ready
+        if ready:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def wait(self) -> Deferred[None]:
+        if self.ready:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda cancelled: self._waiters.remove(cancelled))
+        self._waiters.append(d)
+        return d
+
+
 class BackendService(Service):
     """Starts a backend (datastore, queue) in the background, retrying until it
     answers, so the daemon comes up (answering 503) while its database is still down;
@@ -88,9 +112,8 @@ class BackendService(Service):
         self._backend = backend
         self._clock = clock
         self._retry_delay = retry_delay
-        self._ready = False
+        self._ready = Readiness()
         self._starting: Deferred[None] | None = None
-        self._waiters: list[Deferred[None]] = []
         self._not_up = OutageLog(  # a backend down at start is retried every second
             self.log, clock, started="{backend} not available yet ({error}); retrying every {delay}s",
             ongoing="{backend} still not available ({error}) after {attempt} attempts",
@@ -98,16 +121,11 @@ class BackendService(Service):
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self._ready.ready
 
     def when_ready(self) -> Deferred[None]:
-        """Fires once the datastore has started."""
-        d: Deferred[None] = Deferred()
-        if self._ready:
-            d.callback(None)
-        else:
-            self._waiters.append(d)
-        return d
+        """Fires once the backend has started."""
+        return self._ready.wait()
 
     def startService(self) -> None:  # noqa: N802
         super().startService()  # type: ignore[no-untyped-call]
@@ -132,19 +150,16 @@ class BackendService(Service):
                 self._not_up.failed(backend=self.name, error=str(e), delay=self._retry_delay, attempt=attempt)
                 await deferLater(self._clock, self._retry_delay, lambda: None)
                 continue
-            self._ready = True
             self._not_up.recovered(backend=self.name)
             self.log.info("{backend} ready", backend=self.name)
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
+            self._ready.set(True)
             return
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         super().stopService()  # type: ignore[no-untyped-call]
         if self._starting is not None:
             self._starting.cancel()
-        self._ready = False
+        self._ready.set(False)
         return Deferred.fromCoroutine(self._backend.close())
 
 

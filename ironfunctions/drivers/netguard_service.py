@@ -33,6 +33,7 @@ from ironfunctions.drivers.netguard import (
 from ironfunctions.drivers.netplan import is_guarded, remote_docker_host
 from ironfunctions.errors import NotReady
 from ironfunctions.ratelimit import OutageLog
+from ironfunctions.services import Readiness
 from ironfunctions.threads import stop_pools
 
 CHECK_INTERVAL = 30.0
@@ -88,9 +89,8 @@ class NetguardService(Service):
         self._pool = ThreadPool(minthreads=0, maxthreads=1, name="netguard")
         self._in_pool = in_pool or (lambda fn: deferToThreadPool(reactor, self._pool, fn))
         self._loop: LoopingCall | None = None
-        self._waiters: list[Deferred[None]] = []
+        self._rules = Readiness()
         self._watchers: list[Callable[[bool], None]] = []
-        self.ready = False
         self._engine_down = OutageLog(  # retried each second or 30 s: not a line each time
             self.log, self._clock,
             started="Guarding {network}: Docker engine not available ({error}); retrying",
@@ -130,7 +130,12 @@ class NetguardService(Service):
     async def wait_ready(self, timeout: float) -> None:
         """Return once the rules are in place; raise ``NotReady`` after ``timeout``
         seconds (functions must not run on the network before its rules are there)."""
-        await wait_for_rules(self.ready, self._waiters, self._clock, timeout, self._guard.network)
+        await wait_for_rules(self._rules, self._clock, timeout, self._guard.network)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the rules are in place."""
+        return self._rules.ready
 
     async def ping(self) -> None:
         """For ``/health``: fails until the rules have been put in place once."""
@@ -143,7 +148,7 @@ class NetguardService(Service):
         self._watchers.append(watcher)
 
     def _set_ready(self, ready: bool) -> None:
-        self.ready = ready
+        self._rules.set(ready)
         for watcher in list(self._watchers):
             try:
                 watcher(ready)
@@ -175,9 +180,6 @@ class NetguardService(Service):
         if not self.ready:
             self._set_ready(True)
             self.log.info("Network {network} guarded", network=self._guard.network)
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
             if self._loop is not None and self._loop.running:
                 self._loop.interval = self._interval
 
@@ -250,19 +252,11 @@ def guarded_calls(run_call: Callable[[CallT], Coroutine[Any, Any, ResultT]], gua
     return run
 
 
-async def wait_for_rules(ready: bool, waiters: list[Deferred[None]], clock: IReactorTime, timeout: float,
-                         network: str) -> None:
-    """Wait (at most ``timeout`` s, then ``NotReady``) on a Deferred put in ``waiters``,
-    which whoever puts the rules in place fires; at once if they are ``ready``."""
-    if ready:
+async def wait_for_rules(rules: Readiness, clock: IReactorTime, timeout: float, network: str) -> None:
+    """Wait until ``rules`` are in place (at most ``timeout`` s, then ``NotReady``)."""
+    if rules.ready:
         return
-    d: Deferred[None] = Deferred()
-    waiters.append(d)
-    d.addTimeout(timeout, clock)
     try:
-        await d
+        await rules.wait().addTimeout(timeout, clock)
     except TimeoutError:
         raise NotReady(f"network {network} not guarded yet") from None
-    finally:
-        if d in waiters:
-            waiters.remove(d)

@@ -15,10 +15,10 @@ The message (``workers/link.py``): the notice ``guard_ready(ready)``.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from ironfunctions.drivers.netguard_service import NetguardService, wait_for_rules
+from ironfunctions.services import Readiness
 from ironfunctions.workers.channel import Channel, Relay
 
 GUARD_READY = "guard_ready"
@@ -50,20 +50,17 @@ class RemoteGuard:
     def __init__(self, link: Channel, clock: IReactorTime, network: str) -> None:
         self._clock = clock
         self._network = network
-        self._waiters: list[Deferred[None]] = []
-        self.ready = False
-        link.handle(GUARD_READY, self._heard)
+        self._rules = Readiness()
+        link.handle(GUARD_READY, lambda ready: self._rules.set(bool(ready)))
 
-    def _heard(self, ready: bool) -> None:
-        self.ready = bool(ready)
-        if self.ready:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
+    @property
+    def ready(self) -> bool:
+        """Whether the parent says the rules are in place."""
+        return self._rules.ready
 
     async def wait_ready(self, timeout: float) -> None:
         """Return once the rules are in place; raise ``NotReady`` after ``timeout``."""
-        await wait_for_rules(self.ready, self._waiters, self._clock, timeout, self._network)
+        await wait_for_rules(self._rules, self._clock, timeout, self._network)
 
     async def ping(self) -> None:
         """For ``/health``: fails while the parent says the rules are not in place."""

@@ -1,10 +1,10 @@
 """Root service stop order and the backend start-retry service."""
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout, fail
 from twisted.internet.task import Clock
 
-from ironfunctions.services import BackendService, IronFunctionsService
+from ironfunctions.services import BackendService, IronFunctionsService, Readiness, settled
 
 
 class Recorder(Service):
@@ -79,3 +79,30 @@ def test_periodic_service_runs_at_start_if_asked_and_survives_errors() -> None:
     service.stopService()
     clock.advance(2)
     assert runs == [0, 2, 4]
+
+
+def test_readiness_fires_its_waiters_once_ready_and_forgets_one_that_timed_out() -> None:
+    clock = Clock()
+    readiness = Readiness()
+    early = readiness.wait()
+    timed = readiness.wait().addTimeout(1, clock)
+    clock.advance(1)
+    failures: list[object] = []
+    timed.addErrback(lambda f: failures.append(f.check(DeferredTimeout)))
+    assert failures == [DeferredTimeout] and len(readiness._waiters) == 1
+    fired: list[object] = []
+    early.addCallback(fired.append)
+    readiness.set(True)
+    assert fired == [None] and readiness.wait().called
+
+
+def test_settled_fires_once_its_deferred_has_whatever_its_result() -> None:
+    pending: Deferred[None] = Deferred()
+    later = settled(pending)
+    assert not later.called
+    pending.errback(RuntimeError("start-up removal failed"))
+    pending.addErrback(lambda f: None)
+    assert later.called and settled(None).called
+    failed = fail(RuntimeError("x"))
+    assert settled(failed).called
+    failed.addErrback(lambda f: None)
