@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client as httpclient
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import attrs
 import pytest
 
+from ironfunctions.logging import logfmt_value
 from ironfunctions.tap import SETTINGS
 from tests.servers import free_port
 
@@ -144,6 +146,25 @@ class Daemon:
         reply = self.post(f"/v1/apps/{app}/routes", {"route": {"path": path, "image": image, **fields}})
         assert reply.status == 200, reply.body
         return reply
+
+    def log_mark(self) -> int:
+        """Where the log ends now (for ``each_process_logged``)."""
+        try:
+            return os.path.getsize(self.log_path)
+        except FileNotFoundError:
+            return 0
+
+    def each_process_logged(self, msg: str, since: int) -> bool:
+        """Whether every process serving requests (each worker with WORKERS > 1, else
+        the one daemon) has logged ``msg`` after offset ``since`` of the log."""
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            lines = [line for line in f.read().splitlines() if b"msg=" + logfmt_value(msg).encode() in line]
+        workers = [pid for pid in _children(self.proc.pid) if _is_worker(pid)] if self.proc else []
+        if not workers:
+            return bool(lines)
+        tags = {m.group(1) for line in lines if (m := re.search(rb" worker=(\d+) ", line))}
+        return len(tags) >= len(workers)
 
     def log(self) -> str:
         try:

@@ -113,10 +113,14 @@ def test_outage_answers_503_fast_and_the_daemon_recovers_by_itself(own_cluster: 
         assert (reply.status, error_of(reply)) == (503, "datastore unavailable"), reply.body
         assert seconds < FAIL_FAST_S
 
+    mark = daemon.log_mark()
     own_cluster.start()
-    # Reconnection backs off to at most every 5 s (docs/operating/databases.md).
+    # Reconnection backs off to at most every 5 s (docs/operating/databases.md), in
+    # each worker process on its own: wait until every worker has a connection back.
     wait_for(lambda: answers(daemon, "/v1/apps", 200), 10, "daemon serving again")
-    # Every connection of the pool is usable again, not just one.
+    wait_for(lambda: daemon.each_process_logged("Postgres connection re-established", mark), 10,
+             "every worker reconnected")
+    # Every request gets a live connection, not one still reconnecting.
     for _ in range(8):
         assert daemon.get("/v1/apps").status == 200
     apps = daemon.get("/v1/apps").json()["apps"]
