@@ -16,8 +16,6 @@ from zope.interface.verify import verifyObject
 
 from ironfunctions.calls.interface import ICallStore
 from ironfunctions.calls.model import CallPage, CallRecord, CallQuery, decode_cursor
-from ironfunctions.datastore.interface import IDatastore
-from ironfunctions.datastore.sqlite import SqliteDatastore
 from ironfunctions.errors import CallCompleted, CallNotFound
 from ironfunctions.models import CallStatus
 

@@ -14,7 +14,6 @@ import gc
 import time
 import weakref
 from pathlib import Path
-from typing import cast
 
 import pytest
 import pytest_twisted

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import docker

@@ -1,7 +1,7 @@
 """The management API in-process (StubTreq, memory datastore: no sockets)."""
 
 import json
-from typing import Any, NoReturn
+from typing import Any
 
 from treq.testing import StubTreq
 from twisted.python.failure import Failure

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock

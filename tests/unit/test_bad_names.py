@@ -20,7 +20,7 @@ from ironfunctions.api.tasks import TasksAPI
 from ironfunctions.calls.memory import MemoryCallStore
 from ironfunctions.datastore.memory import MemoryDatastore
 from ironfunctions.errors import ValidationError
-from ironfunctions.models import CallResult, CallStatus, Route
+from ironfunctions.models import CallResult, CallStatus
 from ironfunctions.mq.memory import MemoryQueue
 from ironfunctions.names import check_storable, storable, text_from_url
 from ironfunctions.routecache import RouteCache

@@ -18,7 +18,6 @@ from twisted.web.server import Request
 
 from ironfunctions.api.invoke import InvokeResource
 from ironfunctions.http.budget import BodyBudget
-from ironfunctions.http.channel import FastChannel
 from ironfunctions.http.deadlines import ClientLimits
 from ironfunctions.http.refusal import HEALTH_ROOM, MAX_REFUSING, BeyondCap
 from ironfunctions.http.site import make_site

@@ -1,6 +1,6 @@
 """The per-node route cache: bounded staleness, negative entries, shared misses."""
 
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from twisted.internet.defer import Deferred

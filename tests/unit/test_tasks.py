@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import attrs
-import pytest
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
