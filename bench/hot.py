@@ -9,7 +9,9 @@ call records stay in the daemon's memory and so count in its RSS):
    p50, p99, and the daemon's CPU per call: with http.client, with a minimal raw-socket
    client (http.client's own parsing costs ~0.1-0.2 ms of each round trip on this
    machine), and with ``wrk -t1 -c1`` (the load generator as a sequential C client).
-3. ``wrk -t2 -c8 -d10s`` POST to the hot route with max_concurrency 2: req/s, p50, p99;
+3. ``wrk -t2 -c8 -d10s`` POST to the hot route with max_concurrency 2 (``--max-concurrency``;
+   1, the default of a route, runs one container, and with workers the calls reaching
+   the worker without it are forwarded through the parent): req/s, p50, p99;
    the daemon's peak RSS; CPU split (daemon, dockerd, containerd shims, containerd,
    the function containers) from /proc/<pid>/stat deltas over the wrk run.
 4. The engine's attach relay alone (docker-py attach socket, no daemon) versus a unix
@@ -27,6 +29,7 @@ Targets: sequential hot p50 <= 0.5 ms; >= 3,500 hot calls/s at 8 connections.
 
     PYTHONPATH=. python bench/hot.py [--workers both|N|default] [--rounds N]
         [--transport attach|socket|both] [--no-floor] [--db sqlite|memory]
+        [--max-concurrency N]
 """
 
 from __future__ import annotations
@@ -223,6 +226,8 @@ def main() -> None:
     parser.add_argument("--no-floor", action="store_true", help="skip the relay-alone comparison")
     parser.add_argument("--db", choices=["sqlite", "memory"], default="sqlite",
                         help="datastore: the embedded default, or memory:// (one process: WORKERS does not apply)")
+    parser.add_argument("--max-concurrency", type=int, default=2,
+                        help="the hot route's max_concurrency (1: one container for the node, calls forwarded)")
     args = parser.parse_args()
     ensure_dockerd()
     build_test_images()
@@ -233,7 +238,8 @@ def main() -> None:
         for transport in (["attach", "socket"] if args.transport == "both" else [args.transport]):
             for workers in settings:
                 print(f"== round {round_}: HOT_TRANSPORT={transport} WORKERS={workers}")
-                figures.setdefault((transport, workers), []).append(bench_daemon(transport, args.db, workers))
+                figures.setdefault((transport, workers), []).append(
+                    bench_daemon(transport, args.db, workers, args.max_concurrency))
     if args.workers == "both":
         print("== one process (WORKERS=1) against the default (a worker per core), same run")
         for transport in (["attach", "socket"] if args.transport == "both" else [args.transport]):
@@ -242,7 +248,7 @@ def main() -> None:
             p50s = [d.seq_p50 / o.seq_p50 for o, d in zip(one, default)]
             print(f"HOT_TRANSPORT={transport}: wrk -t2 -c8 calls/s "
                   + " / ".join(f"{o.rps:,.0f} -> {d.rps:,.0f}" for o, d in zip(one, default))
-                  + f": {min(ratios):.2f}x to {max(ratios):.2f}x (target >= 1.6x); "
+                  + f": {min(ratios):.2f}x to {max(ratios):.2f}x (target >= 1.6x at max_concurrency 2); "
                   + "sequential p50 (minimal client) "
                   + " / ".join(f"{o.seq_p50:.3f} -> {d.seq_p50:.3f} ms" for o, d in zip(one, default))
                   + f": {min(p50s):.2f}x to {max(p50s):.2f}x (target <= 1.10x)")
@@ -278,7 +284,7 @@ def node_processes(parent: int) -> dict[int, str]:
     return found
 
 
-def bench_daemon(transport: str, db: str, workers: str = "1") -> Figures:
+def bench_daemon(transport: str, db: str, workers: str = "1", max_concurrency: int = 2) -> Figures:
     with tempfile.TemporaryDirectory() as workdir:
         datastore = {"DB_URL": "memory://"} if db == "memory" else {}
         node = {} if workers == "default" else {"WORKERS": workers}
@@ -289,7 +295,7 @@ def bench_daemon(transport: str, db: str, workers: str = "1") -> Figures:
         # The daemon logs a line per event (metrics included) to daemon.log, as in production.
         try:
             reply = daemon.post("/v1/apps/bench/routes", {"route": {
-                "path": "/hot", "image": IMAGE, "format": "http", "max_concurrency": 2}})
+                "path": "/hot", "image": IMAGE, "format": "http", "max_concurrency": max_concurrency}})
             assert reply.status == 200, reply.body
             pid = daemon.proc.pid  # type: ignore[union-attr]
             time.sleep(1)  # the workers are up
@@ -324,6 +330,7 @@ def bench_daemon(transport: str, db: str, workers: str = "1") -> Figures:
                   f"({rps1:.0f} calls/s; target p50 <= 0.5 ms)")
             wrk(daemon.url + "/r/bench/hot", script.name, seconds=2)  # warm-up: every worker's containers
 
+            moves_before = daemon.log().count("moves to the worker its calls come from")
             with PeakRss(pid) as peak:
                 groups = processes()
                 groups.update(mine)
@@ -349,8 +356,11 @@ def bench_daemon(transport: str, db: str, workers: str = "1") -> Figures:
                 for p, name in groups.items():
                     split[name] = split.get(name, 0.0) + max(0.0, (cpu_seconds(p) or last.get(p, 0.0)) - cpu_before[p])
             os.unlink(script.name)
+            moves = daemon.log().count("moves to the worker its calls come from")
+            print(f"hot containers moved to the worker their calls reach: {moves_before} before the wrk -c8 run, "
+                  f"{moves - moves_before} during it")
             rps, p50, p99 = result[0]
-            print(f"wrk -t2 -c8 -d10s POST, max_concurrency 2: {rps:.0f} req/s  p50 {p50}  p99 {p99}  "
+            print(f"wrk -t2 -c8 -d10s POST, max_concurrency {max_concurrency}: {rps:.0f} req/s  p50 {p50}  p99 {p99}  "
                   f"(target >= 3500 req/s); peak RSS of the parent {peak.kb / 1024:.1f} MiB")
             cores = os.cpu_count() or 1
             print(f"CPU during the wrk run ({wall:.1f} s, {cores} cores = {cores * 100}%):")

@@ -8,7 +8,11 @@ client (``hot.raw_sequential``) alternates batches of calls between them, a new
 keep-alive connection per batch (a connection may land on either worker), so drift
 hits both alike. Prints each batch's p50 and the ratio of the medians.
 
-    PYTHONPATH=. python bench/sequential.py [--batches 10] [--calls 2000]
+    PYTHONPATH=. python bench/sequential.py [--batches 10] [--calls 2000] [--max-concurrency 2]
+
+With ``--max-concurrency 1`` (a route's default) the route has one container for the
+node, so a batch landing on the other worker is forwarded until the container follows
+its calls there (``runner/hot_context.py``: after a second of such calls).
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from tests.daemon import Daemon  # noqa: E402
 from tests.images import build_test_images, ensure_bridge, ensure_dockerd  # noqa: E402
 
 
-def start(workdir: str, workers: str | None) -> Daemon:
+def start(workdir: str, workers: str | None, max_concurrency: int) -> Daemon:
     env = {"DOCKER_NETWORK": "none", "MQ_URL": f"sqlite:///{workdir}/mq.db", "LOG_LEVEL": "info",
            "MAX_CONCURRENCY": "8", "NODE_ID": f"seq-{os.path.basename(workdir)}"}
     if workers is not None:
         env["WORKERS"] = workers
     daemon = Daemon(workdir, env=env).start()
     reply = daemon.post("/v1/apps/bench/routes", {"route": {
-        "path": "/hot", "image": IMAGE, "format": "http", "max_concurrency": 2}})
+        "path": "/hot", "image": IMAGE, "format": "http", "max_concurrency": max_concurrency}})
     assert reply.status == 200, reply.body
     return daemon
 
@@ -43,12 +47,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--max-concurrency", type=int, default=2, help="the hot route's max_concurrency")
     args = parser.parse_args()
     ensure_dockerd()
     build_test_images()
     ensure_bridge()
     with tempfile.TemporaryDirectory() as one_dir, tempfile.TemporaryDirectory() as many_dir:
-        daemons = {"WORKERS=1": start(one_dir, "1"), "default": start(many_dir, None)}
+        daemons = {"WORKERS=1": start(one_dir, "1", args.max_concurrency),
+                   "default": start(many_dir, None, args.max_concurrency)}
         try:
             time.sleep(1)  # every worker up
             with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:

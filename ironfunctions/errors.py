@@ -152,6 +152,14 @@ class Overloaded(IronFunctionsError):
         self.retry_after = retry_after
 
 
+class RouteMoved(Overloaded):
+    """A call one worker process sent to another (``WORKERS`` > 1) waited there for the
+    route's container, which moved to another worker meanwhile: the sending worker
+    runs it again (``runner/hot_pool.py``). A 503 only if it moves twice."""
+
+    message = "The route's containers moved to another worker process; retry"
+
+
 class ResponseTooLarge(IronFunctionsError):
     """The function wrote more than MAX_RESPONSE_SIZE bytes to stdout."""
 

@@ -40,11 +40,12 @@ from typing import Callable
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from ironfunctions.drivers.interface import IContainerDriver
 from ironfunctions.models import Call, CallResult
 from ironfunctions.runner.admission import RouteKey, SlotSource
-from ironfunctions.runner.hot_context import Forward, HotContext
+from ironfunctions.runner.hot_context import GIVE_ANY, GIVE_FOLLOW, GIVE_IDLE, Forward, HotContext
 from ironfunctions.runner.hot_pool import RoutePool
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.stderr_log import StderrLog
@@ -54,6 +55,8 @@ from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
 # the gap between two calls of a busy route (so a route's working set is left alone),
 # well below any idle_timeout (so idle containers do not keep others out for long).
 RECLAIM_MIN_IDLE_S = 1.0
+
+log = Logger()
 
 
 class HotRunner:
@@ -165,19 +168,30 @@ class HotRunner:
             return True
         return False
 
-    def give_back_route(self, route: RouteKey, idle_only: bool = False) -> bool:
-        """Give one of ``route``'s containers back (another worker process of the node
-        holds fewer of them, or has calls waiting while one here idles:
-        ``workers/route_places.py``); an idle one at once, else the next one to end
-        its call. False if it holds none (or, ``idle_only``, none idle for
-        ``RECLAIM_MIN_IDLE_S``)."""
+    def give_back_route(self, route: RouteKey, mode: str = GIVE_ANY) -> bool:
+        """Give one of ``route``'s containers back for another worker process of the
+        node (``workers/route_places.py``); an idle one at once, else the next one to
+        end its call. False if it holds none, or none that ``mode`` allows:
+
+        - ``GIVE_ANY``: the other worker holds fewer of them;
+        - ``GIVE_IDLE``: the other worker's calls wait while one here has idled
+          ``RECLAIM_MIN_IDLE_S``;
+        - ``GIVE_FOLLOW``: the other worker holds none, and every call of the route
+          here came from other workers lately (``CallOrigins``).
+        """
         pool = self._pools.get(route)
         if pool is None or pool.share <= 0:
             return False
-        if idle_only:
+        now = self._context.clock.seconds()
+        if mode == GIVE_IDLE:
             since = pool.least_recently_used()
-            if since is None or self._context.clock.seconds() - since < RECLAIM_MIN_IDLE_S:
+            if since is None or now - since < RECLAIM_MIN_IDLE_S:
                 return False
+        elif mode == GIVE_FOLLOW:
+            if not pool.origins.all_forwarded(now):
+                return False
+            log.info("Hot container of {app}{path} moves to the worker its calls come from",
+                     app=route[0], path=route[1])
         pool.give_back()
         return True
 

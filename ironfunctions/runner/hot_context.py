@@ -7,30 +7,55 @@ node's containers (``workers/slots.py``). A pool whose start is told ``RouteElse
 calls that come in the next ``ELSEWHERE_S``, to that worker (``HotContext.forward``);
 after that a call tries to start a container here again (the other worker may have
 given one back meanwhile). A call forwarded here is never forwarded again.
+
+A route's container follows its calls: when every call of a route a worker has
+served for ``FOLLOW_S`` came from other workers (at least ``FOLLOW_MIN_CALLS`` of
+them), it gives the container up for the worker asking for it (``GIVE_FOLLOW``,
+``workers/route_places.py``). A forwarded call costs two hops through the parent
+(~0.3 ms here), a move one container start (~0.2 s) once: one client's calls on one
+connection, or a balancer's on a worker the container is not in, stop crossing.
+Calls forwarded here that still wait when the container goes are sent back
+(``RouteMoved``) and run where it went.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Awaitable, Callable
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from ironfunctions.drivers.interface import IContainerDriver
-from ironfunctions.errors import Overloaded
+from ironfunctions.errors import Overloaded, RouteMoved
 from ironfunctions.models import Call, CallResult
 from ironfunctions.runner.admission import SlotSource
 from ironfunctions.runner.plan import FunctionPolicy
 from ironfunctions.runner.stderr_log import StderrLog
 from ironfunctions.runner.waitqueue import DEFAULT_MAX_WAITING
 
-__all__ = ["ELSEWHERE_S", "FULL_S", "Forward", "Forwarding", "GoElsewhere", "HotContext"]
+__all__ = [
+    "ELSEWHERE_S", "FOLLOW_MIN_CALLS", "FOLLOW_S", "FULL_S", "GIVE_ANY", "GIVE_FOLLOW", "GIVE_IDLE", "CallOrigins",
+    "Forward", "Forwarding", "FullWindow", "GoElsewhere", "HotContext",
+]
 
 ELSEWHERE_S = 0.25  # how long a pool told RouteElsewhere sends its calls to that worker
 # How long a pool told RouteFull (it has containers; the node's others are in other
 # workers) asks for no more: its waiting calls take its own containers meanwhile, and
 # asking again on every call that waits would be a message per call.
 FULL_S = 0.25
+
+# How a worker is asked to give one of a route's containers back for another worker
+# (``HotRunner.give_back_route``, ``workers/route_places.py``):
+GIVE_ANY = "any"  # the next free one: it holds more than one more than the asking worker
+GIVE_IDLE = "idle"  # only one idle RECLAIM_MIN_IDLE_S: the asking worker's calls wait for its own
+GIVE_FOLLOW = "follow"  # only if its calls of the route all come from other workers lately
+
+# A container serving only other workers' calls, at least FOLLOW_MIN_CALLS of them in
+# FOLLOW_S and none of its own worker's for FOLLOW_S, moves to a worker asking for it.
+# Below that rate a hop per call costs less than the calls waiting for a start.
+FOLLOW_S = 1.0
+FOLLOW_MIN_CALLS = 50
 
 
 class GoElsewhere(Exception):
@@ -75,6 +100,63 @@ class HotContext:
     forward_cancel: Callable[[int, str], None] | None = None
 
 
+class FullWindow:
+    """A pool told ``RouteFull`` asks for no start for ``FULL_S`` (``blocks``); then
+    ``expired()`` runs (the pool starts one if calls still wait)."""
+
+    __slots__ = ("_clock", "_expired", "_until", "_timer")
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[], None]) -> None:
+        self._clock = clock
+        self._expired = expired
+        self._until = 0.0
+        self._timer: IDelayedCall | None = None
+
+    def begin(self) -> None:
+        self._until = self._clock.seconds() + FULL_S
+        if self._timer is None:
+            self._timer = self._clock.callLater(FULL_S, self._fire)
+
+    def blocks(self) -> bool:
+        return bool(self._until) and self._until > self._clock.seconds()
+
+    def end(self) -> None:
+        """A place of the route is free (a container here went): a start may ask."""
+        self._until = 0.0
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._until = 0.0
+        self._expired()
+
+
+class CallOrigins:
+    """Where a pool's calls came from lately: this worker's clients, or other workers'."""
+
+    __slots__ = ("_own", "_forwarded")
+
+    def __init__(self) -> None:
+        self._own = float("-inf")  # when the last call of this worker's own came
+        self._forwarded: deque[float] = deque(maxlen=FOLLOW_MIN_CALLS)  # the latest forwarded calls' times
+
+    def came(self, now: float, forwarded: bool) -> None:
+        if forwarded:
+            self._forwarded.append(now)
+        else:
+            self._own = now
+
+    def all_forwarded(self, now: float) -> bool:
+        """Whether every call for ``FOLLOW_S`` came from other workers, at least
+        ``FOLLOW_MIN_CALLS`` of them."""
+        return (now - self._own >= FOLLOW_S and len(self._forwarded) == FOLLOW_MIN_CALLS
+                and now - self._forwarded[0] <= FOLLOW_S)
+
+
 class Forwarding:
     """A pool's calls sent to another worker: where they go for now (``send_to``, until
     a time), and which are away (so that a cancel follows them)."""
@@ -93,15 +175,22 @@ class Forwarding:
             self._to = None
         return None if self._to is None else self._to[0]
 
-    async def run(self, worker: int, call: Call) -> CallResult:
+    async def run(self, worker: int, call: Call,
+                  again: Callable[[Call], Awaitable[CallResult]] | None) -> CallResult:
+        """Run ``call`` on ``worker``; if the route's container moved away from there
+        while the call waited (``RouteMoved``), ``again(call)`` (None: it is a 503)."""
         forward = self._context.forward
         if forward is None:
             raise Overloaded("the route's containers run elsewhere", retry_after=1)
         self._away[call.id] = worker
         try:
             return await forward(worker, call)
+        except RouteMoved:
+            if again is None:
+                raise
         finally:
-            del self._away[call.id]
+            self._away.pop(call.id, None)
+        return await again(call)
 
     def cancel(self, call_id: str) -> bool:
         """Stop ``call_id`` where it was sent; False if it is not away."""

@@ -29,18 +29,17 @@ With worker processes, calls may go to another worker (``runner/hot_context.py``
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ironfunctions.errors import Overloaded
+from ironfunctions.errors import Overloaded, RouteMoved
 from ironfunctions.models import CANCELLED_MESSAGE, Call, CallResult, CallStatus, Route
 from ironfunctions.runner.admission import RouteElsewhere, RouteFull
 from ironfunctions.runner.hot_container import EXITED, HotContainer, ms
-from ironfunctions.runner.hot_context import ELSEWHERE_S, FULL_S, Forwarding, GoElsewhere, HotContext
+from ironfunctions.runner.hot_context import ELSEWHERE_S, CallOrigins, Forwarding, FullWindow, GoElsewhere, HotContext
 from ironfunctions.runner.protocol import RequestEncoder, hot_container_spec
 from ironfunctions.runner.waitqueue import WaitQueue
 
@@ -89,9 +88,9 @@ class RoutePool:
         self._fields = {"app": route.app_name, "path": route.path}
         self._waiting: dict[str, Deferred[HotContainer]] = {}  # calls waiting here, by id
         self._cancelled: set[str] = set()
-        self._full_until = 0.0  # RouteFull: no start asked for before this
-        self._full_timer: IDelayedCall | None = None
+        self._full = FullWindow(self._clock, self._maybe_start)  # RouteFull: no start asked for a while
         self._away = Forwarding(context)  # calls sent to another worker process
+        self.origins = CallOrigins()  # whether its calls come from other workers lately
 
     @property
     def size(self) -> int:
@@ -134,22 +133,29 @@ class RoutePool:
 
         :param forwarded: another worker process sent it here (it is not sent on).
         """
+        self.origins.came(self._clock.seconds(), forwarded)
+        return await self._run(call, forwarded)
+
+    async def _run(self, call: Call, forwarded: bool, bounced: bool = False) -> CallResult:
+        """``run``; ``bounced``: it came back from the worker it was sent to, whose
+        container of the route moved away while it waited there (``RouteMoved``)."""
         if self._idle:
             return await self._idle.pop().serve(call, 0, 0)
         if not forwarded and not self._live and not self._starting:
             worker = self._away.target(self._clock.seconds())
             if worker is not None:
-                return await self._away.run(worker, call)
+                return await self._away.run(worker, call, None if bounced else self._again)
         queued_at = self._clock.seconds()
         call_id = call.id
         waiter = self._wait()
         self._waiting[call_id] = waiter  # so that a cancel can end the wait (cancel_call)
+        elsewhere: int | None = None
         try:
             container = await waiter
         except GoElsewhere as e:
-            if forwarded:
-                raise Overloaded("the route's containers moved to another worker", retry_after=1) from None
-            return await self._away.run(e.worker, call)
+            if forwarded:  # back to the worker that sent it, which runs it again
+                raise RouteMoved() from None
+            elsewhere = e.worker
         except _ExitedAtStart:
             return CallResult(call_id, CallStatus.ERROR, error=EXITED, wait_ms=ms(self._clock.seconds() - queued_at))
         except CancelledError:
@@ -160,11 +166,16 @@ class RoutePool:
                               wait_ms=ms(self._clock.seconds() - queued_at))
         finally:
             del self._waiting[call_id]
+        if elsewhere is not None:
+            return await self._away.run(elsewhere, call, None if bounced else self._again)
         waited = self._clock.seconds() - queued_at
         start_ms = 0
         if container.calls == 0:  # started for the waiting calls: part of the wait was its start
             start_ms = min(container.start_ms, ms(waited))
         return await container.serve(call, max(0, ms(waited) - start_ms), start_ms)
+
+    def _again(self, call: Call) -> Awaitable[CallResult]:
+        return self._run(call, False, bounced=True)
 
     def cancel_call(self, call_id: str) -> bool:
         """Kill the container serving ``call_id``, if one of this pool's does (the call
@@ -196,7 +207,7 @@ class RoutePool:
         while (
             self._starting < len(self._waiters)
             and len(self._live) + self._starting < self.route.max_concurrency
-            and not (self._full_until and self._full_until > self._clock.seconds())
+            and not self._full.blocks()
         ):
             self._starting += 1
             d = Deferred.fromCoroutine(self._start())
@@ -217,12 +228,9 @@ class RoutePool:
             self._check_drained()
             return
         except RouteFull:
-            # The route's containers are all taken, some by this worker (live, starting,
-            # being removed, a retiring pool's): calls wait for them, a start is asked again in FULL_S.
+            # The route's containers are all taken, some by this worker's pools: calls wait for them.
             self._starting -= 1
-            self._full_until = self._clock.seconds() + FULL_S
-            if self._full_timer is None:
-                self._full_timer = self._clock.callLater(FULL_S, self._full_expired)
+            self._full.begin()
             return
         except Overloaded as e:
             self._starting -= 1
@@ -264,11 +272,6 @@ class RoutePool:
             self._lost(container)
             return
         self.available(container)
-
-    def _full_expired(self) -> None:
-        self._full_timer = None
-        self._full_until = 0.0
-        self._maybe_start()
 
     def _start_crashed(self, failure: Failure) -> None:
         log.failure("Starting a hot container failed", failure,
@@ -344,7 +347,7 @@ class RoutePool:
         if container not in self._live:
             return container.removed
         self._live.discard(container)
-        self._full_until = 0.0  # its place in the route's limit is free: a start may ask
+        self._full.end()  # its place in the route's limit is free: a start may ask
         if self._give_back:  # whatever took it out, its slot is the one to give back
             self._give_back -= 1
         try:
@@ -387,9 +390,7 @@ class RoutePool:
     def close(self) -> list[Deferred[None]]:
         """Remove every container now, busy or not; fail waiting calls."""
         self._retired = True
-        if self._full_timer is not None:
-            self._full_timer.cancel()
-            self._full_timer = None
+        self._full.stop()
         while self._waiters.fail_oldest(Overloaded("node is stopping", retry_after=1)):
             pass
         return [self.kill(container) for container in list(self._live)]

@@ -7,11 +7,14 @@ else ``(ELSEWHERE, holder)``: its calls go to the worker holding the most.
 
 Evening out: when another worker holds more than one more of the route's containers
 than the asking worker, that worker is asked to give one back (``give_back(holder,
-route, False)``: an idle container at once, else the next one to end its call); else,
-when the asking worker holds some (its calls wait for them), a worker holding some
-is asked for one that has been idle ``RECLAIM_MIN_IDLE_S`` (``give_back(holder,
-route, True)``: calls must not wait in one worker while a container idles in another).
-The place freed is kept for the asking start, which waits for it up to ``RESERVE_S``.
+route, GIVE_ANY)``: an idle container at once, else the next one to end its call);
+else, when the asking worker holds some (its calls wait for them), a worker holding
+some is asked for one that has been idle ``RECLAIM_MIN_IDLE_S`` (``GIVE_IDLE``: calls
+must not wait in one worker while a container idles in another); else (the asking
+worker holds none) the holder is asked for its container only if all the route's
+calls it served lately came from other workers (``GIVE_FOLLOW``,
+``runner/hot_context.py``: the container follows its calls). The place freed is kept
+for the asking start, which waits for it up to ``RESERVE_S``.
 The worker's other starts of the route are told ``FULL`` meanwhile (its calls wait
 for the one on its way). A kept place counts against the route from the moment it
 is kept, so the route never has more than ``max_concurrency`` containers counted,
@@ -27,6 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ironfunctions.runner.fairqueue import RouteKey
+from ironfunctions.runner.hot_context import GIVE_ANY, GIVE_FOLLOW, GIVE_IDLE
 
 __all__ = ["ELSEWHERE", "FULL", "RESERVE_S", "GiveBack", "RoutePlaces"]
 
@@ -37,10 +41,10 @@ RESERVE_S = 2.0  # how long a start waits for the place of a route evened out fo
 FULL = "full"
 ELSEWHERE = "elsewhere"
 
-# give_back(holder, route, idle_only): ask worker ``holder`` to give a container of
-# ``route`` back; fires True when one is on its way, False when it holds none (or
-# none idle long enough); None: the worker is gone.
-GiveBack = Callable[[int, RouteKey, bool], "Deferred[Any] | None"]
+# give_back(holder, route, mode): ask worker ``holder`` to give a container of
+# ``route`` back (``mode``: which, ``runner/hot_context.py``); fires True when one is
+# on its way, False when it holds none ``mode`` allows; None: the worker is gone.
+GiveBack = Callable[[int, RouteKey, str], "Deferred[Any] | None"]
 
 
 class _Place:
@@ -80,9 +84,9 @@ class RoutePlaces:
             if self._room(route, limit):
                 self._count(worker, route)
                 return None
-            holder, idle_only = self._holder_to_ask(worker, route)
+            holder, mode = self._holder_to_ask(worker, route)
             if holder is not None:
-                place = self._keep(worker, route, limit, holder, idle_only)
+                place = self._keep(worker, route, limit, holder, mode)
                 waiting(place.deferred)
                 if await place.deferred:  # handed over: counted for it
                     return None
@@ -127,23 +131,24 @@ class RoutePlaces:
         counts = self._counts.setdefault(route, {})
         counts[worker] = counts.get(worker, 0) + 1
 
-    def _holder_to_ask(self, worker: int, route: RouteKey) -> tuple[int | None, bool]:
-        """The worker to give a container of the route back for ``worker``, and
-        whether only an idle one: one holding more than one more of them than
-        ``worker`` (any of its containers); else, when ``worker`` holds some (its
-        calls wait for them), the one holding the most (an idle one). A worker
-        holding none sends its calls to the holder instead (``ELSEWHERE``): moving a
-        container costs a start, sending a call costs a hop."""
+    def _holder_to_ask(self, worker: int, route: RouteKey) -> tuple[int | None, str]:
+        """The worker to give a container of the route back for ``worker``, and which
+        (``mode``): one holding more than one more of them than ``worker`` (any of its
+        containers); else the one holding the most: an idle one when ``worker`` holds
+        some (its calls wait for them); when it holds none, only if the holder's calls
+        of the route all come from other workers (else ``worker`` sends its calls to
+        the holder, ``ELSEWHERE``: moving a container costs a start, sending a call a
+        hop)."""
         counts = self._counts.get(route, {})
         holder = max((w for w in counts if w != worker), key=lambda w: counts[w], default=None)
         if holder is None:
-            return None, True
+            return None, GIVE_IDLE
         mine = counts.get(worker, 0)
         if counts[holder] > mine + 1:
-            return holder, False
-        return (holder, True) if mine else (None, True)
+            return holder, GIVE_ANY
+        return holder, (GIVE_IDLE if mine else GIVE_FOLLOW)
 
-    def _keep(self, worker: int, route: RouteKey, limit: int, holder: int, idle_only: bool) -> _Place:
+    def _keep(self, worker: int, route: RouteKey, limit: int, holder: int, mode: str) -> _Place:
         """Keep the next place of ``route`` for ``worker``'s start and ask ``holder``
         to give a container back. The place's Deferred fires True once the place is
         counted for ``worker``, False when ``holder`` has none to give or ``RESERVE_S``
@@ -154,13 +159,13 @@ class RoutePlaces:
         place = _Place(worker, limit, Deferred(cancel))
         self._kept.setdefault(route, {})[worker] = place
         place.timer = self._clock.callLater(RESERVE_S, self._give_up, route, place)
-        asked = self._give_back(holder, route, idle_only)
+        asked = self._give_back(holder, route, mode)
         if asked is None:
             self._give_up(route, place)
             return place
 
         def answered(gave: Any) -> None:
-            if not gave:  # none to give (idle long enough): nothing is on its way
+            if not gave:  # none to give (that ``mode`` allows): nothing is on its way
                 self._give_up(route, place)
                 return
             log.debug("Route {app}{path} at its max_concurrency: worker {holder} gives a container back for worker {worker}",

@@ -173,9 +173,9 @@ class SlotBroker(Relay):
         self._forget(worker, route)
         self.slots.release(app)
 
-    def _ask_give_back(self, holder: int, route: RouteKey, idle_only: bool) -> Deferred[Any] | None:
+    def _ask_give_back(self, holder: int, route: RouteKey, mode: str) -> Deferred[Any] | None:
         link = self._links.get(holder)
-        return None if link is None else link.request("slot_give_back", route, idle_only)
+        return None if link is None else link.request("slot_give_back", route, mode)
 
     def _forget(self, worker: int, route: RouteKey | None) -> None:
         if route is not None:
@@ -234,17 +234,17 @@ class RemoteSlots:
         self._held: dict[str, int] = {}
         self._tickets = count(1)
         self._pressure: list[WorkerReclaim] = []
-        self._give_back: Callable[[RouteKey, bool], bool] = lambda route, idle_only: False
+        self._give_back: Callable[[RouteKey, str], bool] = lambda route, mode: False
         link.handle("slot_reclaim", self._reclaim)
-        link.handle("slot_give_back", lambda route, idle_only: self._give_back(_route(route) or ("", ""), idle_only))
+        link.handle("slot_give_back", lambda route, mode: self._give_back(_route(route) or ("", ""), str(mode)))
 
     def on_pressure(self, reclaim: WorkerReclaim) -> None:
         """Call ``reclaim(scope, route, wanted)`` when the parent asks this worker to
         free a slot (``HotRunner.reclaim_idle``)."""
         self._pressure.append(reclaim)
 
-    def on_give_back(self, give_back: Callable[[RouteKey, bool], bool]) -> None:
-        """Call ``give_back(route, idle_only)`` when the parent evens ``route`` out over
+    def on_give_back(self, give_back: Callable[[RouteKey, str], bool]) -> None:
+        """Call ``give_back(route, mode)`` when the parent evens ``route`` out over
         workers (``HotRunner.give_back_route``)."""
         self._give_back = give_back
 

@@ -30,8 +30,8 @@ NOTICE_SEQ = 0  # a message that wants no answer
 # ``WorkerLinkError`` with its text: a bug on the other side, not a client's mistake).
 _ERRORS: dict[str, type[errors.IronFunctionsError]] = {
     cls.__name__: cls
-    for cls in (errors.NotReady, errors.Overloaded, errors.DockerUnavailable, errors.ImageNotFound,
-                errors.ResponseTooLarge, errors.ContainerNotFound, errors.ValidationError)
+    for cls in (errors.NotReady, errors.Overloaded, errors.RouteMoved, errors.DockerUnavailable,
+                errors.ImageNotFound, errors.ResponseTooLarge, errors.ContainerNotFound, errors.ValidationError)
 }
 
 
@@ -88,8 +88,8 @@ def rebuild_error(name: str, message: str, retry_after: int) -> Exception:
     cls = _ERRORS.get(name)
     if cls is None:
         return WorkerLinkError(message)
-    if cls is errors.Overloaded:
-        return errors.Overloaded(message, retry_after=retry_after or 1)
+    if issubclass(cls, errors.Overloaded):
+        return cls(message, retry_after=retry_after or 1)
     error = cls.__new__(cls)
     errors.IronFunctionsError.__init__(error, message)
     if cls is errors.ImageNotFound:

@@ -3,7 +3,8 @@ real daemon with ``WORKERS=2`` on the real Docker engine, clients on connections
 by each worker (``tests/workers.py``).
 
 - a hot route at ``max_concurrency`` 1 runs on one container whichever worker its calls
-  reach (the other worker's calls are forwarded), and every call succeeds;
+  reach (the other worker's calls are forwarded), and every call succeeds; when its
+  calls reach only the other worker, its container moves there, never two at once;
 - a hot route at 2 under load on both workers ends with one container in each;
 - ``MAX_CONCURRENCY`` counts both workers' containers: slow cold calls sent to both at
   once never have more than the limit running, and all succeed in turn.
@@ -114,6 +115,19 @@ def test_a_hot_route_at_one_runs_one_container_whichever_worker_its_calls_reach(
     assert all(len(s) > 50 for s in statuses.values()), {w: len(s) for w, s in statuses.items()}
     assert all(code == 200 for s in statuses.values() for code in s)
     assert max(seen) == 1 and len(running(engine, node)) == 1
+
+
+def test_a_hot_route_at_one_moves_to_the_worker_its_calls_reach(
+    test_images: dict[str, str], daemon_factory: DaemonFactory, engine: docker.DockerClient,  # noqa: F811
+) -> None:
+    _, node, conns = hot_node(daemon_factory, 1)
+    assert conns[0].request("POST", "/r/app/hot", "hi").status == 200
+    assert [label[LABEL_WORKER] for label in running(engine, node)] == ["0"]
+    with counting(engine, node) as seen:
+        statuses = hammer({1: conns[1]}, "/r/app/hot", 3)  # then its calls reach worker 1 only
+    assert len(statuses[1]) > 200 and all(code == 200 for code in statuses[1])
+    assert max(seen) == 1
+    assert [label[LABEL_WORKER] for label in running(engine, node)] == ["1"]
 
 
 def test_a_hot_route_at_two_ends_with_a_container_in_each_worker(

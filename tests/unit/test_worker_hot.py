@@ -5,8 +5,9 @@ loopback links, with ``FakeDriver``'s scripted hot containers on a ``Clock``.
 A route's ``max_concurrency`` counts the whole node's containers; calls of a route
 whose containers all run in another worker are sent there (a route at 1 runs on one
 container whichever worker its calls reach); a route under load on both workers is
-evened out to a container in each, after which no call crosses; a worker whose route
-is full asks the parent again only now and then, not per call."""
+evened out to a container in each, after which no call crosses; a route's container
+follows its calls to the worker they reach when none reach the worker it is in; a
+worker whose route is full asks the parent again only now and then, not per call."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from ironfunctions.errors import Overloaded
+from ironfunctions.errors import Overloaded, RouteMoved
 from ironfunctions.models import CallStatus
 from ironfunctions.runner.admission import Slots
 from ironfunctions.runner.hot import HotRunner
-from ironfunctions.runner.hot_context import ELSEWHERE_S, FULL_S
+from ironfunctions.runner.hot_context import ELSEWHERE_S, FOLLOW_MIN_CALLS, FOLLOW_S, FULL_S
 from ironfunctions.workers.forward import Forwarder, ForwardRelay
 from ironfunctions.workers.slots import RESERVE_S, RemoteSlots, SlotBroker
+from ironfunctions.workers.wire import error_fields, rebuild_error
 
 from tests.unit.test_hot_share import START_S, EngineLikeDriver, Load, route_call
 from tests.unit.test_worker_slots import LoopChannel, pair
@@ -119,6 +121,37 @@ class WorkerNodeTests(SynchronousTestCase):
         self.advance(1)
         assert not load.failures and self.workers[1].sent("forward") == 0
 
+    def test_a_route_at_one_follows_its_calls_to_the_worker_they_reach(self) -> None:
+        self.warm(self.workers[0], 1)  # the route's one container is in worker 0...
+        load = self.load(self.workers[1], 4, 1)  # ...and its calls now reach worker 1 only
+        self.advance(FOLLOW_S + 1)
+        assert self.broker.route_containers(("a", "/hot1")) == {1: 1}
+        forwarded = self.workers[1].sent("forward")
+        self.advance(3)
+        load.running = False
+        self.advance(1)
+        # The calls waiting in worker 0 when its container went came back and ran in 1.
+        assert not load.failures, [f.value for f in load.failures]
+        assert all(r.status == CallStatus.SUCCESS for r in load.results)
+        assert self.workers[1].sent("forward") == forwarded  # none crossed since
+        assert self.starts() == 2
+
+    def test_a_container_stays_where_some_of_its_calls_come_from_or_where_few_are_sent(self) -> None:
+        self.warm(self.workers[0], 1)
+        slow = []
+        for n in range(3 * FOLLOW_MIN_CALLS // 2):  # too few a second: a hop costs less than a start
+            slow.append(Deferred.fromCoroutine(
+                self.workers[1].runner.run(route_call("/hot1", 1000 + n, max_concurrency=1))))
+            self.advance(2 * FOLLOW_S / FOLLOW_MIN_CALLS)
+        loads = [self.load(w, 2, 1) for w in self.workers]  # many, but worker 0 has clients of its own
+        self.advance(3 * FOLLOW_S)
+        for load in loads:
+            load.running = False
+        self.advance(1)
+        assert all(self.successResultOf(d).status == CallStatus.SUCCESS for d in slow)
+        assert all(not load.failures for load in loads)
+        assert self.starts() == 1 and self.broker.route_containers(("a", "/hot1")) == {0: 1}
+
     def test_a_worker_whose_route_is_full_does_not_ask_the_parent_per_call(self) -> None:
         self.warm(self.workers[0], 2)
         loads = [self.load(w, 4, 2) for w in self.workers]
@@ -172,3 +205,8 @@ class WorkerNodeTests(SynchronousTestCase):
         d = Deferred.fromCoroutine(self.workers[1].runner.run(route_call("/hot1", 1, max_concurrency=1)))
         self.advance(0.05)
         self.failureResultOf(d, Overloaded)
+
+
+def test_a_call_sent_back_because_its_route_moved_crosses_the_link_as_itself() -> None:
+    error = rebuild_error(*error_fields(RouteMoved()))
+    assert type(error) is RouteMoved and error.retry_after == 1

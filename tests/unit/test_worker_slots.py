@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ironfunctions.errors import Overloaded
 from ironfunctions.runner.admission import PRESSURE_RETRY_S, RouteElsewhere, RouteFull, RouteKey, Slots
+from ironfunctions.runner.hot_context import GIVE_ANY, GIVE_FOLLOW, GIVE_IDLE
 from ironfunctions.workers.slots import RESERVE_S, RemoteSlots, SlotBroker
 
 
@@ -181,7 +182,7 @@ class EvenOutTests(SynchronousTestCase):
         self.clock = Clock()
         self.slots = Slots(8, self.clock, max_waiting=10, wait_bound=5, app_limit=8)
         self.broker = SlotBroker(self.slots, self.clock)
-        self.gives: list[tuple[int, bool]] = []
+        self.gives: list[tuple[int, str]] = []
         self.gave = True
         self.workers: dict[int, RemoteSlots] = {}
         for index in (0, 1):
@@ -192,9 +193,9 @@ class EvenOutTests(SynchronousTestCase):
         for _ in range(2):
             self.successResultOf(self.acquire(0))
 
-    def give_back(self, index: int) -> Callable[[RouteKey, bool], bool]:
-        def give(route: RouteKey, idle_only: bool) -> bool:
-            self.gives.append((index, idle_only))
+    def give_back(self, index: int) -> Callable[[RouteKey, str], bool]:
+        def give(route: RouteKey, mode: str) -> bool:
+            self.gives.append((index, mode))
             return self.gave
         return give
 
@@ -206,7 +207,7 @@ class EvenOutTests(SynchronousTestCase):
         second = self.acquire(1)  # two calls wait in worker 1: its pool starts two
         self.assertNoResult(first)  # waits for the place worker 0 gives back
         self.failureResultOf(second, RouteFull)  # its calls wait for the one on its way
-        assert self.gives == [(0, False)]  # any of its containers: the next free one
+        assert self.gives == [(0, GIVE_ANY)]  # any of its containers: the next free one
         assert self.broker.route_containers(HOT) == {0: 2} and self.slots.in_use == 2
         self.failureResultOf(self.acquire(0), RouteFull)  # the holder cannot take it back
         self.workers[0].release("a", HOT)  # the container given back is gone
@@ -242,7 +243,7 @@ class EvenOutTests(SynchronousTestCase):
     def test_a_worker_whose_calls_wait_gets_the_container_idling_in_another(self) -> None:
         self.one_each()
         waiting = self.acquire(1)  # worker 1's calls wait for its one container
-        assert self.gives == [(0, True)]  # only one that has idled a while
+        assert self.gives == [(0, GIVE_IDLE)]  # only one that has idled a while
         self.assertNoResult(waiting)
         self.workers[0].release("a", HOT)
         self.successResultOf(waiting)
@@ -254,10 +255,17 @@ class EvenOutTests(SynchronousTestCase):
         self.failureResultOf(self.acquire(1), RouteFull)
         assert self.broker.route_containers(HOT) == {0: 1, 1: 1}
 
-    def test_a_worker_holding_none_sends_its_calls_rather_than_move_a_container(self) -> None:
+    def test_a_worker_holding_none_sends_its_calls_unless_the_holders_calls_all_come_from_elsewhere(self) -> None:
         self.workers[0].release("a", HOT)  # worker 0 holds 1 of a route at 1
+        self.gave = False  # worker 0's own clients call the route too
         elsewhere = self.failureResultOf(Deferred.fromCoroutine(self.workers[1].acquire("a", HOT, 1)), RouteElsewhere)
-        assert elsewhere.value.worker == 0 and self.gives == []
+        assert elsewhere.value.worker == 0 and self.gives == [(0, GIVE_FOLLOW)]
+        self.gave = True  # they stopped: its container serves worker 1's calls only
+        moving = Deferred.fromCoroutine(self.workers[1].acquire("a", HOT, 1))
+        self.assertNoResult(moving)  # waits for the place, as worker 0's container goes
+        self.workers[0].release("a", HOT)
+        self.successResultOf(moving)
+        assert self.broker.route_containers(HOT) == {1: 1} and self.gives[-1] == (0, GIVE_FOLLOW)
 
     def test_a_dead_workers_kept_place_is_given_up(self) -> None:
         waiting = self.acquire(1)
