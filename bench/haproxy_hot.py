@@ -16,7 +16,11 @@ the hot containers it needs), with the CPU split over the run:
    one spills to the next (``hash-balance-factor``);
 4. ``haproxy, 2 nodes, 4 routes``: wrk spreads calls over four routes (a Lua script).
 
+Each node runs as an operator starts it: a worker process per core (``--workers``,
+``WORKERS``; ``1`` for one process), its CPU counted over the parent and its workers.
+
     PYTHONPATH=. python bench/haproxy_hot.py [--transport attach|socket] [--seconds 10]
+        [--workers default|N]
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.hot import IMAGE, cpu_seconds, processes, sequential, wrk  # noqa: E402
+from bench.hot import IMAGE, cpu_seconds, node_processes, processes, sequential, wrk  # noqa: E402
 from tests.daemon import REPO, Daemon  # noqa: E402
 from tests.images import build_test_images, ensure_bridge, ensure_dockerd  # noqa: E402
 from tests.servers import free_port  # noqa: E402
@@ -90,7 +94,8 @@ def measure(label: str, url: str, script: str, nodes: list[Daemon], proxy: Hapro
     wrk(url, script, seconds=3)  # warm-up: the hot containers this load needs are started here
     groups = processes()
     for i, node in enumerate(nodes):
-        groups[node.proc.pid] = f"node{i + 1}"  # type: ignore[union-attr]
+        for pid in node_processes(node.proc.pid):  # type: ignore[union-attr]
+            groups[pid] = f"node{i + 1}"  # the parent and its workers together
     if proxy is not None:
         groups[proxy.proc.pid] = "haproxy"
     before = {p: cpu_seconds(p) for p in groups}
@@ -106,8 +111,9 @@ def measure(label: str, url: str, script: str, nodes: list[Daemon], proxy: Hapro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--transport", choices=["attach", "socket"], default="attach")
+    parser.add_argument("--transport", choices=["attach", "socket"], default="socket")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", default="default", help="each node's WORKERS ('default': one per core)")
     args = parser.parse_args()
     ensure_dockerd()
     build_test_images()
@@ -120,13 +126,16 @@ def main() -> None:
             for i in range(2):
                 agent = free_port()
                 nodes.append(Daemon(os.path.join(workdir, f"node{i}"), env={
-                    "DOCKER_NETWORK": "none", "MQ_URL": "memory://", "LOG_LEVEL": "info", "MAX_CONCURRENCY": "8",
+                    # The embedded SQLite queue, as hot.py: a memory:// one keeps a node in one process.
+                    "DOCKER_NETWORK": "none", "MQ_URL": f"sqlite:///{workdir}/node{i}-mq.db", "LOG_LEVEL": "info",
+                    "MAX_CONCURRENCY": "8",
                     # One app (as README says of a node serving one app): with the default
                     # (half), 4 routes x max_concurrency 2 of one app would take each
                     # other's idle containers call after call (SPEC's reclaim under pressure).
                     "APP_MAX_CONCURRENCY": "8",
                     "HOT_TRANSPORT": args.transport, "LB_AGENT_PORT": str(agent),
-                    "TRUSTED_PROXIES": "127.0.0.1", "NODE_ID": f"bench-node{i}"}).start())
+                    "TRUSTED_PROXIES": "127.0.0.1", "NODE_ID": f"bench-node{i}",
+                    **({} if args.workers == "default" else {"WORKERS": args.workers})}).start())
                 nodes[-1].agent_port = agent  # type: ignore[attr-defined]
                 for route in ROUTES:
                     nodes[-1].add_route("bench", route, IMAGE, format="http", max_concurrency=2)
@@ -140,7 +149,7 @@ def main() -> None:
             proxies = [Haproxy(workdir, addresses[:1]), Haproxy(workdir, addresses)]
             for proxy in proxies:
                 proxy.wait_up()
-            print(f"wrk -t2 -c8 -d{args.seconds}s POST, HOT_TRANSPORT={args.transport}, "
+            print(f"wrk -t2 -c8 -d{args.seconds}s POST, HOT_TRANSPORT={args.transport}, WORKERS={args.workers}, "
                   f"{os.cpu_count()} CPUs shared by everything")
             measure("direct, node 1", nodes[0].url + "/r/bench/hot1", one, nodes[:1], None, args.seconds)
             measure("haproxy, 1 node", proxies[0].url + "/r/bench/hot1", one, nodes[:1], proxies[0], args.seconds)
