@@ -11,7 +11,7 @@ worker whose route is full asks the parent again only now and then, not per call
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -135,6 +135,15 @@ class WorkerNodeTests(SynchronousTestCase):
         assert all(r.status == CallStatus.SUCCESS for r in load.results)
         assert self.workers[1].sent("forward") == forwarded  # none crossed since
         assert self.starts() == 2
+
+    def test_a_call_sent_back_twice_gets_503_rather_than_cross_again(self) -> None:
+        self.warm(self.workers[0], 1)
+        # Worker 0's container moves on each time a call of worker 1 reaches it.
+        self.workers[0].link.handle("hot_run", lambda *_: fail(RouteMoved()))
+        d = Deferred.fromCoroutine(self.workers[1].runner.run(route_call("/hot1", 1, max_concurrency=1)))
+        self.advance(0.05)
+        self.failureResultOf(d, RouteMoved)  # an Overloaded: 503 with Retry-After
+        assert self.workers[1].sent("forward") == 2
 
     def test_a_container_stays_where_some_of_its_calls_come_from_or_where_few_are_sent(self) -> None:
         self.warm(self.workers[0], 1)
